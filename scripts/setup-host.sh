@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what microvm's tests and its example need on a fresh Debian 12 host (run as root).
+# Idempotent: a second run does nothing that is already done.
+set -euo pipefail
+
+log() { printf 'setup-host: %s\n' "$*" >&2; }
+
+src=/etc/apt/sources.list.d/debian.sources
+if [ -f "$src" ] && ! grep -q 'bookworm-backports' "$src"; then
+  log "adding bookworm-backports to $src"
+  sed -i '0,/^Suites: bookworm bookworm-updates$/s//Suites: bookworm bookworm-updates bookworm-backports/' "$src"
+fi
+
+need=()
+for pkg in qemu-system-x86 erofs-utils squashfs-tools busybox-static kmod e2fsprogs dosfstools \
+           iproute2 cpio xz-utils zstd lz4 libseccomp-dev libcap-ng-dev pkg-config socat; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+  log "installing ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports qemu-system-x86 >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
