@@ -1,1 +1,54 @@
-//! (to be written)
+//! Hypervisor knowledge. [`plan`] is a pure function from a resolved configuration, the
+//! paths of the built artifacts and a few host facts to an [`Invocation`]: the program
+//! and argv (never a shell string), generated files, helper daemons, the control socket
+//! and how to shut the guest down. Unsupported features are typed errors raised here,
+//! before anything starts.
+#![forbid(unsafe_code)]
+
+pub mod caps;
+pub mod invocation;
+pub mod kv;
+pub mod quote;
+pub mod version;
+
+mod alioth;
+mod cloud_hypervisor;
+mod crosvm;
+mod firecracker;
+mod kvmtool;
+mod qemu;
+mod stratovirt;
+
+pub use invocation::*;
+
+use microvm_spec::config::Config;
+use microvm_spec::types::Hypervisor;
+
+/// Plans how `config.hypervisor` runs this VM.
+pub fn plan(config: &Config, artifacts: &Artifacts, host: &HostFacts) -> Result<Invocation, PlanError> {
+    plan_for(config.hypervisor, config, artifacts, host)
+}
+
+/// Plans how a given hypervisor would run this VM (the original's `runner.<hv>`).
+pub fn plan_for(
+    hypervisor: Hypervisor,
+    config: &Config,
+    artifacts: &Artifacts,
+    host: &HostFacts,
+) -> Result<Invocation, PlanError> {
+    caps::check(hypervisor, config)?;
+    match hypervisor {
+        Hypervisor::Qemu => qemu::plan(config, artifacts, host),
+        Hypervisor::CloudHypervisor => cloud_hypervisor::plan(config, artifacts, host),
+        Hypervisor::Firecracker => firecracker::plan(config, artifacts, host),
+        Hypervisor::Crosvm => crosvm::plan(config, artifacts, host),
+        Hypervisor::Kvmtool => kvmtool::plan(config, artifacts, host),
+        Hypervisor::Stratovirt => stratovirt::plan(config, artifacts, host),
+        Hypervisor::Alioth => alioth::plan(config, artifacts, host),
+        Hypervisor::Vfkit => Err(PlanError::Unsupported {
+            hypervisor,
+            feature: "Linux hosts".into(),
+            reason: "vfkit runs on macOS only".into(),
+        }),
+    }
+}
