@@ -76,9 +76,17 @@ pub enum DiskError {
     #[error("disk output {} has no file name", out.display())]
     BadOutput { out: PathBuf },
     #[error("{op} {}", path.display())]
-    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("building {} disk {}", tool, out.display())]
-    Tool { tool: &'static str, out: PathBuf, source: ToolError },
+    Tool {
+        tool: &'static str,
+        out: PathBuf,
+        source: ToolError,
+    },
 }
 
 /// [`build_disk_with`] using tools from `$PATH` (plus sbin).
@@ -95,14 +103,26 @@ pub fn build_disk_with(
 ) -> Result<DiskReport, DiskError> {
     let started = Instant::now();
     if !fs::metadata(tree).is_ok_and(|m| m.is_dir()) {
-        return Err(DiskError::NotADirectory { tree: tree.to_owned() });
+        return Err(DiskError::NotADirectory {
+            tree: tree.to_owned(),
+        });
     }
     let tool = opts.disk_type.tool();
-    let tool_err = |source| DiskError::Tool { tool, out: out.to_owned(), source };
-    let (Some(dir), Some(name)) = (out.parent(), out.file_name()) else {
-        return Err(DiskError::BadOutput { out: out.to_owned() });
+    let tool_err = |source| DiskError::Tool {
+        tool,
+        out: out.to_owned(),
+        source,
     };
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let (Some(dir), Some(name)) = (out.parent(), out.file_name()) else {
+        return Err(DiskError::BadOutput {
+            out: out.to_owned(),
+        });
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     fs::create_dir_all(dir).map_err(|source| io("creating directory", dir, source))?;
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let tmp = dir.join(format!(
@@ -125,9 +145,9 @@ pub fn build_disk_with(
         DiskType::Squashfs => {
             let version = tools.version(tool, &["-version"]).map_err(tool_err)?;
             let has_zstd = squashfs_has_zstd(tools).map_err(tool_err)?;
-            let processors = opts.processors.unwrap_or_else(|| {
-                std::thread::available_parallelism().map_or(1, |n| n.get())
-            });
+            let processors = opts
+                .processors
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let plan = flags::squashfs(has_zstd, processors, opts);
             let mut cmd = tools.command(tool).map_err(tool_err)?;
             cmd.arg(tree).arg(&tmp).args(&plan.args);
@@ -141,8 +161,12 @@ pub fn build_disk_with(
     tools::run(&mut cmd).map_err(tool_err)?;
 
     let file = fs::File::open(&tmp).map_err(|source| io("opening built image", &tmp, source))?;
-    file.sync_all().map_err(|source| io("syncing built image", &tmp, source))?;
-    let bytes = file.metadata().map_err(|source| io("reading size of", &tmp, source))?.len();
+    file.sync_all()
+        .map_err(|source| io("syncing built image", &tmp, source))?;
+    let bytes = file
+        .metadata()
+        .map_err(|source| io("reading size of", &tmp, source))?
+        .len();
     fs::rename(&tmp, out).map_err(|source| io("renaming image into place at", out, source))?;
     std::mem::forget(guard);
     Ok(DiskReport {
@@ -160,7 +184,9 @@ fn squashfs_has_zstd(tools: &Toolbox) -> Result<bool, ToolError> {
     let mut cmd = tools.command("mksquashfs")?;
     cmd.arg("-help").stdin(std::process::Stdio::null());
     let argv = tools::display_argv(&cmd);
-    let out = cmd.output().map_err(|source| ToolError::Spawn { argv, source })?;
+    let out = cmd
+        .output()
+        .map_err(|source| ToolError::Spawn { argv, source })?;
     let text = [out.stdout, out.stderr].concat();
     let text = String::from_utf8_lossy(&text);
     let compressors = text.split("Compressors available").nth(1).unwrap_or("");
@@ -168,7 +194,11 @@ fn squashfs_has_zstd(tools: &Toolbox) -> Result<bool, ToolError> {
 }
 
 fn io(op: &'static str, path: &Path, source: std::io::Error) -> DiskError {
-    DiskError::Io { op, path: path.to_owned(), source }
+    DiskError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 struct RemoveOnDrop<'a>(&'a Path);

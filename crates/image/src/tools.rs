@@ -22,13 +22,24 @@ const STDERR_TAIL_BYTES: usize = 2048;
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
     #[error("`{name}` not found in {searched}{}", install_hint(*package))]
-    Missing { name: String, package: Option<&'static str>, searched: String },
+    Missing {
+        name: String,
+        package: Option<&'static str>,
+        searched: String,
+    },
     #[error("`{name}` override {} is not an executable file", path.display())]
     BadOverride { name: String, path: PathBuf },
     #[error("could not start `{argv}`")]
-    Spawn { argv: String, source: std::io::Error },
+    Spawn {
+        argv: String,
+        source: std::io::Error,
+    },
     #[error("`{argv}` failed ({status}): {stderr_tail}")]
-    Failed { argv: String, status: ExitStatus, stderr_tail: String },
+    Failed {
+        argv: String,
+        status: ExitStatus,
+        stderr_tail: String,
+    },
     #[error("no version number in the output of `{argv}`: {output:?}")]
     NoVersion { argv: String, output: String },
 }
@@ -76,7 +87,10 @@ impl Toolbox {
 
     /// Exactly this colon-separated search path.
     pub fn with_search_path(search_path: impl Into<OsString>) -> Self {
-        Self { search_path: search_path.into(), overrides: BTreeMap::new() }
+        Self {
+            search_path: search_path.into(),
+            overrides: BTreeMap::new(),
+        }
     }
 
     /// Use `path` for the tool `name` instead of searching for it.
@@ -91,7 +105,10 @@ impl Toolbox {
             return if is_executable(path) {
                 Ok(path.clone())
             } else {
-                Err(ToolError::BadOverride { name: name.to_owned(), path: path.clone() })
+                Err(ToolError::BadOverride {
+                    name: name.to_owned(),
+                    path: path.clone(),
+                })
             };
         }
         std::env::split_paths(&self.search_path)
@@ -109,7 +126,9 @@ impl Toolbox {
     /// search path) and `LC_ALL=C`, so output is parseable and runs are reproducible.
     pub fn command(&self, name: &str) -> Result<Command, ToolError> {
         let mut cmd = Command::new(self.locate(name)?);
-        cmd.env_clear().env("PATH", &self.search_path).env("LC_ALL", "C");
+        cmd.env_clear()
+            .env("PATH", &self.search_path)
+            .env("LC_ALL", "C");
         Ok(cmd)
     }
 
@@ -120,7 +139,10 @@ impl Toolbox {
         let mut cmd = self.command(name)?;
         cmd.args(version_args).stdin(Stdio::null());
         let argv = display_argv(&cmd);
-        let out = cmd.output().map_err(|source| ToolError::Spawn { argv: argv.clone(), source })?;
+        let out = cmd.output().map_err(|source| ToolError::Spawn {
+            argv: argv.clone(),
+            source,
+        })?;
         let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.push('\n');
         text.push_str(&String::from_utf8_lossy(&out.stderr));
@@ -143,7 +165,10 @@ pub fn run(cmd: &mut Command) -> Result<Output, ToolError> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| ToolError::Spawn { argv: argv.clone(), source })?;
+        .map_err(|source| ToolError::Spawn {
+            argv: argv.clone(),
+            source,
+        })?;
     if out.status.success() {
         return Ok(out);
     }
@@ -152,7 +177,11 @@ pub fn run(cmd: &mut Command) -> Result<Output, ToolError> {
     } else {
         &out.stdout
     };
-    Err(ToolError::Failed { argv, status: out.status, stderr_tail: tail(stream) })
+    Err(ToolError::Failed {
+        argv,
+        status: out.status,
+        stderr_tail: tail(stream),
+    })
 }
 
 fn tail(bytes: &[u8]) -> String {
@@ -168,7 +197,11 @@ fn tail(bytes: &[u8]) -> String {
 
 /// The program and its arguments, shell-quoted where needed, for messages and reports.
 pub fn display_argv(cmd: &Command) -> String {
-    argv_strings(cmd).iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
+    argv_strings(cmd)
+        .iter()
+        .map(|a| shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The program and its arguments as (lossy) strings.

@@ -31,7 +31,10 @@ pub struct VolumeSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VolumeOutcome {
     /// The image was missing and has been created and formatted.
-    Created { bytes_allocated: u64, argv: Vec<String> },
+    Created {
+        bytes_allocated: u64,
+        argv: Vec<String>,
+    },
     /// The image was there already and was left untouched.
     Existing,
 }
@@ -45,9 +48,17 @@ pub enum VolumeError {
     #[error("volume image {}: invalid fsType {fs_type:?}", image.display())]
     BadFsType { image: PathBuf, fs_type: String },
     #[error("{op} {}", path.display())]
-    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("formatting volume image {} as {fs_type}", image.display())]
-    Mkfs { image: PathBuf, fs_type: String, source: ToolError },
+    Mkfs {
+        image: PathBuf,
+        fs_type: String,
+        source: ToolError,
+    },
 }
 
 /// [`ensure_volume_with`] using tools from `$PATH` (plus sbin).
@@ -55,30 +66,44 @@ pub fn ensure_volume(spec: &VolumeSpec) -> Result<VolumeOutcome, VolumeError> {
     ensure_volume_with(&Toolbox::from_env(), spec)
 }
 
-pub fn ensure_volume_with(tools: &Toolbox, spec: &VolumeSpec) -> Result<VolumeOutcome, VolumeError> {
+pub fn ensure_volume_with(
+    tools: &Toolbox,
+    spec: &VolumeSpec,
+) -> Result<VolumeOutcome, VolumeError> {
     let image = spec.image.as_path();
     // Anything at the path, even a dangling symlink, is the user's: never touch it.
     if fs::symlink_metadata(image).is_ok() {
         return Ok(VolumeOutcome::Existing);
     }
     if !spec.auto_create {
-        return Err(VolumeError::Missing { image: image.to_owned() });
+        return Err(VolumeError::Missing {
+            image: image.to_owned(),
+        });
     }
     let size_mib = match spec.size_mib {
         Some(s) if s > 0 => s,
-        _ => return Err(VolumeError::NoSize { image: image.to_owned() }),
+        _ => {
+            return Err(VolumeError::NoSize {
+                image: image.to_owned(),
+            })
+        }
     };
     let fs_type = spec.fs_type.as_str();
     if fs_type.is_empty() || !fs_type.chars().all(|c| c.is_ascii_alphanumeric()) {
         let fs_type = fs_type.to_owned();
-        return Err(VolumeError::BadFsType { image: image.to_owned(), fs_type });
+        return Err(VolumeError::BadFsType {
+            image: image.to_owned(),
+            fs_type,
+        });
     }
     let mkfs_err = |source| VolumeError::Mkfs {
         image: image.to_owned(),
         fs_type: fs_type.to_owned(),
         source,
     };
-    let mut cmd = tools.command(&format!("mkfs.{fs_type}")).map_err(mkfs_err)?;
+    let mut cmd = tools
+        .command(&format!("mkfs.{fs_type}"))
+        .map_err(mkfs_err)?;
     if let Some(label) = &spec.label {
         match label_flag(fs_type) {
             Some(flag) => {
@@ -93,17 +118,28 @@ pub fn ensure_volume_with(tools: &Toolbox, spec: &VolumeSpec) -> Result<VolumeOu
     cmd.args(&spec.mkfs_extra_args);
 
     let (Some(dir), Some(name)) = (image.parent(), image.file_name()) else {
-        return Err(io("volume image path has no file name:", image, ErrorKind::InvalidInput.into()));
+        return Err(io(
+            "volume image path has no file name:",
+            image,
+            ErrorKind::InvalidInput.into(),
+        ));
     };
     fs::create_dir_all(dir).map_err(|e| io("creating directory", dir, e))?;
-    let tmp = dir.join(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.partial-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let _ = fs::remove_file(&tmp);
     let result = create_formatted(&tmp, size_mib, &mut cmd, mkfs_err).and_then(|argv| {
         let outcome = link_into_place(&tmp, image)?;
         Ok(match outcome {
             VolumeOutcome::Created { .. } => {
                 let meta = fs::metadata(image).map_err(|e| io("reading", image, e))?;
-                VolumeOutcome::Created { bytes_allocated: meta.blocks() * 512, argv }
+                VolumeOutcome::Created {
+                    bytes_allocated: meta.blocks() * 512,
+                    argv,
+                }
             }
             VolumeOutcome::Existing => VolumeOutcome::Existing,
         })
@@ -138,8 +174,11 @@ fn create_formatted(
     if let Err(e) = set_nocow(&file) {
         tracing::debug!(path = %tmp.display(), "NOCOW not set: {e}");
     }
-    let bytes = size_mib.checked_mul(MIB).ok_or_else(|| io("sizing", tmp, ErrorKind::InvalidInput.into()))?;
-    file.set_len(bytes).map_err(|e| io("setting size of", tmp, e))?;
+    let bytes = size_mib
+        .checked_mul(MIB)
+        .ok_or_else(|| io("sizing", tmp, ErrorKind::InvalidInput.into()))?;
+    file.set_len(bytes)
+        .map_err(|e| io("setting size of", tmp, e))?;
     drop(file);
     cmd.arg(tmp);
     let argv = tools::argv_strings(cmd);
@@ -156,7 +195,10 @@ fn set_nocow(file: &fs::File) -> rustix::io::Result<()> {
 /// Puts the formatted `tmp` at `image` without ever replacing something that appeared
 /// there meanwhile (another start of the same VM): a hard link fails if it exists.
 fn link_into_place(tmp: &Path, image: &Path) -> Result<VolumeOutcome, VolumeError> {
-    let created = VolumeOutcome::Created { bytes_allocated: 0, argv: Vec::new() };
+    let created = VolumeOutcome::Created {
+        bytes_allocated: 0,
+        argv: Vec::new(),
+    };
     match fs::hard_link(tmp, image) {
         Ok(()) => Ok(created),
         Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(VolumeOutcome::Existing),
@@ -170,7 +212,11 @@ fn link_into_place(tmp: &Path, image: &Path) -> Result<VolumeOutcome, VolumeErro
 }
 
 fn io(op: &'static str, path: &Path, source: std::io::Error) -> VolumeError {
-    VolumeError::Io { op, path: path.to_owned(), source }
+    VolumeError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 #[cfg(test)]

@@ -39,14 +39,18 @@ pub fn erofs(tool: Version, opts: &DiskOptions) -> FlagPlan {
         if supports_label {
             plan.args.push(format!("-L{label}"));
         } else {
-            plan.notes.push(format!("mkfs.erofs {tool} cannot set a label; {label:?} not set"));
+            plan.notes.push(format!(
+                "mkfs.erofs {tool} cannot set a label; {label:?} not set"
+            ));
         }
     }
     if let Some(mount_point) = &opts.mount_point {
         if supports_label {
             plan.args.push(format!("--mount-point={mount_point}"));
         } else {
-            plan.notes.push(format!("mkfs.erofs {tool} has no --mount-point; {mount_point:?} not set"));
+            plan.notes.push(format!(
+                "mkfs.erofs {tool} has no --mount-point; {mount_point:?} not set"
+            ));
         }
     }
     plan.args.push("--quiet".into());
@@ -57,7 +61,8 @@ fn erofs_defaults(tool: Version, kernel: Option<Version>, plan: &mut FlagPlan) {
     // 1.5 knows only lz4 and lz4hc; lz4hc is the upstream default and every version has it.
     plan.args.push("-zlz4hc".into());
     let Some(kernel) = kernel else {
-        plan.notes.push("guest kernel version unknown: no -Eztailpacking or -Efragments".into());
+        plan.notes
+            .push("guest kernel version unknown: no -Eztailpacking or -Efragments".into());
         return;
     };
     let mut extended = Vec::new();
@@ -68,7 +73,8 @@ fn erofs_defaults(tool: Version, kernel: Option<Version>, plan: &mut FlagPlan) {
         if tool >= EROFS_FRAGMENTS_TOOL {
             extended.push("fragments");
         } else {
-            plan.notes.push(format!("mkfs.erofs {tool} has no -Efragments (needs 1.6)"));
+            plan.notes
+                .push(format!("mkfs.erofs {tool} has no -Efragments (needs 1.6)"));
         }
     }
     plan.args.extend(extended.iter().map(|e| format!("-E{e}")));
@@ -83,25 +89,41 @@ pub fn squashfs(has_zstd: bool, processors: usize, opts: &DiskOptions) -> FlagPl
         None => {
             let comp = if has_zstd { "zstd" } else { "gzip" };
             plan.args.extend(["-comp".into(), comp.into()]);
-            plan.args.extend(["-processors".into(), processors.to_string()]);
+            plan.args
+                .extend(["-processors".into(), processors.to_string()]);
         }
     }
     plan.args.push("-noappend".into());
     if opts.ownership == Ownership::AllRoot {
         plan.args.push("-all-root".into());
     }
-    for flag in ["-mkfs-time", "0", "-all-time", "0", "-no-progress", "-quiet"] {
+    for flag in [
+        "-mkfs-time",
+        "0",
+        "-all-time",
+        "0",
+        "-no-progress",
+        "-quiet",
+    ] {
         plan.args.push(flag.into());
     }
     if let Some(label) = &opts.label {
-        plan.notes.push(format!("squashfs has no labels; {label:?} not set"));
+        plan.notes
+            .push(format!("squashfs has no labels; {label:?} not set"));
     }
     plan
 }
 
 pub fn format_uuid(u: &[u8; 16]) -> String {
     let hex: String = u.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 #[cfg(test)]
@@ -138,9 +160,22 @@ mod tests {
 
     #[test]
     fn user_flags_replace_defaults_but_not_reproducibility() {
-        let o = DiskOptions { extra_flags: Some(vec!["-zlz4".into()]), ..opts(Some("6.1")) };
-        assert_eq!(erofs(V18, &o).args, ["-zlz4", "-T0", "--all-root", ZERO, "--quiet"]);
-        let sq = squashfs(true, 2, &DiskOptions { disk_type: DiskType::Squashfs, ..o });
+        let o = DiskOptions {
+            extra_flags: Some(vec!["-zlz4".into()]),
+            ..opts(Some("6.1"))
+        };
+        assert_eq!(
+            erofs(V18, &o).args,
+            ["-zlz4", "-T0", "--all-root", ZERO, "--quiet"]
+        );
+        let sq = squashfs(
+            true,
+            2,
+            &DiskOptions {
+                disk_type: DiskType::Squashfs,
+                ..o
+            },
+        );
         assert_eq!(sq.args[..2], ["-zlz4", "-noappend"]);
     }
 
@@ -152,7 +187,10 @@ mod tests {
             ..opts(Some("5.10"))
         };
         let old = erofs(V15, &o);
-        assert!(!old.args.iter().any(|a| a.starts_with("-L") || a.starts_with("--mount")));
+        assert!(!old
+            .args
+            .iter()
+            .any(|a| a.starts_with("-L") || a.starts_with("--mount")));
         assert_eq!(old.notes.len(), 2, "{:?}", old.notes);
         let new = erofs(V18, &o);
         assert!(new.args.contains(&"-Lnix-store".to_string()));
@@ -161,11 +199,17 @@ mod tests {
 
     #[test]
     fn squashfs_defaults_and_ownership() {
-        let o = DiskOptions { disk_type: DiskType::Squashfs, ..DiskOptions::default() };
+        let o = DiskOptions {
+            disk_type: DiskType::Squashfs,
+            ..DiskOptions::default()
+        };
         let plan = squashfs(true, 4, &o);
         let want = "-comp zstd -processors 4 -noappend -all-root -mkfs-time 0 -all-time 0 -no-progress -quiet";
         assert_eq!(plan.args.join(" "), want);
-        let o = DiskOptions { ownership: Ownership::Preserve, ..o };
+        let o = DiskOptions {
+            ownership: Ownership::Preserve,
+            ..o
+        };
         let plan = squashfs(false, 1, &o);
         assert_eq!(plan.args[..2], ["-comp", "gzip"]);
         assert!(!plan.args.contains(&"-all-root".to_string()));

@@ -27,18 +27,28 @@ fn finds_tools_on_search_path_and_by_override() {
     std::fs::write(dir.path().join("notexec"), "x").expect("write");
     let tools = Toolbox::with_search_path(dir.path());
     assert_eq!(tools.locate("mytool").ok(), Some(a.clone()));
-    assert!(tools.locate("notexec").is_err(), "a non-executable file is not a tool");
+    assert!(
+        tools.locate("notexec").is_err(),
+        "a non-executable file is not a tool"
+    );
 
     let tools = Toolbox::with_search_path("").with_override("mkfs.erofs", &a);
     assert_eq!(tools.locate("mkfs.erofs").ok(), Some(a));
     let tools = Toolbox::with_search_path("").with_override("x", dir.path().join("nope"));
-    assert!(matches!(tools.locate("x"), Err(ToolError::BadOverride { .. })));
+    assert!(matches!(
+        tools.locate("x"),
+        Err(ToolError::BadOverride { .. })
+    ));
 }
 
 #[test]
 fn run_failure_carries_argv_and_stderr_tail() {
     let dir = tempfile::tempdir().expect("tempdir");
-    script(dir.path(), "failer", "echo progress; echo \"bad thing: $1\" >&2; exit 3");
+    script(
+        dir.path(),
+        "failer",
+        "echo progress; echo \"bad thing: $1\" >&2; exit 3",
+    );
     let tools = Toolbox::with_search_path(dir.path());
     let mut cmd = tools.command("failer").expect("command");
     cmd.arg("with space");

@@ -20,7 +20,11 @@ pub struct VersionError {
 
 impl Version {
     pub const fn new(major: u32, minor: u32, patch: u32) -> Self {
-        Self { major, minor, patch }
+        Self {
+            major,
+            minor,
+            patch,
+        }
     }
 
     /// The first version number in `text`: the first whitespace-separated token that
@@ -37,8 +41,12 @@ impl FromStr for Version {
     type Err = VersionError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || VersionError { input: s.to_owned() };
-        let end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+        let err = || VersionError {
+            input: s.to_owned(),
+        };
+        let end = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
         let mut parts = s[..end].split('.');
         let mut next = |required: bool| -> Result<u32, VersionError> {
             match parts.next() {
@@ -48,7 +56,11 @@ impl FromStr for Version {
                 None => Ok(0),
             }
         };
-        let v = Version { major: next(true)?, minor: next(false)?, patch: next(false)? };
+        let v = Version {
+            major: next(true)?,
+            minor: next(false)?,
+            patch: next(false)?,
+        };
         Ok(v)
     }
 }
@@ -67,8 +79,14 @@ mod tests {
     fn parses_tool_and_kernel_versions() {
         assert_eq!("1.5".parse::<Version>().ok(), Some(Version::new(1, 5, 0)));
         assert_eq!("4.5.1".parse::<Version>().ok(), Some(Version::new(4, 5, 1)));
-        assert_eq!("6.1.0-18-amd64".parse::<Version>().ok(), Some(Version::new(6, 1, 0)));
-        assert_eq!("6.12.117+deb12".parse::<Version>().ok(), Some(Version::new(6, 12, 117)));
+        assert_eq!(
+            "6.1.0-18-amd64".parse::<Version>().ok(),
+            Some(Version::new(6, 1, 0))
+        );
+        assert_eq!(
+            "6.12.117+deb12".parse::<Version>().ok(),
+            Some(Version::new(6, 12, 117))
+        );
         assert!("".parse::<Version>().is_err());
         assert!("x1".parse::<Version>().is_err());
         assert!("1..2".parse::<Version>().is_err());
@@ -76,7 +94,10 @@ mod tests {
 
     #[test]
     fn finds_version_in_tool_output() {
-        assert_eq!(Version::find_in("mkfs.erofs 1.5\nusage: …"), Some(Version::new(1, 5, 0)));
+        assert_eq!(
+            Version::find_in("mkfs.erofs 1.5\nusage: …"),
+            Some(Version::new(1, 5, 0))
+        );
         let sq = "mksquashfs version 4.5.1 (2022/03/17)\ncopyright (C) 2022";
         assert_eq!(Version::find_in(sq), Some(Version::new(4, 5, 1)));
         let new = "mkfs.erofs (erofs-utils) 1.8.6";

@@ -26,7 +26,9 @@ fn have(tools: &Toolbox, names: &[&str]) -> bool {
 fn tool_stdout(tools: &Toolbox, name: &str, args: &[&Path]) -> String {
     let mut cmd = tools.command(name).expect("tool");
     cmd.args(args);
-    String::from_utf8_lossy(&tools::run(&mut cmd).expect("run").stdout).trim().to_owned()
+    String::from_utf8_lossy(&tools::run(&mut cmd).expect("run").stdout)
+        .trim()
+        .to_owned()
 }
 
 #[test]
@@ -39,12 +41,22 @@ fn creates_labelled_sparse_ext4_once() {
     let image = dir.path().join("nested/dir/data.img");
     let s = spec(image.clone(), "ext4", Some("data"));
     let outcome = ensure_volume_with(&tools, &s).expect("create");
-    let VolumeOutcome::Created { bytes_allocated, argv } = outcome else {
+    let VolumeOutcome::Created {
+        bytes_allocated,
+        argv,
+    } = outcome
+    else {
         panic!("expected Created, got {outcome:?}");
     };
     assert_eq!(fs::metadata(&image).expect("meta").len(), 64 * MIB);
-    assert!(bytes_allocated < 16 * MIB, "not sparse: {bytes_allocated} bytes allocated");
-    assert!(argv.iter().any(|a| a == "-L") && argv.iter().any(|a| a == "data"), "{argv:?}");
+    assert!(
+        bytes_allocated < 16 * MIB,
+        "not sparse: {bytes_allocated} bytes allocated"
+    );
+    assert!(
+        argv.iter().any(|a| a == "-L") && argv.iter().any(|a| a == "data"),
+        "{argv:?}"
+    );
     assert_eq!(tool_stdout(&tools, "e2label", &[&image]), "data");
     let leftovers: Vec<_> = fs::read_dir(image.parent().expect("parent"))
         .expect("read_dir")
@@ -54,13 +66,25 @@ fn creates_labelled_sparse_ext4_once() {
     assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
 
     let before = fs::read(&image).expect("read");
-    let mtime = fs::metadata(&image).expect("meta").modified().expect("mtime");
+    let mtime = fs::metadata(&image)
+        .expect("meta")
+        .modified()
+        .expect("mtime");
     // A second call with different options must not touch it (issue #315).
     let mut s2 = spec(image.clone(), "ext4", Some("other"));
     s2.size_mib = Some(128);
-    assert_eq!(ensure_volume_with(&tools, &s2).expect("second"), VolumeOutcome::Existing);
+    assert_eq!(
+        ensure_volume_with(&tools, &s2).expect("second"),
+        VolumeOutcome::Existing
+    );
     assert_eq!(fs::read(&image).expect("read"), before);
-    assert_eq!(fs::metadata(&image).expect("meta").modified().expect("mtime"), mtime);
+    assert_eq!(
+        fs::metadata(&image)
+            .expect("meta")
+            .modified()
+            .expect("mtime"),
+        mtime
+    );
 }
 
 #[test]
@@ -93,11 +117,21 @@ fn mkfs_failure_removes_the_half_made_image() {
     let mut s = spec(image.clone(), "ext4", None);
     s.mkfs_extra_args = vec!["-b".into(), "99".into()];
     let err = ensure_volume_with(&tools, &s).expect_err("mkfs must fail");
-    let chain = format!("{err}: {}", std::error::Error::source(&err).expect("source"));
+    let chain = format!(
+        "{err}: {}",
+        std::error::Error::source(&err).expect("source")
+    );
     assert!(chain.contains("-b 99"), "argv missing: {chain}");
-    assert!(chain.contains("invalid block size"), "stderr missing: {chain}");
+    assert!(
+        chain.contains("invalid block size"),
+        "stderr missing: {chain}"
+    );
     assert!(!image.exists());
-    assert_eq!(fs::read_dir(dir.path()).expect("read_dir").count(), 0, "temp file left");
+    assert_eq!(
+        fs::read_dir(dir.path()).expect("read_dir").count(),
+        0,
+        "temp file left"
+    );
 }
 
 #[test]
@@ -110,19 +144,33 @@ fn missing_image_without_autocreate_or_size_is_an_error() {
     let err = ensure_volume_with(&tools, &s).expect_err("no autocreate");
     assert_eq!(
         err.to_string(),
-        format!("volume image {} does not exist and autoCreate is false", image.display())
+        format!(
+            "volume image {} does not exist and autoCreate is false",
+            image.display()
+        )
     );
     s.auto_create = true;
     s.size_mib = None;
-    assert!(matches!(ensure_volume_with(&tools, &s), Err(VolumeError::NoSize { .. })));
+    assert!(matches!(
+        ensure_volume_with(&tools, &s),
+        Err(VolumeError::NoSize { .. })
+    ));
     s.size_mib = Some(1);
     s.fs_type = "../../bin/sh".into();
-    assert!(matches!(ensure_volume_with(&tools, &s), Err(VolumeError::BadFsType { .. })));
+    assert!(matches!(
+        ensure_volume_with(&tools, &s),
+        Err(VolumeError::BadFsType { .. })
+    ));
     s.fs_type = "ext4".into();
     let err = ensure_volume_with(&tools, &s).expect_err("no mkfs on this path");
-    let source = std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default();
+    let source = std::error::Error::source(&err)
+        .map(ToString::to_string)
+        .unwrap_or_default();
     assert!(source.contains("e2fsprogs"), "{source}");
-    assert!(!image.exists(), "nothing is created when the tool is missing");
+    assert!(
+        !image.exists(),
+        "nothing is created when the tool is missing"
+    );
 }
 
 #[test]
@@ -135,7 +183,9 @@ fn unlabelled_fs_types_get_no_label_flag() {
     let mut s = spec(dir.path().join("v.img"), "foofs", Some("lbl"));
     s.mkfs_extra_args = vec!["--fast".into()];
     let outcome = ensure_volume_with(&tools, &s).expect("create");
-    let VolumeOutcome::Created { argv, .. } = outcome else { panic!("{outcome:?}") };
+    let VolumeOutcome::Created { argv, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
     assert_eq!(argv[1], "--fast");
     assert!(!argv.iter().any(|a| a == "lbl"), "{argv:?}");
 }
