@@ -13,11 +13,15 @@ pub mod version;
 
 mod alioth;
 mod cloud_hypervisor;
+#[allow(dead_code)] // until every planner uses it
+mod common;
 mod crosvm;
 mod firecracker;
 mod kvmtool;
 mod qemu;
 mod stratovirt;
+#[allow(dead_code)] // until every planner uses it
+mod virtiofsd;
 
 pub use invocation::*;
 
@@ -25,7 +29,11 @@ use microvm_spec::config::Config;
 use microvm_spec::types::Hypervisor;
 
 /// Plans how `config.hypervisor` runs this VM.
-pub fn plan(config: &Config, artifacts: &Artifacts, host: &HostFacts) -> Result<Invocation, PlanError> {
+pub fn plan(
+    config: &Config,
+    artifacts: &Artifacts,
+    host: &HostFacts,
+) -> Result<Invocation, PlanError> {
     plan_for(config.hypervisor, config, artifacts, host)
 }
 

@@ -1,0 +1,85 @@
+//! Small pieces every planner uses.
+
+use std::path::Path;
+
+use microvm_spec::config::Config;
+
+/// The binary to run: `<package>/bin/<name>` for a configured package directory, the
+/// configured path itself when it already names the binary (its file name starts with
+/// `name`, e.g. `/opt/qemu/bin/qemu-system-x86_64` for `qemu-system-x86_64`), or
+/// `name`, looked up on PATH.
+pub(crate) fn program(package: Option<&Path>, name: &str) -> String {
+    match package {
+        None => name.to_owned(),
+        Some(p) => {
+            let is_binary = p
+                .file_name()
+                .and_then(|f| f.to_str())
+                .is_some_and(|f| f.starts_with(name));
+            if is_binary {
+                p.display().to_string()
+            } else {
+                p.join("bin").join(name).display().to_string()
+            }
+        }
+    }
+}
+
+/// `microvm@<name>` when `prettyProcnames`.
+pub(crate) fn process_name(config: &Config) -> Option<String> {
+    config
+        .pretty_procnames
+        .then(|| format!("microvm@{}", config.name))
+}
+
+/// A kernel command line: the hypervisor's prefix, then `kernelParams`.
+pub(crate) fn cmdline<'a>(prefix: impl IntoIterator<Item = &'a str>, config: &Config) -> String {
+    prefix
+        .into_iter()
+        .map(str::to_owned)
+        .chain(config.kernel_params.iter().cloned())
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The drive letter of volume `index` (the store disk is `a`): `b`, `c`, … `z`, `aa`, …
+pub(crate) fn drive_letter(index: usize) -> String {
+    let mut n = index + 1; // 0-based with `a` taken
+    let mut out = Vec::new();
+    loop {
+        out.push(b'a' + (n % 26) as u8);
+        if n < 26 {
+            break;
+        }
+        n = n / 26 - 1;
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs() {
+        assert_eq!(program(None, "virtiofsd"), "virtiofsd");
+        assert_eq!(
+            program(Some(Path::new("/opt/vfs")), "virtiofsd"),
+            "/opt/vfs/bin/virtiofsd"
+        );
+        assert_eq!(
+            program(Some(Path::new("/usr/local/bin/virtiofsd")), "virtiofsd"),
+            "/usr/local/bin/virtiofsd"
+        );
+    }
+
+    #[test]
+    fn drive_letters() {
+        assert_eq!(drive_letter(0), "b");
+        assert_eq!(drive_letter(24), "z");
+        assert_eq!(drive_letter(25), "aa");
+        assert_eq!(drive_letter(26), "ab");
+    }
+}
