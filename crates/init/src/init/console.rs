@@ -1,6 +1,7 @@
 //! The console (the init's stdout) and the clock.
 
 use std::io::Write;
+use std::sync::Mutex;
 
 use rustix::fd::AsFd;
 use rustix::fs::{Mode, OFlags};
@@ -44,4 +45,23 @@ pub fn active_tty() -> Option<String> {
     let active = std::fs::read_to_string("/sys/class/tty/console/active").ok()?;
     let name = active.split_whitespace().last()?;
     Some(format!("/dev/{name}"))
+}
+
+/// Uptime at the end of each boot step, printed with the ready line.
+static STEPS: Mutex<Vec<(&'static str, f64)>> = Mutex::new(Vec::new());
+
+/// Records that boot step `name` ended now.
+pub fn mark(name: &'static str) {
+    if let Ok(mut steps) = STEPS.lock() {
+        steps.push((name, uptime()));
+    }
+}
+
+/// `name=<uptime>` for each step so far, e.g. `modules=1.92 root=2.01`.
+pub fn steps() -> String {
+    let Ok(steps) = STEPS.lock() else {
+        return String::new();
+    };
+    let parts: Vec<String> = steps.iter().map(|(n, t)| format!("{n}={t:.3}")).collect();
+    parts.join(" ")
 }

@@ -19,6 +19,7 @@ const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 pub fn start(plan: &GuestPlan, started: f64) -> Result<Infallible, Failure> {
     switch::switch_root()?;
+    console::mark("switch");
     match &plan.exec {
         ExecPlan::Init { path, args } => hand_over(plan, path, args, started),
         ExecPlan::Command { argv, cwd, user } => {
@@ -44,8 +45,9 @@ fn environment(plan: &GuestPlan) -> Vec<(String, String)> {
 fn ready(started: f64) {
     let now = console::uptime();
     say(&format!(
-        "microvm-init: ready at {now:.3} s (init took {:.3} s)",
-        now - started
+        "microvm-init: ready at {now:.3} s (init took {:.3} s; steps: {})",
+        now - started,
+        console::steps()
     ));
     control::send(&format!("READY {started:.3} {now:.3}"));
 }
@@ -66,6 +68,7 @@ fn hand_over(
     } else {
         Vec::new()
     };
+    console::mark("button");
     if signal.is_some() && buttons.is_empty() {
         say("microvm-init: warning: no power button device; presses will be ignored");
     }

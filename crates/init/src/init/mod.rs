@@ -34,13 +34,17 @@ pub fn run(started: f64) -> Result<Infallible, Failure> {
     let plan = read_plan()?;
     fail::remember_control(plan.control.clone());
     modules::load_all(&plan.modules)?;
+    console::mark("modules");
     if let Some(channel) = &plan.control {
         control::open(channel, devices::WAIT)
             .ctx(|| format!("open the control channel {channel:?}"))?;
     }
+    console::mark("control");
     root::assemble(&plan)?;
+    console::mark("root");
     system::configure(&plan)?;
     net::configure(&plan.network)?;
+    console::mark("network");
     exec::start(&plan, started)
 }
 
