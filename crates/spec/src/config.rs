@@ -15,8 +15,8 @@ use serde::Serialize;
 
 pub use crate::schema::{
     DeviceBus, DriveIoEngine, ForwardFrom, ForwardProto, GraphicsBackend, ImageType,
-    InodeFileHandles, InterfaceType, KvmMode, MacvtapMode, SecurityModel, ShareCache,
-    ShareProto, StoreDiskType,
+    InodeFileHandles, InterfaceType, KvmMode, MacvtapMode, SecurityModel, ShareCache, ShareProto,
+    StoreDiskType,
 };
 use crate::types::{Hypervisor, IfName, MacAddr, VmName, VsockCid};
 
@@ -305,11 +305,28 @@ pub struct Guest {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase", tag = "kind")]
 pub enum RootSource {
-    Directory { path: PathBuf, target: String },
-    Tarball { path: PathBuf, target: String },
-    Oci { path: PathBuf, reference: Option<String>, target: String },
-    Debian { suite: String, packages: Vec<String>, mirror: Option<String>, variant: Option<String> },
-    Nix { path: PathBuf },
+    Directory {
+        path: PathBuf,
+        target: String,
+    },
+    Tarball {
+        path: PathBuf,
+        target: String,
+    },
+    Oci {
+        path: PathBuf,
+        reference: Option<String>,
+        target: String,
+    },
+    Debian {
+        suite: String,
+        packages: Vec<String>,
+        mirror: Option<String>,
+        variant: Option<String>,
+    },
+    Nix {
+        path: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -29,7 +29,11 @@ impl std::error::Error for DeError {}
 
 impl de::Error for DeError {
     fn custom<T: fmt::Display>(msg: T) -> Self {
-        DeError { message: msg.to_string(), path: None, span: None }
+        DeError {
+            message: msg.to_string(),
+            path: None,
+            span: None,
+        }
     }
 
     fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
@@ -59,7 +63,12 @@ pub struct UnknownKey {
 pub fn unknown_key_message(field: &str, expected: &[&str]) -> String {
     let best = expected
         .iter()
-        .map(|cand| (strsim::jaro_winkler(&field.to_lowercase(), &cand.to_lowercase()), *cand))
+        .map(|cand| {
+            (
+                strsim::jaro_winkler(&field.to_lowercase(), &cand.to_lowercase()),
+                *cand,
+            )
+        })
         .filter(|(score, _)| *score >= 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0));
     match best {
@@ -70,13 +79,21 @@ pub fn unknown_key_message(field: &str, expected: &[&str]) -> String {
 }
 
 fn list(items: &[&str]) -> String {
-    items.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+    items
+        .iter()
+        .map(|s| format!("`{s}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Deserialises `T` from `node`, collecting unknown keys into the returned list.
 pub fn from_node<T: de::DeserializeOwned>(node: &Node) -> (Result<T, DeError>, Vec<UnknownKey>) {
     let unknown = RefCell::new(Vec::new());
-    let result = T::deserialize(NodeDe { node, path: KeyPath::root(), unknown: &unknown });
+    let result = T::deserialize(NodeDe {
+        node,
+        path: KeyPath::root(),
+        unknown: &unknown,
+    });
     (result, unknown.into_inner())
 }
 
@@ -88,12 +105,19 @@ struct NodeDe<'a> {
 
 impl<'a> NodeDe<'a> {
     fn child(&self, node: &'a Node, path: KeyPath) -> NodeDe<'a> {
-        NodeDe { node, path, unknown: self.unknown }
+        NodeDe {
+            node,
+            path,
+            unknown: self.unknown,
+        }
     }
 
     fn wrong_type(&self, expected: &str) -> DeError {
-        DeError::custom(format!("expected {expected}, found {}", self.node.value.kind()))
-            .located(&self.path, &self.node.span)
+        DeError::custom(format!(
+            "expected {expected}, found {}",
+            self.node.value.kind()
+        ))
+        .located(&self.path, &self.node.span)
     }
 
     fn locate<T>(&self, r: Result<T, DeError>) -> Result<T, DeError> {
@@ -135,7 +159,11 @@ impl<'de, 'a> de::Deserializer<'de> for NodeDe<'a> {
             Value::Int(i) => visitor.visit_i64(*i),
             Value::Float(x) => visitor.visit_f64(*x),
             Value::Str(s) => visitor.visit_str(s),
-            Value::Array(items) => visitor.visit_seq(Seq { de: &self, items, next: 0 }),
+            Value::Array(items) => visitor.visit_seq(Seq {
+                de: &self,
+                items,
+                next: 0,
+            }),
             Value::Table(entries) => visitor.visit_map(Map::new(&self, entries, None)),
         };
         self.locate(r)
@@ -182,7 +210,9 @@ impl<'de, 'a> de::Deserializer<'de> for NodeDe<'a> {
             Value::Null => self.locate(visitor.visit_none()),
             _ => {
                 let (path, span) = (self.path.clone(), self.node.span.clone());
-                visitor.visit_some(self).map_err(|e| e.located(&path, &span))
+                visitor
+                    .visit_some(self)
+                    .map_err(|e| e.located(&path, &span))
             }
         }
     }
@@ -200,17 +230,27 @@ impl<'de, 'a> de::Deserializer<'de> for NodeDe<'a> {
         visitor: V,
     ) -> Result<V::Value, DeError> {
         let (path, span) = (self.path.clone(), self.node.span.clone());
-        visitor.visit_newtype_struct(self).map_err(|e| e.located(&path, &span))
+        visitor
+            .visit_newtype_struct(self)
+            .map_err(|e| e.located(&path, &span))
     }
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         match &self.node.value {
-            Value::Array(items) => self.locate(visitor.visit_seq(Seq { de: &self, items, next: 0 })),
+            Value::Array(items) => self.locate(visitor.visit_seq(Seq {
+                de: &self,
+                items,
+                next: 0,
+            })),
             _ => Err(self.wrong_type("a list")),
         }
     }
 
-    fn deserialize_tuple<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value, DeError> {
+    fn deserialize_tuple<V: Visitor<'de>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
         self.deserialize_seq(visitor)
     }
 
@@ -275,8 +315,13 @@ struct Seq<'s, 'a> {
 impl<'de, 's, 'a> de::SeqAccess<'de> for Seq<'s, 'a> {
     type Error = DeError;
 
-    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, DeError> {
-        let Some(item) = self.items.get(self.next) else { return Ok(None) };
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, DeError> {
+        let Some(item) = self.items.get(self.next) else {
+            return Ok(None);
+        };
         let path = self.de.path.index(self.next);
         self.next += 1;
         seed.deserialize(self.de.child(item, path)).map(Some)
@@ -294,7 +339,11 @@ struct Map<'s, 'a> {
 }
 
 impl<'s, 'a> Map<'s, 'a> {
-    fn new(de: &'s NodeDe<'a>, entries: &'a [Entry], fields: Option<&'static [&'static str]>) -> Self {
+    fn new(
+        de: &'s NodeDe<'a>,
+        entries: &'a [Entry],
+        fields: Option<&'static [&'static str]>,
+    ) -> Self {
         let mut kept = Vec::new();
         for entry in entries {
             match fields {
@@ -308,15 +357,24 @@ impl<'s, 'a> Map<'s, 'a> {
                 _ => kept.push(entry),
             }
         }
-        Map { de, entries: kept, next: 0 }
+        Map {
+            de,
+            entries: kept,
+            next: 0,
+        }
     }
 }
 
 impl<'de, 's, 'a> de::MapAccess<'de> for Map<'s, 'a> {
     type Error = DeError;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
-        let Some(entry) = self.entries.get(self.next) else { return Ok(None) };
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, DeError> {
+        let Some(entry) = self.entries.get(self.next) else {
+            return Ok(None);
+        };
         let de: de::value::StrDeserializer<'_, DeError> = entry.key.as_str().into_deserializer();
         seed.deserialize(de)
             .map(Some)
@@ -358,9 +416,21 @@ mod tests {
         let node = from_toml(FileId(0), text).expect("parses");
         let (r, unknown) = from_node::<T>(&node);
         assert!(r.is_ok());
-        let msgs: Vec<_> = unknown.iter().map(|u| (u.path.to_string(), u.message.clone())).collect();
-        assert_eq!(msgs[0], ("vpcu".into(), "unknown key `vpcu`; did you mean `vcpu`?".into()));
-        assert_eq!(msgs[1].1, "unknown key `mountpiont`; did you mean `mountPoint`?");
+        let msgs: Vec<_> = unknown
+            .iter()
+            .map(|u| (u.path.to_string(), u.message.clone()))
+            .collect();
+        assert_eq!(
+            msgs[0],
+            (
+                "vpcu".into(),
+                "unknown key `vpcu`; did you mean `vcpu`?".into()
+            )
+        );
+        assert_eq!(
+            msgs[1].1,
+            "unknown key `mountpiont`; did you mean `mountPoint`?"
+        );
         assert_eq!(msgs[2].0, "inner[0].imgae");
     }
 
@@ -371,8 +441,15 @@ mod tests {
         assert_eq!(err.path.map(|p| p.to_string()).as_deref(), Some("vcpu"));
         assert!(err.message.contains("non-negative"), "{}", err.message);
         let node = from_toml(FileId(0), "vcpu = 99999999999\n").expect("parses");
-        assert!(from_node::<T>(&node).0.expect_err("huge").message.contains("too large"));
+        assert!(from_node::<T>(&node)
+            .0
+            .expect_err("huge")
+            .message
+            .contains("too large"));
         let node = from_toml(FileId(0), "mountPoint = 3\n").expect("parses");
-        assert_eq!(from_node::<T>(&node).0.expect_err("type").message, "expected a string, found an integer");
+        assert_eq!(
+            from_node::<T>(&node).0.expect_err("type").message,
+            "expected a string, found an integer"
+        );
     }
 }

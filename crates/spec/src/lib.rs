@@ -5,7 +5,12 @@
 
 pub mod config;
 pub mod de;
+pub mod diag;
+pub mod load;
 pub mod node;
+pub mod resolve;
 pub mod schema;
 pub mod source;
 pub mod types;
+
+pub use load::{load_file, load_with, LoadFailure, LoadOptions, Loaded};

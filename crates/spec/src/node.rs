@@ -80,7 +80,9 @@ impl Node {
         let mut node = self;
         for seg in &parent_path.0 {
             node = match (seg, &node.value) {
-                (Seg::Key(k), Value::Table(entries)) => &entries.iter().find(|e| &e.key == k)?.value,
+                (Seg::Key(k), Value::Table(entries)) => {
+                    &entries.iter().find(|e| &e.key == k)?.value
+                }
                 (Seg::Index(i), Value::Array(items)) => items.get(*i)?,
                 _ => return None,
             };
@@ -161,9 +163,15 @@ pub struct SyntaxError {
 pub fn from_toml(file: FileId, text: &str) -> Result<Node, SyntaxError> {
     let doc = toml_edit::Document::parse(text).map_err(|e| SyntaxError {
         message: e.message().trim().to_owned(),
-        span: Span { file, range: e.span().unwrap_or(0..0) },
+        span: Span {
+            file,
+            range: e.span().unwrap_or(0..0),
+        },
     })?;
-    let whole = Span { file, range: 0..text.len() };
+    let whole = Span {
+        file,
+        range: 0..text.len(),
+    };
     Ok(toml_table(file, doc.as_table(), whole))
 }
 
@@ -179,10 +187,17 @@ fn toml_table(file: FileId, table: &toml_edit::Table, span: Span) -> Node {
             .and_then(|(k, _)| k.span())
             .map_or_else(|| span.clone(), |range| Span { file, range });
         if let Some(value) = toml_item(file, item, &key_span) {
-            entries.push(Entry { key: key.to_owned(), key_span, value });
+            entries.push(Entry {
+                key: key.to_owned(),
+                key_span,
+                value,
+            });
         }
     }
-    Node { span, value: Value::Table(entries) }
+    Node {
+        span,
+        value: Value::Table(entries),
+    }
 }
 
 fn toml_item(file: FileId, item: &toml_edit::Item, key_span: &Span) -> Option<Node> {
@@ -195,7 +210,10 @@ fn toml_item(file: FileId, item: &toml_edit::Item, key_span: &Span) -> Option<No
                 .iter()
                 .map(|t| toml_table(file, t, span_or(file, t.span(), key_span)))
                 .collect();
-            Some(Node { span: span_or(file, a.span(), key_span), value: Value::Array(items) })
+            Some(Node {
+                span: span_or(file, a.span(), key_span),
+                value: Value::Array(items),
+            })
         }
     }
 }
@@ -217,7 +235,11 @@ fn toml_value(file: FileId, v: &toml_edit::Value, key_span: &Span) -> Node {
                     .key(key)
                     .and_then(|k| k.span())
                     .map_or_else(|| span.clone(), |range| Span { file, range });
-                entries.push(Entry { key: key.to_owned(), value: toml_value(file, value, &key_span), key_span });
+                entries.push(Entry {
+                    key: key.to_owned(),
+                    value: toml_value(file, value, &key_span),
+                    key_span,
+                });
             }
             Value::Table(entries)
         }
@@ -241,7 +263,13 @@ pub fn from_json(file: FileId, text: &str) -> Result<Node, SyntaxError> {
     };
     let parsed = jsonc_parser::parse_to_ast(text, &Default::default(), &options).map_err(|e| {
         let range = e.range();
-        SyntaxError { message: e.kind().to_string(), span: Span { file, range: range.start..range.end } }
+        SyntaxError {
+            message: e.kind().to_string(),
+            span: Span {
+                file,
+                range: range.start..range.end,
+            },
+        }
     })?;
     match parsed.value {
         Some(v) => json_value(file, &v),
@@ -256,7 +284,10 @@ fn json_value(file: FileId, v: &jsonc_parser::ast::Value<'_>) -> Result<Node, Sy
     use jsonc_parser::ast::Value as V;
     use jsonc_parser::common::Ranged;
     let r = v.range();
-    let span = Span { file, range: r.start..r.end };
+    let span = Span {
+        file,
+        range: r.start..r.end,
+    };
     let value = match v {
         V::StringLit(s) => Value::Str(s.value.to_string()),
         V::NumberLit(n) => match n.value.parse::<i64>() {
@@ -267,25 +298,41 @@ fn json_value(file: FileId, v: &jsonc_parser::ast::Value<'_>) -> Result<Node, Sy
                 }
                 Ok(x) => Value::Float(x),
                 Err(_) => {
-                    return Err(SyntaxError { message: format!("invalid number {}", n.value), span })
+                    return Err(SyntaxError {
+                        message: format!("invalid number {}", n.value),
+                        span,
+                    })
                 }
             },
         },
         V::BooleanLit(b) => Value::Bool(b.value),
         V::NullKeyword(_) => Value::Null,
         V::Array(a) => Value::Array(
-            a.elements.iter().map(|e| json_value(file, e)).collect::<Result<_, _>>()?,
+            a.elements
+                .iter()
+                .map(|e| json_value(file, e))
+                .collect::<Result<_, _>>()?,
         ),
         V::Object(o) => {
             let mut entries: Vec<Entry> = Vec::new();
             for prop in &o.properties {
                 let key = prop.name.as_str().to_owned();
                 let kr = prop.name.range();
-                let key_span = Span { file, range: kr.start..kr.end };
+                let key_span = Span {
+                    file,
+                    range: kr.start..kr.end,
+                };
                 if entries.iter().any(|e| e.key == key) {
-                    return Err(SyntaxError { message: format!("duplicate key {key:?}"), span: key_span });
+                    return Err(SyntaxError {
+                        message: format!("duplicate key {key:?}"),
+                        span: key_span,
+                    });
                 }
-                entries.push(Entry { key, key_span, value: json_value(file, &prop.value)? });
+                entries.push(Entry {
+                    key,
+                    key_span,
+                    value: json_value(file, &prop.value)?,
+                });
             }
             Value::Table(entries)
         }
@@ -301,20 +348,31 @@ mod tests {
     fn key_paths_round_trip() {
         let p = KeyPath::parse("volumes[1].mountPoint");
         assert_eq!(p.to_string(), "volumes[1].mountPoint");
-        assert_eq!(KeyPath::root().key("a").index(0).key("b").to_string(), "a[0].b");
+        assert_eq!(
+            KeyPath::root().key("a").index(0).key("b").to_string(),
+            "a[0].b"
+        );
     }
 
     #[test]
     fn toml_and_json_agree() {
         let t = from_toml(FileId(0), "vcpu = 2\n[[volumes]]\nimage = \"a\"\n").expect("toml");
         let j = from_json(FileId(0), r#"{"vcpu": 2, "volumes": [{"image": "a"}]}"#).expect("json");
-        let strip = |n: &Node| format!("{:?}", n.get("volumes").map(|e| match &e.value.value {
-            Value::Array(a) => a.len(),
-            _ => 0,
-        }));
+        let strip = |n: &Node| {
+            format!(
+                "{:?}",
+                n.get("volumes").map(|e| match &e.value.value {
+                    Value::Array(a) => a.len(),
+                    _ => 0,
+                })
+            )
+        };
         assert_eq!(strip(&t), strip(&j));
         let span = t.span_of(&KeyPath::parse("volumes[0].image"));
-        assert_eq!(&"vcpu = 2\n[[volumes]]\nimage = \"a\"\n"[span.range.clone()], "\"a\"");
+        assert_eq!(
+            &"vcpu = 2\n[[volumes]]\nimage = \"a\"\n"[span.range.clone()],
+            "\"a\""
+        );
     }
 
     #[test]

@@ -131,7 +131,9 @@ impl FromStr for MacAddr {
             )));
         }
         if out == [0; 6] {
-            return Err(InvalidValue("MAC address 00:00:00:00:00:00 is not usable".into()));
+            return Err(InvalidValue(
+                "MAC address 00:00:00:00:00:00 is not usable".into(),
+            ));
         }
         Ok(MacAddr(out))
     }
@@ -259,7 +261,9 @@ mod tests {
     #[test]
     fn mac_addresses() {
         assert_eq!(
-            "02:00:00:00:00:0A".parse::<MacAddr>().map(|m| m.to_string()),
+            "02:00:00:00:00:0A"
+                .parse::<MacAddr>()
+                .map(|m| m.to_string()),
             Ok("02:00:00:00:00:0a".to_string())
         );
         assert!("01:00:5e:00:00:01".parse::<MacAddr>().is_err(), "multicast");

@@ -76,6 +76,7 @@ pub struct VirtiofsdSpec {
     pub inode_file_handles: Option<InodeFileHandles>,
     pub thread_pool_size: Option<ThreadPoolSize>,
     pub extra_args: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "super::nullable")]
     pub group: Option<Option<String>>,
     pub package: Option<String>,
 }

@@ -19,6 +19,15 @@ use serde::Deserialize;
 
 use crate::types::{Hypervisor, VsockCid};
 
+/// Tells an absent key (`None`) from an explicit `null` (`Some(None)`).
+pub(crate) fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
 /// A whole definition file (after `imports` are merged).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -130,7 +139,8 @@ pub struct Spec {
     #[serde(default)]
     pub optimize: EnableSpec,
     pub pre_start: Option<String>,
-    pub socket: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub socket: Option<Option<String>>,
     pub pretty_procnames: Option<bool>,
     #[serde(default)]
     pub bin_scripts: BTreeMap<String, String>,

@@ -10,7 +10,8 @@ pub struct VolumeSpec {
     pub direct: Option<bool>,
     pub read_only: Option<bool>,
     pub label: Option<String>,
-    /// Required key; `null` means attach without mounting.
+    /// Guest mount point; absent or `null` means attach without mounting.
+    #[serde(default, deserialize_with = "super::nullable")]
     pub mount_point: Option<Option<String>>,
     pub size: Option<u64>,
     pub auto_create: Option<bool>,
@@ -43,7 +44,8 @@ impl ImageType {
 #[serde(rename_all = "camelCase")]
 pub struct ShareSpec {
     pub tag: Option<String>,
-    pub socket: Option<String>,
+    #[serde(default, deserialize_with = "super::nullable")]
+    pub socket: Option<Option<String>>,
     pub source: Option<String>,
     pub security_model: Option<SecurityModel>,
     pub mount_point: Option<String>,

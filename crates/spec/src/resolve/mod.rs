@@ -1,0 +1,421 @@
+//! From what the user wrote ([`Spec`]) to what will run ([`Config`]): defaults (including
+//! the computed ones of microvm.nix), absolute paths, and every check of the inventory's
+//! §1.17, all reported at once with the key path and span they concern.
+
+mod guest;
+mod net;
+mod storage;
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::config::*;
+use crate::diag::Diagnostic;
+use crate::node::{KeyPath, Node};
+use crate::schema::{Spec, ThreadPoolSize};
+use crate::source::{SourceMap, Span};
+use crate::types::{Hypervisor, VmName};
+
+#[derive(Debug)]
+pub struct Context<'a> {
+    pub tree: &'a Node,
+    pub sources: &'a SourceMap,
+    pub file: &'a Path,
+    pub name: Option<VmName>,
+    pub arch: Arch,
+}
+
+pub(crate) struct Resolver<'a> {
+    ctx: &'a Context<'a>,
+    diags: Vec<Diagnostic>,
+    /// The VM name for messages ("MicroVM <n>: …").
+    vm: String,
+}
+
+impl<'a> Resolver<'a> {
+    fn span(&self, path: &KeyPath) -> Span {
+        self.ctx.tree.span_of(path).clone()
+    }
+
+    pub(crate) fn error(&mut self, path: KeyPath, message: impl Into<String>) {
+        let span = self.span(&path);
+        self.diags.push(Diagnostic::error(message).at(path, span));
+    }
+
+    pub(crate) fn warn(&mut self, path: KeyPath, message: impl Into<String>) {
+        let span = self.span(&path);
+        self.diags.push(Diagnostic::warning(message).at(path, span));
+    }
+
+    /// A required value: reports "missing required key" at the enclosing table.
+    pub(crate) fn required<T: Clone>(&mut self, value: &Option<T>, path: KeyPath) -> Option<T> {
+        if value.is_none() {
+            let key = match path.0.last() {
+                Some(crate::node::Seg::Key(k)) => k.clone(),
+                _ => path.to_string(),
+            };
+            let parent = KeyPath(path.0[..path.0.len().saturating_sub(1)].to_vec());
+            let span = self.span(&parent);
+            self.diags
+                .push(Diagnostic::error(format!("missing required key `{key}`")).at(path, span));
+        }
+        value.clone()
+    }
+
+    /// A path naming a file input of the definition: relative to the file that wrote it.
+    pub(crate) fn file_input(&self, path: &KeyPath, value: &str) -> PathBuf {
+        let p = Path::new(value);
+        if p.is_absolute() {
+            return p.to_path_buf();
+        }
+        let span = self.span(path);
+        let file = &self.ctx.sources.file(span.file).path;
+        let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        let joined = dir.join(p);
+        std::path::absolute(&joined).unwrap_or(joined)
+    }
+
+    pub(crate) fn absolute_guest_path(&mut self, path: KeyPath, value: &str) -> bool {
+        if value.starts_with('/') && !value.split('/').any(|c| c == "..") {
+            true
+        } else {
+            self.error(
+                path,
+                format!(
+                    "{value:?} must be an absolute path in the guest (starting with /, without ..)"
+                ),
+            );
+            false
+        }
+    }
+
+    fn int_u32(&mut self, value: Option<u64>, default: u32, path: KeyPath, min: u32) -> u32 {
+        match value {
+            None => default,
+            Some(v) if v < u64::from(min) => {
+                self.error(path, format!("must be at least {min}, found {v}"));
+                default
+            }
+            Some(v) => u32::try_from(v).unwrap_or_else(|_| {
+                self.error(path, format!("{v} is too large"));
+                default
+            }),
+        }
+    }
+}
+
+/// Resolves a spec; returns the config (when every required piece was there) and all
+/// diagnostics found.
+pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnostic>) {
+    let root = KeyPath::root();
+    let mut r = Resolver {
+        ctx,
+        diags: Vec::new(),
+        vm: String::new(),
+    };
+
+    let name = resolve_name(&mut r, spec);
+    r.vm = name.as_ref().map_or_else(|| "?".into(), |n| n.to_string());
+    let hypervisor = spec.hypervisor.unwrap_or(Hypervisor::Qemu);
+
+    if spec.balloon_mem.is_some() {
+        r.error(
+            root.key("balloonMem"),
+            "The balloonMem option has been removed and replaced by the boolean option balloon",
+        );
+    }
+    let vcpu = r.int_u32(spec.vcpu, 1, root.key("vcpu"), 1);
+    let mem = match spec.mem {
+        None => 512,
+        Some(0) => {
+            r.error(root.key("mem"), "must be at least 1 (MB), found 0");
+            512
+        }
+        Some(m) if m > (1 << 32) => {
+            r.error(
+                root.key("mem"),
+                format!("{m} MB is more memory than any host has"),
+            );
+            512
+        }
+        Some(m) => m,
+    };
+    if mem < 32 {
+        r.warn(
+            root.key("mem"),
+            format!("MicroVM {}: {mem} MB of RAM is uncomfortably narrow.", r.vm),
+        );
+    }
+    let hotplug_mem = spec.hotplug_mem.unwrap_or(0);
+
+    let storage = storage::resolve(&mut r, spec);
+    let net = net::resolve(&mut r, spec, hypervisor);
+    let guest = guest::resolve(&mut r, spec, &net.interfaces);
+
+    let kernel = spec.kernel.as_ref().map(|k| match k {
+        crate::schema::KernelSpec::Path(p) => KernelRef::Path(r.file_input(&root.key("kernel"), p)),
+        crate::schema::KernelSpec::Package(p) => KernelRef::Package(p.clone()),
+    });
+    let initrd_path = spec
+        .initrd_path
+        .as_ref()
+        .map(|p| r.file_input(&root.key("initrdPath"), p));
+
+    if spec.vsock.ssh.enable == Some(true) && spec.vsock.cid.is_none() {
+        r.error(
+            root.key("vsock").key("ssh").key("enable"),
+            format!(
+                "MicroVM {}: vsock.ssh.enable needs vsock.cid to be set",
+                r.vm
+            ),
+        );
+    }
+
+    let machine_id = resolve_machine_id(&mut r, spec, name.as_ref());
+    let credential_files = spec
+        .credential_files
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                r.file_input(&root.key("credentialFiles").key(k), v),
+            )
+        })
+        .collect();
+    let virtiofsd = resolve_virtiofsd(&mut r, spec);
+    check_extra_args(&mut r, spec);
+
+    let config = name.map(|name| {
+        let n = name.to_string();
+        Config {
+            hypervisor,
+            arch: ctx.arch,
+            vcpu,
+            mem,
+            hugepage_mem: spec.hugepage_mem.unwrap_or(false),
+            hotplug_mem,
+            hotplugged_mem: spec.hotplugged_mem.unwrap_or(hotplug_mem),
+            balloon: spec.balloon.unwrap_or(false),
+            initial_balloon_mem: spec.initial_balloon_mem.unwrap_or(0),
+            deflate_on_oom: spec.deflate_on_oom.unwrap_or(true),
+            kernel,
+            initrd_path,
+            kernel_params: spec.kernel_params.clone().unwrap_or_default(),
+            cpu: spec.cpu.clone(),
+            kvm: spec.kvm.unwrap_or(KvmMode::Auto),
+            store_on_disk: storage.store_on_disk,
+            store_disk: spec
+                .store_disk
+                .as_ref()
+                .map(|p| r.file_input(&root.key("storeDisk"), p)),
+            store_disk_type: spec.store_disk_type.unwrap_or(StoreDiskType::Erofs),
+            store_disk_erofs_flags: spec.store_disk_erofs_flags.clone(),
+            store_disk_squashfs_flags: spec.store_disk_squashfs_flags.clone(),
+            writable_store_overlay: spec.writable_store_overlay.clone(),
+            system_symlink: spec.system_symlink.unwrap_or(!storage.store_on_disk),
+            volumes: storage.volumes,
+            shares: storage
+                .shares
+                .into_iter()
+                .map(|s| s.with_default_socket(&n))
+                .collect(),
+            interfaces: net.interfaces,
+            forward_ports: net.forward_ports,
+            devices: net.devices,
+            vsock: Vsock {
+                cid: spec.vsock.cid,
+                ssh: spec.vsock.ssh.enable.unwrap_or(false),
+            },
+            graphics: Graphics {
+                enable: spec.graphics.enable.unwrap_or(false),
+                socket: spec
+                    .graphics
+                    .socket
+                    .clone()
+                    .unwrap_or_else(|| format!("{n}-gpu.sock")),
+                backend: spec.graphics.backend.unwrap_or(GraphicsBackend::Gtk),
+                vulkan: spec.graphics.vulkan.clone(),
+                hostmem: spec
+                    .graphics
+                    .hostmem
+                    .clone()
+                    .unwrap_or_else(|| "256M".into()),
+                crosvm_package: spec.graphics.crosvm_package.as_ref().map(PathBuf::from),
+            },
+            qemu: Qemu {
+                machine: spec.qemu.machine.clone().unwrap_or_else(|| {
+                    match ctx.arch {
+                        Arch::X86_64 => "microvm",
+                        Arch::Aarch64 => "virt",
+                    }
+                    .into()
+                }),
+                machine_opts: spec.qemu.machine_opts.clone(),
+                extra_args: spec.qemu.extra_args.clone().unwrap_or_default(),
+                serial_console: spec.qemu.serial_console.unwrap_or(true),
+                pcie_root_ports: net.pcie_root_ports,
+                package: spec.qemu.package.as_ref().map(PathBuf::from),
+            },
+            cloud_hypervisor: CloudHypervisor {
+                extra_args: spec.cloud_hypervisor.extra_args.clone().unwrap_or_default(),
+                platform_oem_strings: spec
+                    .cloud_hypervisor
+                    .platform_oem_strings
+                    .clone()
+                    .unwrap_or_default(),
+                package: spec.cloud_hypervisor.package.as_ref().map(PathBuf::from),
+                version: spec.cloud_hypervisor.version.clone(),
+            },
+            crosvm: Crosvm {
+                extra_args: spec.crosvm.extra_args.clone().unwrap_or_default(),
+                pivot_root: spec.crosvm.pivot_root.clone(),
+                package: spec.crosvm.package.as_ref().map(PathBuf::from),
+                version: spec.crosvm.version.clone(),
+            },
+            firecracker: Firecracker {
+                cpu: spec.firecracker.cpu.clone(),
+                drive_io_engine: spec
+                    .firecracker
+                    .drive_io_engine
+                    .unwrap_or(DriveIoEngine::Async),
+                extra_args: spec.firecracker.extra_args.clone().unwrap_or_default(),
+                extra_config: spec.firecracker.extra_config.clone(),
+                package: spec.firecracker.package.as_ref().map(PathBuf::from),
+                version: spec.firecracker.version.clone(),
+            },
+            kvmtool: package_only(&spec.kvmtool),
+            stratovirt: package_only(&spec.stratovirt),
+            alioth: package_only(&spec.alioth),
+            user: spec.user.clone(),
+            virtiofsd,
+            credential_files,
+            pre_start: spec.pre_start.clone().unwrap_or_default(),
+            socket: match &spec.socket {
+                None => Some(format!("{n}.sock")),
+                Some(s) => s.clone(),
+            },
+            pretty_procnames: spec.pretty_procnames.unwrap_or(true),
+            bin_scripts: spec.bin_scripts.clone(),
+            extra_args_script: spec.extra_args_script.clone(),
+            register_with_machined: spec.register_with_machined.unwrap_or(false),
+            machine_id,
+            register_closure: spec
+                .register_closure
+                .unwrap_or(spec.guest.enable.unwrap_or(true)),
+            optimize: spec.optimize.enable.unwrap_or(true),
+            guest,
+            name,
+        }
+    });
+    (config, r.diags)
+}
+
+fn package_only(spec: &crate::schema::PackageOnlySpec) -> PackageOnly {
+    PackageOnly {
+        package: spec.package.as_ref().map(PathBuf::from),
+        version: spec.version.clone(),
+    }
+}
+
+fn resolve_name(r: &mut Resolver<'_>, spec: &Spec) -> Option<VmName> {
+    if let Some(h) = &spec.host_name {
+        return match h.parse::<VmName>() {
+            Ok(n) => Some(n),
+            Err(e) => {
+                r.error(KeyPath::root().key("hostName"), e.0);
+                None
+            }
+        };
+    }
+    if let Some(n) = &r.ctx.name {
+        return Some(n.clone());
+    }
+    let stem = r.ctx.file.file_stem().and_then(|s| s.to_str());
+    match stem.map(str::parse::<VmName>) {
+        Some(Ok(n)) => Some(n),
+        _ => {
+            r.error(
+                KeyPath::root(),
+                format!(
+                    "cannot name the VM after the file {:?}; set `hostName`",
+                    r.ctx.file.to_string_lossy()
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// `machineId`: as given (validated), else derived like later microvm.nix: the first 16
+/// bytes of sha256("microvm.nix:<hostName>"), formatted as a UUID.
+fn resolve_machine_id(r: &mut Resolver<'_>, spec: &Spec, name: Option<&VmName>) -> String {
+    if let Some(id) = &spec.machine_id {
+        let hex: String = id.chars().filter(|c| *c != '-').collect();
+        if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            r.error(
+                KeyPath::root().key("machineId"),
+                format!("{id:?} is not a machine id (32 hex digits, dashes allowed)"),
+            );
+        }
+        return id.to_lowercase();
+    }
+    let digest = Sha256::digest(format!("microvm.nix:{}", name.map_or("", |n| n.as_str())));
+    let h: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn resolve_virtiofsd(r: &mut Resolver<'_>, spec: &Spec) -> Virtiofsd {
+    let path = KeyPath::root().key("virtiofsd").key("threadPoolSize");
+    let thread_pool_size = match &spec.virtiofsd.thread_pool_size {
+        None => ThreadPool::Nproc,
+        Some(ThreadPoolSize::Count(n)) => ThreadPool::Count(*n),
+        Some(ThreadPoolSize::Expr(s)) if s.trim() == "`nproc`" || s.trim() == "nproc" => {
+            ThreadPool::Nproc
+        }
+        Some(ThreadPoolSize::Expr(s)) => match s.trim().parse() {
+            Ok(n) => ThreadPool::Count(n),
+            Err(_) => {
+                r.error(path, format!("{s:?} is neither a number nor \"`nproc`\""));
+                ThreadPool::Nproc
+            }
+        },
+    };
+    Virtiofsd {
+        inode_file_handles: Some(
+            spec.virtiofsd
+                .inode_file_handles
+                .unwrap_or(InodeFileHandles::Prefer),
+        ),
+        thread_pool_size,
+        extra_args: spec.virtiofsd.extra_args.clone().unwrap_or_default(),
+        group: match &spec.virtiofsd.group {
+            None => Some("kvm".into()),
+            Some(g) => g.clone(),
+        },
+        package: spec.virtiofsd.package.as_ref().map(PathBuf::from),
+    }
+}
+
+fn check_extra_args(r: &mut Resolver<'_>, spec: &Spec) {
+    if let Some(args) = &spec.cloud_hypervisor.extra_args {
+        if let Some(i) = args.iter().position(|a| a.contains("oem_strings")) {
+            r.error(
+                KeyPath::root().key("cloud-hypervisor").key("extraArgs").index(i),
+                format!("MicroVM {}: use cloud-hypervisor.platformOEMStrings instead of oem_strings in extraArgs", r.vm),
+            );
+        }
+    }
+}
