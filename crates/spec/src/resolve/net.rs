@@ -108,10 +108,9 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec, hypervisor: Hypervisor)
             });
         }
     }
-    if !spec.forward_ports.is_empty()
-        && !(hypervisor == Hypervisor::Qemu
-            && interfaces.iter().any(|i| i.kind == InterfaceType::User))
-    {
+    let user_net =
+        hypervisor == Hypervisor::Qemu && interfaces.iter().any(|i| i.kind == InterfaceType::User);
+    if !spec.forward_ports.is_empty() && !user_net {
         r.error(root.key("forwardPorts"), format!("MicroVM {}: `config.microvm.forwardPorts` works only with qemu and one network interface with `type = \"user\"`", r.vm));
     }
 
