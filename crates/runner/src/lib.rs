@@ -9,6 +9,7 @@ pub mod caps;
 pub mod invocation;
 pub mod kv;
 pub mod quote;
+pub mod render;
 pub mod version;
 
 mod alioth;
@@ -20,6 +21,8 @@ mod firecracker;
 mod kvmtool;
 mod qemu;
 mod stratovirt;
+#[cfg(test)]
+mod testutil;
 #[allow(dead_code)] // until every planner uses it
 mod virtiofsd;
 
@@ -45,7 +48,7 @@ pub fn plan_for(
     host: &HostFacts,
 ) -> Result<Invocation, PlanError> {
     caps::check(hypervisor, config)?;
-    match hypervisor {
+    let mut invocation = match hypervisor {
         Hypervisor::Qemu => qemu::plan(config, artifacts, host),
         Hypervisor::CloudHypervisor => cloud_hypervisor::plan(config, artifacts, host),
         Hypervisor::Firecracker => firecracker::plan(config, artifacts, host),
@@ -58,5 +61,15 @@ pub fn plan_for(
             feature: "Linux hosts".into(),
             reason: "vfkit runs on macOS only".into(),
         }),
+    }?;
+    // The capability table's warnings (ignored features) come first, then the planner's
+    // own; a planner may repeat one of the table's without it appearing twice.
+    let mut warnings = caps::warnings(hypervisor, config);
+    for w in std::mem::take(&mut invocation.warnings) {
+        if !warnings.contains(&w) {
+            warnings.push(w);
+        }
     }
+    invocation.warnings = warnings;
+    Ok(invocation)
 }
