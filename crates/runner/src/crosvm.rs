@@ -295,12 +295,6 @@ fn reject_unsupported(config: &Config) -> Result<(), PlanError> {
             "crosvm does not support credentialFiles",
         ));
     }
-    if !config.forward_ports.is_empty() {
-        return Err(unsupported(
-            "forwardPorts",
-            "only qemu's user networking forwards ports",
-        ));
-    }
     for iface in &config.interfaces {
         if matches!(iface.kind, InterfaceType::User | InterfaceType::Bridge) {
             let kind = iface_kind(iface.kind);

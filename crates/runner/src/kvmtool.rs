@@ -78,10 +78,11 @@ pub(crate) fn plan(
             d.push_str(",ro");
         }
         if volume.serial.is_some() {
-            warnings.push(format!(
-                "Volume serial is not supported for kvmtool (volume {})",
-                volume.image
-            ));
+            // The capability table's wording, so that the warning is not repeated.
+            let w = "Volume serial is not supported for kvmtool".to_owned();
+            if !warnings.contains(&w) {
+                warnings.push(w);
+            }
         }
         push(&mut args, "-d", d);
     }
@@ -184,12 +185,6 @@ fn reject_unsupported(config: &Config) -> Result<(), PlanError> {
         return Err(unsupported(
             "credentialFiles",
             "kvmtool does not support credentialFiles",
-        ));
-    }
-    if !config.forward_ports.is_empty() {
-        return Err(unsupported(
-            "forwardPorts",
-            "only qemu's user networking forwards ports",
         ));
     }
     for share in &config.shares {

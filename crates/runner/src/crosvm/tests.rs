@@ -210,9 +210,12 @@ fn no_socket_means_signal() {
 
 #[test]
 fn kv_quoting() {
-    assert_eq!(kv_value("x", "a.img").unwrap(), "a.img");
-    assert_eq!(kv_value("x", "a,b.img").unwrap(), "\"a,b.img\"");
-    assert_eq!(kv_value("x", "a\"b\\c[").unwrap(), "\"a\\\"b\\\\c[\"");
-    assert_eq!(kv_value("x", "").unwrap(), "\"\"");
+    assert_eq!(kv_value("x", "a.img").expect("valid"), "a.img");
+    assert_eq!(kv_value("x", "a,b.img").expect("valid"), "\"a,b.img\"");
+    assert_eq!(
+        kv_value("x", "a\"b\\c[").expect("valid"),
+        "\"a\\\"b\\\\c[\""
+    );
+    assert_eq!(kv_value("x", "").expect("valid"), "\"\"");
     assert!(kv_value("x", "a\0").is_err());
 }

@@ -71,7 +71,7 @@ fn volumes_balloon_9p_net_devices() {
     );
     assert_eq!(
         inv.warnings,
-        vec!["Volume serial is not supported for kvmtool (volume /data/b.img)".to_owned()]
+        vec!["Volume serial is not supported for kvmtool".to_owned()]
     );
 }
 
