@@ -7,7 +7,9 @@
 //! - vsock is `--vsock cid=<cid>` (the `--vsock` key-value form exists since 2023-02 and also
 //!   takes the bare CID the original passes; older crosvm only had `--cid`);
 //! - graphics use `--vhost-user type=gpu,socket=<sock>` ([later]; `--vhost-user-gpu` was
-//!   removed in 2025-04) and balloon uses `--balloon-page-reporting` ([later]);
+//!   removed in 2025-04) and balloon uses `--balloon-page-reporting` ([later]); the GPU
+//!   device helper's `--wayland-sock` is `$XDG_RUNTIME_DIR/$WAYLAND_DISPLAY`, expanded by
+//!   whoever starts the helper from the user's session (as for cloud-hypervisor);
 //! - `--seccomp-log-failures` only for a known version below 107.1. crosvm's own
 //!   `--version` prints its crate version `0.1.0`, which says nothing about the release, so
 //!   versions below 1.0 count as unknown (= newest).
@@ -108,7 +110,7 @@ pub(crate) fn plan(
                 "--socket",
                 socket,
                 "--wayland-sock",
-                "${XDG_RUNTIME_DIR}/${WAYLAND_DISPLAY}",
+                "$XDG_RUNTIME_DIR/$WAYLAND_DISPLAY",
                 "--params",
                 GPU_PARAMS,
             ]
