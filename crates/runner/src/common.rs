@@ -58,6 +58,14 @@ pub(crate) fn drive_letter(index: usize) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// The vsock port microvm's guest init connects to (host CID 2) for its control channel
+/// on hypervisors with hybrid vsock (cloud-hypervisor, firecracker). systemd's notify
+/// socket uses 8888, as in microvm.nix.
+pub(crate) const CONTROL_VSOCK_PORT: u32 = 8889;
+
+/// The hybrid-vsock socket of cloud-hypervisor and firecracker ([later] microvm.nix name).
+pub(crate) const NOTIFY_VSOCK: &str = "notify.vsock";
+
 #[cfg(test)]
 mod tests {
     use super::*;
