@@ -1,1 +1,4 @@
-//! (to be written)
+//! Host lifecycle: probing KVM, talking to hypervisors (QMP, HTTP API), reading the guest
+//! init's control channel, and supervising a VM in the foreground.
+
+pub mod kvm;
