@@ -8,6 +8,7 @@
 pub mod caps;
 pub mod invocation;
 pub mod kv;
+pub mod package;
 pub mod quote;
 pub mod render;
 pub mod version;

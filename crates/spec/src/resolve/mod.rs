@@ -206,7 +206,8 @@ pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnosti
             deflate_on_oom: spec.deflate_on_oom.unwrap_or(true),
             kernel,
             initrd_path,
-            kernel_params: spec.kernel_params.clone().unwrap_or_default(),
+            // NixOS's boot.consoleLogLevel default, which microvm.nix's kernelParams carry.
+            kernel_params: spec.kernel_params.clone().unwrap_or_else(|| vec!["loglevel=4".into()]),
             cpu: spec.cpu.clone(),
             kvm: spec.kvm.unwrap_or(KvmMode::Auto),
             store_on_disk: storage.store_on_disk,

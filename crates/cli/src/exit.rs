@@ -1,0 +1,64 @@
+//! Exit codes, documented in docs/cli.md and the man page:
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success (for `run`: the guest's command exited 0, or the guest powered off cleanly) |
+//! | 1 | an operational error (a file, tool or process failed) |
+//! | 2 | bad command-line usage (from clap) |
+//! | 3 | the definition is invalid |
+//! | 4 | the definition is valid but the hypervisor cannot run it (unsupported feature, KVM required) |
+//! | 5 | the guest init failed (it reported what failed and powered off) |
+//!
+//! `microvm run` in single-command mode exits with the guest command's own status.
+
+pub const OK: i32 = 0;
+pub const FAILURE: i32 = 1;
+pub const INVALID: i32 = 3;
+pub const UNSUPPORTED: i32 = 4;
+pub const GUEST_FAILED: i32 = 5;
+
+/// An error that carries its own exit code and has already been printed in full.
+#[derive(Debug)]
+pub struct Reported(pub i32);
+
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}", self.0)
+    }
+}
+
+impl std::error::Error for Reported {}
+
+/// An unsupported-feature error (exit code 4).
+#[derive(Debug)]
+pub struct Unsupported(pub String);
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unsupported {}
+
+/// Prints an error chain once (`error: outer: cause: root cause`) and returns its code.
+pub fn report(err: &anyhow::Error) -> i32 {
+    if let Some(Reported(code)) = err.downcast_ref::<Reported>() {
+        return *code;
+    }
+    let chain: Vec<String> = err.chain().map(ToString::to_string).collect();
+    eprintln!("error: {}", chain.join(": "));
+    if err
+        .chain()
+        .any(|e| e.downcast_ref::<Unsupported>().is_some())
+    {
+        UNSUPPORTED
+    } else if err
+        .chain()
+        .any(|e| e.downcast_ref::<microvm_runner::PlanError>().is_some())
+    {
+        UNSUPPORTED
+    } else {
+        FAILURE
+    }
+}

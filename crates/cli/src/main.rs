@@ -1,0 +1,18 @@
+//! `microvm`: declarative MicroVMs on any Linux host. A thin shell over the libraries:
+//! parse arguments, run one verb, print the error chain once, exit with a documented code.
+#![forbid(unsafe_code)]
+
+mod cli;
+mod cmd;
+mod exit;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    let code = match cmd::dispatch(cli) {
+        Ok(code) => code,
+        Err(err) => exit::report(&err),
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,319 @@
+//! Building a VM's guest artifacts into the store: the kernel (and its uncompressed ELF),
+//! the root/store disk, and the initrd with the guest init, its plan and the modules the
+//! VM needs. Each artifact is cached under the hash of its inputs; a rebuild with nothing
+//! changed only hashes (stat-cached) inputs and finds everything in place.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use microvm_init::plan::GuestPlan;
+use microvm_spec::config::{Config, KernelRef, RootSource, StoreDiskType};
+
+use crate::disk::{self, DiskOptions, DiskType};
+use crate::kernel::{Availability, FsCompression, KernelFeature, KernelInfo};
+use crate::modules::ModuleIndex;
+use crate::store::{combine, Store};
+use crate::tools::Version;
+use crate::{fetch, guest, guest_init, initrd, kernel, modules, rootfs, store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("no kernel is configured; set `kernel` to a bzImage/vmlinux/.deb path, or `kernel = {{ package = \"linux-image-cloud-amd64\" }}`")]
+    NoKernel,
+    #[error("no guest root is configured; add a `[[root]]` source (a directory or a tarball), or set `storeDisk` to a prebuilt image")]
+    NoRoot,
+    #[error("root source `{0}` is not supported by this version of microvm yet")]
+    UnsupportedSource(&'static str),
+    #[error("root source {path} must land at `/` (target {target} is not supported yet)")]
+    Target { path: PathBuf, target: String },
+    #[error(transparent)]
+    Kernel(#[from] kernel::KernelError),
+    #[error(transparent)]
+    Modules(#[from] modules::ModulesError),
+    #[error(transparent)]
+    Initrd(#[from] initrd::InitrdError),
+    #[error(transparent)]
+    Rootfs(#[from] rootfs::RootfsError),
+    #[error(transparent)]
+    Disk(#[from] disk::DiskError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Fetch(#[from] fetch::FetchError),
+}
+
+/// What a build produced.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub kernel: PathBuf,
+    pub vmlinux: Option<PathBuf>,
+    pub kernel_version: Option<String>,
+    pub initrd: PathBuf,
+    pub store_disk: Option<PathBuf>,
+    pub plan: GuestPlan,
+    /// Hash of every input of the artifacts.
+    pub hash: String,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub name: &'static str,
+    pub duration: Duration,
+    /// Found in the store, not rebuilt.
+    pub cached: bool,
+    pub detail: String,
+}
+
+/// Builds (or finds) the artifacts of `config` in `store`. `progress` is told about
+/// each step as it starts.
+pub fn build(
+    config: &Config,
+    store: &Store,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Built, BuildError> {
+    let mut steps = Vec::new();
+
+    // Kernel.
+    let t = Instant::now();
+    let source = match &config.kernel {
+        Some(KernelRef::Path(p)) => p.clone(),
+        Some(KernelRef::Package(name)) => {
+            progress(&format!("fetching kernel package {name}"));
+            fetch::debian_kernel(name, &store.root().join(".cache/debs"))?
+        }
+        None => return Err(BuildError::NoKernel),
+    };
+    let kernel_hash = store.hash_path(&source)?;
+    let kernel_cache = store.root().join(".cache/kernels").join(&kernel_hash[..32]);
+    let mut kernel = KernelInfo::from_path(&source, &kernel_cache)?;
+    let vmlinux = match kernel.ensure_vmlinux(&kernel_cache) {
+        Ok(p) => Some(p.to_path_buf()),
+        Err(e) => {
+            tracing::warn!("no uncompressed kernel: {e}");
+            None
+        }
+    };
+    steps.push(Step {
+        name: "kernel",
+        duration: t.elapsed(),
+        cached: false,
+        detail: kernel.version.clone().unwrap_or_default(),
+    });
+    let kernel_version = kernel
+        .version
+        .as_deref()
+        .and_then(|v| v.parse::<Version>().ok());
+
+    // Root/store disk.
+    let t = Instant::now();
+    let (store_disk, cached) = match (&config.store_disk, config.store_on_disk) {
+        (Some(prebuilt), _) => (Some(prebuilt.clone()), true),
+        (None, false) => (None, true),
+        (None, true) => {
+            let (p, cached) = root_disk(config, store, kernel_version, progress)?;
+            (Some(p), cached)
+        }
+    };
+    steps.push(Step {
+        name: "root disk",
+        duration: t.elapsed(),
+        cached,
+        detail: String::new(),
+    });
+
+    // Initrd.
+    let t = Instant::now();
+    let mut plan = guest::plan(config);
+    let compression = match config.store_disk_type {
+        StoreDiskType::Erofs => Some(FsCompression::Lz4),
+        StoreDiskType::Squashfs => None,
+    };
+    let features = guest::kernel_features(config, compression);
+    let init = guest_init::guest_init_binary();
+    let initrd_hash = combine(&[
+        ("init", &blake3::hash(init).to_hex()),
+        ("kernel", &kernel_hash),
+        ("plan", &plan.to_json()),
+        ("features", &format!("{features:?}")),
+    ]);
+    let initrd_dir = store.path(&initrd_hash, "initrd");
+    let initrd_path = initrd_dir.join("initrd");
+    let cached = initrd_path.exists();
+    if !cached {
+        progress("assembling initrd");
+        let modules = required_modules(&kernel, &features, &kernel_cache)?;
+        let mut builder = initrd::InitrdBuilder::new();
+        builder.init(init.to_vec())?;
+        let index = match &kernel.modules_dir {
+            Some(dir) if !modules.is_empty() => Some(ModuleIndex::open(dir, &kernel_cache)?),
+            _ => None,
+        };
+        if let Some(index) = index {
+            let resolved = index.resolve(&modules)?;
+            plan.modules = builder.add_modules(&resolved)?;
+        }
+        builder.plan(&plan)?;
+        let scratch = store.scratch("initrd")?;
+        let tmp = scratch.join("out");
+        std::fs::create_dir_all(&tmp).map_err(|source| store::StoreError::Io {
+            op: "creating",
+            path: tmp.clone(),
+            source,
+        })?;
+        builder.write_to(&tmp.join("initrd"))?;
+        std::fs::write(tmp.join("plan.json"), plan.to_json()).map_err(|source| {
+            store::StoreError::Io {
+                op: "writing",
+                path: tmp.clone(),
+                source,
+            }
+        })?;
+        store.publish(&tmp, &initrd_dir)?;
+        let _ = std::fs::remove_dir_all(&scratch);
+    } else if let Ok(text) = std::fs::read_to_string(initrd_dir.join("plan.json")) {
+        if let Ok(stored) = GuestPlan::from_json(&text) {
+            plan = stored;
+        }
+    }
+    steps.push(Step {
+        name: "initrd",
+        duration: t.elapsed(),
+        cached,
+        detail: String::new(),
+    });
+
+    let _ = store.save();
+    let hash = combine(&[
+        ("kernel", &kernel_hash),
+        ("initrd", &initrd_hash),
+        (
+            "disk",
+            &store_disk
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        ),
+    ]);
+    Ok(Built {
+        kernel: kernel.image.clone(),
+        vmlinux,
+        kernel_version: kernel.version.clone(),
+        initrd: initrd_path,
+        store_disk,
+        plan,
+        hash,
+        steps,
+    })
+}
+
+/// The modules to load for `features`; a missing feature is an error naming the kernel.
+fn required_modules(
+    kernel: &KernelInfo,
+    features: &[KernelFeature],
+    _cache: &Path,
+) -> Result<Vec<String>, BuildError> {
+    let mut names = Vec::new();
+    for f in features {
+        let optional = matches!(f, KernelFeature::VirtioMmio | KernelFeature::VirtioPci);
+        let wanted: Vec<String> = match kernel.supports(*f) {
+            Availability::Builtin => Vec::new(),
+            Availability::Module(m) => m,
+            Availability::Missing { .. } if optional => Vec::new(),
+            Availability::Missing { .. } => {
+                kernel.require(*f)?;
+                Vec::new()
+            }
+            // No configuration: load the modules when the kernel ships them.
+            Availability::Unknown => f.module_names().into_iter().map(str::to_owned).collect(),
+        };
+        for m in wanted {
+            if !names.contains(&m) {
+                names.push(m);
+            }
+        }
+    }
+    if kernel.config.is_none() {
+        // Without a configuration we cannot tell built-ins from missing modules: keep the
+        // ones the kernel ships and let the guest report what is absent.
+        if let Some(dir) = &kernel.modules_dir {
+            if let Ok(index) = ModuleIndex::open(dir, _cache) {
+                names.retain(|n| index.has_module(n) || index.is_builtin(n));
+            }
+        } else {
+            names.clear();
+        }
+    }
+    Ok(names)
+}
+
+fn root_disk(
+    config: &Config,
+    store: &Store,
+    kernel_version: Option<Version>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(PathBuf, bool), BuildError> {
+    if config.guest.root.is_empty() {
+        return Err(BuildError::NoRoot);
+    }
+    let mut sources = Vec::new();
+    let mut parts = Vec::new();
+    for s in &config.guest.root {
+        let (src, path, target) = match s {
+            RootSource::Directory { path, target } => {
+                (rootfs::RootSource::Directory(path.clone()), path, target)
+            }
+            RootSource::Tarball { path, target } => {
+                (rootfs::RootSource::Tarball(path.clone()), path, target)
+            }
+            RootSource::Oci { .. } => return Err(BuildError::UnsupportedSource("oci")),
+            RootSource::Debian { .. } => return Err(BuildError::UnsupportedSource("debian")),
+            RootSource::Nix { .. } => return Err(BuildError::UnsupportedSource("nix")),
+        };
+        if target != "/" {
+            return Err(BuildError::Target {
+                path: path.clone(),
+                target: target.clone(),
+            });
+        }
+        parts.push(format!("{}:{}", path.display(), store.hash_path(path)?));
+        sources.push(src);
+    }
+    let (disk_type, name, flags) = match config.store_disk_type {
+        StoreDiskType::Erofs => (
+            DiskType::Erofs,
+            "root.erofs",
+            config.store_disk_erofs_flags.clone(),
+        ),
+        StoreDiskType::Squashfs => (
+            DiskType::Squashfs,
+            "root.squashfs",
+            config.store_disk_squashfs_flags.clone(),
+        ),
+    };
+    let hash = combine(&[
+        ("sources", &parts.join("\n")),
+        ("type", name),
+        ("flags", &format!("{flags:?}")),
+        ("kernel", &format!("{kernel_version:?}")),
+    ]);
+    let out = store.path(&hash, name);
+    if out.exists() {
+        return Ok((out, true));
+    }
+    progress("staging the guest root");
+    let scratch = store.scratch("root")?;
+    let staged = rootfs::stage(&sources, &scratch.join("tree"))?;
+    progress(&format!("building the {name} image"));
+    let opts = DiskOptions {
+        disk_type,
+        extra_flags: flags,
+        kernel_version,
+        ..Default::default()
+    };
+    let tmp = scratch.join(name);
+    disk::build_disk(&staged.root, &tmp, &opts)?;
+    store.publish(&tmp, &out)?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok((out, false))
+}
