@@ -46,10 +46,10 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<i32> {
     for h in &targets {
         let report = hypervisor_report(*h, config);
         if report.supported {
-            println!("  {h:<16} yes");
+            println!("  {:<16} yes", h.name());
         } else {
             all_ok = false;
-            println!("  {h:<16} no");
+            println!("  {:<16} no", h.name());
         }
         for e in &report.errors {
             println!("    - {e}");

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run): installs what the tests need on a
+# Debian 12 host (as root), then formatting, clippy with warnings denied, and every test
+# (unit, golden, CLI, and real boots of MicroVMs under qemu).
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+
+bash scripts/setup-host.sh
+bash scripts/fetch-test-kernels.sh
+bash scripts/install-virtiofsd.sh
+export PATH="$repo/target/tools/bin:$PATH"
+export MICROVM_TEST_KERNELS="${MICROVM_TEST_KERNELS:-$repo/target/test-kernels}"
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
