@@ -49,6 +49,14 @@ pub fn plan_for(
     host: &HostFacts,
 ) -> Result<Invocation, PlanError> {
     caps::check(hypervisor, config)?;
+    // Only qemu can run without KVM (TCG); the others would fail at start.
+    if !host.kvm && hypervisor != Hypervisor::Qemu && hypervisor != Hypervisor::Vfkit {
+        return Err(PlanError::Unsupported {
+            hypervisor,
+            feature: "running without KVM".into(),
+            reason: "KVM is not usable on this host; only qemu can run without it (TCG)".into(),
+        });
+    }
     let mut invocation = match hypervisor {
         Hypervisor::Qemu => qemu::plan(config, artifacts, host),
         Hypervisor::CloudHypervisor => cloud_hypervisor::plan(config, artifacts, host),
