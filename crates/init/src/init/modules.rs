@@ -1,5 +1,7 @@
 //! Kernel modules, loaded in the plan's order. Plain `.ko` go through `finit_module`;
-//! `.ko.xz` and `.ko.zst` are decompressed here and loaded with `init_module`.
+//! `.ko.xz` and `.ko.zst` are first handed to the kernel to decompress
+//! (`MODULE_INIT_COMPRESSED_FILE`, Linux 6.2+ with `CONFIG_MODULE_DECOMPRESS`), and
+//! otherwise decompressed here and loaded with `init_module`.
 
 use std::io::Read;
 
@@ -15,15 +17,24 @@ pub fn load_all(paths: &[String]) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `finit_module` flag: the file is compressed, the kernel decompresses it.
+const MODULE_INIT_COMPRESSED_FILE: i32 = 4;
+
 fn load(path: &str) -> Result<(), String> {
-    let result = if path.ends_with(".ko.xz") || path.ends_with(".ko.zst") {
-        let image = decompress(path)?;
-        rustix::system::init_module(&image, c"")
+    let compressed = path.ends_with(".ko.xz") || path.ends_with(".ko.zst");
+    let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| e.to_string())?;
+    let flags = if compressed {
+        MODULE_INIT_COMPRESSED_FILE
     } else {
-        let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| e.to_string())?;
-        rustix::system::finit_module(&fd, c"", 0)
+        0
     };
+    let mut result = rustix::system::finit_module(&fd, c"", flags);
+    if compressed && matches!(result, Err(Errno::INVAL | Errno::OPNOTSUPP | Errno::NOEXEC)) {
+        // An older kernel, or one built without in-kernel module decompression.
+        let image = decompress(path)?;
+        result = rustix::system::init_module(&image, c"");
+    }
     match result {
         // Already loaded (or built in under another path): nothing to do.
         Ok(()) | Err(Errno::EXIST) => Ok(()),

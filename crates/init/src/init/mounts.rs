@@ -96,14 +96,24 @@ pub fn mkdir_p(dir: &Path) -> Result<(), Failure> {
     match rustix::fs::mkdir(dir, Mode::from_raw_mode(0o755)) {
         Ok(()) | Err(Errno::EXIST) => Ok(()),
         Err(Errno::ROFS) => Err(Failure::new(
-            format!("create mount point {}", dir.display()),
+            format!("create mount point {}", guest_path(dir)),
             "the filesystem is read-only (a root without overlay needs its mount points \
              in the image)",
         )),
         Err(e) => Err(Failure::new(
-            format!("create directory {}", dir.display()),
+            format!("create directory {}", guest_path(dir)),
             e.to_string(),
         )),
+    }
+}
+
+/// `path` as the guest will see it once the new root is `/`.
+fn guest_path(path: &Path) -> String {
+    let shown = path.display().to_string();
+    match shown.strip_prefix(super::NEW_ROOT) {
+        Some(rest) if rest.starts_with('/') => rest.to_owned(),
+        Some("") => "/".to_owned(),
+        _ => shown,
     }
 }
 
