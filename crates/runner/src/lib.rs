@@ -15,7 +15,6 @@ pub mod version;
 
 mod alioth;
 mod cloud_hypervisor;
-#[allow(dead_code)] // until every planner uses it
 mod common;
 mod crosvm;
 mod firecracker;
@@ -24,7 +23,6 @@ mod qemu;
 mod stratovirt;
 #[cfg(test)]
 mod testutil;
-#[allow(dead_code)] // until every planner uses it
 mod virtiofsd;
 
 pub use invocation::*;

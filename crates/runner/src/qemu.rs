@@ -337,12 +337,15 @@ fn graphics(a: &mut Args, ctx: &Ctx<'_>) -> Result<(), PlanError> {
         let key = match vulkan.as_str() {
             "venus" => "venus",
             "drm_native_context" => "drm_native_context",
-            other => return Err(PlanError::Invalid {
-                hypervisor: HV,
-                message: format!(
+            other => {
+                let message = format!(
                     "graphics.vulkan = {other:?} is not one of \"venus\", \"drm_native_context\""
-                ),
-            }),
+                );
+                return Err(PlanError::Invalid {
+                    hypervisor: HV,
+                    message,
+                });
+            }
         };
         dev = dev
             .set("blob", "true")
