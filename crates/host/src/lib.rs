@@ -1,4 +1,7 @@
 //! Host lifecycle: probing KVM, talking to hypervisors (QMP, HTTP API), reading the guest
 //! init's control channel, and supervising a VM in the foreground.
 
+pub mod api;
+pub mod channel;
 pub mod kvm;
+pub mod qmp;
