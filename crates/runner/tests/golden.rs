@@ -7,6 +7,8 @@
 //! Fixture-name conventions for the host and the guest:
 //! - `tcg-*`: the host has no usable KVM (`kvm = false`, `tsc_khz = 2596000`).
 //! - `aarch64-*`: the guest architecture is aarch64.
+//!
+//! Absolute paths under `tests/fixtures/` are shown as `$FIXTURES/…`.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -18,7 +20,8 @@ use microvm_spec::load::{load_with, LoadOptions};
 use microvm_spec::types::Hypervisor;
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
 }
 
 fn updating() -> bool {
@@ -95,7 +98,13 @@ fn rendered(path: &Path, hypervisor: Hypervisor) -> String {
             let _ = writeln!(out, "error: {e}");
         }
     }
-    out
+    // File inputs are made absolute against the fixture's directory: keep the golden
+    // files independent of where the repository is checked out.
+    let dir = path
+        .parent()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    out.replace(&format!("{dir}/"), "$FIXTURES/")
 }
 
 fn display_name(path: &Path) -> String {
