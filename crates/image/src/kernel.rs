@@ -182,3 +182,6 @@ impl KernelInfo {
         Ok(self.vmlinux.as_deref().unwrap_or(&self.image))
     }
 }
+
+#[cfg(test)]
+mod real_tests;

@@ -169,7 +169,10 @@ fn written_file_is_readable_by_cpio_tool() {
 fn rejects_bad_paths() {
     let mut b = InitrdBuilder::new();
     for p in ["relative", "/", "/a/../b", "/a//b"] {
-        let msg = b.add_file(p, 0o644, Vec::new()).expect_err("must fail").to_string();
+        let msg = b
+            .add_file(p, 0o644, Vec::new())
+            .expect_err("must fail")
+            .to_string();
         assert!(msg.contains(p), "{msg}");
     }
 }

@@ -35,7 +35,10 @@ fn unpacked_tree() {
         Some(dir.path().join(format!("lib/modules/{V}")).as_path())
     );
     assert_eq!(k.supports(KernelFeature::Ext4), Availability::Builtin);
-    let msg = k.require(KernelFeature::NineP).expect_err("must fail").to_string();
+    let msg = k
+        .require(KernelFeature::NineP)
+        .expect_err("must fail")
+        .to_string();
     assert_eq!(
         msg,
         format!(
@@ -106,7 +109,9 @@ fn elf_file_is_its_own_vmlinux() {
 fn errors_name_the_path() {
     let dir = tempfile::tempdir().expect("tempdir");
     let missing = dir.path().join("nope");
-    let msg = KernelSource::from_path(&missing).expect_err("must fail").to_string();
+    let msg = KernelSource::from_path(&missing)
+        .expect_err("must fail")
+        .to_string();
     assert!(
         msg.contains("nope") && msg.contains("does not exist"),
         "{msg}"

@@ -23,6 +23,8 @@ pub(super) struct Index {
     pub softdep_pre: HashMap<String, Vec<String>>,
     /// Plain alias → module names, in file order.
     pub aliases: HashMap<String, Vec<String>>,
+    /// Aliases of built-in modules (`modules.builtin.modinfo`), e.g. `crc32c`.
+    pub builtin_aliases: HashSet<String>,
 }
 
 /// `kernel/fs/erofs/erofs.ko.xz` → (`erofs`, Xz).
@@ -90,6 +92,24 @@ impl Index {
                 index.builtin.insert(name);
             }
         }
+        // NUL-separated `module.key=value` strings.
+        let modinfo = index_dir.join("modules.builtin.modinfo");
+        let modinfo = match fs::read(&modinfo) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => {
+                return Err(ModulesError::Io {
+                    path: modinfo,
+                    source,
+                })
+            }
+        };
+        for item in modinfo.split(|&b| b == 0) {
+            let item = String::from_utf8_lossy(item);
+            if let Some((_, alias)) = item.split_once(".alias=") {
+                index.builtin_aliases.insert(alias.to_string());
+            }
+        }
         for line in read_optional(&index_dir.join("modules.softdep"))?.lines() {
             let mut words = line.split_whitespace();
             if words.next() != Some("softdep") {
@@ -144,6 +164,10 @@ impl Index {
                 let name = canonical_name(p);
                 if self.modules.contains_key(&name) || self.builtin.contains(&name) {
                     return Some(name);
+                }
+                // A built-in provider (crc32c_generic in Debian's cloud kernel) serves it.
+                if self.builtin_aliases.contains(p.as_str()) {
+                    return None;
                 }
                 let providers = self.aliases.get(p)?;
                 if providers.iter().any(|m| self.builtin.contains(m)) {

@@ -102,6 +102,19 @@ fn closure_in_load_order() {
 }
 
 #[test]
+fn soft_dependency_served_by_a_builtin_is_skipped() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = tree(root.path());
+    fs::write(
+        dir.join("modules.builtin.modinfo"),
+        b"crc32c_generic.alias=crc32c-generic\0crc32c_generic.alias=crc32c\0",
+    )
+    .expect("write");
+    let mods = resolve_modules(&dir, &["erofs"], root.path()).expect("resolve");
+    assert_eq!(names(&mods), ["libcrc32c", "erofs"]);
+}
+
+#[test]
 fn missing_module_names_module_and_version() {
     let root = tempfile::tempdir().expect("tempdir");
     let dir = tree(root.path());
