@@ -14,7 +14,8 @@ use crate::kernel::{FsCompression, KernelFeature};
 /// Name of the virtio-serial port of the control channel (qemu).
 pub const CONTROL_PORT: &str = "microvm.ctl";
 /// vsock port of the control channel (cloud-hypervisor, firecracker with `vsock.cid`).
-pub const CONTROL_VSOCK_PORT: u32 = 10700;
+/// Must match `microvm_runner`'s hybrid-vsock control port (the runner listens there).
+pub const CONTROL_VSOCK_PORT: u32 = 8889;
 /// busybox init's poweroff signal, sent to PID 1 on a power-button press after hand-over.
 const SIGUSR2: i32 = 12;
 

@@ -52,12 +52,21 @@ pub struct HostFacts {
 
 impl HostFacts {
     pub fn version_of(&self, hypervisor: Hypervisor) -> Option<&Version> {
-        self.versions.iter().find(|(h, _)| *h == hypervisor).map(|(_, v)| v)
+        self.versions
+            .iter()
+            .find(|(h, _)| *h == hypervisor)
+            .map(|(_, v)| v)
     }
 
     /// The facts golden files are written with: a 4-CPU root host with working KVM.
     pub fn reference() -> Self {
-        HostFacts { nproc: 4, is_root: true, kvm: true, tsc_khz: None, versions: Vec::new() }
+        HostFacts {
+            nproc: 4,
+            is_root: true,
+            kvm: true,
+            tsc_khz: None,
+            versions: Vec::new(),
+        }
     }
 }
 
@@ -139,7 +148,12 @@ pub enum Shutdown {
     /// QMP on the control socket: `qmp_capabilities`, then `command` (`system_powerdown`).
     Qmp { socket: String, command: String },
     /// An HTTP request over the API socket (cloud-hypervisor, firecracker).
-    Http { socket: String, method: String, path: String, body: Option<String> },
+    Http {
+        socket: String,
+        method: String,
+        path: String,
+        body: Option<String>,
+    },
     /// `crosvm powerbtn <socket>`.
     CrosvmPowerButton { socket: String },
     /// No graceful way: the process gets SIGTERM (the original's `canShutdown = false`).
@@ -186,7 +200,14 @@ pub struct Capabilities {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     #[error("{hypervisor} does not support {feature}: {reason}")]
-    Unsupported { hypervisor: Hypervisor, feature: String, reason: String },
+    Unsupported {
+        hypervisor: Hypervisor,
+        feature: String,
+        reason: String,
+    },
     #[error("{hypervisor}: {message}")]
-    Invalid { hypervisor: Hypervisor, message: String },
+    Invalid {
+        hypervisor: Hypervisor,
+        message: String,
+    },
 }

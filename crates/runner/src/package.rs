@@ -37,12 +37,20 @@ pub fn files(config: &Config, inv: &Invocation) -> Vec<PackageFile> {
     if let Some(s) = microvm_shutdown(inv) {
         out.push(script("bin/microvm-shutdown", &s));
     }
-    let virtiofsd: Vec<_> = inv.helpers.iter().filter(|h| matches!(h.kind, HelperKind::Virtiofsd { .. })).collect();
+    let virtiofsd: Vec<_> = inv
+        .helpers
+        .iter()
+        .filter(|h| matches!(h.kind, HelperKind::Virtiofsd { .. }))
+        .collect();
     if !virtiofsd.is_empty() {
         let mut s = header(config, "virtiofsd-run");
         s.push_str("pids=\ntrap 'kill $pids 2>/dev/null' EXIT INT TERM\n");
         for h in &virtiofsd {
-            let _ = writeln!(s, "{} &\npids=\"$pids $!\"", render_argv(&h.program, &h.args));
+            let _ = writeln!(
+                s,
+                "{} &\npids=\"$pids $!\"",
+                render_argv(&h.program, &h.args)
+            );
         }
         s.push_str("wait\n");
         out.push(script("bin/virtiofsd-run", &s));
@@ -59,8 +67,14 @@ pub fn files(config: &Config, inv: &Invocation) -> Vec<PackageFile> {
             if t.multi_queue {
                 flags.push_str(" multi_queue");
             }
-            let _ = writeln!(up, "if [ -e /sys/class/net/{name} ]; then ip link delete {name}; fi");
-            let _ = writeln!(up, "ip tuntap add name {name} mode tap user \"${{MICROVM_USER:-microvm}}\"{flags}");
+            let _ = writeln!(
+                up,
+                "if [ -e /sys/class/net/{name} ]; then ip link delete {name}; fi"
+            );
+            let _ = writeln!(
+                up,
+                "ip tuntap add name {name} mode tap user \"${{MICROVM_USER:-microvm}}\"{flags}"
+            );
             let _ = writeln!(up, "ip link set {name} up");
             if let Some(br) = &t.bridge {
                 let _ = writeln!(up, "ip link set {name} master {}", shell_quote(br));
@@ -70,28 +84,62 @@ pub fn files(config: &Config, inv: &Invocation) -> Vec<PackageFile> {
         out.push(script("bin/tap-up", &up));
         out.push(script("bin/tap-down", &down));
     }
-    let meta = |path: &str, contents: String| PackageFile { path: format!("share/microvm/{path}"), contents, executable: false };
+    let meta = |path: &str, contents: String| PackageFile {
+        path: format!("share/microvm/{path}"),
+        contents,
+        executable: false,
+    };
     out.push(meta("hypervisor", format!("{}\n", inv.hypervisor)));
-    let taps: String = config.interfaces.iter().filter(|i| i.kind == InterfaceType::Tap).map(|i| format!("{}\n", i.id)).collect();
+    let taps: String = config
+        .interfaces
+        .iter()
+        .filter(|i| i.kind == InterfaceType::Tap)
+        .map(|i| format!("{}\n", i.id))
+        .collect();
     if !taps.is_empty() {
         out.push(meta("tap-interfaces", taps));
         let mq = inv.taps.iter().any(|t| t.multi_queue);
-        out.push(meta("tap-flags", if mq { "vnet_hdr multi_queue\n".into() } else { "vnet_hdr\n".into() }));
+        out.push(meta(
+            "tap-flags",
+            if mq {
+                "vnet_hdr multi_queue\n".into()
+            } else {
+                "vnet_hdr\n".into()
+            },
+        ));
     }
     let macvtaps: String = config
         .interfaces
         .iter()
-        .filter_map(|i| i.macvtap.as_ref().map(|m| format!("{} {} {} {}\n", i.id, i.mac, m.link, m.mode.name())))
+        .filter_map(|i| {
+            i.macvtap
+                .as_ref()
+                .map(|m| format!("{} {} {} {}\n", i.id, i.mac, m.link, m.mode.name()))
+        })
         .collect();
     if !macvtaps.is_empty() {
         out.push(meta("macvtap-interfaces", macvtaps));
     }
     for s in config.shares.iter().filter(|s| s.socket.is_some()) {
-        out.push(meta(&format!("virtiofs/{}/socket", s.tag), format!("{}\n", s.socket.as_deref().unwrap_or(""))));
-        out.push(meta(&format!("virtiofs/{}/source", s.tag), format!("{}\n", s.source)));
+        out.push(meta(
+            &format!("virtiofs/{}/socket", s.tag),
+            format!("{}\n", s.socket.as_deref().unwrap_or("")),
+        ));
+        out.push(meta(
+            &format!("virtiofs/{}/source", s.tag),
+            format!("{}\n", s.source),
+        ));
     }
-    for (bus, file) in [(DeviceBus::Pci, "pci-devices"), (DeviceBus::Usb, "usb-devices")] {
-        let list: String = config.devices.iter().filter(|d| d.bus == bus).map(|d| format!("{}\n", d.path)).collect();
+    for (bus, file) in [
+        (DeviceBus::Pci, "pci-devices"),
+        (DeviceBus::Usb, "usb-devices"),
+    ] {
+        let list: String = config
+            .devices
+            .iter()
+            .filter(|d| d.bus == bus)
+            .map(|d| format!("{}\n", d.path))
+            .collect();
         if !list.is_empty() {
             out.push(meta(file, list));
         }
@@ -99,8 +147,14 @@ pub fn files(config: &Config, inv: &Invocation) -> Vec<PackageFile> {
     if let Some(cid) = config.vsock.cid {
         out.push(meta("vsock-cid", format!("{cid}\n")));
     }
-    out.push(meta("invocation.json", render::to_json(inv).unwrap_or_default() + "\n"));
-    out.push(meta("config.json", serde_json::to_string_pretty(config).unwrap_or_default() + "\n"));
+    out.push(meta(
+        "invocation.json",
+        render::to_json(inv).unwrap_or_default() + "\n",
+    ));
+    out.push(meta(
+        "config.json",
+        serde_json::to_string_pretty(config).unwrap_or_default() + "\n",
+    ));
     out
 }
 
@@ -112,13 +166,20 @@ pub fn write(dir: &Path, files: &[PackageFile]) -> io::Result<()> {
             fs::create_dir_all(parent)?;
         }
         fs::write(&path, &f.contents)?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(if f.executable { 0o555 } else { 0o444 }))?;
+        fs::set_permissions(
+            &path,
+            fs::Permissions::from_mode(if f.executable { 0o555 } else { 0o444 }),
+        )?;
     }
     Ok(())
 }
 
 fn script(path: &str, body: &str) -> PackageFile {
-    PackageFile { path: path.to_owned(), contents: body.to_owned(), executable: true }
+    PackageFile {
+        path: path.to_owned(),
+        contents: body.to_owned(),
+        executable: true,
+    }
 }
 
 fn header(config: &Config, what: &str) -> String {
@@ -148,7 +209,11 @@ fn microvm_run(config: &Config, inv: &Invocation) -> String {
             "{}",
             match step {
                 PreStart::RemoveFile(p) => format!("rm -f {}", shell_quote(p)),
-                PreStart::MoveAside(p) => format!("if [ -e {0} ]; then mv {0} {1}; fi", shell_quote(p), shell_quote(&format!("{p}.old"))),
+                PreStart::MoveAside(p) => format!(
+                    "if [ -e {0} ]; then mv {0} {1}; fi",
+                    shell_quote(p),
+                    shell_quote(&format!("{p}.old"))
+                ),
                 PreStart::CreateDir(p) => format!("mkdir -p {}", shell_quote(p)),
             }
         );
@@ -177,10 +242,20 @@ fn microvm_run(config: &Config, inv: &Invocation) -> String {
         );
     }
     for f in &inv.files {
-        let _ = writeln!(s, "cat > {} <<'MICROVM_EOF'\n{}\nMICROVM_EOF", shell_quote(&f.path), f.contents.trim_end_matches('\n'));
+        let _ = writeln!(
+            s,
+            "cat > {} <<'MICROVM_EOF'\n{}\nMICROVM_EOF",
+            shell_quote(&f.path),
+            f.contents.trim_end_matches('\n')
+        );
     }
     for fd in &inv.macvtap_fds {
-        let _ = writeln!(s, "exec {}<>/dev/tap$(cat /sys/class/net/{}/ifindex)", fd.fd, shell_quote(&fd.interface));
+        let _ = writeln!(
+            s,
+            "exec {}<>/dev/tap$(cat /sys/class/net/{}/ifindex)",
+            fd.fd,
+            shell_quote(&fd.interface)
+        );
     }
     for (k, v) in &inv.env {
         let _ = writeln!(s, "export {}={}", k, shell_quote(v));
@@ -213,8 +288,16 @@ fn microvm_shutdown(inv: &Invocation) -> Option<String> {
                 wait(socket)
             );
         }
-        Shutdown::Http { socket, method, path, body } => {
-            let data = body.as_ref().map(|b| format!(" -d {}", shell_quote(b))).unwrap_or_default();
+        Shutdown::Http {
+            socket,
+            method,
+            path,
+            body,
+        } => {
+            let data = body
+                .as_ref()
+                .map(|b| format!(" -d {}", shell_quote(b)))
+                .unwrap_or_default();
             let _ = write!(
                 s,
                 "[ -S {0} ] || exit 0\ncurl -s --unix-socket {0} -X {method} http://localhost{path}{data}\n{1}",
@@ -223,7 +306,11 @@ fn microvm_shutdown(inv: &Invocation) -> Option<String> {
             );
         }
         Shutdown::CrosvmPowerButton { socket } => {
-            let _ = writeln!(s, "[ -S {0} ] || exit 0\ncrosvm powerbtn {0}", shell_quote(socket));
+            let _ = writeln!(
+                s,
+                "[ -S {0} ] || exit 0\ncrosvm powerbtn {0}",
+                shell_quote(socket)
+            );
         }
         Shutdown::Signal { .. } => return None,
     }

@@ -15,7 +15,11 @@ pub struct Version {
 
 impl Version {
     pub const fn new(major: u32, minor: u32, patch: u32) -> Self {
-        Version { major, minor, patch }
+        Version {
+            major,
+            minor,
+            patch,
+        }
     }
 
     /// Finds the first `N[.N[.N]]` in a tool's `--version` output (`cloud-hypervisor v53.0`,
@@ -34,12 +38,18 @@ impl FromStr for Version {
         let mut parts = t.split('.');
         let mut next = |required: bool| -> Result<u32, String> {
             match parts.next() {
-                Some(p) => p.parse().map_err(|_| format!("{s:?} is not a version like 1.2.3")),
+                Some(p) => p
+                    .parse()
+                    .map_err(|_| format!("{s:?} is not a version like 1.2.3")),
                 None if required => Err(format!("{s:?} is not a version like 1.2.3")),
                 None => Ok(0),
             }
         };
-        let v = Version { major: next(true)?, minor: next(false)?, patch: next(false)? };
+        let v = Version {
+            major: next(true)?,
+            minor: next(false)?,
+            patch: next(false)?,
+        };
         if parts.next().is_some() {
             return Err(format!("{s:?} is not a version like 1.2.3"));
         }
@@ -62,8 +72,14 @@ mod tests {
         assert_eq!("36.0".parse(), Ok(Version::new(36, 0, 0)));
         assert_eq!("v1.13.1".parse(), Ok(Version::new(1, 13, 1)));
         assert!("x".parse::<Version>().is_err());
-        assert_eq!(Version::find_in("cloud-hypervisor v53.0.0-dirty"), Some(Version::new(53, 0, 0)));
-        assert_eq!(Version::find_in("QEMU emulator version 10.0.2 (Debian)"), Some(Version::new(10, 0, 2)));
+        assert_eq!(
+            Version::find_in("cloud-hypervisor v53.0.0-dirty"),
+            Some(Version::new(53, 0, 0))
+        );
+        assert_eq!(
+            Version::find_in("QEMU emulator version 10.0.2 (Debian)"),
+            Some(Version::new(10, 0, 2))
+        );
         assert!(Version::new(107, 1, 0) > Version::new(107, 0, 9));
     }
 }
