@@ -165,6 +165,31 @@ impl KernelInfo {
         }
     }
 
+    /// The modules to load for `features`, each once, in the order given (their
+    /// dependencies come from [`crate::modules::ModuleIndex::resolve`]). Built-in features
+    /// need none; with no configuration every module the feature may need is listed, and
+    /// the module index skips the built-in ones. A missing feature is an error.
+    pub fn modules_for(&self, features: &[KernelFeature]) -> Result<Vec<String>, KernelError> {
+        let mut out: Vec<String> = Vec::new();
+        for &feature in features {
+            let names = match self.require(feature)? {
+                Availability::Module(names) => names,
+                Availability::Unknown => feature
+                    .module_names()
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+                Availability::Builtin | Availability::Missing { .. } => Vec::new(),
+            };
+            for name in names {
+                if !out.contains(&name) {
+                    out.push(name);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Makes sure [`Self::vmlinux`] exists: extracts it from the bzImage into `cache_dir`
     /// when needed (named by version and image size and mtime, and reused), and checks its
     /// PVH note. Returns its path.

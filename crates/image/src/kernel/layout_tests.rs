@@ -48,6 +48,14 @@ fn unpacked_tree() {
         )
     );
 
+    assert_eq!(
+        k.modules_for(&[KernelFeature::Ext4]).expect("ext4"),
+        Vec::<String>::new()
+    );
+    assert!(k
+        .modules_for(&[KernelFeature::Ext4, KernelFeature::NineP])
+        .is_err());
+
     assert!(k.vmlinux.is_none());
     let cache = dir.path().join("cache");
     let elf_path = k.ensure_vmlinux(&cache).expect("extract").to_path_buf();
@@ -87,6 +95,15 @@ fn nix_output_with_dev_vmlinux() {
     assert_eq!(k.vmlinux, Some(dir.path().join("dev/vmlinux")));
     assert!(k.config.is_none());
     assert_eq!(k.supports(KernelFeature::NineP), Availability::Unknown);
+    assert_eq!(
+        k.modules_for(&[
+            KernelFeature::NineP,
+            KernelFeature::VirtioBlk,
+            KernelFeature::NineP
+        ])
+        .expect("unknown is fine"),
+        ["9p", "9pnet_virtio", "virtio_blk"]
+    );
     assert_eq!(
         k.ensure_vmlinux(dir.path()).expect("vmlinux"),
         dir.path().join("dev/vmlinux")
