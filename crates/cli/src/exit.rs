@@ -7,7 +7,8 @@
 //! | 2 | bad command-line usage (from clap) |
 //! | 3 | the definition is invalid |
 //! | 4 | the definition is valid but the hypervisor cannot run it (unsupported feature, KVM required) |
-//! | 5 | the guest init failed (it reported what failed and powered off) |
+//! | 121 | `run`: the guest init failed (it reported what failed and powered off) |
+//! | 122 | `run`: the hypervisor did not stop within the shutdown timeout and was killed |
 //!
 //! `microvm run` in single-command mode exits with the guest command's own status.
 
@@ -15,7 +16,6 @@ pub const OK: i32 = 0;
 pub const FAILURE: i32 = 1;
 pub const INVALID: i32 = 3;
 pub const UNSUPPORTED: i32 = 4;
-pub const GUEST_FAILED: i32 = 5;
 
 /// An error that carries its own exit code and has already been printed in full.
 #[derive(Debug)]

@@ -1,6 +1,6 @@
 //! Shared by the verbs: loading a definition (printing its diagnostics) and host facts.
 
-use anyhow::{anyhow, Context as _};
+use anyhow::anyhow;
 use microvm_spec::types::{Hypervisor, VmName};
 use microvm_spec::{LoadOptions, Loaded};
 
@@ -43,16 +43,21 @@ pub fn parse_hypervisor(name: Option<&str>) -> anyhow::Result<Option<Hypervisor>
 
 /// Probes the facts of this host that plans depend on.
 pub fn host_facts() -> anyhow::Result<microvm_runner::HostFacts> {
+    Ok(probe_host().0)
+}
+
+/// The host facts, and the KVM probe they came from (for its reason).
+pub fn probe_host() -> (microvm_runner::HostFacts, microvm_host::kvm::KvmProbe) {
     let nproc = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let kvm = microvm_host::kvm::probe();
-    Ok::<_, anyhow::Error>(microvm_runner::HostFacts {
+    let facts = microvm_runner::HostFacts {
         nproc,
         is_root: is_root(),
         kvm: kvm.status.is_usable(),
         tsc_khz: microvm_host::kvm::tsc_khz(),
         versions: Vec::new(),
-    })
-    .context("probing the host")
+    };
+    (facts, kvm)
 }
 
 /// Whether microvm runs as root.

@@ -1,7 +1,89 @@
-//! `microvm run` (being written).
+//! `microvm run`: build if needed, create missing volumes, boot in the foreground and exit
+//! with the guest's status.
 
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use microvm_host::supervise::{self, Console, Progress, RunOptions};
+use microvm_image::volume::{self, VolumeOutcome, VolumeSpec};
+use microvm_spec::config::Config;
+
+use super::{build, common};
 use crate::cli::RunArgs;
 
-pub fn run(_args: &RunArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("`microvm run` is not available yet")
+pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
+    let loaded = common::load(&args.def, false)?;
+    let config = &loaded.config;
+    let store = build::open_store(args.store.as_deref())?;
+    let (host, kvm) = common::probe_host();
+    if !host.kvm {
+        if let microvm_host::kvm::KvmStatus::Unusable { reason } = &kvm.status {
+            eprintln!(
+                "microvm: {}: KVM is not usable here ({reason}); running under TCG (software emulation), which is much slower",
+                config.name
+            );
+        }
+    }
+    let runner = build::build_runner(&loaded, &store, &host)?;
+    let workdir = match &args.workdir {
+        Some(d) => d.clone(),
+        None => std::env::current_dir().context("reading the current directory")?,
+    };
+    std::fs::create_dir_all(&workdir).with_context(|| format!("creating {}", workdir.display()))?;
+    let workdir = workdir.canonicalize().with_context(|| format!("resolving {}", workdir.display()))?;
+    ensure_volumes(config, &workdir)?;
+
+    let mut opts = RunOptions::new(&workdir);
+    opts.shutdown_timeout = Duration::from_secs(args.shutdown_timeout);
+    if let Some(log) = &args.console_log {
+        opts.console = Console::Log(absolute(log, &workdir));
+    }
+    let name = config.name.to_string();
+    let outcome = supervise::run_foreground_with(&runner.invocation, &opts, |p| report(&name, p))
+        .with_context(|| format!("running {name}"))?;
+    Ok(outcome.exit_code())
+}
+
+fn report(name: &str, p: &Progress) {
+    match p {
+        Progress::Ready { after, init_start, ready } => eprintln!(
+            "microvm: {name}: ready {:.2} s after start (guest init ran from {init_start:.3} s to {ready:.3} s of guest uptime)",
+            after.as_secs_f64()
+        ),
+        Progress::GuestExit(n) => eprintln!("microvm: {name}: the guest command exited with status {n}"),
+        Progress::GuestFailed(m) => eprintln!("microvm: {name}: the guest init failed: {m}"),
+        Progress::ShutdownRequested { method } => eprintln!("microvm: {name}: shutting down ({method})"),
+        Progress::ShutdownFallback { error } => eprintln!("microvm: {name}: graceful shutdown failed ({error}); sending SIGTERM"),
+        Progress::Killed => eprintln!("microvm: {name}: the hypervisor did not stop in time and was killed"),
+        Progress::HelperStarted { .. } | Progress::HypervisorStarted { .. } | Progress::ChannelNoise(_) => {}
+    }
+}
+
+fn absolute(p: &Path, base: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+/// Creates missing volumes exactly as microvm.nix's `microvm-run` does (inventory §3.6);
+/// existing images are never touched.
+fn ensure_volumes(config: &Config, workdir: &Path) -> anyhow::Result<()> {
+    for v in &config.volumes {
+        let spec = VolumeSpec {
+            image: absolute(Path::new(&v.image), workdir),
+            size_mib: v.size,
+            fs_type: v.fs_type.clone(),
+            label: v.label.clone(),
+            mkfs_extra_args: v.mkfs_extra_args.clone(),
+            auto_create: v.auto_create,
+        };
+        let outcome = volume::ensure_volume(&spec).with_context(|| format!("volume {}", v.image))?;
+        if let VolumeOutcome::Created { .. } = outcome {
+            eprintln!("microvm: {}: created volume {} ({} MiB, {})", config.name, spec.image.display(), v.size.unwrap_or(0), v.fs_type);
+        }
+    }
+    Ok(())
 }
