@@ -32,7 +32,13 @@ pub(crate) fn plan(
     host: &HostFacts,
 ) -> Result<Invocation, PlanError> {
     reject_unsupported(config)?;
-    let kernel_cmdline = cmdline(["console=ttyS0", "reboot=k", "panic=1"], config);
+    // alioth's aarch64 board has a PL011 UART (its README boots with `console=ttyAMA0`);
+    // the original, x86_64-only in practice, always wrote ttyS0.
+    let console = match config.arch {
+        Arch::X86_64 => "console=ttyS0",
+        Arch::Aarch64 => "console=ttyAMA0",
+    };
+    let kernel_cmdline = cmdline([console, "reboot=k", "panic=1"], config);
     let virtiofs = config
         .shares
         .iter()
