@@ -216,11 +216,24 @@ fn read_lines(mut stream: UnixStream, stop: &AtomicBool, sink: &dyn Fn(ChannelEv
     }
     let mut pending = Vec::new();
     let mut buf = [0u8; 1024];
-    while !stop.load(Ordering::SeqCst) {
+    // After `stop`, what is already buffered is still read (bounded), then we leave.
+    let mut reads_after_stop = 0;
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            reads_after_stop += 1;
+            if reads_after_stop > 64 {
+                break;
+            }
+        }
         match stream.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => pending.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                continue;
+            }
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(_) => break,
         }

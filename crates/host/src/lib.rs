@@ -5,3 +5,6 @@ pub mod api;
 pub mod channel;
 pub mod kvm;
 pub mod qmp;
+pub mod supervise;
+
+pub use supervise::{run_foreground, Console, RunError, RunOptions, RunOutcome, StopHandle};

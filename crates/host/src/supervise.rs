@@ -1,0 +1,251 @@
+//! The foreground supervisor: prepares the working directory, starts the helpers and the
+//! hypervisor, reads the guest's control channel, turns SIGINT/SIGTERM into a graceful
+//! shutdown with a deadline, and cleans up. Synchronous: std threads and processes only.
+//!
+//! Processes are started with `PR_SET_PDEATHSIG(SIGTERM)`, which the kernel ties to the
+//! *thread* that spawned them: call [`run_foreground`] on a thread that lives until it
+//! returns (the main thread in the CLI).
+
+mod child;
+mod prepare;
+mod run;
+mod shutdown;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use run::{run_foreground, run_foreground_with};
+
+/// Where the hypervisor's console (stdout) and stderr go.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Console {
+    /// stdin/stdout inherited (the serial console on the terminal); stderr passed through.
+    #[default]
+    Inherit,
+    /// stdin from /dev/null; stdout and stderr appended to this file.
+    Log(PathBuf),
+}
+
+/// How [`run_foreground`] runs a VM.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Working directory: relative sockets, files and volumes resolve here.
+    pub workdir: PathBuf,
+    pub console: Console,
+    /// After a graceful shutdown request, how long before SIGKILL (the original's
+    /// `TimeoutSec`).
+    pub shutdown_timeout: Duration,
+    /// How long each helper may take to create its socket.
+    pub helper_timeout: Duration,
+    /// How long helpers get between SIGTERM and SIGKILL when the VM is gone.
+    pub helper_grace: Duration,
+    /// With a control channel: how long after spawn the guest may take to report
+    /// `READY` before the VM is stopped and [`RunError::NotReady`] returned. `None`
+    /// waits forever.
+    pub ready_timeout: Option<Duration>,
+    /// Handle SIGINT and SIGTERM (the CLI); tests and embedders use a [`StopHandle`].
+    pub handle_signals: bool,
+    /// Requests a stop from another thread, like a signal would.
+    pub stop: StopHandle,
+    /// The search path for programs (defaults to `$PATH`).
+    pub path_var: Option<std::ffi::OsString>,
+}
+
+impl RunOptions {
+    pub fn new(workdir: impl Into<PathBuf>) -> Self {
+        RunOptions {
+            workdir: workdir.into(),
+            console: Console::Inherit,
+            shutdown_timeout: Duration::from_secs(30),
+            helper_timeout: Duration::from_secs(10),
+            helper_grace: Duration::from_secs(2),
+            ready_timeout: Some(Duration::from_secs(120)),
+            handle_signals: true,
+            stop: StopHandle::default(),
+            path_var: std::env::var_os("PATH"),
+        }
+    }
+}
+
+/// Asks a running [`run_foreground`] to stop: the first call shuts the guest down
+/// gracefully, the second kills the hypervisor at once.
+#[derive(Debug, Clone, Default)]
+pub struct StopHandle(Arc<AtomicUsize>);
+
+impl StopHandle {
+    pub fn request(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Progress reported while the VM runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    HelperStarted {
+        name: String,
+        pid: i32,
+    },
+    HypervisorStarted {
+        pid: i32,
+    },
+    /// The guest reported READY `after` spawn (host clock); guest uptimes in seconds.
+    Ready {
+        after: Duration,
+        init_start: f64,
+        ready: f64,
+    },
+    GuestExit(i32),
+    GuestFailed(String),
+    /// A line on the control channel that is not part of the protocol.
+    ChannelNoise(String),
+    ShutdownRequested {
+        method: String,
+    },
+    /// The graceful request failed; the hypervisor gets SIGTERM instead.
+    ShutdownFallback {
+        error: String,
+    },
+    /// The deadline passed or a second stop came: SIGKILL.
+    Killed,
+}
+
+/// How the VM ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOutcome {
+    pub hypervisor_status: ExitStatus,
+    /// `EXIT <n>` from the guest init: the single command's status.
+    pub guest_exit: Option<i32>,
+    /// `FAIL <message>` from the guest init.
+    pub guest_failure: Option<String>,
+    /// Host time from spawning the hypervisor to `READY`.
+    pub ready_after: Option<Duration>,
+    /// Guest uptimes (init start, ready) from the `READY` line.
+    pub guest_init_time: Option<(f64, f64)>,
+    /// A stop was requested (signal or [`StopHandle`]).
+    pub shutdown_requested: bool,
+    /// The hypervisor had to be killed (deadline passed or second stop).
+    pub forced: bool,
+}
+
+/// Exit code when the guest init reported `FAIL`.
+pub const EXIT_GUEST_INIT_FAILED: i32 = 121;
+/// Exit code when the hypervisor was killed after the shutdown deadline or a second stop.
+pub const EXIT_FORCED: i32 = 122;
+
+impl RunOutcome {
+    /// The exit code of `microvm run`, first match wins:
+    /// 1. the guest reported `EXIT n`: `n` (the command's status, clamped to 0..=255);
+    /// 2. the guest init reported `FAIL`: [`EXIT_GUEST_INIT_FAILED`] (121);
+    /// 3. the hypervisor was killed after a stop request: [`EXIT_FORCED`] (122);
+    /// 4. a requested stop ended the hypervisor in time: 0, whatever its status (firecracker
+    ///    and kvmtool die of the signal that stops them);
+    /// 5. otherwise the hypervisor's status: its exit code (0 after a guest poweroff),
+    ///    or 128 + signal number.
+    pub fn exit_code(&self) -> i32 {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(n) = self.guest_exit {
+            return n.clamp(0, 255);
+        }
+        if self.guest_failure.is_some() {
+            return EXIT_GUEST_INIT_FAILED;
+        }
+        if self.forced {
+            return EXIT_FORCED;
+        }
+        if self.shutdown_requested {
+            return 0;
+        }
+        match (
+            self.hypervisor_status.code(),
+            self.hypervisor_status.signal(),
+        ) {
+            (Some(c), _) => c,
+            (None, Some(s)) => 128 + s,
+            _ => 1,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("working directory {}", path.display())]
+    Workdir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot {step} {}", path.display())]
+    PreStart {
+        step: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {}", path.display())]
+    WriteFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{program} not found on PATH; {hint}")]
+    NotFound { program: String, hint: String },
+    #[error("this supervisor does not set up {what} yet")]
+    Unsupported { what: String },
+    #[error("cannot start {program}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("helper {name} ({program}) exited with {status} before creating {}{}", socket.display(), tail_suffix(stderr_tail))]
+    HelperExited {
+        name: String,
+        program: String,
+        status: ExitStatus,
+        socket: PathBuf,
+        stderr_tail: String,
+    },
+    #[error("helper {name} ({program}) did not create {} within {timeout:?}{}", socket.display(), tail_suffix(stderr_tail))]
+    HelperTimeout {
+        name: String,
+        program: String,
+        socket: PathBuf,
+        timeout: Duration,
+        stderr_tail: String,
+    },
+    #[error(
+        "{program} exited with {status} before the guest started{}",
+        tail_suffix(stderr_tail)
+    )]
+    HypervisorFailed {
+        program: String,
+        status: ExitStatus,
+        stderr_tail: String,
+    },
+    #[error("{program} hit a KVM failure ({line}): KVM cannot run this guest on this host; run it under TCG (kvm = \"disabled\")")]
+    KvmFailed { program: String, line: String },
+    #[error(
+        "the guest did not report READY within {timeout:?}; {program} was stopped{}",
+        tail_suffix(stderr_tail)
+    )]
+    NotReady {
+        program: String,
+        timeout: Duration,
+        stderr_tail: String,
+    },
+    #[error("control channel")]
+    Channel(#[from] crate::channel::ChannelError),
+}
+
+fn tail_suffix(tail: &str) -> String {
+    if tail.trim().is_empty() {
+        String::new()
+    } else {
+        format!("; its stderr ended with:\n{}", tail.trim_end())
+    }
+}
