@@ -72,6 +72,7 @@ pub struct DiskMount {
 /// The writable layer of an overlay root.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind", deny_unknown_fields)]
+#[serde(rename_all_fields = "camelCase")]
 pub enum OverlayPlan {
     /// Upper and work dirs on a tmpfs: writable, forgotten at poweroff.
     Tmpfs {
@@ -98,6 +99,7 @@ pub enum DeviceRef {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind", deny_unknown_fields)]
+#[serde(rename_all_fields = "camelCase")]
 pub enum MountPlan {
     /// A block volume.
     Block {
@@ -143,6 +145,7 @@ pub struct NetPlan {
 /// `FAIL <message>` when the init failed and is powering off.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind", deny_unknown_fields)]
+#[serde(rename_all_fields = "camelCase")]
 pub enum ControlChannel {
     /// A virtio-serial port with this name (found under `/sys/class/virtio-ports/*/name`,
     /// opened as `/dev/<vportNpM>`).
@@ -167,6 +170,7 @@ pub struct PowerButton {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind", deny_unknown_fields)]
+#[serde(rename_all_fields = "camelCase")]
 pub enum ExecPlan {
     /// Switch root and exec the guest's own init (`/sbin/init`, systemd, …).
     Init { path: String, args: Vec<String> },

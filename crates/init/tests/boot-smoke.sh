@@ -67,7 +67,7 @@ boot() { # $1: seconds after READY to press the power button (0: never)
 
 truncate -s 32M vol.img && mkfs.ext4 -q -F -L output vol.img
 CMD='{"kind":"command","argv":["/bin/sh","-c","echo hello from $(hostname) $FOO > /out/hello.txt; exit 3"],"cwd":"/tmp","user":null}'
-plan null '[{"kind":"block","device":{"by":"label","value":"output"},"fs_type":"ext4","target":"/out","read_only":false}]' null "$CMD"
+plan null '[{"kind":"block","device":{"by":"label","value":"output"},"fsType":"ext4","target":"/out","readOnly":false}]' null "$CMD"
 boot 0
 check "command mode: qemu exits by itself" '[ $rc = 0 ]'
 check "command mode: READY then EXIT 3 on the channel" 'grep -q "^READY [0-9.]* [0-9.]*$" ctl.out && grep -qx "EXIT 3" ctl.out'
@@ -75,7 +75,7 @@ check "command mode: file written to the volume found by label" \
   '[ "$(debugfs -R "cat /hello.txt" vol.img 2>/dev/null)" = "hello from smokevm bar" ]'
 grep -o "init took.*" console.out
 
-plan '{"kind":"volume","path":"/data"}' '[{"kind":"block","device":{"by":"serial","value":"out"},"fs_type":"ext4","target":"/data","read_only":false}]' \
+plan '{"kind":"volume","path":"/data"}' '[{"kind":"block","device":{"by":"serial","value":"out"},"fsType":"ext4","target":"/data","readOnly":false}]' \
   null '{"kind":"command","argv":["/bin/sh","-c","echo kept > /etc/kept"],"cwd":null,"user":null}'
 boot 0
 check "volume overlay: EXIT 0" 'grep -qx "EXIT 0" ctl.out'
@@ -86,7 +86,7 @@ boot 2
 check "hand-over: busybox init ran on a writable overlay root" 'grep -q "ROOT-INIT host=smokevm" console.out && grep -q overlay-write-ok console.out'
 check "hand-over: power button powered the guest off" '[ $rc = 0 ] && grep -q "Power down" console.out'
 
-plan null '[{"kind":"block","device":{"by":"label","value":"missing"},"fs_type":"ext4","target":"/out","read_only":false}]' null "$CMD"
+plan null '[{"kind":"block","device":{"by":"label","value":"missing"},"fsType":"ext4","target":"/out","readOnly":false}]' null "$CMD"
 boot 0
 check "missing device: FAIL on the channel and poweroff" '[ $rc = 0 ] && grep -q "^FAIL find block device with label \"missing\"" ctl.out'
 

@@ -93,10 +93,10 @@ pub static TABLE: &[Row] = &[
     //                                                   qemu, cloud-hypervisor, firecracker, crosvm, kvmtool, stratovirt, alioth
     row(Feature::ChangeUser, "change user (`user`)", [S, U("cloud-hypervisor will not change user"), U("firecracker will not change user"), U("crosvm will not change user"), U("kvmtool will not change user"), I("stratovirt ignores `user`: it does not change user"), U("alioth will not change user")]),
     row(Feature::NoStoreDisk, "`storeOnDisk = false`", [S, S, U("firecracker always boots with the store disk: `storeOnDisk = false` is not possible"), S, S, S, S]),
-    row(Feature::NoSocket, "no control socket (`socket = null`)", [S, S, U("Firecracker must be configured with an API socket (option microvm.socket)!"), S, S, S, S]),
+    row(Feature::NoSocket, "no control socket (`socket = null`)", [S, S, U("Firecracker must be configured with an API socket (option microvm.socket)!"), S, S, U("stratovirt must be configured with a QMP socket (option microvm.socket)"), S]),
     row(Feature::NinePShare, "9p shares", [S, U("cloud-hypervisor supports only shares that are virtiofs"), U("9p/virtiofs shares not implemented for Firecracker"), P("emitted as `--shared-dir …:type=p9`; microvm.nix marks it broken"), S, U("9p shares not implemented for stratovirt"), U("9p shares not implemented for alioth")]),
     row(Feature::ReadOnlyNinePShare, "read-only 9p shares", [S, U("cloud-hypervisor supports only shares that are virtiofs"), U("9p/virtiofs shares not implemented for Firecracker"), U("Readonly 9p share is not supported"), U("Readonly 9p share is not supported"), U("9p shares not implemented for stratovirt"), U("9p shares not implemented for alioth")]),
-    row(Feature::VirtiofsShare, "virtiofs shares", [S, S, U("9p/virtiofs shares not implemented for Firecracker"), S, U("virtiofs shares not implemented for kvmtool"), P("emitted as microvm.nix does, without a shared-memory backend"), S]),
+    row(Feature::VirtiofsShare, "virtiofs shares", [S, S, U("9p/virtiofs shares not implemented for Firecracker"), S, U("virtiofs shares not implemented for kvmtool"), P("with `mem-share=on`"), S]),
     row(Feature::UserNet, "`user` interfaces", [S, U("Unsupported interface type user for Cloud-Hypervisor"), U("Network interface type user not implemented for Firecracker"), U("Unsupported interface type user for crosvm"), P("no DHCP: the guest needs a static address"), U("interface type user is not supported by stratovirt"), U("interface type user is not supported by alioth")]),
     row(Feature::TapNet, "`tap` interfaces", [S, S, S, S, S, S, S]),
     row(Feature::MacvtapNet, "`macvtap` interfaces", [S, S, U("Network interface type macvtap not implemented for Firecracker"), S, S, S, U("interface type macvtap is not supported by alioth")]),
@@ -109,7 +109,7 @@ pub static TABLE: &[Row] = &[
     row(Feature::HotpluggedMem, "`hotpluggedMem`", [U("qemu does not support hotpluggedMem"), S, U("hotpluggedMem not implemented for Firecracker"), U("crosvm does not support hotpluggedMem"), U("kvmtool does not support hotpluggedMem"), U("stratovirt does not support hotpluggedMem"), U("alioth does not support hotpluggedMem")]),
     row(Feature::HugepageMem, "`hugepageMem`", [I(HUGE), S, I(HUGE), I(HUGE), I(HUGE), I(HUGE), I(HUGE)]),
     row(Feature::PciPassthrough, "PCI passthrough", [S, S, U("devices passthrough not implemented for Firecracker"), S, S, U("PCI configuration for stratovirt is non-functional"), U("PCI/USB passthrough is not supported on alioth")]),
-    row(Feature::UsbPassthrough, "USB passthrough", [S, U("USB passthrough is not supported on cloud-hypervisor"), U("devices passthrough not implemented for Firecracker"), U("USB passthrough is not supported on crosvm"), U("USB passthrough is not supported on kvmtool"), S, U("PCI/USB passthrough is not supported on alioth")]),
+    row(Feature::UsbPassthrough, "USB passthrough", [S, U("USB passthrough is not supported on cloud-hypervisor"), U("devices passthrough not implemented for Firecracker"), U("USB passthrough is not supported on crosvm"), U("USB passthrough is not supported on kvmtool"), U("USB passthrough needs an xHCI PCI controller, which stratovirt's microvm machine lacks"), U("PCI/USB passthrough is not supported on alioth")]),
     row(Feature::Graphics, "graphics", [S, P("crosvm vhost-user GPU device"), I("firecracker has no graphics: `graphics.enable` is ignored"), P("crosvm GPU device"), I("kvmtool has no graphics: `graphics.enable` is ignored"), I("stratovirt ignores `graphics.enable`"), I("alioth has no graphics: `graphics.enable` is ignored")]),
     row(Feature::CredentialFiles, "`credentialFiles`", [S, U("cloud-hypervisor does not support credentialFiles"), U("firecracker does not support credentialFiles"), U("crosvm does not support credentialFiles"), U("kvmtool does not support credentialFiles"), U("stratovirt does not support credentialFiles"), U("alioth does not support credentialFiles")]),
     row(Feature::CpuEmulation, "CPU emulation (`cpu`)", [S, I(CPU), I(CPU), I(CPU), I(CPU), I(CPU), I(CPU)]),
@@ -118,7 +118,7 @@ pub static TABLE: &[Row] = &[
     row(Feature::VolumeDirect, "volume `direct`", [S, S, I("Volume direct IO is not supported for firecracker"), S, S, S, I("Volume direct IO is not supported for alioth")]),
     doc(Feature::ControlSocket, "control socket", [P("QMP"), P("`--api-socket`"), P("`--api-sock` (mandatory)"), P("`-s`"), U("none"), P("QMP"), U("none")]),
     doc(Feature::GracefulShutdown, "graceful shutdown", [P("QMP `system_powerdown`"), P("`PUT vm.power-button`"), P("`SendCtrlAltDel`"), P("`crosvm powerbtn`"), U("no: SIGTERM"), U("no: SIGTERM"), U("no: SIGTERM")]),
-    doc(Feature::TapMultiQueue, "tap multi-queue (vcpu > 1)", [S, S, U("no"), U("no"), U("no"), S, P("`qp=<vcpu>`, single tap queue")]),
+    doc(Feature::TapMultiQueue, "tap multi-queue (vcpu > 1)", [S, S, U("no"), U("no"), U("no"), S, P("`qp=<vcpu>`")]),
     doc(Feature::Readiness, "readiness / systemd notify", [P("virtio-serial control channel"), P("vsock notify (with `vsock.cid`)"), U("no"), U("no"), U("no"), U("no"), U("no")]),
 ];
 
