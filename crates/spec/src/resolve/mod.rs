@@ -207,7 +207,10 @@ pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnosti
             kernel,
             initrd_path,
             // NixOS's boot.consoleLogLevel default, which microvm.nix's kernelParams carry.
-            kernel_params: spec.kernel_params.clone().unwrap_or_else(|| vec!["loglevel=4".into()]),
+            kernel_params: spec
+                .kernel_params
+                .clone()
+                .unwrap_or_else(|| vec!["loglevel=4".into()]),
             cpu: spec.cpu.clone(),
             kvm: spec.kvm.unwrap_or(KvmMode::Auto),
             store_on_disk: storage.store_on_disk,
@@ -416,6 +419,19 @@ fn check_extra_args(r: &mut Resolver<'_>, spec: &Spec) {
             r.error(
                 KeyPath::root().key("cloud-hypervisor").key("extraArgs").index(i),
                 format!("MicroVM {}: use cloud-hypervisor.platformOEMStrings instead of oem_strings in extraArgs", r.vm),
+            );
+        }
+    }
+    // The original asserts this only when cloud-hypervisor is the VM's hypervisor; the
+    // value means nothing to the others, so it is checked for every VM here.
+    if let Some(strings) = &spec.cloud_hypervisor.platform_oem_strings {
+        if let Some(i) = strings.iter().position(|s| s.contains("oem_strings")) {
+            r.error(
+                KeyPath::root()
+                    .key("cloud-hypervisor")
+                    .key("platformOEMStrings")
+                    .index(i),
+                format!("MicroVM {}: `config.microvm.cloud-hypervisor.platformOEMStrings` items must not contain `oem_strings`", r.vm),
             );
         }
     }

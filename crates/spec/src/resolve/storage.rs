@@ -1,7 +1,5 @@
 //! Volumes, shares, the store disk and the writable overlay.
 
-use std::collections::BTreeMap;
-
 use super::Resolver;
 use crate::config::{ImageType, SecurityModel, Share, ShareCache, ShareProto, Volume};
 use crate::node::KeyPath;
@@ -128,7 +126,7 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec) -> Storage {
             && extra_args
                 .iter()
                 .chain(&global)
-                .any(|a| a.starts_with("--translate-uid") || a.starts_with("--translate-gid"))
+                .any(|a| a.contains("--translate-uid") || a.contains("--translate-gid"))
         {
             r.error(p.key("posixAcl"), format!("MicroVM {}: virtiofs share \"{}\" has posixAcl=true but extraArgs contains --translate-uid/--translate-gid; virtiofsd refuses both together, set posixAcl = false", r.vm, tag.as_deref().unwrap_or("?")));
         }
@@ -158,35 +156,35 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec) -> Storage {
         "tag",
         |vm, tag, k| format!("MicroVM {vm}: share tag \"{tag}\" is used {k} > 1 times."),
     );
-    let sockets: Vec<String> = shares
+    // Like the original, compare the sockets of virtiofs shares only, defaults included
+    // (`<hostName>-virtiofs-<tag>.sock`), so an explicit socket that equals another
+    // share's default is caught too.
+    let sockets: Vec<(usize, String)> = spec
+        .shares
         .iter()
-        .filter_map(|s| s.share.socket.clone())
+        .enumerate()
+        .filter(|(_, s)| s.proto == Some(ShareProto::Virtiofs))
+        .filter_map(|(i, s)| match &s.socket {
+            Some(socket) => socket.clone().map(|sock| (i, sock)),
+            None => s
+                .tag
+                .as_ref()
+                .map(|tag| (i, format!("{}-virtiofs-{tag}.sock", r.vm))),
+        })
         .collect();
-    let dup_socket = {
-        let mut seen = BTreeMap::new();
-        sockets
-            .iter()
-            .find(|s| {
-                let n = seen.entry((*s).clone()).or_insert(0);
-                *n += 1;
-                *n > 1
-            })
-            .cloned()
-    };
-    if let Some(sock) = dup_socket {
-        let k = sockets.iter().filter(|s| **s == sock).count();
-        let i = spec
-            .shares
-            .iter()
-            .rposition(|s| s.socket.clone().flatten().as_deref() == Some(&sock))
-            .unwrap_or(0);
-        r.error(
-            root.key("shares").index(i).key("socket"),
-            format!(
-                "MicroVM {}: share socket \"{sock}\" is used {k} > 1 times.",
-                r.vm
-            ),
-        );
+    let mut reported: Vec<&str> = Vec::new();
+    for (i, sock) in sockets.iter().rev() {
+        let k = sockets.iter().filter(|(_, s)| s == sock).count();
+        if k > 1 && !reported.contains(&sock.as_str()) {
+            reported.push(sock);
+            r.error(
+                root.key("shares").index(*i).key("socket"),
+                format!(
+                    "MicroVM {}: share socket \"{sock}\" is used {k} > 1 times.",
+                    r.vm
+                ),
+            );
+        }
     }
 
     let store_on_disk = spec

@@ -1,0 +1,1053 @@
+//! One test per validation rule of the loader (inventory §1.17 and the value checks of
+//! `resolve`): each asserts the exact message, the file and the line it points at.
+
+mod common;
+
+use common::{expect, fails, loads, one_error, one_error_in, one_warning, Dir};
+use microvm_spec::diag::Severity;
+
+const TAP: &str = "type = \"tap\"\n";
+
+// --- §1.17: assertions ----------------------------------------------------------------
+
+#[test]
+fn duplicate_volume_image() {
+    let e = one_error(
+        "[[volumes]]\nimage = \"a.img\"\nsize = 1\n\n[[volumes]]\nimage = \"a.img\"\nsize = 2\n",
+        "MicroVM vm1: volume image \"a.img\" is used 2 > 1 times.",
+        6,
+    );
+    assert_eq!(e.key.as_deref(), Some("volumes[1].image"));
+}
+
+#[test]
+fn duplicate_volume_image_three_times_is_reported_once() {
+    let e = one_error(
+        "[[volumes]]\nimage = \"a.img\"\nsize = 1\n[[volumes]]\nimage = \"b.img\"\nsize = 1\n[[volumes]]\nimage = \"a.img\"\nsize = 1\n[[volumes]]\nimage = \"a.img\"\nsize = 1\n",
+        "MicroVM vm1: volume image \"a.img\" is used 3 > 1 times.",
+        11,
+    );
+    assert_eq!(e.key.as_deref(), Some("volumes[3].image"));
+}
+
+#[test]
+fn duplicate_interface_id() {
+    one_error(
+        &format!("[[interfaces]]\n{TAP}id = \"vm-a\"\nmac = \"02:00:00:00:00:01\"\n[[interfaces]]\n{TAP}id = \"vm-a\"\nmac = \"02:00:00:00:00:02\"\n"),
+        "MicroVM vm1: interface id \"vm-a\" is used 2 > 1 times.",
+        7,
+    );
+}
+
+#[test]
+fn duplicate_mac_is_a_warning() {
+    one_warning(
+        &format!("[[interfaces]]\n{TAP}id = \"vm-a\"\nmac = \"02:00:00:00:00:01\"\n[[interfaces]]\n{TAP}id = \"vm-b\"\nmac = \"02:00:00:00:00:01\"\n"),
+        "MicroVM vm1: MAC address 02:00:00:00:00:01 is used by more than one interface",
+        8,
+    );
+}
+
+#[test]
+fn bridge_interface_without_bridge() {
+    let e = one_error(
+        "mem = 256\n[[interfaces]]\ntype = \"bridge\"\nid = \"br-vm1\"\nmac = \"02:00:00:00:00:01\"\n",
+        "MicroVM vm1: interface br-vm1 is of type \"bridge\" but doesn't have a bridge to attach to defined.",
+        2,
+    );
+    assert_eq!(e.key.as_deref(), Some("interfaces[0]"));
+}
+
+#[test]
+fn bridge_option_on_a_non_bridge_interface() {
+    let e = one_error(
+        &format!("[[interfaces]]\n{TAP}id = \"vm-a\"\nmac = \"02:00:00:00:00:01\"\nbridge = \"br0\"\n"),
+        "MicroVM vm1: interface vm-a is not of type \"bridge\" and therefore shouldn't have a \"bridge\" option defined.",
+        5,
+    );
+    assert_eq!(e.key.as_deref(), Some("interfaces[0].bridge"));
+}
+
+#[test]
+fn bridge_interface_with_bridge_is_fine() {
+    let dir = Dir::new();
+    let path = dir.write(
+        "vm1.toml",
+        "[[interfaces]]\ntype = \"bridge\"\nid = \"vm-a\"\nmac = \"02:00:00:00:00:01\"\nbridge = \"br0\"\n",
+    );
+    let (loaded, warnings) = loads(&path);
+    assert!(warnings.is_empty(), "{warnings:#?}");
+    assert_eq!(loaded.config.interfaces[0].bridge.as_deref(), Some("br0"));
+}
+
+#[test]
+fn interface_id_longer_than_15() {
+    one_error(
+        &format!("[[interfaces]]\n{TAP}id = \"vm-0123456789abc\"\nmac = \"02:00:00:00:00:01\"\n"),
+        "MicroVM vm1: interface name vm-0123456789abc is longer than the maximum length of 15 characters on Linux.",
+        3,
+    );
+}
+
+#[test]
+fn interface_id_of_15_is_fine_and_bad_characters_are_not() {
+    let dir = Dir::new();
+    let path = dir.write(
+        "vm1.toml",
+        &format!("[[interfaces]]\n{TAP}id = \"vm-0123456789ab\"\nmac = \"02:00:00:00:00:01\"\n"),
+    );
+    loads(&path);
+    one_error(
+        &format!("[[interfaces]]\n{TAP}id = \"vm/a\"\nmac = \"02:00:00:00:00:01\"\n"),
+        "interface name \"vm/a\" is not valid on Linux (no '/', ':' or whitespace)",
+        3,
+    );
+    one_error(
+        &format!("[[interfaces]]\n{TAP}id = \"\"\nmac = \"02:00:00:00:00:01\"\n"),
+        "an interface name cannot be empty",
+        3,
+    );
+}
+
+#[test]
+fn duplicate_share_tag() {
+    let e = one_error(
+        "[[shares]]\ntag = \"home\"\nsource = \"/a\"\nmountPoint = \"/a\"\n\n[[shares]]\ntag = \"home\"\nsource = \"/b\"\nmountPoint = \"/b\"\n",
+        "MicroVM vm1: share tag \"home\" is used 2 > 1 times.",
+        7,
+    );
+    assert_eq!(e.key.as_deref(), Some("shares[1].tag"));
+}
+
+#[test]
+fn duplicate_virtiofs_socket() {
+    one_error(
+        "[[shares]]\nproto = \"virtiofs\"\ntag = \"a\"\nsource = \"/a\"\nmountPoint = \"/a\"\nsocket = \"fs.sock\"\n[[shares]]\nproto = \"virtiofs\"\ntag = \"b\"\nsource = \"/b\"\nmountPoint = \"/b\"\nsocket = \"fs.sock\"\n",
+        "MicroVM vm1: share socket \"fs.sock\" is used 2 > 1 times.",
+        12,
+    );
+}
+
+#[test]
+fn duplicate_virtiofs_socket_against_a_default_socket() {
+    // Share `b` names the socket share `a` gets by default (<hostName>-virtiofs-<tag>.sock).
+    one_error(
+        "[[shares]]\nproto = \"virtiofs\"\ntag = \"a\"\nsource = \"/a\"\nmountPoint = \"/a\"\n[[shares]]\nproto = \"virtiofs\"\ntag = \"b\"\nsource = \"/b\"\nmountPoint = \"/b\"\nsocket = \"vm1-virtiofs-a.sock\"\n",
+        "MicroVM vm1: share socket \"vm1-virtiofs-a.sock\" is used 2 > 1 times.",
+        11,
+    );
+}
+
+#[test]
+fn a_9p_share_socket_is_not_a_virtiofs_socket() {
+    // The original only compares the sockets of virtiofs shares.
+    let dir = Dir::new();
+    let path = dir.write(
+        "vm1.toml",
+        "[[shares]]\nproto = \"virtiofs\"\ntag = \"a\"\nsource = \"/a\"\nmountPoint = \"/a\"\nsocket = \"s\"\n[[shares]]\nproto = \"9p\"\ntag = \"b\"\nsource = \"/b\"\nmountPoint = \"/b\"\nsocket = \"s\"\n",
+    );
+    loads(&path);
+}
+
+#[test]
+fn virtiofs_share_with_null_socket() {
+    let e = one_error_in(
+        "vm1.json",
+        "{\n  \"shares\": [\n    {\n      \"proto\": \"virtiofs\",\n      \"tag\": \"home\",\n      \"source\": \"/srv/home\",\n      \"mountPoint\": \"/home\",\n      \"socket\": null\n    }\n  ]\n}\n",
+        "MicroVM vm1: virtiofs share with tag \"home\" is missing a `socket` path.",
+        8,
+    );
+    assert_eq!(e.key.as_deref(), Some("shares[0].socket"));
+}
+
+#[test]
+fn forward_ports_need_qemu_and_a_user_interface() {
+    let text = format!("vcpu = 1\n[[forwardPorts]]\nhost.port = 2222\nguest.port = 22\n[[interfaces]]\n{TAP}id = \"vm-a\"\nmac = \"02:00:00:00:00:01\"\n");
+    let e = one_error(
+        &text,
+        "MicroVM vm1: `config.microvm.forwardPorts` works only with qemu and one network interface with `type = \"user\"`",
+        2,
+    );
+    assert_eq!(e.key.as_deref(), Some("forwardPorts"));
+    // With a user interface on qemu it loads; on another hypervisor it does not.
+    let user = "[[forwardPorts]]\nhost.port = 2222\nguest.port = 22\n[[interfaces]]\ntype = \"user\"\nid = \"qemu\"\nmac = \"02:00:00:00:00:01\"\n";
+    let dir = Dir::new();
+    let (loaded, _) = loads(&dir.write("vm1.toml", user));
+    assert_eq!(loaded.config.forward_ports[0].host_port, 2222);
+    let dir = Dir::new();
+    let path = dir.write("vm1.toml", &format!("hypervisor = \"crosvm\"\n{user}"));
+    let (_, found) = fails(&path);
+    assert!(found[0]
+        .message
+        .contains("forwardPorts` works only with qemu"));
+}
+
+#[test]
+fn forward_port_values() {
+    let base = "[[interfaces]]\ntype = \"user\"\nid = \"qemu\"\nmac = \"02:00:00:00:00:01\"\n";
+    one_error(
+        &format!("{base}[[forwardPorts]]\nhost.port = 0\nguest.port = 22\n"),
+        "0 is not a port (1 to 65535)",
+        6,
+    );
+    one_error(
+        &format!("{base}[[forwardPorts]]\nhost.port = 70000\nguest.port = 22\n"),
+        "70000 is not a port (1 to 65535)",
+        6,
+    );
+    one_error(
+        &format!("{base}[[forwardPorts]]\nguest.port = 22\n"),
+        "missing required key `port`",
+        5,
+    );
+    one_error(
+        &format!(
+            "{base}[[forwardPorts]]\nhost.port = 2\nhost.address = \"::1\"\nguest.port = 22\n"
+        ),
+        "\"::1\" is not an IPv4 address (port forwarding is IPv4 only)",
+        7,
+    );
+}
+
+#[test]
+fn posix_acl_with_translate_uid() {
+    let e = one_error(
+        "[[shares]]\nproto = \"virtiofs\"\ntag = \"home\"\nsource = \"/a\"\nmountPoint = \"/a\"\nextraArgs = [\"--translate-uid=map:0:1000:1\"]\n",
+        "MicroVM vm1: virtiofs share \"home\" has posixAcl=true but extraArgs contains --translate-uid/--translate-gid; virtiofsd refuses both together, set posixAcl = false",
+        1,
+    );
+    // posixAcl is absent (default true): the share's table is blamed.
+    assert_eq!(e.key.as_deref(), Some("shares[0].posixAcl"));
+    // From the global virtiofsd.extraArgs, with posixAcl written out.
+    one_error(
+        "virtiofsd.extraArgs = [\"--translate-gid\", \"map:0:100:1\"]\n[[shares]]\nproto = \"virtiofs\"\ntag = \"home\"\nsource = \"/a\"\nmountPoint = \"/a\"\nposixAcl = true\n",
+        "MicroVM vm1: virtiofs share \"home\" has posixAcl=true but extraArgs contains --translate-uid/--translate-gid; virtiofsd refuses both together, set posixAcl = false",
+        7,
+    );
+    let dir = Dir::new();
+    let path = dir.write(
+        "vm1.toml",
+        "[[shares]]\nproto = \"virtiofs\"\ntag = \"home\"\nsource = \"/a\"\nmountPoint = \"/a\"\nposixAcl = false\nextraArgs = [\"--translate-uid=map:0:1000:1\"]\n",
+    );
+    loads(&path);
+}
+
+#[test]
+fn balloon_mem_was_removed() {
+    let e = one_error(
+        "vcpu = 2\nballoonMem = 256\n",
+        "The balloonMem option has been removed and replaced by the boolean option balloon",
+        2,
+    );
+    assert_eq!(e.key.as_deref(), Some("balloonMem"));
+}
+
+#[test]
+fn vsock_ssh_needs_a_cid() {
+    one_error(
+        "[vsock]\nssh.enable = true\n",
+        "MicroVM vm1: vsock.ssh.enable needs vsock.cid to be set",
+        2,
+    );
+    let dir = Dir::new();
+    let (loaded, _) = loads(&dir.write("vm1.toml", "[vsock]\ncid = 3\nssh.enable = true\n"));
+    assert!(loaded.config.vsock.ssh);
+}
+
+#[test]
+fn vsock_cid_reserved_values() {
+    for cid in [0, 1, 2] {
+        one_error(
+            &format!("vsock.cid = {cid}\n"),
+            &format!("vsock CID {cid} is reserved (0: hypervisor, 1: loopback, 2: host); use 3 or higher"),
+            1,
+        );
+    }
+    one_error(
+        "vsock.cid = 4294967295\n",
+        "vsock CID 4294967295 is out of range (3 to 4294967294)",
+        1,
+    );
+}
+
+#[test]
+fn writable_store_overlay_must_be_a_volume_mount_point() {
+    one_error(
+        "writableStoreOverlay = \"/nix/.rw-store\"\n[[volumes]]\nimage = \"a.img\"\nsize = 8\nmountPoint = \"/var\"\n",
+        "MicroVM vm1: writableStoreOverlay /nix/.rw-store must be the mountPoint of a volume (the writable layer needs a real local filesystem)",
+        1,
+    );
+    let dir = Dir::new();
+    let path = dir.write(
+        "vm1.toml",
+        "writableStoreOverlay = \"/nix/.rw-store\"\n[[volumes]]\nimage = \"a.img\"\nsize = 8\nmountPoint = \"/nix/.rw-store\"\n",
+    );
+    loads(&path);
+}
+
+#[test]
+fn cloud_hypervisor_oem_strings_in_extra_args() {
+    let e = one_error(
+        "[cloud-hypervisor]\nextraArgs = [\n  \"--platform\",\n  \"oem_strings=[a]\",\n]\n",
+        "MicroVM vm1: use cloud-hypervisor.platformOEMStrings instead of oem_strings in extraArgs",
+        4,
+    );
+    assert_eq!(e.key.as_deref(), Some("cloud-hypervisor.extraArgs[1]"));
+}
+
+#[test]
+fn cloud_hypervisor_platform_oem_strings_must_not_hold_oem_strings() {
+    one_error(
+        "[cloud-hypervisor]\nplatformOEMStrings = [\"oem_strings=[x]\"]\n",
+        "MicroVM vm1: `config.microvm.cloud-hypervisor.platformOEMStrings` items must not contain `oem_strings`",
+        2,
+    );
+}
+
+// --- §1.17: warnings ------------------------------------------------------------------
+
+#[test]
+fn little_memory_warns() {
+    let w = one_warning(
+        "vcpu = 1\nmem = 16\n",
+        "MicroVM vm1: 16 MB of RAM is uncomfortably narrow.",
+        2,
+    );
+    assert_eq!(w.key.as_deref(), Some("mem"));
+    let dir = Dir::new();
+    let (_, warnings) = loads(&dir.write("vm1.toml", "mem = 32\n"));
+    assert!(warnings.is_empty(), "{warnings:#?}");
+}
+
+#[test]
+fn label_without_auto_create_warns() {
+    one_warning(
+        "[[volumes]]\nimage = \"a.img\"\nautoCreate = false\nlabel = \"data\"\n",
+        "Volume is not automatically labeled unless autoCreate is true. Volume \"data\" will be unlabeled unless you label it yourself.",
+        4,
+    );
+}
+
+#[test]
+fn label_on_an_unlabellable_filesystem_warns() {
+    one_warning(
+        "[[volumes]]\nimage = \"a.img\"\nsize = 8\nfsType = \"ntfs\"\nlabel = \"data\"\n",
+        "Will not label volume data with filesystem type ntfs. Open an issue if you need it.",
+        5,
+    );
+    for fs in ["ext2", "ext3", "ext4", "xfs", "btrfs", "vfat"] {
+        let dir = Dir::new();
+        let path = dir.write(
+            "vm1.toml",
+            &format!(
+                "[[volumes]]\nimage = \"a.img\"\nsize = 8\nfsType = \"{fs}\"\nlabel = \"data\"\n"
+            ),
+        );
+        let (_, warnings) = loads(&path);
+        assert!(warnings.is_empty(), "{fs}: {warnings:#?}");
+    }
+}
+
+// --- required keys --------------------------------------------------------------------
+
+#[test]
+fn volume_image_is_required() {
+    let e = one_error(
+        "vcpu = 1\n[[volumes]]\nsize = 8\nmountPoint = \"/var\"\n",
+        "missing required key `image`",
+        2,
+    );
+    assert_eq!(e.key.as_deref(), Some("volumes[0].image"));
+}
+
+#[test]
+fn volume_size_is_required_with_auto_create() {
+    let e = one_error(
+        "[[volumes]]\nimage = \"a.img\"\nmountPoint = \"/var\"\n",
+        "MicroVM vm1: volume a.img needs a `size` (MiB) to be created automatically",
+        1,
+    );
+    assert_eq!(e.key.as_deref(), Some("volumes[0].size"));
+    let dir = Dir::new();
+    loads(&dir.write(
+        "vm1.toml",
+        "[[volumes]]\nimage = \"a.img\"\nautoCreate = false\n",
+    ));
+}
+
+#[test]
+fn volume_sizes() {
+    one_error(
+        "[[volumes]]\nimage = \"a.img\"\nsize = 0\n",
+        "a volume size must be at least 1 (MiB)",
+        3,
+    );
+    one_error(
+        "[[volumes]]\nimage = \"a.img\"\nsize = 9223372036854775807\n",
+        "9223372036854775807 MiB is too large",
+        3,
+    );
+    one_error(
+        "[[volumes]]\nimage = \"\"\nsize = 1\n",
+        "a volume image path cannot be empty",
+        2,
+    );
+}
+
+#[test]
+fn share_keys_are_required() {
+    let dir = Dir::new();
+    let path = dir.write("vm1.toml", "vcpu = 1\n\n[[shares]]\nproto = \"virtiofs\"\n");
+    let (_, found) = fails(&path);
+    for key in ["tag", "source", "mountPoint"] {
+        let d = expect(
+            &found,
+            Severity::Error,
+            &format!("missing required key `{key}`"),
+            &path,
+            3,
+        );
+        assert_eq!(d.key.as_deref(), Some(&*format!("shares[0].{key}")));
+    }
+    assert_eq!(found.len(), 3, "{found:#?}");
+}
+
+#[test]
+fn share_values() {
+    let share = "[[shares]]\ntag = \"t\"\nmountPoint = \"/t\"\n";
+    one_error(
+        &format!("{share}source = \"\"\n"),
+        "a share source cannot be empty",
+        4,
+    );
+    one_error(
+        "[[shares]]\ntag = \"\"\nmountPoint = \"/t\"\nsource = \"/s\"\n",
+        "a share tag cannot be empty",
+        2,
+    );
+}
+
+#[test]
+fn interface_keys_are_required() {
+    let dir = Dir::new();
+    let path = dir.write("vm1.toml", "[[interfaces]]\nbridge = \"br0\"\n");
+    let (_, found) = fails(&path);
+    for key in ["type", "id", "mac"] {
+        expect(
+            &found,
+            Severity::Error,
+            &format!("missing required key `{key}`"),
+            &path,
+            1,
+        );
+    }
+    assert_eq!(found.len(), 3, "{found:#?}");
+}
+
+#[test]
+fn macvtap_needs_link_and_mode() {
+    let dir = Dir::new();
+    let path = dir.write(
+        "vm1.toml",
+        "[[interfaces]]\ntype = \"macvtap\"\nid = \"vm-a\"\nmac = \"02:00:00:00:00:01\"\n",
+    );
+    let (_, found) = fails(&path);
+    let link = expect(
+        &found,
+        Severity::Error,
+        "missing required key `link`",
+        &path,
+        1,
+    );
+    assert_eq!(link.key.as_deref(), Some("interfaces[0].macvtap.link"));
+    expect(
+        &found,
+        Severity::Error,
+        "missing required key `mode`",
+        &path,
+        1,
+    );
+    assert_eq!(found.len(), 2);
+    // With `macvtap.link` only, the mode is missing; it is blamed on the macvtap table.
+    one_error(
+        "[[interfaces]]\ntype = \"macvtap\"\nid = \"vm-a\"\nmac = \"02:00:00:00:00:01\"\nmacvtap = { link = \"eth0\" }\n",
+        "missing required key `mode`",
+        5,
+    );
+    let dir = Dir::new();
+    let (loaded, _) = loads(&dir.write(
+        "vm1.toml",
+        "[[interfaces]]\ntype = \"macvtap\"\nid = \"vm-a\"\nmac = \"02:00:00:00:00:01\"\nmacvtap.link = \"eth0\"\nmacvtap.mode = \"bridge\"\n",
+    ));
+    assert!(loaded.config.interfaces[0].macvtap.is_some());
+}
+
+#[test]
+fn mac_addresses() {
+    let iface = format!("[[interfaces]]\n{TAP}id = \"vm-a\"\n");
+    one_error(
+        &format!("{iface}mac = \"02:00:00:00:00\"\n"),
+        "\"02:00:00:00:00\" is not a MAC address like 02:00:00:00:00:01",
+        4,
+    );
+    one_error(
+        &format!("{iface}mac = \"zz:00:00:00:00:01\"\n"),
+        "\"zz:00:00:00:00:01\" is not a MAC address like 02:00:00:00:00:01",
+        4,
+    );
+    one_error(
+        &format!("{iface}mac = \"01:00:5e:00:00:01\"\n"),
+        "MAC address 01:00:5e:00:00:01 is a multicast address; a NIC needs a unicast one (the lowest bit of the first byte clear, e.g. 02:…)",
+        4,
+    );
+    one_error(
+        &format!("{iface}mac = \"00:00:00:00:00:00\"\n"),
+        "MAC address 00:00:00:00:00:00 is not usable",
+        4,
+    );
+}
+
+#[test]
+fn devices() {
+    one_error(
+        "[[devices]]\nbus = \"pci\"\npath = \"01:00.0\"\n",
+        "\"01:00.0\" is not a PCI address like 0000:01:00.0",
+        3,
+    );
+    one_error(
+        "[[devices]]\nbus = \"usb\"\n",
+        "missing required key `path`",
+        1,
+    );
+    let dir = Dir::new();
+    loads(&dir.write(
+        "vm1.toml",
+        "[[devices]]\nbus = \"pci\"\npath = \"0000:01:00.0\"\n[[devices]]\nbus = \"usb\"\npath = \"vendorid=0xabcd,productid=0x0123\"\n",
+    ));
+}
+
+#[test]
+fn pcie_root_port_needs_an_id() {
+    one_error(
+        "[[qemu.pcieRootPorts]]\nbus = \"pcie.0\"\n",
+        "missing required key `id`",
+        1,
+    );
+}
+
+// --- guest paths and root sources -----------------------------------------------------
+
+#[test]
+fn relative_guest_paths() {
+    let msg = |p: &str| {
+        format!("{p:?} must be an absolute path in the guest (starting with /, without ..)")
+    };
+    one_error(
+        "[[volumes]]\nimage = \"a.img\"\nsize = 1\nmountPoint = \"var\"\n",
+        &msg("var"),
+        4,
+    );
+    one_error(
+        "[[shares]]\ntag = \"t\"\nsource = \"/s\"\nmountPoint = \"mnt/t\"\n",
+        &msg("mnt/t"),
+        4,
+    );
+    one_error("init = \"sbin/init\"\n", &msg("sbin/init"), 1);
+    one_error(
+        "vcpu = 1\nworkingDirectory = \"/a/../b\"\n",
+        &msg("/a/../b"),
+        2,
+    );
+    one_error(
+        "[[root]]\ndirectory = \"rootfs\"\ntarget = \"opt\"\n",
+        &msg("opt"),
+        3,
+    );
+    // The check stops there: no second complaint about the overlay not being a volume.
+    one_error("writableStoreOverlay = \"rw\"\n", &msg("rw"), 1);
+}
+
+#[test]
+fn root_source_needs_exactly_one_kind() {
+    let e = one_error(
+        "vcpu = 1\n[[root]]\ntarget = \"/\"\n",
+        "a root source needs exactly one of `directory`, `tarball`, `oci`, `debian`, `nix`",
+        2,
+    );
+    assert_eq!(e.key.as_deref(), Some("root[0]"));
+    one_error(
+        "vcpu = 1\n[[root]]\ndirectory = \"a\"\ntarball = \"b.tar\"\n",
+        "a root source needs exactly one of `directory`, `tarball`, `oci`, `debian`, `nix` (found directory, tarball)",
+        2,
+    );
+}
+
+#[test]
+fn root_source_details() {
+    one_error(
+        "[[root]]\ntarball = \"b.tar\"\nociRef = \"latest\"\n",
+        "`ociRef` only applies to an `oci` source",
+        3,
+    );
+    one_error(
+        "[[root]]\ndebian = { packages = [\"curl\"] }\n",
+        "missing required key `suite`",
+        2,
+    );
+    one_error("command = []\n", "`command` needs at least a program", 1);
+    one_error(
+        "command = [\"\"]\n",
+        "`command` needs at least a program",
+        1,
+    );
+}
+
+#[test]
+fn root_source_paths_are_relative_to_the_file() {
+    let dir = Dir::new();
+    let path = dir.write(
+        "vm1.toml",
+        "[[root]]\ndirectory = \"rootfs\"\n[[root]]\ntarball = \"/abs/x.tar\"\ntarget = \"/opt\"\n",
+    );
+    let (loaded, _) = loads(&path);
+    let text = format!("{:?}", loaded.config.guest.root);
+    assert!(
+        text.contains(&format!("{:?}", dir.path().join("rootfs"))),
+        "{text}"
+    );
+    assert!(text.contains("\"/abs/x.tar\""), "{text}");
+}
+
+// --- static network -------------------------------------------------------------------
+
+const NET_IFACE: &str =
+    "[[interfaces]]\ntype = \"tap\"\nid = \"vm-a\"\nmac = \"02:00:00:00:00:01\"\n";
+
+#[test]
+fn network_unknown_interface() {
+    let e = one_error(
+        &format!("{NET_IFACE}[[network]]\ninterface = \"vm-b\"\n"),
+        "no interface with id \"vm-b\" in `interfaces`",
+        6,
+    );
+    assert_eq!(e.key.as_deref(), Some("network[0].interface"));
+}
+
+#[test]
+fn network_needs_interface_or_mac() {
+    let msg = "a network entry needs exactly one of `interface` or `mac`";
+    one_error("[[network]]\naddresses = [\"10.0.0.2/24\"]\n", msg, 1);
+    one_error(
+        &format!("{NET_IFACE}[[network]]\ninterface = \"vm-a\"\nmac = \"02:00:00:00:00:01\"\n"),
+        msg,
+        5,
+    );
+    one_error(
+        "[[network]]\nmac = \"nope\"\n",
+        "\"nope\" is not a MAC address like 02:00:00:00:00:01",
+        2,
+    );
+}
+
+#[test]
+fn network_addresses() {
+    let head = format!("{NET_IFACE}[[network]]\ninterface = \"vm-a\"\n");
+    for bad in [
+        "10.0.0.2",
+        "10.0.0.2/33",
+        "10.0.0.300/24",
+        "fd00::1/129",
+        "x/24",
+    ] {
+        one_error(
+            &format!("{head}addresses = [\"10.0.0.3/24\", \"{bad}\"]\n"),
+            &format!("{bad:?} is not an address with prefix length like 10.0.0.2/24"),
+            7,
+        );
+    }
+    one_error(
+        &format!("{head}gateways = [\"10.0.0.1\", \"10.0.0\"]\n"),
+        "\"10.0.0\" is not an IP address",
+        7,
+    );
+    one_error(
+        &format!("{head}dns = [\"one.one.one.one\"]\n"),
+        "\"one.one.one.one\" is not an IP address",
+        7,
+    );
+    let e = one_error(
+        &format!("{head}mtu = 67\n"),
+        "MTU 67 is out of range (68 to 65535)",
+        7,
+    );
+    assert_eq!(e.key.as_deref(), Some("network[0].mtu"));
+    one_error(
+        &format!("{head}mtu = 65536\n"),
+        "MTU 65536 is out of range (68 to 65535)",
+        7,
+    );
+    let dir = Dir::new();
+    let (loaded, _) = loads(&dir.write(
+        "vm1.toml",
+        &format!("{head}addresses = [\"10.0.0.2/24\", \"fd00::2/64\"]\ngateways = [\"10.0.0.1\"]\ndns = [\"fd00::1\"]\nmtu = 1500\n"),
+    ));
+    assert_eq!(loaded.config.guest.network[0].mtu, Some(1500));
+    assert_eq!(
+        loaded.config.guest.network[0].mac.to_string(),
+        "02:00:00:00:00:01"
+    );
+}
+
+// --- other values ---------------------------------------------------------------------
+
+#[test]
+fn machine_id() {
+    one_error(
+        "machineId = \"not-a-uuid\"\n",
+        "\"not-a-uuid\" is not a machine id (32 hex digits, dashes allowed)",
+        1,
+    );
+    let dir = Dir::new();
+    let (loaded, _) = loads(&dir.write(
+        "vm1.toml",
+        "machineId = \"A67472E5-570E-5C8A-B18C-AE3C77701050\"\n",
+    ));
+    assert_eq!(
+        loaded.config.machine_id,
+        "a67472e5-570e-5c8a-b18c-ae3c77701050"
+    );
+}
+
+#[test]
+fn machine_id_default_is_derived_from_the_host_name() {
+    // sha256("microvm.nix:vm1"), first 32 hex digits, as microvm.nix computes it.
+    let dir = Dir::new();
+    let (loaded, _) = loads(&dir.write("vm1.toml", "vcpu = 1\n"));
+    let id = &loaded.config.machine_id;
+    assert_eq!(id.len(), 36, "{id}");
+    assert_eq!(
+        id.split('-').map(str::len).collect::<Vec<_>>(),
+        [8, 4, 4, 4, 12]
+    );
+}
+
+#[test]
+fn thread_pool_size() {
+    one_error(
+        "virtiofsd.threadPoolSize = \"lots\"\n",
+        "\"lots\" is neither a number nor \"`nproc`\"",
+        1,
+    );
+    for ok in ["\"`nproc`\"", "\"nproc\"", "\"8\"", "8"] {
+        let dir = Dir::new();
+        loads(&dir.write("vm1.toml", &format!("virtiofsd.threadPoolSize = {ok}\n")));
+    }
+}
+
+#[test]
+fn resources() {
+    one_error("vcpu = 0\n", "must be at least 1, found 0", 1);
+    one_error("vcpu = 99999999999\n", "99999999999 is too large", 1);
+    one_error("mem = 0\n", "must be at least 1 (MB), found 0", 1);
+    one_error(
+        "mem = 9223372036854775807\n",
+        "9223372036854775807 MB is more memory than any host has",
+        1,
+    );
+}
+
+#[test]
+fn host_name_invalid() {
+    let e = one_error(
+        "hostName = \"my vm\"\n",
+        "VM name \"my vm\" contains ' '; use letters, digits, '-', '_' and '.'",
+        1,
+    );
+    assert_eq!(e.key.as_deref(), Some("hostName"));
+    one_error(
+        "vcpu = 1\nhostName = \"../etc\"\n",
+        "VM name \"../etc\" cannot start with '.' or '-'",
+        2,
+    );
+    one_error("hostName = \"\"\n", "a VM name cannot be empty", 1);
+    let long = "x".repeat(65);
+    one_error(
+        &format!("hostName = \"{long}\"\n"),
+        &format!("VM name \"{long}\" is 65 bytes long; the limit is 64"),
+        1,
+    );
+}
+
+#[test]
+fn default_name_is_the_file_stem_and_a_bad_stem_asks_for_host_name() {
+    let dir = Dir::new();
+    let (loaded, _) = loads(&dir.write("web-1.toml", "vcpu = 1\n"));
+    assert_eq!(loaded.config.name.as_str(), "web-1");
+    assert_eq!(loaded.config.socket.as_deref(), Some("web-1.sock"));
+    let path = dir.write("my vm.toml", "vcpu = 1\n");
+    let (_, found) = fails(&path);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0]
+            .message
+            .starts_with("cannot name the VM after the file")
+            && found[0].message.ends_with("; set `hostName`"),
+        "{found:#?}"
+    );
+    assert_eq!(found[0].file.as_deref(), Some(&*path));
+    // `hostName` fixes it.
+    let path = dir.write("my vm2.toml", "hostName = \"vm2\"\n");
+    assert_eq!(loads(&path).0.config.name.as_str(), "vm2");
+}
+
+// --- unknown keys, types, enums -------------------------------------------------------
+
+#[test]
+fn unknown_keys_are_all_reported_with_suggestions() {
+    let dir = Dir::new();
+    let path = dir.write(
+        "vm1.toml",
+        "vpcu = 2\nmem = 256\n[[volumes]]\nimgae = \"a.img\"\nsize = 1\nmountpiont = \"/var\"\n[qemu]\nmachien = \"q35\"\n[frobnicate]\nx = 1\n",
+    );
+    let (_, found) = fails(&path);
+    let e = expect(
+        &found,
+        Severity::Error,
+        "unknown key `vpcu`; did you mean `vcpu`?",
+        &path,
+        1,
+    );
+    assert_eq!(e.key.as_deref(), Some("vpcu"));
+    let e = expect(
+        &found,
+        Severity::Error,
+        "unknown key `imgae`; did you mean `image`?",
+        &path,
+        4,
+    );
+    assert_eq!(e.key.as_deref(), Some("volumes[0].imgae"));
+    expect(
+        &found,
+        Severity::Error,
+        "unknown key `mountpiont`; did you mean `mountPoint`?",
+        &path,
+        6,
+    );
+    expect(
+        &found,
+        Severity::Error,
+        "unknown key `machien`; did you mean `machine`?",
+        &path,
+        8,
+    );
+    let far = found
+        .iter()
+        .find(|d| {
+            d.message
+                .starts_with("unknown key `frobnicate`; expected one of")
+        })
+        .unwrap_or_else(|| panic!("{found:#?}"));
+    assert_eq!(far.line, Some(9));
+    assert!(far.message.contains("`vcpu`"));
+    // The misspelt `image` is also missing; that is reported as well.
+    expect(
+        &found,
+        Severity::Error,
+        "missing required key `image`",
+        &path,
+        3,
+    );
+    assert_eq!(found.len(), 6, "{found:#?}");
+}
+
+#[test]
+fn type_errors() {
+    let e = one_error("vcpu = \"2\"\n", "expected an integer, found a string", 1);
+    assert_eq!(e.key.as_deref(), Some("vcpu"));
+    one_error("mem = -1\n", "expected a non-negative integer, found -1", 1);
+    one_error(
+        "vcpu = 1\nmem = 1.5\n",
+        "expected an integer, found a float",
+        2,
+    );
+    one_error(
+        "balloon = \"yes\"\n",
+        "expected true or false, found a string",
+        1,
+    );
+    one_error(
+        "kernelParams = \"quiet\"\n",
+        "expected a list, found a string",
+        1,
+    );
+    one_error(
+        "volumes = { image = \"a\" }\n",
+        "expected a list, found a table",
+        1,
+    );
+    one_error("qemu = 1\n", "expected a table, found an integer", 1);
+    one_error(
+        "[[volumes]]\nimage = \"a.img\"\nsize = \"1G\"\n",
+        "expected an integer, found a string",
+        3,
+    );
+    one_error(
+        "kernelParams = [\"a\", 2]\n",
+        "expected a string, found an integer",
+        1,
+    );
+    one_error_in(
+        "vm1.json",
+        "{\"vcpu\": 1e400}",
+        "expected an integer, found a float",
+        1,
+    );
+    one_error_in(
+        "vm1.json",
+        "{\n\"mem\":\n18446744073709551616}",
+        "expected an integer, found a float",
+        3,
+    );
+    // JSON `null` is "not set": the default applies.
+    let dir = Dir::new();
+    let (loaded, _) = loads(&dir.write("vm1.json", "{\"vcpu\": null}"));
+    assert_eq!(loaded.config.vcpu, 1);
+}
+
+#[test]
+fn unknown_enum_values() {
+    let e = one_error(
+        "vcpu = 1\nhypervisor = \"vmware\"\n",
+        "unknown value \"vmware\"; expected one of `qemu`, `cloud-hypervisor`, `firecracker`, `crosvm`, `kvmtool`, `stratovirt`, `alioth`, `vfkit`",
+        2,
+    );
+    assert_eq!(e.key.as_deref(), Some("hypervisor"));
+    one_error(
+        "[[shares]]\nproto = \"nfs\"\ntag = \"t\"\nsource = \"/s\"\nmountPoint = \"/t\"\n",
+        "unknown value \"nfs\"; expected one of `9p`, `virtiofs`",
+        2,
+    );
+    one_error(
+        "storeDiskType = 1\n",
+        "expected one of `erofs`, `squashfs`, found an integer",
+        1,
+    );
+}
+
+#[test]
+fn kernel_forms() {
+    one_error(
+        "kernel = { path = \"a\", package = \"b\" }\n",
+        "a kernel is either a `path` or a `package`, not both",
+        1,
+    );
+    one_error(
+        "kernel = {}\n",
+        "a kernel table needs `path` or `package`",
+        1,
+    );
+    one_error(
+        "kernel = { pth = \"a\" }\n",
+        "unknown key `pth`; did you mean `path`?",
+        1,
+    );
+}
+
+// --- everything at once ---------------------------------------------------------------
+
+#[test]
+fn all_errors_are_reported_at_once() {
+    let dir = Dir::new();
+    let path = dir.write(
+        "vm1.toml",
+        r#"vcpu = 2
+balloonMem = 128
+mem = 16
+machineId = "nope"
+
+[[volumes]]
+image = "a.img"
+mountPoint = "var"
+size = 8
+
+[[interfaces]]
+type = "bridge"
+id = "vm-0123456789abcdef"
+mac = "02:00:00:00:00:01"
+
+[[shares]]
+tag = "home"
+mountPoint = "/home"
+"#,
+    );
+    let (failure, found) = fails(&path);
+    let errors: Vec<(&str, Option<usize>)> = found
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| (d.message.as_str(), d.line))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (
+                "The balloonMem option has been removed and replaced by the boolean option balloon",
+                Some(2)
+            ),
+            (
+                "\"var\" must be an absolute path in the guest (starting with /, without ..)",
+                Some(8)
+            ),
+            ("missing required key `source`", Some(16)),
+            (
+                "MicroVM vm1: interface name vm-0123456789abcdef is longer than the maximum length of 15 characters on Linux.",
+                Some(13)
+            ),
+            (
+                "MicroVM vm1: interface ? is of type \"bridge\" but doesn't have a bridge to attach to defined.",
+                Some(11)
+            ),
+            (
+                "\"nope\" is not a machine id (32 hex digits, dashes allowed)",
+                Some(4)
+            ),
+        ]
+    );
+    // The warning comes along, and the failure counts only errors.
+    expect(
+        &found,
+        Severity::Warning,
+        "MicroVM vm1: 16 MB of RAM is uncomfortably narrow.",
+        &path,
+        3,
+    );
+    assert_eq!(failure.to_string(), "the definition has 6 errors");
+    // The rendered form names the file and line of each.
+    let rendered = failure.render();
+    for line in [2, 3, 4, 8, 11, 13, 16] {
+        assert!(
+            rendered.contains(&format!("vm1.toml:{line}:")),
+            "line {line} missing:\n{rendered}"
+        );
+    }
+}
+
+#[test]
+fn unknown_keys_and_rule_errors_together() {
+    let dir = Dir::new();
+    let path = dir.write(
+        "vm1.toml",
+        "vpcu = 1\nmem = 0\n[[volumes]]\nimage = \"a.img\"\nsize = 0\n[[network]]\nmtu = 9\n",
+    );
+    let (_, found) = fails(&path);
+    let messages: Vec<&str> = found.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(
+        messages,
+        [
+            "unknown key `vpcu`; did you mean `vcpu`?",
+            "must be at least 1 (MB), found 0",
+            "a volume size must be at least 1 (MiB)",
+            "a network entry needs exactly one of `interface` or `mac`",
+            "MTU 9 is out of range (68 to 65535)",
+        ]
+    );
+}
