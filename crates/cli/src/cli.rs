@@ -15,6 +15,15 @@ use clap::{Parser, Subcommand, ValueEnum};
     max_term_width = 100
 )]
 pub struct Cli {
+    /// The state directory of managed VMs.
+    #[arg(
+        long,
+        global = true,
+        env = "MICROVM_STATE_DIR",
+        default_value = "/var/lib/microvms",
+        value_name = "DIR"
+    )]
+    pub state_dir: PathBuf,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -32,8 +41,180 @@ pub enum Command {
     /// Build if needed, then boot the VM in the foreground with its console on the
     /// terminal; exits with the guest's status when it powers off.
     Run(RunArgs),
+    /// Create a managed VM in the state directory from a definition, or adopt a runner
+    /// directory built elsewhere (including one built by microvm.nix).
+    Create(CreateArgs),
+    /// Rebuild managed VMs from their recorded definitions; say whether a restart is needed.
+    Update(UpdateArgs),
+    /// List managed VMs and their states (current, outdated, stale, not booted, running, failed).
+    List(ListArgs),
+    /// Start managed VMs (through systemd when it runs, else microvm's own supervisor).
+    Start(NamesArgs),
+    /// Stop managed VMs: graceful shutdown, then force after the timeout.
+    Stop(NamesArgs),
+    /// Stop, then start managed VMs.
+    Restart(NamesArgs),
+    /// Ask the guests of managed VMs to power off, and wait until they have.
+    Shutdown(NamesArgs),
+    /// Show the state of a managed VM.
+    Status(NameArgs),
+    /// Show the log of a managed VM (console and supervisor).
+    Logs(LogsArgs),
+    /// Attach to the serial console of a running managed VM (detach with Ctrl-] without stopping it).
+    Console(NameArgs),
+    /// Remove a managed VM (stopping it first); its volumes are kept with --keep-volumes.
+    Remove(RemoveArgs),
+    /// Remove store entries that no managed VM references (never current, booted or old).
+    Gc(GcArgs),
+    /// Host-level setup: systemd units, and declarative hosts.
+    #[command(subcommand)]
+    Host(HostCommand),
+    /// Run a managed VM's supervisor in the foreground (what the service manager runs).
+    #[command(hide = true)]
+    Supervise(SuperviseArgs),
     /// Generate the man page or shell completions.
     Generate(GenerateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// The VM's name (its directory in the state directory).
+    pub name: String,
+    /// The definition file to build it from (recorded, so `update` rebuilds from it).
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "runner",
+        conflicts_with = "runner"
+    )]
+    pub from: Option<PathBuf>,
+    /// Adopt an existing runner directory (e.g. a microvm.nix runner) instead of building.
+    #[arg(long, value_name = "DIR")]
+    pub runner: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpdateArgs {
+    /// The VMs to update.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+    /// Restart a VM whose runner changed (or start it if it is not running).
+    #[arg(long, short = 'R')]
+    pub restart: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Print the list as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct NamesArgs {
+    /// The VMs.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+    /// Seconds to wait for a graceful shutdown before forcing.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub timeout: u64,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct NameArgs {
+    /// The VM.
+    pub name: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// The VM.
+    pub name: String,
+    /// Keep printing new lines as they are written.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Print only the last N lines.
+    #[arg(long, short = 'n', value_name = "N")]
+    pub lines: Option<usize>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RemoveArgs {
+    /// The VM.
+    pub name: String,
+    /// Keep the VM's volume images (everything else in its directory is removed).
+    #[arg(long)]
+    pub keep_volumes: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GcArgs {
+    /// Only print what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Write the systemd units, create the `microvm` user and the state directory.
+    Install(HostInstallArgs),
+    /// Reconcile the host with a host file: install, update, restart, stop and remove VMs.
+    Apply(HostApplyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HostInstallArgs {
+    /// Where to write the units.
+    #[arg(long, default_value = "/etc/systemd/system", value_name = "DIR")]
+    pub unit_dir: PathBuf,
+    /// The unprivileged user hypervisors and virtiofsd run as.
+    #[arg(long, default_value = "microvm")]
+    pub user: String,
+    /// Its group.
+    #[arg(long, default_value = "kvm")]
+    pub group: String,
+    /// TimeoutStartSec of microvm@ (slow boots under load must not cause restart storms).
+    #[arg(long, default_value_t = 150, value_name = "SECONDS")]
+    pub startup_timeout: u64,
+    /// Restart policy of microvm@ (systemd's Restart=).
+    #[arg(long, default_value = "on-failure")]
+    pub restart: String,
+    /// Only write the units (no user, no state directory, no systemctl daemon-reload).
+    #[arg(long)]
+    pub units_only: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HostApplyArgs {
+    /// The host file listing the VMs.
+    pub file: PathBuf,
+    /// Only print what would be done.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the actions as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SuperviseArgs {
+    /// The VM.
+    pub name: String,
 }
 
 #[derive(Debug, clap::Args)]

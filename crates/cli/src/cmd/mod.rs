@@ -4,10 +4,12 @@ mod build;
 mod check;
 mod common;
 mod generate;
+mod manage;
 mod plan;
 mod run;
+mod service;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, HostCommand};
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
@@ -16,5 +18,20 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Build(args) => build::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Generate(args) => generate::run(&args),
+        Command::Create(args) => manage::create(&cli.state_dir, &args),
+        Command::Update(args) => manage::update(&cli.state_dir, &args),
+        Command::List(args) => manage::list(&cli.state_dir, &args),
+        Command::Remove(args) => manage::remove(&cli.state_dir, &args),
+        Command::Gc(args) => manage::gc(&cli.state_dir, &args),
+        Command::Host(HostCommand::Apply(args)) => manage::host_apply(&cli.state_dir, &args),
+        Command::Host(HostCommand::Install(args)) => service::host_install(&cli.state_dir, &args),
+        Command::Start(args) => service::start(&cli.state_dir, &args),
+        Command::Stop(args) => service::stop(&cli.state_dir, &args),
+        Command::Restart(args) => service::restart(&cli.state_dir, &args),
+        Command::Shutdown(args) => service::shutdown(&cli.state_dir, &args),
+        Command::Status(args) => service::status(&cli.state_dir, &args),
+        Command::Logs(args) => service::logs(&cli.state_dir, &args),
+        Command::Console(args) => service::console(&cli.state_dir, &args),
+        Command::Supervise(args) => service::supervise(&cli.state_dir, &args),
     }
 }

@@ -31,7 +31,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
         None => std::env::current_dir().context("reading the current directory")?,
     };
     std::fs::create_dir_all(&workdir).with_context(|| format!("creating {}", workdir.display()))?;
-    let workdir = workdir.canonicalize().with_context(|| format!("resolving {}", workdir.display()))?;
+    let workdir = workdir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", workdir.display()))?;
     ensure_volumes(config, &workdir)?;
 
     let mut opts = RunOptions::new(&workdir);
@@ -80,9 +82,16 @@ fn ensure_volumes(config: &Config, workdir: &Path) -> anyhow::Result<()> {
             mkfs_extra_args: v.mkfs_extra_args.clone(),
             auto_create: v.auto_create,
         };
-        let outcome = volume::ensure_volume(&spec).with_context(|| format!("volume {}", v.image))?;
+        let outcome =
+            volume::ensure_volume(&spec).with_context(|| format!("volume {}", v.image))?;
         if let VolumeOutcome::Created { .. } = outcome {
-            eprintln!("microvm: {}: created volume {} ({} MiB, {})", config.name, spec.image.display(), v.size.unwrap_or(0), v.fs_type);
+            eprintln!(
+                "microvm: {}: created volume {} ({} MiB, {})",
+                config.name,
+                spec.image.display(),
+                v.size.unwrap_or(0),
+                v.fs_type
+            );
         }
     }
     Ok(())
