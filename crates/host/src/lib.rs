@@ -1,10 +1,15 @@
-//! Host lifecycle: probing KVM, talking to hypervisors (QMP, HTTP API), reading the guest
-//! init's control channel, and supervising a VM in the foreground.
+//! Host lifecycle: probing KVM ([`kvm`]), talking to hypervisors ([`qmp`], [`api`]),
+//! reading the guest init's control channel ([`channel`]) and supervising a VM in the
+//! foreground ([`supervise`]). Synchronous: std threads and processes, no async runtime.
 
 pub mod api;
 pub mod channel;
 pub mod kvm;
 pub mod qmp;
+pub mod state;
 pub mod supervise;
 
-pub use supervise::{run_foreground, Console, RunError, RunOptions, RunOutcome, StopHandle};
+pub use supervise::{
+    run_foreground, run_foreground_with, Console, Progress, RunError, RunOptions, RunOutcome,
+    StopHandle,
+};

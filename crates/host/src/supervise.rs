@@ -7,6 +7,7 @@
 //! returns (the main thread in the CLI).
 
 mod child;
+mod events;
 mod prepare;
 mod run;
 mod shutdown;
@@ -49,6 +50,9 @@ pub struct RunOptions {
     /// waits forever.
     pub ready_timeout: Option<Duration>,
     /// Handle SIGINT and SIGTERM (the CLI); tests and embedders use a [`StopHandle`].
+    /// While running, these signals are consumed by the supervisor; afterwards their
+    /// handlers stay installed but do nothing (signal-hook cannot restore the default),
+    /// so the CLI should exit soon after [`run_foreground`] returns.
     pub handle_signals: bool,
     /// Requests a stop from another thread, like a signal would.
     pub stop: StopHandle,
@@ -238,6 +242,8 @@ pub enum RunError {
         timeout: Duration,
         stderr_tail: String,
     },
+    #[error("cannot install the SIGINT/SIGTERM handlers")]
+    Signals(#[source] std::io::Error),
     #[error("control channel")]
     Channel(#[from] crate::channel::ChannelError),
 }

@@ -432,3 +432,43 @@ fn real_qemu_powerdown_without_guest_hits_the_deadline() {
     );
     assert_eq!(out.exit_code(), EXIT_FORCED);
 }
+
+/// Where KVM is broken (`kvm::probe` says unusable), booting a real kernel with
+/// `-accel kvm` makes qemu print "KVM internal error" and pause; the supervisor must
+/// stop it with [`RunError::KvmFailed`] instead of hanging. Needs a kernel image in
+/// `MICROVM_TEST_KERNEL`.
+#[test]
+fn real_qemu_with_broken_kvm_fails_fast() {
+    let Some(kernel) = std::env::var_os("MICROVM_TEST_KERNEL") else {
+        eprintln!("skipped: MICROVM_TEST_KERNEL (a kernel image) is not set");
+        return;
+    };
+    if !qemu_available() {
+        return;
+    }
+    let probe = crate::kvm::probe();
+    if probe.status.is_usable() {
+        eprintln!("skipped: KVM works on this host, the failure path cannot be exercised");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut inv = firmware_qemu("quit");
+    inv.args[1] = "kvm".into();
+    // With 256 MiB the kvm_pvm host reports "KVM internal error" and pauses; with 64 MiB
+    // the same kernel stalls silently (only `ready_timeout` catches that).
+    inv.args[5] = "256".into();
+    inv.args
+        .extend(["-kernel".into(), kernel.to_string_lossy().into_owned()]);
+    inv.args
+        .extend(["-append".into(), "console=ttyS0 earlyprintk=ttyS0".into()]);
+    let mut o = opts(dir.path());
+    o.shutdown_timeout = Duration::from_secs(2);
+    stop_after(&o.stop, Duration::from_secs(20), 1); // safety net only
+    let t = Instant::now();
+    let result = run_foreground(&inv, &o);
+    eprintln!("after {:?}: {result:?}", t.elapsed());
+    match result {
+        Err(RunError::KvmFailed { line, .. }) => assert!(line.contains("KVM")),
+        other => panic!("expected a KVM failure, got {other:?}"),
+    }
+}
