@@ -787,12 +787,12 @@ fn default_name_is_the_file_stem_and_a_bad_stem_asks_for_host_name() {
     let path = dir.write("my vm.toml", "vcpu = 1\n");
     let (_, found) = fails(&path);
     assert_eq!(found.len(), 1, "{found:#?}");
-    assert!(
-        found[0]
-            .message
-            .starts_with("cannot name the VM after the file")
-            && found[0].message.ends_with("; set `hostName`"),
-        "{found:#?}"
+    assert_eq!(
+        found[0].message,
+        format!(
+            "cannot name the VM after the file {:?} (VM name \"my vm\" contains ' '; use letters, digits, '-', '_' and '.'); set `hostName`",
+            path.to_string_lossy()
+        )
     );
     assert_eq!(found[0].file.as_deref(), Some(&*path));
     // `hostName` fixes it.

@@ -340,20 +340,21 @@ fn resolve_name(r: &mut Resolver<'_>, spec: &Spec) -> Option<VmName> {
     if let Some(n) = &r.ctx.name {
         return Some(n.clone());
     }
-    let stem = r.ctx.file.file_stem().and_then(|s| s.to_str());
-    match stem.map(str::parse::<VmName>) {
-        Some(Ok(n)) => Some(n),
-        _ => {
-            r.error(
-                KeyPath::root(),
-                format!(
-                    "cannot name the VM after the file {:?}; set `hostName`",
-                    r.ctx.file.to_string_lossy()
-                ),
-            );
-            None
-        }
-    }
+    let stem = r.ctx.file.file_stem();
+    let why = match stem.map(|s| s.to_str().map(str::parse::<VmName>)) {
+        Some(Some(Ok(n))) => return Some(n),
+        Some(Some(Err(e))) => e.0,
+        Some(None) => "its name is not valid UTF-8".to_owned(),
+        None => "it has no name".to_owned(),
+    };
+    r.error(
+        KeyPath::root(),
+        format!(
+            "cannot name the VM after the file {:?} ({why}); set `hostName`",
+            r.ctx.file.to_string_lossy()
+        ),
+    );
+    None
 }
 
 /// `machineId`: as given (validated), else derived like later microvm.nix: the first 16
