@@ -77,11 +77,11 @@ pub fn plan(config: &Config) -> GuestPlan {
             user: None,
         },
         None => ExecPlan::Init {
-            path: config.guest.init.clone(),
+            path: config.guest.init_path().to_owned(),
             args: Vec::new(),
         },
     };
-    let systemd = config.guest.init.contains("systemd");
+    let systemd = config.guest.init_path().contains("systemd");
     GuestPlan {
         version: PLAN_VERSION,
         name: config.name.to_string(),

@@ -140,7 +140,7 @@ pub(crate) fn example() -> Config {
         optimize: true,
         guest: Guest {
             root: vec![],
-            init: "/sbin/init".into(),
+            init: Some("/sbin/init".into()),
             command: None,
             working_directory: None,
             environment: BTreeMap::new(),

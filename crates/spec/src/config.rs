@@ -293,13 +293,25 @@ pub enum ThreadPool {
 #[serde(rename_all = "camelCase")]
 pub struct Guest {
     pub root: Vec<RootSource>,
-    /// The guest's init to hand over to.
-    pub init: String,
+    /// The guest's init to hand over to, as the definition set it; `None`: the root's
+    /// default applies (an OCI image's command, a Nix system's `init`, else
+    /// [`DEFAULT_INIT`]); see [`Guest::init_path`].
+    pub init: Option<String>,
     /// Single-command mode.
     pub command: Option<Vec<String>>,
     pub working_directory: Option<String>,
     pub environment: BTreeMap<String, String>,
     pub network: Vec<StaticNetwork>,
+}
+
+/// The init handed over to when neither the definition nor the root says otherwise.
+pub const DEFAULT_INIT: &str = "/sbin/init";
+
+impl Guest {
+    /// The init to hand over to: the definition's `init`, else [`DEFAULT_INIT`].
+    pub fn init_path(&self) -> &str {
+        self.init.as_deref().unwrap_or(DEFAULT_INIT)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -73,8 +73,10 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec, interfaces: &[Interface
         sources.push(source);
     }
 
-    let init = spec.init.clone().unwrap_or_else(|| "/sbin/init".into());
-    r.absolute_guest_path(root.key("init"), &init);
+    let init = spec.init.clone();
+    if let Some(init) = &init {
+        r.absolute_guest_path(root.key("init"), init);
+    }
     if let Some(cmd) = &spec.command {
         if cmd.is_empty() || cmd[0].is_empty() {
             r.error(root.key("command"), "`command` needs at least a program");
