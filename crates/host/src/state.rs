@@ -351,10 +351,11 @@ impl VmDir {
 
     /// Writes `status.json` atomically.
     pub fn write_status(&self, status: &Status) -> Result<(), StateError> {
-        let mut bytes = serde_json::to_vec_pretty(status).map_err(|source| StateError::BadStatus {
-            path: self.status_path(),
-            source,
-        })?;
+        let mut bytes =
+            serde_json::to_vec_pretty(status).map_err(|source| StateError::BadStatus {
+                path: self.status_path(),
+                source,
+            })?;
         bytes.push(b'\n');
         write_atomic(&self.status_path(), &bytes)
     }
@@ -446,7 +447,10 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), StateError> {
 }
 
 fn temp_sibling(path: &Path) -> PathBuf {
-    let name = path.file_name().unwrap_or(OsStr::new("x")).to_string_lossy();
+    let name = path
+        .file_name()
+        .unwrap_or(OsStr::new("x"))
+        .to_string_lossy();
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))

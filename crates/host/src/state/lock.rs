@@ -60,9 +60,7 @@ fn acquire(path: &Path, timeout: Duration) -> Result<Option<fs::File>, StateErro
         // waited: then the lock guards nothing, and the caller must see that.
         let held = file.metadata().map_err(io_err("stat", path))?;
         match fs::metadata(path) {
-            Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => {
-                return Ok(Some(file))
-            }
+            Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => return Ok(Some(file)),
             Ok(_) => continue, // replaced by a new file: lock that one
             Err(_) => return Err(io_err("lock", path)(std::io::ErrorKind::NotFound.into())),
         }

@@ -23,7 +23,11 @@ pub struct Status {
 
 /// A VM's lifecycle state. Times are seconds since the Unix epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "state",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum VmState {
     /// The supervisor is setting up or the guest has not reported ready yet.
     Starting { supervisor_pid: u32, since: u64 },

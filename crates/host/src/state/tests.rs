@@ -4,6 +4,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use super::*;
+use std::os::unix::fs::symlink;
 
 fn name(s: &str) -> VmName {
     s.parse().expect("valid name")
@@ -30,7 +31,7 @@ fn list_skips_dot_dirs_and_dirs_without_current() {
     let r = runner(tmp.path(), "r1");
     state.vm(&name("a")).set_current(&r).expect("set");
     state.vm(&name("b")).set_current(&r).expect("set");
-    std::os::unix::fs::symlink(&r, tmp.path().join(".tmp-c/current")).expect("link");
+    symlink(&r, tmp.path().join(".tmp-c/current")).expect("link");
     assert_eq!(state.list().expect("list"), vec![name("a"), name("b")]);
     assert!(StateDir::new(tmp.path().join("missing"))
         .list()
@@ -84,7 +85,7 @@ fn a_crash_between_steps_leaves_one_generation() {
                 Err(StateError::Io {
                     op: "simulate a crash",
                     path: PathBuf::new(),
-                    source: std::io::ErrorKind::Interrupted.into(),
+                    source: io::ErrorKind::Interrupted.into(),
                 })
             } else {
                 Ok(())
@@ -103,8 +104,7 @@ fn a_crash_between_steps_leaves_one_generation() {
     assert_eq!(vm.current(), Some(r1));
     assert_eq!(vm.old(), Some(r3));
     // A stale temporary link from a crash during symlink creation is harmless.
-    std::os::unix::fs::symlink("/nonexistent", vm.path().join(".current.tmp-1-0"))
-        .expect("link");
+    symlink("/nonexistent", vm.path().join(".current.tmp-1-0")).expect("link");
     assert_eq!(state.list().expect("list"), vec![name("vm")]);
 }
 
@@ -125,7 +125,8 @@ fn booted_source_managed_by() {
     assert_eq!(vm.source(), Some(PathBuf::from("/etc/vm.toml")));
     vm.set_source(Path::new("relative.toml")).expect("source");
     assert!(vm.source().expect("source").is_absolute());
-    vm.set_managed_by(Path::new("/etc/host.toml")).expect("managed");
+    vm.set_managed_by(Path::new("/etc/host.toml"))
+        .expect("managed");
     assert_eq!(vm.managed_by(), Some(PathBuf::from("/etc/host.toml")));
     vm.clear_managed_by().expect("clear");
     assert_eq!(vm.managed_by(), None);
@@ -233,7 +234,10 @@ fn one_vm_serialises_different_vms_do_not() {
             std::thread::spawn(move || {
                 barrier.wait();
                 for _ in 0..5 {
-                    let _l = state.vm(&name("a")).lock(Duration::from_secs(10)).expect("lock");
+                    let _l = state
+                        .vm(&name("a"))
+                        .lock(Duration::from_secs(10))
+                        .expect("lock");
                     let n = {
                         let mut i = inside.lock().expect("mutex");
                         *i += 1;
