@@ -4,7 +4,7 @@
 //! ```text
 //! <state>/
 //!   .store/               content-addressed store (runners, artifacts, kernel caches)
-//!   .lock                 held by `host apply` and `gc` (whole-host operations)
+//!   .lock                 exclusive: `host apply`, `gc`; shared: `create`, `update`
 //!   autostart             names of the VMs to start at boot, one a line
 //!   <name>/               the VM's working directory: relative volume and socket paths resolve here
 //!     current -> runner   the runner to start next (absolute symlink into the store)
@@ -13,6 +13,7 @@
 //!     source              absolute path of the definition file it was built from
 //!     runner-source       instead of `source`: the adopted runner directory (`create --runner`)
 //!     managed-by          absolute path of the host file that installed it (`host apply`)
+//!     inputs.json         fingerprint of the inputs `current` was built from (`list`)
 //!     status.json         the supervisor's last known state (`Status`)
 //!     supervisor.pid, supervisor.log, console.log
 //!     .lock               flock(2): one microvm command at a time per VM
@@ -164,12 +165,20 @@ impl StateDir {
         write_atomic(&self.autostart_path(), text.as_bytes())
     }
 
-    /// Takes the state directory's own lock (`<state>/.lock`), for whole-host operations
-    /// (`host apply`, `gc`) that must not interleave with each other. Per-VM commands do
-    /// not take it.
+    /// Takes the state directory's own lock (`<state>/.lock`) exclusively, for whole-host
+    /// operations (`host apply`, `gc`) that must not interleave with each other or with a
+    /// build that has not yet linked its runner.
     pub fn lock(&self, timeout: std::time::Duration) -> Result<HostLock, StateError> {
         fs::create_dir_all(&self.root).map_err(io_err("create", &self.root))?;
-        lock::lock_host(&self.root.join(".lock"), timeout)
+        lock::lock_host(&self.root.join(".lock"), timeout, false)
+    }
+
+    /// Takes the state directory's lock shared: commands that build into the store and
+    /// link the result (`create`, `update`) hold it, so `gc` never runs between the two.
+    /// They run concurrently with each other.
+    pub fn lock_shared(&self, timeout: std::time::Duration) -> Result<HostLock, StateError> {
+        fs::create_dir_all(&self.root).map_err(io_err("create", &self.root))?;
+        lock::lock_host(&self.root.join(".lock"), timeout, true)
     }
 }
 

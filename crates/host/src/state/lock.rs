@@ -24,7 +24,7 @@ impl VmLock {
     }
 }
 
-/// Holds the lock of the whole state directory until dropped.
+/// Holds the lock of the whole state directory (exclusive or shared) until dropped.
 #[derive(Debug)]
 pub struct HostLock {
     _file: fs::File,
@@ -34,7 +34,12 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// Locks `path` exclusively, polling a non-blocking flock until `timeout`. Returns the file,
 /// or `None` on timeout.
-fn acquire(path: &Path, timeout: Duration) -> Result<Option<fs::File>, StateError> {
+fn acquire(path: &Path, timeout: Duration, shared: bool) -> Result<Option<fs::File>, StateError> {
+    let op = if shared {
+        FlockOperation::NonBlockingLockShared
+    } else {
+        FlockOperation::NonBlockingLockExclusive
+    };
     let deadline = Instant::now() + timeout;
     loop {
         let file = fs::OpenOptions::new()
@@ -45,7 +50,7 @@ fn acquire(path: &Path, timeout: Duration) -> Result<Option<fs::File>, StateErro
             .open(path)
             .map_err(io_err("open the lock", path))?;
         loop {
-            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            match flock(&file, op) {
                 Ok(()) => break,
                 Err(rustix::io::Errno::WOULDBLOCK) | Err(rustix::io::Errno::INTR) => {
                     if Instant::now() >= deadline {
@@ -69,7 +74,7 @@ fn acquire(path: &Path, timeout: Duration) -> Result<Option<fs::File>, StateErro
 
 pub(super) fn lock_vm(vm: &VmDir, timeout: Duration) -> Result<VmLock, StateError> {
     let path = vm.lock_path();
-    match acquire(&path, timeout) {
+    match acquire(&path, timeout, false) {
         Ok(Some(file)) => Ok(VmLock {
             name: vm.name().clone(),
             _file: file,
@@ -88,8 +93,12 @@ pub(super) fn lock_vm(vm: &VmDir, timeout: Duration) -> Result<VmLock, StateErro
     }
 }
 
-pub(super) fn lock_host(path: &Path, timeout: Duration) -> Result<HostLock, StateError> {
-    match acquire(path, timeout)? {
+pub(super) fn lock_host(
+    path: &Path,
+    timeout: Duration,
+    shared: bool,
+) -> Result<HostLock, StateError> {
+    match acquire(path, timeout, shared)? {
         Some(file) => Ok(HostLock { _file: file }),
         None => Err(StateError::HostLocked {
             path: PathBuf::from(path.parent().unwrap_or(path)),

@@ -307,3 +307,21 @@ fn a_vm_removed_while_waiting_is_not_found() {
         Err(StateError::NotFound { .. })
     ));
 }
+
+#[test]
+fn host_lock_shared_and_exclusive() {
+    let (_tmp, state) = setup();
+    let a = state.lock_shared(Duration::ZERO).expect("shared");
+    let b = state.lock_shared(Duration::ZERO).expect("shared twice");
+    let err = state
+        .lock(Duration::from_millis(100))
+        .expect_err("exclusive while shared");
+    assert!(
+        err.to_string().contains("lock of the state directory"),
+        "{err}"
+    );
+    drop((a, b));
+    let x = state.lock(Duration::ZERO).expect("exclusive");
+    assert!(state.lock_shared(Duration::from_millis(50)).is_err());
+    drop(x);
+}
