@@ -4,10 +4,15 @@
 
 pub mod api;
 pub mod channel;
+pub mod console;
 pub mod kvm;
+pub mod net;
+pub mod privilege;
 pub mod qmp;
+pub mod service;
 pub mod state;
 pub mod supervise;
+pub mod units;
 
 pub use supervise::{
     run_foreground, run_foreground_with, Console, Progress, RunError, RunOptions, RunOutcome,

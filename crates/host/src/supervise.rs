@@ -8,6 +8,7 @@
 
 mod child;
 mod events;
+mod helpers;
 mod prepare;
 mod run;
 mod shutdown;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use run::{run_foreground, run_foreground_with};
+pub use shutdown::{request as request_shutdown, Action as ShutdownAction};
 
 /// Where the hypervisor's console (stdout) and stderr go.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -30,6 +32,30 @@ pub enum Console {
     Inherit,
     /// stdin from /dev/null; stdout and stderr appended to this file.
     Log(PathBuf),
+    /// stdin and stdout on this terminal (the slave side of a pty whose master the caller
+    /// serves, see [`crate::console`]); stderr lines go to our stderr.
+    Pty(SharedFd),
+}
+
+/// A file descriptor shared between options and the children they start.
+#[derive(Debug, Clone)]
+pub struct SharedFd(pub Arc<std::os::fd::OwnedFd>);
+
+impl PartialEq for SharedFd {
+    fn eq(&self, other: &Self) -> bool {
+        use std::os::fd::AsRawFd;
+        self.0.as_raw_fd() == other.0.as_raw_fd()
+    }
+}
+
+impl Eq for SharedFd {}
+
+/// An open file the hypervisor inherits at a fixed descriptor number (macvtap queues,
+/// inventory §2.0: fd = 3 + iface*queues + queue).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassFd {
+    pub fd: SharedFd,
+    pub target: i32,
 }
 
 /// How [`run_foreground`] runs a VM.
@@ -58,6 +84,33 @@ pub struct RunOptions {
     pub stop: StopHandle,
     /// The search path for programs (defaults to `$PATH`).
     pub path_var: Option<std::ffi::OsString>,
+    /// Run the hypervisor as this user (uid, primary gid, no supplementary groups).
+    /// Helpers keep our credentials; their sockets are handed to this user (0660).
+    pub credentials: Option<crate::privilege::Credentials>,
+    /// The umask of the hypervisor and the helpers (their sockets), e.g. `0o007`.
+    pub umask: Option<u32>,
+    /// Descriptors the hypervisor inherits at fixed numbers (macvtap queues).
+    pub pass_fds: Vec<PassFd>,
+    /// Restart a helper that exits while the hypervisor runs (see [`HelperRestarts`]).
+    pub restart_helpers: Option<HelperRestarts>,
+}
+
+/// Restart policy for helpers (virtiofsd) that die while the VM runs: at most `burst`
+/// restarts within `interval`; one more failure stops the VM (exit code
+/// [`EXIT_HELPER_FAILED`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HelperRestarts {
+    pub burst: usize,
+    pub interval: Duration,
+}
+
+impl Default for HelperRestarts {
+    fn default() -> Self {
+        HelperRestarts {
+            burst: 5,
+            interval: Duration::from_secs(60),
+        }
+    }
 }
 
 impl RunOptions {
@@ -72,6 +125,10 @@ impl RunOptions {
             handle_signals: true,
             stop: StopHandle::default(),
             path_var: std::env::var_os("PATH"),
+            credentials: None,
+            umask: None,
+            pass_fds: Vec::new(),
+            restart_helpers: None,
         }
     }
 }
@@ -86,7 +143,8 @@ impl StopHandle {
         self.0.fetch_add(1, Ordering::SeqCst);
     }
 
-    fn count(&self) -> usize {
+    /// How many stops were requested so far.
+    pub fn count(&self) -> usize {
         self.0.load(Ordering::SeqCst)
     }
 }
@@ -120,6 +178,21 @@ pub enum Progress {
     },
     /// The deadline passed or a second stop came: SIGKILL.
     Killed,
+    /// A helper exited while the hypervisor ran.
+    HelperExited {
+        name: String,
+        status: ExitStatus,
+    },
+    /// … and was started again.
+    HelperRestarted {
+        name: String,
+        pid: i32,
+    },
+    /// … and could not be (or exited too often): the VM is being stopped.
+    HelperFailed {
+        name: String,
+        error: String,
+    },
 }
 
 /// How the VM ended.
@@ -138,21 +211,26 @@ pub struct RunOutcome {
     pub shutdown_requested: bool,
     /// The hypervisor had to be killed (deadline passed or second stop).
     pub forced: bool,
+    /// A helper died and could not be restarted; the supervisor stopped the VM.
+    pub helper_failure: Option<String>,
 }
 
 /// Exit code when the guest init reported `FAIL`.
 pub const EXIT_GUEST_INIT_FAILED: i32 = 121;
 /// Exit code when the hypervisor was killed after the shutdown deadline or a second stop.
 pub const EXIT_FORCED: i32 = 122;
+/// Exit code when a helper (virtiofsd) died and could not be restarted, so the VM was stopped.
+pub const EXIT_HELPER_FAILED: i32 = 123;
 
 impl RunOutcome {
     /// The exit code of `microvm run`, first match wins:
     /// 1. the guest reported `EXIT n`: `n` (the command's status, clamped to 0..=255);
     /// 2. the guest init reported `FAIL`: [`EXIT_GUEST_INIT_FAILED`] (121);
-    /// 3. the hypervisor was killed after a stop request: [`EXIT_FORCED`] (122);
-    /// 4. a requested stop ended the hypervisor in time: 0, whatever its status (firecracker
+    /// 3. a helper could not be restarted and the VM was stopped: [`EXIT_HELPER_FAILED`] (123);
+    /// 4. the hypervisor was killed after a stop request: [`EXIT_FORCED`] (122);
+    /// 5. a requested stop ended the hypervisor in time: 0, whatever its status (firecracker
     ///    and kvmtool die of the signal that stops them);
-    /// 5. otherwise the hypervisor's status: its exit code (0 after a guest poweroff),
+    /// 6. otherwise the hypervisor's status: its exit code (0 after a guest poweroff),
     ///    or 128 + signal number.
     pub fn exit_code(&self) -> i32 {
         use std::os::unix::process::ExitStatusExt;
@@ -161,6 +239,9 @@ impl RunOutcome {
         }
         if self.guest_failure.is_some() {
             return EXIT_GUEST_INIT_FAILED;
+        }
+        if self.helper_failure.is_some() {
+            return EXIT_HELPER_FAILED;
         }
         if self.forced {
             return EXIT_FORCED;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use microvm_spec::types::Hypervisor;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::version::Version;
 
@@ -70,7 +70,7 @@ impl HostFacts {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Invocation {
     pub hypervisor: Hypervisor,
@@ -105,7 +105,7 @@ pub struct Invocation {
     pub warnings: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GeneratedFile {
     pub path: String,
@@ -113,7 +113,7 @@ pub struct GeneratedFile {
     pub mode: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Helper {
     pub name: String,
@@ -124,14 +124,14 @@ pub struct Helper {
     pub socket: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind")]
 pub enum HelperKind {
     Virtiofsd { tag: String },
     GpuDevice,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind", content = "path")]
 pub enum PreStart {
     /// Remove a stale socket or file (`rm -f`).
@@ -142,7 +142,7 @@ pub enum PreStart {
     CreateDir(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind")]
 pub enum Shutdown {
     /// QMP on the control socket: `qmp_capabilities`, then `command` (`system_powerdown`).
@@ -160,7 +160,7 @@ pub enum Shutdown {
     Signal { signal: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind")]
 pub enum ControlChannel {
     /// A unix socket the hypervisor serves for a virtio-serial port named `port`.
@@ -170,7 +170,7 @@ pub enum ControlChannel {
     HybridVsock { socket: String, port: u32 },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TapSetup {
     pub name: String,
@@ -179,7 +179,7 @@ pub struct TapSetup {
     pub bridge: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MacvtapFd {
     pub interface: String,
@@ -187,7 +187,7 @@ pub struct MacvtapFd {
     pub fd: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Capabilities {
     pub can_shutdown: bool,

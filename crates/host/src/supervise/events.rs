@@ -10,6 +10,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use super::child::Supervised;
+use super::helpers::Helpers;
 use super::shutdown::{self, Action};
 use super::{Progress, RunError, RunOptions};
 use crate::channel::{ChannelEvent, GuestEvent};
@@ -30,6 +31,7 @@ pub(super) struct State {
     pub(super) init_time: Option<(f64, f64)>,
     pub(super) shutdown_requested: bool,
     pub(super) forced: bool,
+    pub(super) helper_failure: Option<String>,
 }
 
 impl State {
@@ -70,6 +72,7 @@ pub(super) fn event_loop(
     inv: &Invocation,
     opts: &RunOptions,
     hv: &mut Supervised,
+    helpers: &mut Helpers,
     stops: &mut Stops,
     tx: &Sender<Event>,
     rx: &Receiver<Event>,
@@ -83,7 +86,11 @@ pub(super) fn event_loop(
         if let Some(status) = hv.try_wait() {
             return Ok(status);
         }
-        let requested = stops.total();
+        if state.helper_failure.is_none() && !state.shutdown_requested {
+            state.helper_failure = helpers.watch(opts, stops, on);
+        }
+        // A helper that cannot be kept running stops the VM like a stop request would.
+        let requested = stops.total() + usize::from(state.helper_failure.is_some());
         if requested > handled {
             if handled == 0 {
                 state.shutdown_requested = true;

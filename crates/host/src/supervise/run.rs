@@ -4,13 +4,16 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, Sender};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use microvm_runner::{Helper, Invocation};
+use microvm_runner::Invocation;
+
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::child::{install_hint, locate, StderrSink, Supervised};
 use super::events::{event_loop, Event, State, Stops};
-use super::{prepare, Console, Progress, RunError, RunOptions, RunOutcome};
+use super::helpers::Helpers;
+use super::{prepare, Console, PassFd, Progress, RunError, RunOptions, RunOutcome};
 use crate::channel::{ControlReader, DEFAULT_CONNECT_TIMEOUT};
 
 /// qemu's messages when KVM cannot run the guest (it then pauses forever).
@@ -37,9 +40,18 @@ pub fn run_foreground_with(
             source,
         });
     }
-    if !inv.macvtap_fds.is_empty() {
+    let missing: Vec<String> = inv
+        .macvtap_fds
+        .iter()
+        .filter(|m| !opts.pass_fds.iter().any(|p| p.target == m.fd as i32))
+        .map(|m| format!("{} queue {} (fd {})", m.interface, m.queue, m.fd))
+        .collect();
+    if !missing.is_empty() {
         return Err(RunError::Unsupported {
-            what: "macvtap interfaces".into(),
+            what: format!(
+                "macvtap interfaces without their opened queues ({}); managed VMs get them from `microvm start`",
+                missing.join(", ")
+            ),
         });
     }
     let find = |program: &str| {
@@ -60,22 +72,13 @@ pub fn run_foreground_with(
     let sockets = prepare::created_sockets(inv, workdir);
 
     let mut stops = Stops::new(opts)?;
-    let mut helpers = Vec::new();
-    for (h, path) in inv.helpers.iter().zip(&helper_paths) {
-        let child = match start_helper(h, path, opts, &mut stops) {
-            Ok(c) => c,
-            Err(e) => {
-                stop_helpers(&mut helpers, opts.helper_grace);
-                prepare::remove_sockets(&sockets);
-                return Err(e);
-            }
-        };
-        on(&Progress::HelperStarted {
-            name: h.name.clone(),
-            pid: child.pid,
-        });
-        helpers.push(child);
-    }
+    let mut helpers = match Helpers::start(&inv.helpers, &helper_paths, opts, &mut stops, &mut on) {
+        Ok(h) => h,
+        Err(e) => {
+            prepare::remove_sockets(&sockets);
+            return Err(e);
+        }
+    };
 
     let (tx, rx) = mpsc::channel();
     let mut reader = match &inv.control_channel {
@@ -96,7 +99,7 @@ pub fn run_foreground_with(
         Ok(hv) => hv,
         Err(e) => {
             drop(reader.take());
-            stop_helpers(&mut helpers, opts.helper_grace);
+            helpers.stop(opts.helper_grace);
             prepare::remove_sockets(&sockets);
             return Err(e);
         }
@@ -106,7 +109,16 @@ pub fn run_foreground_with(
 
     let mut state = State::default();
     let result = event_loop(
-        inv, opts, &mut hv, &mut stops, &tx, &rx, spawned, &mut state, &mut on,
+        inv,
+        opts,
+        &mut hv,
+        &mut helpers,
+        &mut stops,
+        &tx,
+        &rx,
+        spawned,
+        &mut state,
+        &mut on,
     );
     // Let the reader flush what the guest wrote before poweroff.
     if let Some(mut r) = reader.take() {
@@ -117,7 +129,7 @@ pub fn run_foreground_with(
             state.channel(c, spawned, &mut on);
         }
     }
-    stop_helpers(&mut helpers, opts.helper_grace);
+    helpers.stop(opts.helper_grace);
     prepare::remove_sockets(&sockets);
     hv.finish_stderr();
 
@@ -130,6 +142,7 @@ pub fn run_foreground_with(
         guest_init_time: state.init_time,
         shutdown_requested: state.shutdown_requested,
         forced: state.forced,
+        helper_failure: state.helper_failure,
     };
     let guest_spoke = outcome.ready_after.is_some()
         || outcome.guest_exit.is_some()
@@ -144,56 +157,6 @@ pub fn run_foreground_with(
     Ok(outcome)
 }
 
-fn start_helper(
-    h: &Helper,
-    path: &Path,
-    opts: &RunOptions,
-    stops: &mut Stops,
-) -> Result<Supervised, RunError> {
-    let mut cmd = Command::new(path);
-    cmd.arg0(&h.program)
-        .args(&h.args)
-        .current_dir(&opts.workdir);
-    cmd.stdin(Stdio::null()).stdout(Stdio::null());
-    let mut child = Supervised::spawn(
-        cmd,
-        &h.program,
-        true,
-        StderrSink::Prefixed(h.name.clone()),
-        None,
-    )?;
-    let Some(socket) = &h.socket else {
-        return Ok(child);
-    };
-    let socket = opts.workdir.join(socket);
-    let end = Instant::now() + opts.helper_timeout;
-    loop {
-        if socket.exists() {
-            return Ok(child);
-        }
-        if let Some(status) = child.try_wait() {
-            return Err(RunError::HelperExited {
-                name: h.name.clone(),
-                program: h.program.clone(),
-                status,
-                socket,
-                stderr_tail: child.stderr_tail(),
-            });
-        }
-        if Instant::now() >= end || stops.total() > 0 {
-            child.terminate(opts.helper_grace);
-            return Err(RunError::HelperTimeout {
-                name: h.name.clone(),
-                program: h.program.clone(),
-                socket,
-                timeout: opts.helper_timeout,
-                stderr_tail: child.stderr_tail(),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn spawn_hypervisor(
     inv: &Invocation,
     path: &Path,
@@ -204,6 +167,11 @@ fn spawn_hypervisor(
     cmd.arg0(inv.process_name.as_deref().unwrap_or(&inv.program));
     cmd.args(&inv.args).current_dir(&opts.workdir);
     cmd.envs(inv.env.iter().map(|(k, v)| (k, v)));
+    if let Some(c) = &opts.credentials {
+        cmd.uid(c.uid).gid(c.gid);
+    }
+    apply_umask(&mut cmd, opts.umask);
+    let _held = pass_fds(&mut cmd, &opts.pass_fds)?;
     let (sink, own_group) = match &opts.console {
         Console::Inherit => {
             cmd.stdin(Stdio::inherit()).stdout(Stdio::inherit());
@@ -227,6 +195,15 @@ fn spawn_hypervisor(
                 .stdout(file.try_clone().map_err(err)?);
             (StderrSink::File(file), true)
         }
+        Console::Pty(slave) => {
+            let err = |source| RunError::Spawn {
+                program: "the console terminal".into(),
+                source,
+            };
+            cmd.stdin(Stdio::from(slave.0.try_clone().map_err(err)?))
+                .stdout(Stdio::from(slave.0.try_clone().map_err(err)?));
+            (StderrSink::Plain, true)
+        }
     };
     let hook = Box::new(move |line: &str| {
         if KVM_FAILURE_MARKERS.iter().any(|m| line.contains(m)) {
@@ -236,8 +213,49 @@ fn spawn_hypervisor(
     Supervised::spawn(cmd, &inv.program, own_group, sink, Some(hook))
 }
 
-fn stop_helpers(helpers: &mut Vec<Supervised>, grace: Duration) {
-    while let Some(mut h) = helpers.pop() {
-        h.terminate(grace);
+/// Sets the child's umask between fork and exec.
+pub(super) fn apply_umask(cmd: &mut Command, umask: Option<u32>) {
+    if let Some(mask) = umask {
+        // SAFETY: umask is async-signal-safe and only affects the child.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::umask(mask as libc::mode_t);
+                Ok(())
+            });
+        }
     }
+}
+
+/// Makes the child inherit `fds` at their target numbers. Each fd is first duplicated
+/// (close-on-exec) above every target, so that no dup2 in the child overwrites a source
+/// that another target still needs; dup2 then clears close-on-exec on the target.
+fn pass_fds(cmd: &mut Command, fds: &[PassFd]) -> Result<Vec<OwnedFd>, RunError> {
+    let floor = fds.iter().map(|p| p.target).max().unwrap_or(0) + 1;
+    let mut held = Vec::new();
+    let mut pairs = Vec::new();
+    for p in fds {
+        let high = rustix::io::fcntl_dupfd_cloexec(&*p.fd.0, floor.max(64)).map_err(|e| {
+            RunError::Spawn {
+                program: format!("fd {} for the hypervisor", p.target),
+                source: e.into(),
+            }
+        })?;
+        pairs.push((high.as_raw_fd(), p.target));
+        held.push(high);
+    }
+    if !pairs.is_empty() {
+        // SAFETY: dup2 is async-signal-safe; the sources stay open in the parent until
+        // after spawn (`held`), so they are valid in the child.
+        unsafe {
+            cmd.pre_exec(move || {
+                for (src, dst) in &pairs {
+                    if libc::dup2(*src, *dst) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+    Ok(held)
 }

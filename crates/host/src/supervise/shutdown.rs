@@ -14,7 +14,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the supervisor must do itself after the request (a signal to the hypervisor).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Action {
+pub enum Action {
     /// The request was delivered; wait for the hypervisor to exit.
     Requested,
     /// Send this signal to the hypervisor.
@@ -33,7 +33,7 @@ pub(crate) fn describe(method: &Shutdown) -> String {
 
 /// Performs the graceful request. `Err` carries a message; the caller falls back to
 /// SIGTERM on the hypervisor.
-pub(crate) fn request(method: &Shutdown, workdir: &Path, program: &str) -> Result<Action, String> {
+pub fn request(method: &Shutdown, workdir: &Path, program: &str) -> Result<Action, String> {
     match method {
         Shutdown::Qmp { socket, command } => {
             let path = workdir.join(socket);

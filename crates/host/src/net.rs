@@ -1,0 +1,436 @@
+//! Host network interfaces of a VM: tap and macvtap links, created before the hypervisor
+//! starts and removed when it has ended (the original's `tap-up`/`tap-down` and
+//! `macvtap-up`/`macvtap-down`, inventory §4.5).
+//!
+//! Links are made with iproute2's `ip`, like the original: synchronous, one argv per step,
+//! no async netlink runtime in the supervisor, and errors that show the exact command.
+//! Paths of the host are injected ([`NetHost`]): tests point `ip` at a recording script
+//! and sysfs/procfs/dev at a temporary directory.
+//!
+//! What is removed at the end comes from the in-memory list of what was created
+//! ([`Links`]), never from the `booted` runner (the original's teardown read `booted`
+//! after it had been deleted and silently left taps behind).
+
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use microvm_runner::TapSetup;
+
+use crate::privilege::Credentials;
+
+/// Where the host's network tools and files are.
+#[derive(Debug, Clone)]
+pub struct NetHost {
+    /// The `ip` program (name looked up on PATH, or a path).
+    pub ip: PathBuf,
+    /// `/sys`.
+    pub sysfs: PathBuf,
+    /// `/proc`.
+    pub procfs: PathBuf,
+    /// `/dev` (macvtap character devices are `/dev/tap<ifindex>`).
+    pub dev: PathBuf,
+}
+
+impl NetHost {
+    pub fn system() -> Self {
+        NetHost {
+            ip: PathBuf::from("ip"),
+            sysfs: PathBuf::from("/sys"),
+            procfs: PathBuf::from("/proc"),
+            dev: PathBuf::from("/dev"),
+        }
+    }
+
+    fn class_net(&self, name: &str) -> PathBuf {
+        self.sysfs.join("class/net").join(name)
+    }
+
+    /// Whether a link of that name exists.
+    pub fn link_exists(&self, name: &str) -> bool {
+        self.class_net(name).exists()
+    }
+
+    /// The interface index of a link.
+    pub fn ifindex(&self, name: &str) -> Result<u32, NetError> {
+        let path = self.class_net(name).join("ifindex");
+        let text = fs::read_to_string(&path).map_err(|source| NetError::Io {
+            what: "read",
+            path: path.clone(),
+            source,
+        })?;
+        text.trim().parse().map_err(|_| NetError::Io {
+            what: "parse",
+            path,
+            source: std::io::ErrorKind::InvalidData.into(),
+        })
+    }
+
+    fn ip(&self, what: &str, args: &[&str]) -> Result<(), NetError> {
+        let out = Command::new(&self.ip)
+            .args(args)
+            .output()
+            .map_err(|source| NetError::Spawn {
+                program: self.ip.clone(),
+                source,
+            })?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(NetError::Command {
+            what: what.to_string(),
+            argv: format!("{} {}", self.ip.display(), args.join(" ")),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+
+    /// `ip link delete NAME`.
+    pub fn delete_link(&self, name: &str) -> Result<(), NetError> {
+        self.ip(
+            &format!("remove interface {name}"),
+            &["link", "delete", name],
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("cannot run {}", program.display())]
+    Spawn {
+        program: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot {what}: `{argv}` exited with {status}{}", if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
+    Command {
+        what: String,
+        argv: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("cannot {what} {}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("macvtap list line {line:?} is not `ID MAC LINK MODE`")]
+    BadMacvtapLine { line: String },
+}
+
+/// A macvtap interface to create (a line of the runner's `share/microvm/macvtap-interfaces`:
+/// `ID MAC LINK MODE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MacvtapSetup {
+    pub id: String,
+    pub mac: String,
+    pub link: String,
+    pub mode: String,
+}
+
+impl MacvtapSetup {
+    pub fn parse_list(text: &str) -> Result<Vec<MacvtapSetup>, NetError> {
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(
+                |line| match line.split_whitespace().collect::<Vec<_>>()[..] {
+                    [id, mac, link, mode] => Ok(MacvtapSetup {
+                        id: id.into(),
+                        mac: mac.into(),
+                        link: link.into(),
+                        mode: mode.into(),
+                    }),
+                    _ => Err(NetError::BadMacvtapLine { line: line.into() }),
+                },
+            )
+            .collect()
+    }
+}
+
+/// The links this supervisor created; [`Links::remove_all`] deletes them (also on drop).
+#[derive(Debug)]
+pub struct Links {
+    host: NetHost,
+    created: Vec<String>,
+}
+
+impl Links {
+    pub fn new(host: NetHost) -> Links {
+        Links {
+            host,
+            created: Vec::new(),
+        }
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.created
+    }
+
+    /// Creates a tap like the original's `tap-up`: a stale link of that name is deleted
+    /// first, then `ip tuntap add name ID mode tap [user UID group GID] [vnet_hdr]
+    /// [multi_queue]`, `ip link set ID master BRIDGE` when configured, `ip link set ID up`.
+    pub fn create_tap(
+        &mut self,
+        tap: &TapSetup,
+        owner: Option<&Credentials>,
+    ) -> Result<(), NetError> {
+        let name = tap.name.as_str();
+        if self.host.link_exists(name) {
+            self.host.delete_link(name)?;
+        }
+        let (uid, gid) = owner
+            .map(|c| (c.uid.to_string(), c.gid.to_string()))
+            .unzip();
+        let mut args = vec!["tuntap", "add", "name", name, "mode", "tap"];
+        if let (Some(uid), Some(gid)) = (&uid, &gid) {
+            args.extend(["user", uid.as_str(), "group", gid.as_str()]);
+        }
+        if tap.vnet_hdr {
+            args.push("vnet_hdr");
+        }
+        if tap.multi_queue {
+            args.push("multi_queue");
+        }
+        self.host.ip(&format!("create tap {name}"), &args)?;
+        self.created.push(name.to_string());
+        if let Some(bridge) = &tap.bridge {
+            self.host.ip(
+                &format!("attach tap {name} to bridge {bridge}"),
+                &["link", "set", name, "master", bridge],
+            )?;
+        }
+        self.host.ip(
+            &format!("bring up tap {name}"),
+            &["link", "set", name, "up"],
+        )
+    }
+
+    /// Creates a macvtap like the original's `macvtap-up` and returns `/dev/tap<ifindex>`,
+    /// owned by `owner`.
+    pub fn create_macvtap(
+        &mut self,
+        m: &MacvtapSetup,
+        owner: Option<&Credentials>,
+    ) -> Result<PathBuf, NetError> {
+        let id = m.id.as_str();
+        if self.host.link_exists(id) {
+            self.host.delete_link(id)?;
+        }
+        self.host.ip(
+            &format!("create macvtap {id} on {}", m.link),
+            &[
+                "link", "add", "link", &m.link, "name", id, "address", &m.mac, "type", "macvtap",
+                "mode", &m.mode,
+            ],
+        )?;
+        self.created.push(id.to_string());
+        self.host.ip(
+            &format!("enable allmulticast on {id}"),
+            &["link", "set", id, "allmulticast", "on"],
+        )?;
+        let v6 = self
+            .host
+            .procfs
+            .join("sys/net/ipv6/conf")
+            .join(id)
+            .join("disable_ipv6");
+        if v6.parent().is_some_and(Path::exists) {
+            fs::write(&v6, "1").map_err(|source| NetError::Io {
+                what: "write",
+                path: v6.clone(),
+                source,
+            })?;
+        }
+        self.host.ip(
+            &format!("bring up macvtap {id}"),
+            &["link", "set", id, "up"],
+        )?;
+        let dev = self.host.dev.join(format!("tap{}", self.host.ifindex(id)?));
+        if let Some(c) = owner {
+            std::os::unix::fs::chown(&dev, Some(c.uid), Some(c.gid)).map_err(|source| {
+                NetError::Io {
+                    what: "change the owner of",
+                    path: dev.clone(),
+                    source,
+                }
+            })?;
+        }
+        Ok(dev)
+    }
+
+    /// Deletes every created link, newest first; returns the failures (already printed
+    /// by the caller if it wants). A link that is already gone is not an error.
+    pub fn remove_all(&mut self) -> Vec<NetError> {
+        let mut errors = Vec::new();
+        while let Some(name) = self.created.pop() {
+            if !self.host.link_exists(&name) {
+                continue;
+            }
+            if let Err(e) = self.host.delete_link(&name) {
+                errors.push(e);
+            }
+        }
+        errors
+    }
+}
+
+impl Drop for Links {
+    fn drop(&mut self) {
+        self.remove_all();
+    }
+}
+
+/// Opens `/dev/tapN` once per queue (each open of a multi-queue macvtap is one queue).
+pub fn open_macvtap_queues(dev: &Path, queues: usize) -> Result<Vec<OwnedFd>, NetError> {
+    (0..queues)
+        .map(|_| {
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(dev)
+                .map(OwnedFd::from)
+                .map_err(|source| NetError::Io {
+                    what: "open",
+                    path: dev.to_path_buf(),
+                    source,
+                })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A fake `ip` that appends its argv to `ip.log` and maintains `sys/class/net/<name>`.
+    fn fake_host(dir: &Path) -> NetHost {
+        let script = dir.join("ip");
+        let sys = dir.join("sys");
+        fs::create_dir_all(sys.join("class/net/eth0")).expect("mkdir");
+        fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho \"$*\" >> {log}\nnet={sys}/class/net\n\
+                 case \"$1 $2\" in\n\
+                 'tuntap add') mkdir -p $net/$4; echo 7 > $net/$4/ifindex ;;\n\
+                 'link add') mkdir -p $net/$6; echo 9 > $net/$6/ifindex; : > {dev}/tap9 ;;\n\
+                 'link delete') rm -rf $net/$3 ;;\n\
+                 'link set') [ \"$4\" = master ] && [ ! -d $net/$5 ] && {{ echo \"no bridge $5\" >&2; exit 2; }} ;;\n\
+                 esac\nexit 0\n",
+                log = dir.join("ip.log").display(),
+                sys = sys.display(),
+                dev = dir.display(),
+            ),
+        )
+        .expect("write");
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod");
+        NetHost {
+            ip: script,
+            sysfs: sys,
+            procfs: dir.join("proc"),
+            dev: dir.to_path_buf(),
+        }
+    }
+
+    fn log(dir: &Path) -> Vec<String> {
+        fs::read_to_string(dir.join("ip.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn tap(name: &str, mq: bool, bridge: Option<&str>) -> TapSetup {
+        TapSetup {
+            name: name.into(),
+            vnet_hdr: true,
+            multi_queue: mq,
+            bridge: bridge.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn taps_are_created_owned_bridged_and_removed_from_memory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let host = fake_host(dir.path());
+        fs::create_dir_all(host.sysfs.join("class/net/br0")).expect("bridge");
+        // A stale tap from a crashed run is replaced.
+        fs::create_dir_all(host.sysfs.join("class/net/vm-a")).expect("stale");
+        let owner = Credentials {
+            user: "microvm".into(),
+            uid: 990,
+            gid: 991,
+        };
+        let mut links = Links::new(host.clone());
+        links
+            .create_tap(&tap("vm-a", true, Some("br0")), Some(&owner))
+            .expect("tap a");
+        links
+            .create_tap(&tap("vm-b", false, None), None)
+            .expect("tap b");
+        assert_eq!(
+            log(dir.path()),
+            [
+                "link delete vm-a",
+                "tuntap add name vm-a mode tap user 990 group 991 vnet_hdr multi_queue",
+                "link set vm-a master br0",
+                "link set vm-a up",
+                "tuntap add name vm-b mode tap vnet_hdr",
+                "link set vm-b up",
+            ]
+        );
+        assert_eq!(links.names(), ["vm-a", "vm-b"]);
+        assert!(links.remove_all().is_empty());
+        assert!(!host.link_exists("vm-a") && !host.link_exists("vm-b"));
+        assert_eq!(
+            log(dir.path())[6..],
+            ["link delete vm-b", "link delete vm-a"]
+        );
+    }
+
+    #[test]
+    fn a_failing_step_names_the_command_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let host = fake_host(dir.path());
+        let mut links = Links::new(host.clone());
+        let err = links
+            .create_tap(&tap("vm-c", false, Some("nobr")), None)
+            .expect_err("no bridge");
+        let msg = err.to_string();
+        assert!(msg.contains("attach tap vm-c to bridge nobr"), "{msg}");
+        assert!(msg.contains("no bridge nobr"), "{msg}");
+        drop(links);
+        assert!(
+            !host.link_exists("vm-c"),
+            "the half-made tap is removed on drop"
+        );
+    }
+
+    #[test]
+    fn macvtap_is_created_owned_and_opened_per_queue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let host = fake_host(dir.path());
+        fs::create_dir_all(dir.path().join("proc/sys/net/ipv6/conf/vm-m")).expect("proc");
+        let list = MacvtapSetup::parse_list("vm-m 02:00:00:00:00:09 eth0 bridge\n").expect("parse");
+        let mut links = Links::new(host.clone());
+        let dev = links.create_macvtap(&list[0], None).expect("macvtap");
+        assert_eq!(dev, dir.path().join("tap9"));
+        assert_eq!(
+            log(dir.path()),
+            [
+                "link add link eth0 name vm-m address 02:00:00:00:00:09 type macvtap mode bridge",
+                "link set vm-m allmulticast on",
+                "link set vm-m up",
+            ]
+        );
+        assert_eq!(
+            fs::read_to_string(dir.path().join("proc/sys/net/ipv6/conf/vm-m/disable_ipv6"))
+                .expect("read"),
+            "1"
+        );
+        assert_eq!(open_macvtap_queues(&dev, 2).expect("open").len(), 2);
+        assert!(MacvtapSetup::parse_list("vm-m 02:00:00:00:00:09 eth0\n").is_err());
+    }
+}

@@ -1,0 +1,15 @@
+//! Running managed VMs as services: the supervisor of one VM ([`managed`]), microvm's own
+//! service manager for hosts without systemd ([`detach`]), readiness for systemd
+//! ([`notify`]), PCI passthrough setup ([`pci`]) and the run record ([`record`]).
+//! See docs/host.md ("Supervisor", "Service managers").
+
+pub mod detach;
+pub mod managed;
+pub mod notify;
+pub mod pci;
+pub mod record;
+
+pub use managed::{
+    load_runner, supervise, ConsoleMode, ManagedOptions, RestartMode, RestartPolicy, Runner,
+    ServiceError,
+};

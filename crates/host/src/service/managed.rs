@@ -1,0 +1,639 @@
+//! The supervisor of a managed VM (`microvm supervise NAME`): one process owns the whole
+//! lifecycle of one VM — what microvm.nix spreads over `microvm@`, `microvm-tap-interfaces@`,
+//! `microvm-macvtap-interfaces@`, `microvm-pci-devices@` and `microvm-virtiofsd@`.
+//!
+//! One attempt: read `current` (once; the runner directory is immutable), set `booted`,
+//! prepare the directory and volumes, create taps and macvtaps, bind PCI devices, open
+//! the console pty, run the VM ([`crate::supervise`]) with the hypervisor as the
+//! unprivileged user, then — on every way the run can end — remove the interfaces it
+//! created (from memory), clear `booted`, and record the end in `status.json`.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use microvm_runner::Invocation;
+
+use super::record::{ExitRecord, HelperRecord, RunRecord};
+use super::{notify, pci, record};
+use crate::console::{self, ConsoleConfig, ConsoleServer};
+use crate::net::{self, Links, MacvtapSetup, NetHost};
+use crate::privilege::Credentials;
+use crate::state::{now, Status, VmDir, VmState};
+use crate::supervise::{
+    self, Console, PassFd, Progress, RunError, RunOptions, RunOutcome, SharedFd, StopHandle,
+};
+
+/// When the supervisor starts a VM again after it ended (systemd's `Restart=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartMode {
+    No,
+    /// After a non-zero exit that nobody asked for (crash, kill, guest failure).
+    OnFailure,
+    /// After any end that nobody asked for, guest poweroff included (the original's
+    /// `Restart=always`).
+    Always,
+}
+
+impl std::str::FromStr for RestartMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "no" => Ok(RestartMode::No),
+            "on-failure" => Ok(RestartMode::OnFailure),
+            "always" => Ok(RestartMode::Always),
+            other => Err(format!(
+                "unknown restart policy {other:?} (no, on-failure, always)"
+            )),
+        }
+    }
+}
+
+/// Restart policy: like `Restart=`, `RestartSec=`, `StartLimitBurst=` and
+/// `StartLimitIntervalSec=` of the unit: at most `burst` starts within `interval`, then
+/// the supervisor gives up (no restart storms, #317/#48).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    pub mode: RestartMode,
+    pub delay: Duration,
+    pub burst: usize,
+    pub interval: Duration,
+}
+
+impl RestartPolicy {
+    pub fn new(mode: RestartMode) -> Self {
+        RestartPolicy {
+            mode,
+            delay: Duration::from_secs(5),
+            burst: 5,
+            interval: Duration::from_secs(300),
+        }
+    }
+}
+
+/// How the console is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleMode {
+    /// A pty served on `console.sock` and logged to `console.log` (service mode).
+    Pty,
+    /// The caller's terminal (`microvm run NAME`).
+    Inherit,
+}
+
+#[derive(Debug, Clone)]
+pub struct ManagedOptions {
+    /// The hypervisor's user; `None` = unchanged ([`crate::privilege::resolve_run_user`]).
+    pub run_user: Option<Credentials>,
+    pub restart: RestartPolicy,
+    pub shutdown_timeout: Duration,
+    pub ready_timeout: Option<Duration>,
+    pub net: NetHost,
+    pub console: ConsoleMode,
+    pub console_log_limit: u64,
+    pub path_var: Option<OsString>,
+    /// Fed by the caller's signal handling: one request = graceful stop, two = force.
+    pub stop: StopHandle,
+}
+
+/// A runner directory, as the supervisor needs it.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    pub dir: PathBuf,
+    pub invocation: Invocation,
+    pub macvtaps: Vec<MacvtapSetup>,
+    pub pci_devices: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("VM {name} has no `current` runner in {}", dir.display())]
+    NoCurrent { name: String, dir: PathBuf },
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not a runner made by microvm (no valid invocation.json; runners of microvm.nix must be recreated with `microvm create --from`)", path.display())]
+    Invocation {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Net(#[from] net::NetError),
+    #[error(transparent)]
+    Pci(#[from] pci::PciError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error("VM {name} is already supervised by pid {pid}")]
+    AlreadySupervised { name: String, pid: u32 },
+    #[error("the hypervisor runs as {user}, who cannot open /dev/net/tun (mode {mode:o}) to attach its taps; make it 0666 (the usual mode: `chmod 0666 /dev/net/tun`, or a udev rule) or run the VM as root (--user root)")]
+    TunAccess { user: String, mode: u32 },
+    #[error("{0}")]
+    Prepare(String),
+    #[error("console")]
+    Console(#[source] std::io::Error),
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+/// Reads a runner directory (the target of `current`).
+pub fn load_runner(dir: &Path) -> Result<Runner, ServiceError> {
+    let share = dir.join("share/microvm");
+    let path = share.join("invocation.json");
+    let bytes = std::fs::read(&path).map_err(|source| ServiceError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let invocation = serde_json::from_slice(&bytes)
+        .map_err(|source| ServiceError::Invocation { path, source })?;
+    let optional = |name: &str| std::fs::read_to_string(share.join(name)).unwrap_or_default();
+    Ok(Runner {
+        dir: dir.to_path_buf(),
+        invocation,
+        macvtaps: MacvtapSetup::parse_list(&optional("macvtap-interfaces"))?,
+        pci_devices: optional("pci-devices")
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
+/// Prepares what a run needs beyond the runner (the CLI creates volumes here).
+pub type Prepare<'a> = dyn FnMut(&Runner, Option<&Credentials>) -> Result<(), String> + 'a;
+
+/// How one attempt ended.
+#[derive(Debug, Clone)]
+struct End {
+    code: i32,
+    reason: String,
+    /// The stop was asked for (signal, `microvm stop`): never restarted.
+    requested: bool,
+}
+
+/// Supervises `vm` until it ends for good; returns the exit code (see docs/host.md,
+/// "Supervisor"). `report` receives one line per event worth logging.
+pub fn supervise(
+    vm: &VmDir,
+    opts: &ManagedOptions,
+    prepare: &mut Prepare<'_>,
+    report: &mut dyn FnMut(&str),
+) -> Result<i32, ServiceError> {
+    let name = vm.name().to_string();
+    let me = std::process::id();
+    if let Some(pid) = vm.supervisor_pid() {
+        if pid != me && super::detach::is_supervisor_of(pid, &name) {
+            return Err(ServiceError::AlreadySupervised { name, pid });
+        }
+    }
+    let current = vm.current().ok_or_else(|| ServiceError::NoCurrent {
+        name: name.clone(),
+        dir: vm.path().to_path_buf(),
+    })?;
+    load_runner(&current)?; // fail before writing any state when it is unusable
+    vm.write_supervisor_pid(me)?;
+    let mut rec = RunRecord {
+        supervisor_pid: me,
+        user: opts
+            .run_user
+            .as_ref()
+            .map_or_else(current_user, |c| c.user.clone()),
+        ..RunRecord::default()
+    };
+    let mut starts: VecDeque<Instant> = VecDeque::new();
+    let mut notified = false;
+    let code = loop {
+        let base = opts.stop.count();
+        starts.push_back(Instant::now());
+        let end = match vm.current().map(|c| load_runner(&c)) {
+            Some(Ok(runner)) => {
+                attempt(vm, &runner, opts, &mut rec, &mut notified, prepare, report)
+            }
+            Some(Err(e)) => End {
+                code: 1,
+                reason: chain(&e),
+                requested: false,
+            },
+            None => End {
+                code: 1,
+                reason: format!("VM {name} has no `current` runner any more"),
+                requested: false,
+            },
+        };
+        report(&format!("ended: {} (exit code {})", end.reason, end.code));
+        rec.last_exit = Some(ExitRecord {
+            code: end.code,
+            reason: end.reason.clone(),
+            at: now(),
+        });
+        let stopped = end.requested || opts.stop.count() > base;
+        let again = !stopped
+            && match opts.restart.mode {
+                RestartMode::No => false,
+                RestartMode::OnFailure => end.code != 0,
+                RestartMode::Always => true,
+            };
+        if !again {
+            write_end(vm, &rec, &end, None);
+            break end.code;
+        }
+        while starts
+            .front()
+            .is_some_and(|t| t.elapsed() > opts.restart.interval)
+        {
+            starts.pop_front();
+        }
+        if starts.len() >= opts.restart.burst {
+            let reason = format!(
+                "{}; not restarting: {} starts within {} s (start limit)",
+                end.reason,
+                starts.len(),
+                opts.restart.interval.as_secs()
+            );
+            report(&reason);
+            write_end(
+                vm,
+                &rec,
+                &End {
+                    reason,
+                    ..end.clone()
+                },
+                None,
+            );
+            break end.code;
+        }
+        let delay = opts.restart.delay;
+        report(&format!("restarting in {} s", delay.as_secs()));
+        rec.next_restart = Some(now() + delay.as_secs());
+        write_end(vm, &rec, &end, Some(delay));
+        let until = Instant::now() + delay;
+        while Instant::now() < until && opts.stop.count() == base {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        rec.next_restart = None;
+        if opts.stop.count() > base {
+            report("stop requested while waiting to restart");
+            let end = End {
+                code: 0,
+                reason: "stopped on request".into(),
+                requested: true,
+            };
+            write_end(vm, &rec, &end, None);
+            break 0;
+        }
+    };
+    if vm.supervisor_pid() == Some(me) {
+        let _ = std::fs::remove_file(vm.supervisor_pid_path());
+    }
+    Ok(code)
+}
+
+fn current_user() -> String {
+    if crate::privilege::is_root() {
+        "root".into()
+    } else {
+        rustix::process::geteuid().as_raw().to_string()
+    }
+}
+
+fn write_end(vm: &VmDir, rec: &RunRecord, end: &End, restart_in: Option<Duration>) {
+    let _ = record::write(vm, rec);
+    let since = now();
+    let state = if end.code == 0 && restart_in.is_none() {
+        VmState::Stopped {
+            since,
+            exit_code: Some(end.code),
+        }
+    } else {
+        let mut reason = end.reason.clone();
+        if let Some(d) = restart_in {
+            reason.push_str(&format!("; restarting in {} s", d.as_secs()));
+        }
+        VmState::Failed {
+            since,
+            exit_code: Some(end.code),
+            reason,
+        }
+    };
+    let _ = vm.write_status(&Status {
+        state,
+        runner: rec.runner.clone(),
+    });
+}
+
+/// One run of the VM, with its cleanup.
+fn attempt(
+    vm: &VmDir,
+    runner: &Runner,
+    opts: &ManagedOptions,
+    rec: &mut RunRecord,
+    notified: &mut bool,
+    prepare: &mut Prepare<'_>,
+    report: &mut dyn FnMut(&str),
+) -> End {
+    let me = std::process::id();
+    rec.attempt += 1;
+    rec.started = now();
+    rec.runner = Some(runner.dir.clone());
+    rec.hypervisor = runner.invocation.program.clone();
+    rec.hypervisor_pid = None;
+    rec.ready = None;
+    rec.ready_after_ms = None;
+    rec.helpers.clear();
+    rec.interfaces.clear();
+    let _ = record::write(vm, rec);
+    let _ = vm.write_status(&Status {
+        state: VmState::Starting {
+            supervisor_pid: me,
+            since: rec.started,
+        },
+        runner: Some(runner.dir.clone()),
+    });
+    let mut links = Links::new(opts.net.clone());
+    let result = match vm.set_booted(&runner.dir) {
+        Ok(()) => run(vm, runner, opts, rec, notified, prepare, report, &mut links),
+        Err(e) => Err(e.into()),
+    };
+    // Teardown, on every path: interfaces from the in-memory list first, then `booted`.
+    for e in links.remove_all() {
+        report(&format!("warning: {}", chain(&e)));
+    }
+    rec.interfaces.clear();
+    if let Err(e) = vm.clear_booted() {
+        report(&format!("warning: {}", chain(&e)));
+    }
+    match result {
+        Ok(outcome) => End {
+            code: outcome.exit_code(),
+            reason: describe(&outcome),
+            requested: outcome.shutdown_requested && outcome.helper_failure.is_none(),
+        },
+        Err(ServiceError::Run(RunError::HypervisorFailed { status, .. })) => End {
+            code: status_code(status),
+            reason: format!(
+                "{} ended with {} before the guest started",
+                runner.invocation.program,
+                describe_status(status)
+            ),
+            requested: false,
+        },
+        Err(e) => End {
+            code: 1,
+            reason: chain(&e),
+            requested: false,
+        },
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    vm: &VmDir,
+    runner: &Runner,
+    opts: &ManagedOptions,
+    rec: &mut RunRecord,
+    notified: &mut bool,
+    prepare: &mut Prepare<'_>,
+    report: &mut dyn FnMut(&str),
+    links: &mut Links,
+) -> Result<RunOutcome, ServiceError> {
+    let inv = &runner.invocation;
+    let creds = opts.run_user.as_ref();
+    prepare_dir(vm.path(), creds)?;
+    prepare(runner, creds).map_err(ServiceError::Prepare)?;
+    if let Some(c) = creds {
+        if !inv.taps.is_empty() {
+            check_tun(&opts.net.dev.join("net/tun"), c)?;
+        }
+    }
+    for tap in &inv.taps {
+        links.create_tap(tap, creds)?;
+    }
+    let mut pass = Vec::new();
+    for m in &runner.macvtaps {
+        let dev = links.create_macvtap(m, creds)?;
+        let mut fds: Vec<_> = inv
+            .macvtap_fds
+            .iter()
+            .filter(|f| f.interface == m.id)
+            .collect();
+        fds.sort_by_key(|f| f.queue);
+        let opened = net::open_macvtap_queues(&dev, fds.len())?;
+        for (f, fd) in fds.into_iter().zip(opened) {
+            pass.push(PassFd {
+                fd: SharedFd(std::sync::Arc::new(fd)),
+                target: f.fd as i32,
+            });
+        }
+    }
+    rec.interfaces = links.names().to_vec();
+    pci::bind_vfio(
+        &opts.net.sysfs,
+        &opts.net.dev,
+        &runner.pci_devices,
+        creds,
+        true,
+    )?;
+    let _ = record::write(vm, rec);
+
+    let mut ro = RunOptions::new(vm.path());
+    ro.handle_signals = false;
+    ro.stop = opts.stop.clone();
+    ro.shutdown_timeout = opts.shutdown_timeout;
+    ro.ready_timeout = opts.ready_timeout;
+    ro.path_var = opts.path_var.clone();
+    ro.credentials = opts.run_user.clone();
+    ro.umask = Some(0o007);
+    ro.pass_fds = pass;
+    ro.restart_helpers = Some(Default::default());
+    let server = match opts.console {
+        ConsoleMode::Inherit => None,
+        ConsoleMode::Pty => {
+            let pty = console::open_pty().map_err(ServiceError::Console)?;
+            let cfg = ConsoleConfig {
+                log: vm.console_log_path(),
+                log_limit: opts.console_log_limit,
+                socket: vm.path().join("console.sock"),
+                socket_owner: creds.map(|c| (0, c.gid)),
+            };
+            let server = ConsoleServer::start(pty.master, &cfg).map_err(ServiceError::Console)?;
+            ro.console = Console::Pty(SharedFd(std::sync::Arc::new(pty.slave)));
+            Some(server)
+        }
+    };
+    let me = std::process::id();
+    let runner_dir = runner.dir.clone();
+    let has_channel = inv.control_channel.is_some();
+    let result = supervise::run_foreground_with(inv, &ro, |p| {
+        let running = |rec: &RunRecord| Status {
+            state: VmState::Running {
+                supervisor_pid: me,
+                hypervisor_pid: rec.hypervisor_pid,
+                since: now(),
+            },
+            runner: Some(runner_dir.clone()),
+        };
+        let ready = |rec: &RunRecord, notified: &mut bool| {
+            let _ = vm.write_status(&running(rec));
+            if !*notified {
+                *notified = true;
+                let _ = notify::notify("READY=1\nSTATUS=running");
+            }
+        };
+        match p {
+            Progress::HelperStarted { name, pid } => {
+                rec.helpers.push(HelperRecord {
+                    name: name.clone(),
+                    pid: *pid as u32,
+                    restarts: 0,
+                });
+            }
+            Progress::HypervisorStarted { pid } => {
+                rec.hypervisor_pid = Some(*pid as u32);
+                report(&format!("{} started (pid {pid})", inv.program));
+                if !has_channel {
+                    ready(rec, notified);
+                }
+            }
+            Progress::Ready { after, .. } => {
+                rec.ready = Some(now());
+                rec.ready_after_ms = Some(after.as_millis() as u64);
+                report(&format!("ready {:.2} s after start", after.as_secs_f64()));
+                ready(rec, notified);
+            }
+            Progress::ShutdownRequested { method } => {
+                report(&format!("shutting down ({method})"));
+                let _ = notify::notify("STOPPING=1");
+                let _ = vm.write_status(&Status {
+                    state: VmState::Stopping {
+                        supervisor_pid: me,
+                        since: now(),
+                    },
+                    runner: Some(runner_dir.clone()),
+                });
+            }
+            Progress::HelperExited { name, status } => {
+                report(&format!(
+                    "helper {name} exited with {} while the VM runs; restarting it",
+                    describe_status(*status)
+                ));
+            }
+            Progress::HelperRestarted { name, pid } => {
+                if let Some(h) = rec.helpers.iter_mut().find(|h| &h.name == name) {
+                    h.pid = *pid as u32;
+                    h.restarts += 1;
+                }
+                report(&format!("helper {name} restarted (pid {pid})"));
+            }
+            Progress::HelperFailed { error, .. } => report(&format!("{error}; stopping the VM")),
+            Progress::GuestExit(n) => report(&format!("the guest command exited with {n}")),
+            Progress::GuestFailed(m) => report(&format!("the guest init failed: {m}")),
+            Progress::ShutdownFallback { error } => report(&format!(
+                "graceful shutdown failed ({error}); sending SIGTERM"
+            )),
+            Progress::Killed => report("the hypervisor did not stop in time and was killed"),
+            Progress::ChannelNoise(_) => {}
+        }
+        let _ = record::write(vm, rec);
+    });
+    drop(ro); // closes our copy of the pty slave: the console reader sees EOF
+    if let Some(s) = server {
+        s.finish(Duration::from_secs(2));
+    }
+    Ok(result?)
+}
+
+/// The VM directory: group of the hypervisor's user, group-writable (its sockets), and
+/// sticky, so that user cannot replace what root wrote there (`current`, `status.json`).
+fn prepare_dir(dir: &Path, creds: Option<&Credentials>) -> Result<(), ServiceError> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(c) = creds else {
+        return Ok(());
+    };
+    let err = |source| ServiceError::Read {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::os::unix::fs::chown(dir, None, Some(c.gid)).map_err(err)?;
+    let mode = std::fs::metadata(dir).map_err(err)?.permissions().mode() & 0o7777;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o1070)).map_err(err)
+}
+
+fn check_tun(tun: &Path, c: &Credentials) -> Result<(), ServiceError> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::metadata(tun) else {
+        return Ok(()); // the hypervisor reports a missing device itself
+    };
+    let mode = m.mode() & 0o777;
+    let ok = mode & 0o006 == 0o006
+        || (m.gid() == c.gid && mode & 0o060 == 0o060)
+        || (m.uid() == c.uid && mode & 0o600 == 0o600);
+    if ok {
+        Ok(())
+    } else {
+        Err(ServiceError::TunAccess {
+            user: c.user.clone(),
+            mode,
+        })
+    }
+}
+
+/// 128 + signal, or the exit code.
+pub fn status_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(s)) => 128 + s,
+        _ => 1,
+    }
+}
+
+fn describe_status(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit status {c}"),
+        (None, Some(s)) => format!(
+            "signal {s} ({})",
+            signal_hook::low_level::signal_name(s).unwrap_or("?")
+        ),
+        _ => status.to_string(),
+    }
+}
+
+fn describe(o: &RunOutcome) -> String {
+    if let Some(h) = &o.helper_failure {
+        return h.clone();
+    }
+    if let Some(m) = &o.guest_failure {
+        return format!("the guest init failed: {m}");
+    }
+    if let Some(n) = o.guest_exit {
+        return format!("the guest command exited with {n}");
+    }
+    if o.forced {
+        return "the hypervisor did not stop in time and was killed".into();
+    }
+    if o.shutdown_requested {
+        return "stopped on request".into();
+    }
+    if o.hypervisor_status.success() {
+        return "the guest powered off".into();
+    }
+    format!(
+        "the hypervisor ended with {}",
+        describe_status(o.hypervisor_status)
+    )
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
