@@ -96,11 +96,13 @@ pub fn load_with(path: &Path, options: &LoadOptions) -> Result<Loaded, LoadFailu
     let spec = match spec {
         Ok(spec) => spec,
         Err(e) => {
-            let mut d = Diagnostic::error(e.message);
-            if let (Some(path), Some(span)) = (e.path, e.span) {
-                d = d.at(path, span);
+            for e in type_errors(&tree, e) {
+                let mut d = Diagnostic::error(e.message);
+                if let (Some(path), Some(span)) = (e.path, e.span) {
+                    d = d.at(path, span);
+                }
+                diagnostics.push(d);
             }
-            diagnostics.push(d);
             return Err(LoadFailure {
                 diagnostics,
                 sources,
@@ -128,6 +130,59 @@ pub fn load_with(path: &Path, options: &LoadOptions) -> Result<Loaded, LoadFailu
             sources,
         }),
     }
+}
+
+/// Every type error of the tree, not only the first: serde stops at the first one, so
+/// the offending value is taken out of a copy of the tree (every key of the schema is
+/// optional) and deserialisation is tried again, until it succeeds or an error cannot
+/// be taken out. The rules of `resolve` are not run on such a mutilated tree.
+fn type_errors(tree: &Node, first: de::DeError) -> Vec<de::DeError> {
+    const MAX: usize = 100;
+    let mut errors = vec![first];
+    let mut tree = tree.clone();
+    while errors.len() < MAX {
+        let Some(path) = errors.last().and_then(|e| e.path.clone()) else {
+            break;
+        };
+        if !remove(&mut tree, &path) {
+            break;
+        }
+        match de::from_node::<Spec>(&tree).0 {
+            Ok(_) => break,
+            Err(e) => errors.push(e),
+        }
+    }
+    errors
+}
+
+/// Removes the entry at `path` from the tree: the table key it ends in, or, for a list
+/// element, the whole list (removing one element would shift the indices of the others).
+fn remove(tree: &mut Node, path: &KeyPath) -> bool {
+    use crate::node::Seg;
+    let Some(last_key) = path.0.iter().rposition(|s| matches!(s, Seg::Key(_))) else {
+        return false;
+    };
+    let mut node = tree;
+    for seg in &path.0[..last_key] {
+        let next = match (seg, &mut node.value) {
+            (Seg::Key(k), Value::Table(entries)) => entries
+                .iter_mut()
+                .find(|e| &e.key == k)
+                .map(|e| &mut e.value),
+            (Seg::Index(i), Value::Array(items)) => items.get_mut(*i),
+            _ => None,
+        };
+        match next {
+            Some(n) => node = n,
+            None => return false,
+        }
+    }
+    let (Seg::Key(key), Value::Table(entries)) = (&path.0[last_key], &mut node.value) else {
+        return false;
+    };
+    let before = entries.len();
+    entries.retain(|e| &e.key != key);
+    entries.len() < before
 }
 
 /// Reads `path` and its imports into one merged tree.

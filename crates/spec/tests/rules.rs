@@ -1051,3 +1051,62 @@ fn unknown_keys_and_rule_errors_together() {
         ]
     );
 }
+
+#[test]
+fn all_type_errors_are_reported_at_once() {
+    let dir = Dir::new();
+    let path = dir.write(
+        "vm1.toml",
+        "vcpu = \"two\"\nmem = -1\nhypervisor = \"vmware\"\nvpcu = 1\nkernelParams = [\"a\", 2]\n[[volumes]]\nimage = \"a.img\"\nsize = \"1G\"\n[[volumes]]\nimage = 3\n[vsock]\ncid = 2\n",
+    );
+    let (_, found) = fails(&path);
+    let errors: Vec<(&str, Option<usize>, Option<&str>)> = found
+        .iter()
+        .map(|d| (d.message.as_str(), d.line, d.key.as_deref()))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (
+                "unknown key `vpcu`; did you mean `vcpu`?",
+                Some(4),
+                Some("vpcu")
+            ),
+            (
+                "expected an integer, found a string",
+                Some(1),
+                Some("vcpu")
+            ),
+            (
+                "expected a non-negative integer, found -1",
+                Some(2),
+                Some("mem")
+            ),
+            (
+                "unknown value \"vmware\"; expected one of `qemu`, `cloud-hypervisor`, `firecracker`, `crosvm`, `kvmtool`, `stratovirt`, `alioth`, `vfkit`",
+                Some(3),
+                Some("hypervisor")
+            ),
+            (
+                "expected a string, found an integer",
+                Some(5),
+                Some("kernelParams[1]")
+            ),
+            (
+                "expected an integer, found a string",
+                Some(8),
+                Some("volumes[0].size")
+            ),
+            (
+                "expected a string, found an integer",
+                Some(10),
+                Some("volumes[1].image")
+            ),
+            (
+                "vsock CID 2 is reserved (0: hypervisor, 1: loopback, 2: host); use 3 or higher",
+                Some(12),
+                Some("vsock.cid")
+            ),
+        ]
+    );
+}
