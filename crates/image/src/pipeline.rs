@@ -13,7 +13,7 @@ use crate::disk::{self, DiskOptions, DiskType};
 use crate::kernel::{Availability, FsCompression, KernelFeature, KernelInfo};
 use crate::modules::ModuleIndex;
 use crate::store::{combine, Store};
-use crate::tools::Version;
+use crate::tools::{Toolbox, Version};
 use crate::{fetch, guest, guest_init, initrd, kernel, modules, rootfs, store};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,10 @@ pub enum BuildError {
     #[error(transparent)]
     Rootfs(#[from] rootfs::RootfsError),
     #[error(transparent)]
+    Oci(#[from] rootfs::oci::OciError),
+    #[error(transparent)]
+    Nix(#[from] rootfs::nix::NixError),
+    #[error(transparent)]
     Disk(#[from] disk::DiskError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
@@ -50,6 +54,11 @@ pub struct Built {
     pub kernel_version: Option<String>,
     pub initrd: PathBuf,
     pub store_disk: Option<PathBuf>,
+    /// What `microvm build --list-root` prints: each path of the root and its source
+    /// (`PATH<TAB>SOURCE` lines), beside a disk microvm built.
+    pub root_manifest: Option<PathBuf>,
+    /// Kernel parameters the root needs (`regInfo=…` for a Nix closure).
+    pub kernel_params: Vec<String>,
     pub plan: GuestPlan,
     /// Hash of every input of the artifacts.
     pub hash: String,
@@ -107,12 +116,16 @@ pub fn build(
 
     // Root/store disk.
     let t = Instant::now();
+    let mut root_defaults = rootfs::defaults::RootDefaults::default();
+    let mut root_manifest = None;
     let (store_disk, cached) = match (&config.store_disk, config.store_on_disk) {
         (Some(prebuilt), _) => (Some(prebuilt.clone()), true),
         (None, false) => (None, true),
         (None, true) => {
-            let (p, cached) = root_disk(config, store, kernel_version, progress)?;
-            (Some(p), cached)
+            let disk = root_disk(config, store, kernel_version, progress)?;
+            root_defaults = disk.defaults;
+            root_manifest = Some(disk.manifest);
+            (Some(disk.path), disk.cached)
         }
     };
     steps.push(Step {
@@ -125,6 +138,7 @@ pub fn build(
     // Initrd.
     let t = Instant::now();
     let mut plan = guest::plan(config);
+    root_defaults.apply(config, &mut plan);
     let compression = match config.store_disk_type {
         StoreDiskType::Erofs => Some(FsCompression::Lz4),
         StoreDiskType::Squashfs => None,
@@ -201,6 +215,8 @@ pub fn build(
         kernel_version: kernel.version.clone(),
         initrd: initrd_path,
         store_disk,
+        root_manifest,
+        kernel_params: root_defaults.kernel_params(),
         plan,
         hash,
         steps,
@@ -247,17 +263,27 @@ fn required_modules(
     Ok(names)
 }
 
+/// A root disk in the store, with its `--list-root` manifest and the root's defaults.
+struct RootDisk {
+    path: PathBuf,
+    cached: bool,
+    manifest: PathBuf,
+    defaults: rootfs::defaults::RootDefaults,
+}
+
 fn root_disk(
     config: &Config,
     store: &Store,
     kernel_version: Option<Version>,
     progress: &mut dyn FnMut(&str),
-) -> Result<(PathBuf, bool), BuildError> {
+) -> Result<RootDisk, BuildError> {
     if config.guest.root.is_empty() {
         return Err(BuildError::NoRoot);
     }
     let mut sources = Vec::new();
     let mut parts = Vec::new();
+    let mut nix = None;
+    let mut last_oci = None;
     for s in &config.guest.root {
         let (src, path, target) = match s {
             RootSource::Directory { path, target } => {
@@ -266,9 +292,38 @@ fn root_disk(
             RootSource::Tarball { path, target } => {
                 (rootfs::RootSource::Tarball(path.clone()), path, target)
             }
-            RootSource::Oci { .. } => return Err(BuildError::UnsupportedSource("oci")),
+            RootSource::Oci {
+                path,
+                reference,
+                target,
+            } => {
+                let arch = rootfs::oci::oci_arch(config.arch.name());
+                let image = rootfs::oci::OciImage::open(path, reference.as_deref(), arch)?;
+                last_oci = Some(sources.len());
+                (rootfs::RootSource::Oci(Box::new(image)), path, target)
+            }
             RootSource::Debian { .. } => return Err(BuildError::UnsupportedSource("debian")),
-            RootSource::Nix { .. } => return Err(BuildError::UnsupportedSource("nix")),
+            RootSource::Nix { path } => {
+                if config.guest.root.len() != 1 {
+                    return Err(rootfs::nix::NixError::NotAlone.into());
+                }
+                progress(&format!("querying the closure of {}", path.display()));
+                let closure = rootfs::nix::Closure::query(&Toolbox::from_env(), path)?;
+                let listed: Vec<String> = closure
+                    .paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                parts.push(format!(
+                    "nix:{}:{}:{}",
+                    path.display(),
+                    listed.join(" "),
+                    blake3::hash(&closure.registration).to_hex()
+                ));
+                sources.push(rootfs::RootSource::NixStorePaths(closure.paths.clone()));
+                nix = Some(closure);
+                continue;
+            }
         };
         if target != "/" {
             return Err(BuildError::Target {
@@ -276,7 +331,12 @@ fn root_disk(
                 target: target.clone(),
             });
         }
-        parts.push(format!("{}:{}", path.display(), store.hash_path(path)?));
+        // An OCI image is named by its manifest digest (which names every layer).
+        let key = match &src {
+            rootfs::RootSource::Oci(image) => image.manifest_digest.clone(),
+            _ => store.hash_path(path)?,
+        };
+        parts.push(format!("{}:{key}", path.display()));
         sources.push(src);
     }
     let (disk_type, name, flags) = match config.store_disk_type {
@@ -296,24 +356,85 @@ fn root_disk(
         ("type", name),
         ("flags", &format!("{flags:?}")),
         ("kernel", &format!("{kernel_version:?}")),
+        ("layout", "manifest+defaults"),
     ]);
     let out = store.path(&hash, name);
+    let manifest = PathBuf::from(format!("{}.manifest", out.display()));
+    let defaults_path = PathBuf::from(format!("{}.defaults.json", out.display()));
     if out.exists() {
-        return Ok((out, true));
+        return Ok(RootDisk {
+            defaults: rootfs::defaults::RootDefaults::read(&defaults_path).unwrap_or_default(),
+            path: out,
+            cached: true,
+            manifest,
+        });
     }
     progress("staging the guest root");
     let scratch = store.scratch("root")?;
     let staged = rootfs::stage(&sources, &scratch.join("tree"))?;
+    let mut defaults = rootfs::defaults::RootDefaults::default();
+    if let Some(closure) = &nix {
+        closure.write_info(&staged)?;
+        defaults.nix = Some(closure.boot());
+    }
+    if let Some(rootfs::RootSource::Oci(image)) = last_oci.and_then(|i| sources.get(i)) {
+        defaults.command = match image.default_command(&staged.root) {
+            Ok(command) => command,
+            // The definition's own command or init does not need the image's.
+            Err(e) if config.guest.command.is_some() || config.guest.init.is_some() => {
+                tracing::warn!("{e}");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+    }
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| store::StoreError::Io {
+            op: "writing",
+            path,
+            source,
+        }
+    };
+    let manifest_tmp = scratch.join("manifest");
+    staged.write_manifest(&manifest_tmp)?;
+    let defaults_tmp = scratch.join("defaults.json");
+    std::fs::write(&defaults_tmp, defaults.to_json()).map_err(io(&defaults_tmp))?;
     progress(&format!("building the {name} image"));
+    let (label, mount_point) = match &nix {
+        Some(_) => (
+            Some(rootfs::nix::STORE_LABEL.to_owned()),
+            Some(rootfs::nix::STORE_DIR.to_owned()),
+        ),
+        None => (None, None),
+    };
+    // A root staged as root keeps its owners (an OCI image's or a tarball's); a Nix
+    // store is root's, as microvm.nix's `--all-root`.
+    let ownership = if staged.ownership_preserved && nix.is_none() {
+        disk::Ownership::Preserve
+    } else {
+        disk::Ownership::AllRoot
+    };
     let opts = DiskOptions {
         disk_type,
+        label,
+        mount_point,
         extra_flags: flags,
         kernel_version,
+        ownership,
         ..Default::default()
     };
     let tmp = scratch.join(name);
     disk::build_disk(&staged.root, &tmp, &opts)?;
+    // The disk last: its presence means the manifest and defaults are there too.
+    store.publish(&manifest_tmp, &manifest)?;
+    store.publish(&defaults_tmp, &defaults_path)?;
     store.publish(&tmp, &out)?;
     let _ = std::fs::remove_dir_all(&scratch);
-    Ok((out, false))
+    Ok(RootDisk {
+        path: out,
+        cached: false,
+        manifest,
+        defaults,
+    })
 }

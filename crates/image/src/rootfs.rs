@@ -1,17 +1,22 @@
 //! The guest root tree: sources composed in order into a staging directory, which the
 //! disk builder then packs. Later sources overwrite earlier files; a directory replaces
-//! a non-directory and vice versa (OCI layer semantics, without whiteouts for now).
+//! a non-directory and vice versa (OCI layer semantics; OCI layers add whiteouts).
 //!
-//! Each source kind is a module with an `apply(&source, &mut Stage)`; OCI image layouts,
-//! Debian suites (mmdebstrap) and Nix closures are added as further [`RootSource`]
-//! variants the same way.
+//! Each source kind is a module with an `apply(&source, &mut Stage)`: directories,
+//! tarballs, OCI image layouts (verified blobs, layers with whiteouts) and Nix closures
+//! (store paths at the root of the tree). While staging, every path written is recorded
+//! with the source that wrote it (last writer wins): [`StagedRoot::manifest`].
 
+pub mod defaults;
 mod directory;
 mod fsops;
+pub mod nix;
+pub mod oci;
 mod tarball;
 
 pub use tarball::Compression;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -24,12 +29,29 @@ pub enum RootSource {
     Directory(PathBuf),
     /// A tar archive: plain, gzip, xz or zstd (detected by magic).
     Tarball(PathBuf),
+    /// An OCI image from a layout directory, its manifest resolved and verified
+    /// ([`oci::OciImage::open`]); layers are verified as they are applied.
+    Oci(Box<oci::OciImage>),
+    /// Nix store paths, each copied to `/<basename>` of the tree (a store disk's layout).
+    NixStorePaths(Vec<PathBuf>),
 }
 
 impl RootSource {
     pub fn path(&self) -> &Path {
         match self {
             RootSource::Directory(p) | RootSource::Tarball(p) => p,
+            RootSource::Oci(image) => &image.layout,
+            RootSource::NixStorePaths(paths) => paths.first().map_or(Path::new(""), |p| p),
+        }
+    }
+
+    /// How `--list-root` names this source.
+    pub fn label(&self) -> String {
+        match self {
+            RootSource::Directory(p) => format!("directory {}", p.display()),
+            RootSource::Tarball(p) => format!("tarball {}", p.display()),
+            RootSource::Oci(image) => image.label(),
+            RootSource::NixStorePaths(_) => "nix closure".into(),
         }
     }
 
@@ -37,6 +59,8 @@ impl RootSource {
         match self {
             RootSource::Directory(dir) => directory::apply(dir, stage),
             RootSource::Tarball(tarball) => tarball::apply(tarball, stage),
+            RootSource::Oci(image) => oci::apply(image, stage),
+            RootSource::NixStorePaths(paths) => nix::apply(paths, stage),
         }
     }
 }
@@ -72,6 +96,8 @@ pub enum RootfsError {
     BadPathInRoot { path: PathBuf },
     #[error("{} in the staged root is not a directory (a symlink or file is in the way)", path.display())]
     NotADirectoryInRoot { path: PathBuf },
+    #[error(transparent)]
+    Oci(#[from] oci::OciError),
 }
 
 /// Something a source had that staging could not reproduce.
@@ -88,9 +114,49 @@ pub struct Stage {
     canon_root: PathBuf,
     as_root: bool,
     skipped: Vec<Skipped>,
+    /// What wrote each path (relative to the root): an index into `labels`.
+    origins: BTreeMap<PathBuf, usize>,
+    labels: Vec<String>,
 }
 
 impl Stage {
+    /// Names the source (or OCI layer) that the following writes come from.
+    fn set_label(&mut self, label: String) {
+        self.labels.push(label);
+    }
+
+    /// Records that the current source wrote `path` (inside the staging root).
+    fn record(&mut self, path: &Path) {
+        let Ok(rel) = path
+            .strip_prefix(&self.canon_root)
+            .or_else(|_| path.strip_prefix(&self.root))
+        else {
+            return;
+        };
+        if let Some(current) = self.labels.len().checked_sub(1) {
+            self.origins.insert(rel.to_owned(), current);
+        }
+    }
+
+    /// Forgets `path` and everything below it (removed by a whiteout).
+    fn forget(&mut self, path: &Path) {
+        let Ok(rel) = path
+            .strip_prefix(&self.canon_root)
+            .or_else(|_| path.strip_prefix(&self.root))
+        else {
+            return;
+        };
+        let below: Vec<PathBuf> = self
+            .origins
+            .range(rel.to_owned()..)
+            .take_while(|(p, _)| p.starts_with(rel))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in below {
+            self.origins.remove(&p);
+        }
+    }
+
     fn skip(&mut self, path: &Path, reason: String) {
         let path = path
             .strip_prefix(&self.canon_root)
@@ -109,6 +175,8 @@ pub struct StagedRoot {
     /// disk builder's `--all-root` then makes it root's).
     pub ownership_preserved: bool,
     pub skipped: Vec<Skipped>,
+    origins: BTreeMap<PathBuf, usize>,
+    labels: Vec<String>,
 }
 
 /// Composes `sources` in order into `staging_dir` (created if missing; must be empty).
@@ -131,16 +199,91 @@ pub fn stage(sources: &[RootSource], staging_dir: &Path) -> Result<StagedRoot, R
         canon_root,
         as_root,
         skipped: Vec::new(),
+        origins: BTreeMap::new(),
+        labels: Vec::new(),
     };
     for source in sources {
         tracing::debug!(source = %source.path().display(), "staging");
+        stage.set_label(source.label());
         source.apply(&mut stage)?;
     }
     Ok(StagedRoot {
         root: stage.root,
         ownership_preserved: as_root,
         skipped: stage.skipped,
+        origins: stage.origins,
+        labels: stage.labels,
     })
+}
+
+/// Where a path of the staged root came from, when nothing recorded it (a file added
+/// after staging).
+pub const ADDED_BY_MICROVM: &str = "microvm";
+
+impl StagedRoot {
+    /// Every path of the staged tree (`/`-rooted, sorted) with the source that wrote it
+    /// last. A directory no source wrote itself (a missing parent, created implicitly)
+    /// is credited to the source of its first entry.
+    pub fn manifest(&self) -> Result<Vec<(PathBuf, String)>, RootfsError> {
+        let mut out = Vec::new();
+        self.manifest_dir(&self.root, Path::new(""), &mut out)?;
+        Ok(out)
+    }
+
+    /// Walks `dir` (at `rel`), appending its entries; returns the label index of its
+    /// first entry, for an unrecorded parent.
+    fn manifest_dir(
+        &self,
+        dir: &Path,
+        rel: &Path,
+        out: &mut Vec<(PathBuf, String)>,
+    ) -> Result<Option<usize>, RootfsError> {
+        let mut names: Vec<_> = fs::read_dir(dir)
+            .map_err(|e| fsops::io("listing", dir, e))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| fsops::io("listing", dir, e))?;
+        names.sort();
+        let mut first = None;
+        for name in names {
+            let path = dir.join(&name);
+            let rel = rel.join(&name);
+            let slot = out.len();
+            out.push((Path::new("/").join(&rel), String::new()));
+            let is_dir = fs::symlink_metadata(&path)
+                .map_err(|e| fsops::io("reading", &path, e))?
+                .is_dir();
+            let below = if is_dir {
+                self.manifest_dir(&path, &rel, out)?
+            } else {
+                None
+            };
+            let origin = self.origins.get(&rel).copied().or(below);
+            out[slot].1 = origin
+                .and_then(|i| self.labels.get(i))
+                .map_or(ADDED_BY_MICROVM.to_owned(), Clone::clone);
+            first = first.or(origin);
+        }
+        Ok(first)
+    }
+
+    /// Writes [`Self::manifest`] to `out`: one `PATH<TAB>SOURCE` line each, with
+    /// backslash, tab and newline in paths escaped (`\\`, `\t`, `\n`).
+    pub fn write_manifest(&self, out: &Path) -> Result<(), RootfsError> {
+        let mut text = String::new();
+        for (path, label) in self.manifest()? {
+            let shown = path
+                .to_string_lossy()
+                .replace('\\', "\\\\")
+                .replace('\t', "\\t")
+                .replace('\n', "\\n");
+            text.push_str(&shown);
+            text.push('\t');
+            text.push_str(&label);
+            text.push('\n');
+        }
+        fs::write(out, text).map_err(|e| fsops::io("writing", out, e))
+    }
 }
 
 impl StagedRoot {

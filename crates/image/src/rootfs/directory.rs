@@ -23,7 +23,7 @@ pub fn apply(src: &Path, stage: &mut Stage) -> Result<(), RootfsError> {
 }
 
 /// Copies the entries of `src` into `dst` (a real directory inside the staging root).
-fn copy_dir(
+pub(super) fn copy_dir(
     src: &Path,
     dst: &Path,
     stage: &mut Stage,
@@ -57,6 +57,7 @@ fn copy_dir(
             if meta.nlink() > 1 {
                 if let Some(first) = links.get(&key) {
                     fs::hard_link(first, &to).map_err(|e| fsops::io("hard linking", &to, e))?;
+                    stage.record(&to);
                     continue;
                 }
                 links.insert(key, to.clone());
@@ -81,6 +82,7 @@ fn copy_dir(
             }
             fsops::set_owner_mode(&to, owner, Some(mode))?;
         }
+        stage.record(&to);
         let failed = fsops::copy_xattrs(&from, &to);
         if !failed.is_empty() {
             stage.skip(&to, format!("xattrs not copied: {}", failed.join(", ")));

@@ -93,6 +93,7 @@ pub fn apply(tarball: &Path, stage: &mut Stage) -> Result<(), RootfsError> {
         };
         if let Some(special) = special {
             make_special(&mut entry, &dest, special, stage).map_err(|e| tar_err(&shown, e))?;
+            stage.record(&dest);
             continue;
         }
         let inside = entry
@@ -104,13 +105,14 @@ pub fn apply(tarball: &Path, stage: &mut Stage) -> Result<(), RootfsError> {
                 entry: shown,
             });
         }
+        stage.record(&dest);
     }
     Ok(())
 }
 
 /// tar-rs writes device nodes and fifos as empty regular files; make the real thing,
 /// or record that it was skipped (device nodes need root).
-fn make_special<R: Read>(
+pub(super) fn make_special<R: Read>(
     entry: &mut tar::Entry<'_, R>,
     dest: &Path,
     kind: Special,
@@ -142,7 +144,7 @@ fn make_special<R: Read>(
     fsops::set_owner_mode(dest, owner, Some(mode)).map_err(std::io::Error::other)
 }
 
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+pub(super) fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..])? {
