@@ -58,6 +58,9 @@ fn report(name: &str, p: &Progress) {
         Progress::ShutdownRequested { method } => eprintln!("microvm: {name}: shutting down ({method})"),
         Progress::ShutdownFallback { error } => eprintln!("microvm: {name}: graceful shutdown failed ({error}); sending SIGTERM"),
         Progress::Killed => eprintln!("microvm: {name}: the hypervisor did not stop in time and was killed"),
+        Progress::HelperExited { name: helper, status } => eprintln!("microvm: {name}: {helper} exited ({status}); restarting it"),
+        Progress::HelperRestarted { name: helper, pid } => eprintln!("microvm: {name}: {helper} restarted (pid {pid})"),
+        Progress::HelperFailed { error, .. } => eprintln!("microvm: {name}: {error}; stopping the VM"),
         Progress::HelperStarted { .. } | Progress::HypervisorStarted { .. } | Progress::ChannelNoise(_) => {}
     }
 }
