@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# Benchmarks of microvm against baselines measured in the same run (median of RUNS runs).
+# See docs/benchmarks.md for the method and the last results.
+#
+#   scripts/bench.sh [RUNS]          # default RUNS=5
+#   MICROVM=/path/to/microvm scripts/bench.sh
+#
+# Needs: the hello example's inputs (target/test-kernels/cloud.deb, busybox-static),
+# qemu-system-x86_64, mkfs.erofs, mksquashfs, socat, cpio, gzip. Prints a Markdown table.
+set -euo pipefail
+
+RUNS=${1:-${RUNS:-5}}
+repo=$(cd "$(dirname "$0")/.." && pwd)
+bin=${MICROVM:-$repo/target/release/microvm}
+kernel_deb=$repo/target/test-kernels/cloud.deb
+
+for tool in qemu-system-x86_64 mkfs.erofs mksquashfs socat cpio gzip; do
+  command -v "$tool" >/dev/null || { echo "bench: $tool is not installed" >&2; exit 1; }
+done
+[ -f "$kernel_deb" ] || { echo "bench: $kernel_deb missing (scripts/fetch-test-kernels.sh)" >&2; exit 1; }
+if [ -z "${MICROVM:-}" ]; then
+  (cd "$repo" && cargo build --release -q -p microvm-cli)
+fi
+bash "$repo/examples/hello/make-root.sh"
+
+T=$(mktemp -d /tmp/microvm-bench.XXXXXX)
+[ -n "${KEEP:-}" ] || trap 'rm -rf "$T"' EXIT
+log() { echo "bench: $*" >&2; }
+
+# --- helpers ------------------------------------------------------------------------------
+now() { echo "$EPOCHREALTIME"; }
+sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
+median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { printf "%.3f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+ms() { awk -v a="$1" 'BEGIN { printf "%.0f", a * 1000 }'; }
+declare -A S # S[key]="v1 v2 …": samples
+add() { S[$1]="${S[$1]:-} $2"; }
+med() { echo "${S[$1]:-}" | median; }
+
+# A private copy of the hello example with absolute inputs, one file per disk type.
+mkdir -p "$T/vm" "$T/work" "$T/wrap"
+cp -a "$repo/examples/hello/root" "$T/vm/root"
+for type in erofs squashfs; do
+  sed -e "s|^kernel = .*|kernel = \"$kernel_deb\"|" \
+      -e "s|^mem = .*|&\nstoreDiskType = \"$type\"|" \
+      "$repo/examples/hello/vm.toml" > "$T/vm/$type.toml"
+done
+vm=$T/vm/erofs.toml
+
+# mkfs wrappers on PATH: record the argv microvm uses and how long the tool itself takes.
+for tool in mkfs.erofs mksquashfs; do
+  real=$(command -v "$tool")
+  cat > "$T/wrap/$tool" <<EOF
+#!/usr/bin/env bash
+[ \$# -lt 3 ] && exec $real "\$@"
+printf '%q ' "\$@" > $T/argv.$tool
+s=\$EPOCHREALTIME; $real "\$@"; rc=\$?; e=\$EPOCHREALTIME
+awk -v a=\$e -v b=\$s 'BEGIN { printf "%.3f\n", a - b }' > $T/secs.$tool
+exit \$rc
+EOF
+  chmod +x "$T/wrap/$tool"
+done
+export PATH="$T/wrap:$PATH"
+
+# --- 1. boot to ready: microvm run vs the runner's own qemu argv ---------------------------
+# Both sides: host time from spawn until the console shows `microvm-init: ready`, and until
+# the process exits (the guest command ended and qemu quit). The bare side also needs a
+# reader on the control socket, as microvm has: the guest init blocks on its READY write
+# until the host end is connected.
+boot() { # KEY COMMAND... (runs in $T/work)
+  local key=$1 t0 t1 ready="" started="" uready="" line rc
+  shift
+  t0=$(now)
+  while IFS= read -r line; do
+    line=${line%$'\r'}
+    case $line in
+      *"microvm-init "*": started at "*) started=${line##*started at }; started=${started%% s*} ;;
+      *"microvm-init: ready at "*)
+        ready=$(now); uready=${line##*ready at }; uready=${uready%% s*} ;;
+    esac
+  done < <(cd "$T/work" && if "$@" 2>&1 </dev/null; then echo rc=0 >"$T/rc"; else echo "rc=$?" >"$T/rc"; fi)
+  t1=$(now)
+  rc=$(cat "$T/rc")
+  if [ "$rc" != rc=0 ] || [ -z "$ready" ]; then
+    log "$key: $* failed ($rc, ready=${ready:-never})"; return 1
+  fi
+  add "$key.ready" "$(sub "$ready" "$t0")"
+  add "$key.wall" "$(sub "$t1" "$t0")"
+  add "$key.gstart" "$started"
+  add "$key.gready" "$uready"
+  add "$key.ginit" "$(sub "$uready" "$started")"
+}
+bare() { # the exact argv of bin/microvm-run, with a control-socket reader
+  local inv=$runner/share/microvm/invocation.json
+  mapfile -t argv < <(jq -r '.program, .args[]' "$inv")
+  rm -f hello-ctl.sock
+  socat -u UNIX-CONNECT:hello-ctl.sock,retry=1000,interval=0.01 OPEN:/dev/null &
+  local reader=$!
+  "${argv[@]}"
+  local rc=$?
+  wait "$reader" 2>/dev/null || true
+  return $rc
+}
+
+log "building $vm"
+runner=$("$bin" build "$vm" --store "$T/store")
+"$bin" run "$vm" --store "$T/store" --workdir "$T/work" >/dev/null 2>&1 # warm-up; creates the volume
+vmlinux=$(jq -r '.args as $a | $a[($a | index("-kernel")) + 1]' "$runner/share/microvm/invocation.json")
+append=$(jq -r '.args as $a | $a[($a | index("-append")) + 1]' "$runner/share/microvm/invocation.json")
+tsc=$(grep -o 'tsc_early_khz=[0-9]*' <<<"$append" || true)
+
+# Floor: the qemu-tcg-notes baseline, a busybox initramfs that prints READY and powers off.
+mkdir -p "$T/tiny/bin" "$T/tiny/proc" "$T/tiny/dev"
+cp "$T/vm/root/bin/busybox" "$T/tiny/bin/busybox"
+printf '#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n/bin/busybox echo "microvm-init 0: started at 0 s"\n/bin/busybox echo "microvm-init: ready at $(/bin/busybox cut -d" " -f1 /proc/uptime) s"\n/bin/busybox poweroff -f\n' > "$T/tiny/init"
+chmod +x "$T/tiny/init"
+(cd "$T/tiny" && find . | cpio -o -H newc --quiet | gzip -1) > "$T/tiny.cpio.gz"
+sz=$(stat -c %s "$T/tiny.cpio.gz"); head -c $(( (64 - sz % 4096 + 4096) % 4096 )) /dev/zero >> "$T/tiny.cpio.gz"
+tiny() {
+  qemu-system-x86_64 -accel tcg -M microvm,pic=off,pit=off -m 256 -smp 1 -nodefaults -no-user-config \
+    -display none -serial stdio -kernel "$vmlinux" -initrd "$T/tiny.cpio.gz" -append "console=ttyS0 quiet $tsc"
+}
+
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+for i in $(seq "$RUNS"); do
+  log "boot round $i/$RUNS (load $(cut -d' ' -f1 /proc/loadavg))"
+  boot run "$bin" run "$vm" --store "$T/store" --workdir "$T/work"
+  boot bare bare
+  boot tiny tiny
+done
+
+# --- 2. no-op rebuild ---------------------------------------------------------------------
+timeit() { # KEY COMMAND...
+  local key=$1 t0; shift
+  t0=$(now); "$@" >/dev/null 2>&1; add "$key" "$(sub "$(now)" "$t0")"
+}
+for i in $(seq "$RUNS"); do
+  timeit noop "$bin" build "$vm" --store "$T/store"
+  timeit check "$bin" check "$vm"
+  timeit true true
+done
+
+# --- 3. root disk: microvm's build vs mkfs on the same tree with the same flags ------------
+# first: a fresh store (kernel extraction, initrd, disk, runner); rebuild: only the root tree
+# changed (a stamp file), so only the disk (and the runner) are rebuilt; mkfs: the tool
+# inside microvm's build; direct: the same argv run by hand on the source tree.
+for i in $(seq "$RUNS"); do
+  for type in erofs squashfs; do
+    tool=mkfs.erofs; [ $type = squashfs ] && tool=mksquashfs
+    rm -rf "$T/fresh"
+    timeit "$type.first" "$bin" build "$T/vm/$type.toml" --store "$T/fresh"
+    echo "$i $type $RANDOM" > "$T/vm/root/etc/bench-stamp"
+    timeit "$type.rebuild" "$bin" build "$T/vm/$type.toml" --store "$T/fresh"
+    add "$type.inside" "$(cat "$T/secs.$tool")"
+    eval "args=($(cat "$T/argv.$tool"))"
+    if [ $type = erofs ]; then # mkfs.erofs FLAGS… OUT TREE
+      direct=("${args[@]:0:${#args[@]}-2}" "$T/direct.img" "$T/vm/root")
+    else # mksquashfs TREE OUT FLAGS…
+      direct=("$T/vm/root" "$T/direct.img" "${args[@]:2}")
+    fi
+    rm -f "$T/direct.img"
+    timeit "$type.direct" "$(command -v $tool)" "${direct[@]}"
+    [ -s "$T/direct.img" ] || { log "direct $tool failed: ${direct[*]}"; exit 1; }
+    echo "${direct[*]}" > "$T/direct-argv.$type"
+  done
+done
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# --- 4. sizes -----------------------------------------------------------------------------
+initrd=$(jq -r '.args as $a | $a[($a | index("-initrd")) + 1]' "$runner/share/microvm/invocation.json")
+mkdir -p "$T/ird" && (cd "$T/ird" && gzip -dc "$initrd" | cpio -id --quiet 2>/dev/null || true)
+initrd_size=$(stat -c %s "$initrd")
+initrd_raw=$(gzip -dc "$initrd" 2>/dev/null | wc -c || true)
+init_size=$(stat -c %s "$T/ird/init")
+modules_size=$(du -cb "$T/ird"/microvm/modules/*.ko | tail -1 | cut -f1)
+nmod=$(ls "$T/ird"/microvm/modules/*.ko | wc -l)
+
+# --- report -------------------------------------------------------------------------------
+row() { printf '| %s | %s | %s | %s |\n' "$@"; }
+echo
+echo "Date: $(date -u +%Y-%m-%dT%H:%MZ); $("$bin" --version) at $bin${MICROVM:+ (external binary)}; repo $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?')"
+echo "Host: $(nproc) CPUs, $(uname -r); $(qemu-system-x86_64 --version | head -1); erofs-utils $(dpkg-query -W -f '${Version}' erofs-utils 2>/dev/null || echo '?'); $(mksquashfs -version 2>&1 | head -1)"
+echo "Load average (1/5/15 min): $load_before before, $load_after after; $RUNS runs, medians"
+echo
+row "Measurement" "microvm" "baseline" "ratio"
+row "---" "---" "---" "---"
+row "boot: spawn → console \`ready\` (s)" "$(med run.ready)" "$(med bare.ready) (bare qemu, same argv)" "$(ratio "$(med run.ready)" "$(med bare.ready)")"
+row "boot: whole run, spawn → exit (s)" "$(med run.wall)" "$(med bare.wall)" "$(ratio "$(med run.wall)" "$(med bare.wall)")"
+row "floor: tiny busybox initramfs, spawn → READY / exit (s)" "–" "$(med tiny.ready) / $(med tiny.wall)" "$(ratio "$(med bare.ready)" "$(med tiny.ready)") (bare/tiny ready)"
+row "guest uptime at init start / READY (s), microvm run" "$(med run.gstart) / $(med run.gready)" "$(med bare.gstart) / $(med bare.gready) (bare)" "–"
+row "guest init: start → READY (s)" "$(med run.ginit)" "$(med bare.ginit) (bare)" "–"
+row "no-op \`microvm build\` (ms)" "$(ms "$(med noop)")" "$(ms "$(med check)") (\`microvm check\`), $(ms "$(med true)") (\`true\`)" "$(ratio "$(med noop)" "$(med check)")"
+for type in erofs squashfs; do
+  row "$type: first build, fresh store (s)" "$(med $type.first)" "–" "–"
+  row "$type: rebuild after a root change (s)" "$(med $type.rebuild)" "$(med noop) (no-op build)" "$(ratio "$(med $type.rebuild)" "$(med noop)")"
+  row "$type: the mkfs step inside that rebuild (s)" "$(med $type.inside)" "$(med $type.direct) (direct, same flags)" "$(ratio "$(med $type.inside)" "$(med $type.direct)")"
+done
+row "initrd size (gzip / raw)" "$initrd_size B / $initrd_raw B" "–" "–"
+row "guest init binary (/init) / $nmod modules" "$init_size B / $modules_size B" "–" "–"
+echo
+echo "mkfs argv (direct): $(cat "$T/direct-argv.erofs" | sed "s|$T|\$T|g")"
+echo "mksquashfs argv (direct): $(cat "$T/direct-argv.squashfs" | sed "s|$T|\$T|g")"
+if [ -n "${VERBOSE:-}" ]; then for k in "${!S[@]}"; do echo "$k:${S[$k]}"; done | sort; fi
