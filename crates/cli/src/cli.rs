@@ -215,6 +215,19 @@ pub struct HostApplyArgs {
 pub struct SuperviseArgs {
     /// The VM.
     pub name: String,
+    /// The user the hypervisor runs as when started as root (`root`: no change).
+    #[arg(long, env = "MICROVM_USER", default_value = "microvm")]
+    pub user: String,
+    /// Start the VM again after it ended: no, on-failure, always (like systemd's Restart=;
+    /// under systemd leave it at `no` and let the unit restart).
+    #[arg(long, default_value = "no", value_name = "POLICY")]
+    pub restart: String,
+    /// Seconds a graceful shutdown may take before the hypervisor is killed.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub shutdown_timeout: u64,
+    /// Seconds the guest may take to report ready before the start counts as failed.
+    #[arg(long, default_value_t = 150, value_name = "SECONDS")]
+    pub ready_timeout: u64,
 }
 
 #[derive(Debug, clap::Args)]

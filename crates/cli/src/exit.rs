@@ -41,6 +41,20 @@ impl std::fmt::Display for Unsupported {
 
 impl std::error::Error for Unsupported {}
 
+/// A bad command-line value found after parsing (exit code 2, like clap's own errors).
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+pub const USAGE: i32 = 2;
+
 /// Prints an error chain once (`error: outer: cause: root cause`) and returns its code.
 pub fn report(err: &anyhow::Error) -> i32 {
     if let Some(Reported(code)) = err.downcast_ref::<Reported>() {
@@ -48,15 +62,13 @@ pub fn report(err: &anyhow::Error) -> i32 {
     }
     let chain: Vec<String> = err.chain().map(ToString::to_string).collect();
     eprintln!("error: {}", chain.join(": "));
-    if err
-        .chain()
-        .any(|e| e.downcast_ref::<Unsupported>().is_some())
-    {
-        UNSUPPORTED
-    } else if err
-        .chain()
-        .any(|e| e.downcast_ref::<microvm_runner::PlanError>().is_some())
-    {
+    let unsupported = |e: &(dyn std::error::Error + 'static)| {
+        e.downcast_ref::<Unsupported>().is_some()
+            || e.downcast_ref::<microvm_runner::PlanError>().is_some()
+    };
+    if err.chain().any(|e| e.downcast_ref::<Usage>().is_some()) {
+        USAGE
+    } else if err.chain().any(unsupported) {
         UNSUPPORTED
     } else {
         FAILURE

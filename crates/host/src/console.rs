@@ -97,6 +97,28 @@ impl RotatingLog {
     }
 }
 
+/// A path to `socket` that fits in `sockaddr_un` (108 bytes): the path itself when short
+/// enough, else `/proc/self/fd/N/NAME` through an open handle on its directory (kept
+/// alive by the returned file).
+pub fn short_socket_path(socket: &Path) -> io::Result<(Option<File>, PathBuf)> {
+    if socket.as_os_str().len() < 100 {
+        return Ok((None, socket.to_path_buf()));
+    }
+    let (Some(parent), Some(name)) = (socket.parent(), socket.file_name()) else {
+        return Ok((None, socket.to_path_buf()));
+    };
+    let dir = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(parent)?;
+    let short = PathBuf::from(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&dir)
+    ))
+    .join(name);
+    Ok((Some(dir), short))
+}
+
 /// Where [`ConsoleServer`] writes and listens.
 #[derive(Debug, Clone)]
 pub struct ConsoleConfig {
@@ -123,7 +145,8 @@ impl ConsoleServer {
         use std::os::unix::fs::PermissionsExt;
         let mut log = RotatingLog::open(&cfg.log, cfg.log_limit)?;
         let _ = fs::remove_file(&cfg.socket);
-        let listener = UnixListener::bind(&cfg.socket)?;
+        let (_dir, short) = short_socket_path(&cfg.socket)?;
+        let listener = UnixListener::bind(&short)?;
         match cfg.socket_owner {
             Some((uid, gid)) => {
                 std::os::unix::fs::chown(&cfg.socket, Some(uid), Some(gid))?;
@@ -237,7 +260,8 @@ pub enum Detach {
 /// Attaches the terminal to a console socket until Ctrl-] or until the VM's console
 /// closes. When stdin is a terminal it is put into raw mode and restored afterwards.
 pub fn attach(socket: &Path) -> io::Result<Detach> {
-    let stream = UnixStream::connect(socket)?;
+    let (_dir, short) = short_socket_path(socket)?;
+    let stream = UnixStream::connect(&short)?;
     let stdin = io::stdin();
     let _raw = RawMode::enter(stdin.as_fd());
     pump(stdin.as_fd(), &stream, &mut io::stdout())
@@ -334,6 +358,19 @@ mod tests {
         let mut log = RotatingLog::open(&path, 10).expect("reopen appends");
         log.write(b"ef").expect("w");
         assert_eq!(fs::read(&path).expect("r"), b"abcdef");
+    }
+
+    #[test]
+    fn long_socket_paths_bind_through_the_directory_handle() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let deep = dir.path().join("d".repeat(60)).join("e".repeat(60));
+        fs::create_dir_all(&deep).expect("mkdir");
+        let sock = deep.join("console.sock");
+        let (_d, short) = short_socket_path(&sock).expect("short");
+        let _l = UnixListener::bind(&short).expect("bind");
+        assert!(sock.exists());
+        let (_d2, short2) = short_socket_path(&sock).expect("short");
+        UnixStream::connect(&short2).expect("connect");
     }
 
     #[test]

@@ -14,9 +14,11 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+mod cache;
 mod guest;
 mod tsc;
 
+pub use cache::probe_cached;
 pub use tsc::{tsc_khz, tsc_khz_from};
 
 /// The result of [`probe`].

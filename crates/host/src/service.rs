@@ -10,6 +10,6 @@ pub mod pci;
 pub mod record;
 
 pub use managed::{
-    load_runner, supervise, ConsoleMode, ManagedOptions, RestartMode, RestartPolicy, Runner,
-    ServiceError,
+    forward_signals, load_runner, supervise, ConsoleMode, ManagedOptions, RestartMode,
+    RestartPolicy, Runner, ServiceError,
 };

@@ -1,11 +1,10 @@
 //! Shared by the verbs: loading a definition (printing its diagnostics) and host facts.
 
-use anyhow::anyhow;
 use microvm_spec::types::{Hypervisor, VmName};
 use microvm_spec::{LoadOptions, Loaded};
 
 use crate::cli::DefinitionArgs;
-use crate::exit::{Reported, INVALID};
+use crate::exit::{Reported, Usage, INVALID};
 
 /// Loads the definition; on failure prints every diagnostic and fails with exit code 3.
 /// Warnings are printed to stderr unless `quiet`.
@@ -13,7 +12,10 @@ pub fn load(def: &DefinitionArgs, quiet: bool) -> anyhow::Result<Loaded> {
     let name = def
         .name
         .as_deref()
-        .map(|n| n.parse::<VmName>().map_err(|e| anyhow!("--name: {e}")))
+        .map(|n| {
+            n.parse::<VmName>()
+                .map_err(|e| anyhow::Error::new(Usage(format!("--name: {e}"))))
+        })
         .transpose()?;
     let options = LoadOptions { name, arch: None };
     match microvm_spec::load_with(&def.file, &options) {
@@ -36,7 +38,7 @@ pub fn load(def: &DefinitionArgs, quiet: bool) -> anyhow::Result<Loaded> {
 pub fn parse_hypervisor(name: Option<&str>) -> anyhow::Result<Option<Hypervisor>> {
     name.map(|n| {
         n.parse::<Hypervisor>()
-            .map_err(|e| anyhow!("--hypervisor: {e}"))
+            .map_err(|e| anyhow::Error::new(Usage(format!("--hypervisor: {e}"))))
     })
     .transpose()
 }
@@ -49,15 +51,53 @@ pub fn host_facts() -> anyhow::Result<microvm_runner::HostFacts> {
 /// The host facts, and the KVM probe they came from (for its reason).
 pub fn probe_host() -> (microvm_runner::HostFacts, microvm_host::kvm::KvmProbe) {
     let nproc = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    let kvm = microvm_host::kvm::probe();
+    let kvm = microvm_host::kvm::probe_cached(&kvm_cache_file());
     let facts = microvm_runner::HostFacts {
         nproc,
-        is_root: is_root(),
+        // Only consumer: virtiofsd's `--rlimit-nofile 1048576`, which root without
+        // CAP_SYS_RESOURCE (a container) cannot set: virtiofsd would exit at start.
+        is_root: std::env::var_os("MICROVM_ASSUME_ROOT").is_some()
+            || (is_root() && can_raise_nofile()),
         kvm: kvm.status.is_usable(),
         tsc_khz: microvm_host::kvm::tsc_khz(),
         versions: Vec::new(),
     };
     (facts, kvm)
+}
+
+/// Whether this process may raise its open-files limit to 1048576 (virtiofsd's
+/// `--rlimit-nofile`): the hard limit allows it already, or it has CAP_SYS_RESOURCE.
+fn can_raise_nofile() -> bool {
+    const WANTED: u64 = 1_048_576;
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let hard_ok = std::fs::read_to_string("/proc/self/limits").is_ok_and(|limits| {
+        limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(4).map(str::to_owned))
+            .is_some_and(|hard| {
+                hard == "unlimited" || hard.parse::<u64>().is_ok_and(|h| h >= WANTED)
+            })
+    });
+    let has_cap = std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+    });
+    hard_ok || has_cap
+}
+
+/// Where the KVM probe's verdict is kept for the rest of this boot: `/run/microvm` as
+/// root, `$XDG_RUNTIME_DIR/microvm` otherwise (both are cleared at reboot).
+fn kvm_cache_file() -> std::path::PathBuf {
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !is_root() => std::path::PathBuf::from(d).join("microvm"),
+        _ if is_root() => std::path::PathBuf::from("/run/microvm"),
+        _ => std::env::temp_dir().join(format!("microvm-{}", std::process::id())),
+    };
+    dir.join("kvm-probe.json")
 }
 
 /// Whether microvm runs as root.

@@ -12,7 +12,12 @@ use microvm_spec::config::Config;
 use super::{build, common};
 use crate::cli::RunArgs;
 
-pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
+pub fn run(args: &RunArgs, state_dir: &Path) -> anyhow::Result<i32> {
+    // `microvm run NAME`: a managed VM, supervised in the foreground like the service.
+    let timeout = Duration::from_secs(args.shutdown_timeout);
+    if let Some(result) = super::service::run_managed(state_dir, &args.def.file, timeout) {
+        return result;
+    }
     let loaded = common::load(&args.def, false)?;
     let config = &loaded.config;
     let store = build::open_store(args.store.as_deref())?;

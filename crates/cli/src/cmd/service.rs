@@ -1,34 +1,102 @@
-//! Running managed VMs as services: start, stop, restart, shutdown, status, logs,
-//! console, the supervisor, and `host install`. (Being written.)
+//! Running managed VMs as services: `start`, `stop`, `restart`, `shutdown`, `status`,
+//! `logs`, `console`, the hidden `supervise`, and `host install`. See docs/host.md.
+//!
+//! With systemd as PID 1 (`/run/systemd/system` exists) start/stop/restart go through
+//! `systemctl … microvm@NAME`; otherwise microvm is its own service manager: `start`
+//! runs `microvm supervise NAME --restart on-failure` detached (own session, output to
+//! `supervisor.log`) and waits until the guest is ready. `MICROVM_SERVICE_MANAGER=own`
+//! or `=systemd` overrides the detection.
+//!
+//! [`start_one`], [`stop_one`] and [`restart_one`] take the VM's lock themselves; call
+//! them without holding it.
+
+mod control;
+mod install;
+mod show;
+mod supervise;
 
 use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use microvm_host::state::{StateDir, VmDir};
+use microvm_spec::types::VmName;
 
 use crate::cli::{HostInstallArgs, LogsArgs, NameArgs, NamesArgs, SuperviseArgs};
+use crate::exit::{FAILURE, OK};
 
-pub fn start(_state: &Path, _args: &NamesArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("`microvm start` is not available yet")
+pub use control::{restart_one, shutdown_one, start_one, stop_one};
+pub use supervise::run_managed;
+
+/// How long `start` waits for the guest to be ready (the unit's TimeoutStartSec).
+pub const START_TIMEOUT: Duration = Duration::from_secs(150);
+
+fn vm_dir(state_root: &Path, name: &str) -> anyhow::Result<(StateDir, VmName, VmDir)> {
+    let name: VmName = name
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{name:?} is not a VM name: {e}"))?;
+    let state = StateDir::new(state_root);
+    let vm = state.vm(&name);
+    vm.require()
+        .with_context(|| format!("no managed VM {name} in {}", state_root.display()))?;
+    Ok((state, name, vm))
 }
-pub fn stop(_state: &Path, _args: &NamesArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("`microvm stop` is not available yet")
+
+/// Runs `f` for every name; all are tried, the exit code says whether any failed.
+fn each(
+    state_root: &Path,
+    names: &[String],
+    mut f: impl FnMut(&StateDir, &VmName) -> anyhow::Result<()>,
+) -> anyhow::Result<i32> {
+    let mut code = OK;
+    for n in names {
+        let result = vm_dir(state_root, n).and_then(|(state, name, _)| f(&state, &name));
+        if let Err(e) = result {
+            crate::exit::report(&e);
+            code = FAILURE;
+        }
+    }
+    Ok(code)
 }
-pub fn restart(_state: &Path, _args: &NamesArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("`microvm restart` is not available yet")
+
+pub fn start(state: &Path, args: &NamesArgs) -> anyhow::Result<i32> {
+    each(state, &args.names, start_one)
 }
-pub fn shutdown(_state: &Path, _args: &NamesArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("`microvm shutdown` is not available yet")
+
+pub fn stop(state: &Path, args: &NamesArgs) -> anyhow::Result<i32> {
+    let t = Duration::from_secs(args.timeout);
+    each(state, &args.names, |s, n| stop_one(s, n, t))
 }
-pub fn status(_state: &Path, _args: &NameArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("`microvm status` is not available yet")
+
+pub fn restart(state: &Path, args: &NamesArgs) -> anyhow::Result<i32> {
+    let t = Duration::from_secs(args.timeout);
+    each(state, &args.names, |s, n| restart_one(s, n, t))
 }
-pub fn logs(_state: &Path, _args: &LogsArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("`microvm logs` is not available yet")
+
+pub fn shutdown(state: &Path, args: &NamesArgs) -> anyhow::Result<i32> {
+    let t = Duration::from_secs(args.timeout);
+    each(state, &args.names, |s, n| shutdown_one(s, n, t))
 }
-pub fn console(_state: &Path, _args: &NameArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("`microvm console` is not available yet")
+
+pub fn status(state: &Path, args: &NameArgs) -> anyhow::Result<i32> {
+    let (_, _, vm) = vm_dir(state, &args.name)?;
+    show::status(&vm, args.json)
 }
-pub fn supervise(_state: &Path, _args: &SuperviseArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("`microvm supervise` is not available yet")
+
+pub fn logs(state: &Path, args: &LogsArgs) -> anyhow::Result<i32> {
+    let (_, _, vm) = vm_dir(state, &args.name)?;
+    show::logs(&vm, args.follow, args.lines)
 }
-pub fn host_install(_state: &Path, _args: &HostInstallArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("`microvm host install` is not available yet")
+
+pub fn console(state: &Path, args: &NameArgs) -> anyhow::Result<i32> {
+    let (_, _, vm) = vm_dir(state, &args.name)?;
+    show::console(&vm)
+}
+
+pub fn supervise(state: &Path, args: &SuperviseArgs) -> anyhow::Result<i32> {
+    supervise::supervise(state, args)
+}
+
+pub fn host_install(state: &Path, args: &HostInstallArgs) -> anyhow::Result<i32> {
+    install::host_install(state, args)
 }

@@ -637,3 +637,17 @@ fn chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+/// Turns SIGINT and SIGTERM into stop requests on `stop` for the rest of the process's
+/// life (the first stops gracefully, the second forces), from a thread of its own.
+pub fn forward_signals(stop: &StopHandle) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    let stop = stop.clone();
+    std::thread::spawn(move || {
+        for _ in signals.forever() {
+            stop.request();
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! `microvm host install`: the systemd units, the `microvm` user and the state directory.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+use microvm_host::privilege;
+use microvm_host::service::detach;
+use microvm_host::state::StateDir;
+use microvm_host::units::{self, UnitOptions};
+
+use crate::cli::HostInstallArgs;
+use crate::exit::OK;
+
+/// The supervisor's default graceful-shutdown timeout (`supervise --shutdown-timeout`).
+const SHUTDOWN_TIMEOUT: u64 = 30;
+
+pub fn host_install(state_root: &Path, args: &HostInstallArgs) -> anyhow::Result<i32> {
+    let state_root = microvm_host::state::absolute(state_root)?;
+    let microvm = std::env::current_exe()
+        .and_then(|p| p.canonicalize())
+        .context("locating the microvm binary")?;
+    let state = StateDir::new(&state_root);
+    let autostart = state.autostart()?.iter().map(|n| n.to_string()).collect();
+    let opts = UnitOptions {
+        microvm,
+        state_dir: state_root.clone(),
+        user: args.user.clone(),
+        startup_timeout: args.startup_timeout,
+        shutdown_timeout: SHUTDOWN_TIMEOUT,
+        restart: args.restart.clone(),
+        autostart,
+    };
+    for p in units::write(&args.unit_dir, &units::render(&opts))
+        .with_context(|| format!("writing units to {}", args.unit_dir.display()))?
+    {
+        println!("wrote {}", p.display());
+    }
+    if args.units_only {
+        return Ok(OK);
+    }
+    if !privilege::is_root() {
+        bail!("creating the user and the state directory needs root (or pass --units-only)");
+    }
+    if privilege::lookup_group(&args.group).is_none() {
+        run("groupadd", &["--system", &args.group])?;
+        println!("created group {}", args.group);
+    }
+    if privilege::lookup_user(&args.user)?.is_none() {
+        let home = state_root.to_string_lossy().into_owned();
+        run(
+            "useradd",
+            &[
+                "--system",
+                "--gid",
+                &args.group,
+                "--home-dir",
+                &home,
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                &args.user,
+            ],
+        )?;
+        println!("created user {} (group {})", args.user, args.group);
+    }
+    let gid = privilege::lookup_group(&args.group).context("group missing after groupadd")?;
+    std::fs::create_dir_all(&state_root)
+        .with_context(|| format!("creating {}", state_root.display()))?;
+    // root-owned: the supervisor runs as root and trusts `current`; group kvm may read.
+    privilege::chown(&state_root, 0, gid)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&state_root, std::fs::Permissions::from_mode(0o775))?;
+    }
+    println!(
+        "state directory {} (root:{} 0775)",
+        state_root.display(),
+        args.group
+    );
+    if detach::systemd_running(Path::new("/")) {
+        run("systemctl", &["daemon-reload"])?;
+        println!("systemd reloaded; enable autostart with `systemctl enable microvms.target`");
+    } else {
+        println!("systemd is not running here: `microvm start NAME` supervises VMs itself");
+    }
+    Ok(OK)
+}
+
+fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}

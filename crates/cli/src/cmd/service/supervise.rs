@@ -1,0 +1,153 @@
+//! `microvm supervise NAME` (what systemd's `microvm@NAME` and `microvm start` run) and
+//! `microvm run NAME` (the same in the foreground, console on the terminal).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use microvm_host::privilege::{self, Credentials};
+use microvm_host::service::{self, ConsoleMode, ManagedOptions, RestartMode, RestartPolicy};
+use microvm_host::state::VmDir;
+use microvm_host::StopHandle;
+use microvm_image::volume::{self, VolumeOutcome, VolumeSpec};
+use serde::Deserialize;
+
+use crate::cli::SuperviseArgs;
+
+pub fn supervise(state_root: &Path, args: &SuperviseArgs) -> anyhow::Result<i32> {
+    let (_, _, vm) = super::vm_dir(state_root, &args.name)?;
+    let mode: RestartMode = args
+        .restart
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
+    run(
+        &vm,
+        &args.user,
+        RestartPolicy::new(mode),
+        ConsoleMode::Pty,
+        Duration::from_secs(args.shutdown_timeout),
+        Duration::from_secs(args.ready_timeout),
+    )
+}
+
+/// `microvm run NAME`: `Some` when `arg` is not a file but names a managed VM.
+pub fn run_managed(
+    state_root: &Path,
+    arg: &Path,
+    shutdown_timeout: Duration,
+) -> Option<anyhow::Result<i32>> {
+    if arg.exists() || arg.components().count() != 1 {
+        return None;
+    }
+    let name: microvm_spec::types::VmName = arg.to_str()?.parse().ok()?;
+    let vm = microvm_host::state::StateDir::new(state_root).vm(&name);
+    if !vm.exists() {
+        return None;
+    }
+    let user = std::env::var("MICROVM_USER").unwrap_or_else(|_| "microvm".into());
+    Some(run(
+        &vm,
+        &user,
+        RestartPolicy::new(RestartMode::No),
+        ConsoleMode::Inherit,
+        shutdown_timeout,
+        Duration::from_secs(150),
+    ))
+}
+
+fn run(
+    vm: &VmDir,
+    user: &str,
+    restart: RestartPolicy,
+    console: ConsoleMode,
+    shutdown_timeout: Duration,
+    ready_timeout: Duration,
+) -> anyhow::Result<i32> {
+    let run_user = privilege::resolve_run_user(Some(user))?;
+    let stop = StopHandle::default();
+    service::forward_signals(&stop).context("installing the SIGINT/SIGTERM handlers")?;
+    let opts = ManagedOptions {
+        run_user,
+        restart,
+        shutdown_timeout,
+        ready_timeout: Some(ready_timeout),
+        net: microvm_host::net::NetHost::system(),
+        console,
+        console_log_limit: microvm_host::console::DEFAULT_LOG_LIMIT,
+        path_var: std::env::var_os("PATH"),
+        stop,
+    };
+    let name = vm.name().to_string();
+    let dir = vm.path().to_path_buf();
+    let mut prepare = |r: &service::Runner, c: Option<&Credentials>| {
+        ensure_volumes(&r.dir, &dir, c).map_err(|e| format!("{e:#}"))
+    };
+    let mut report = |line: &str| eprintln!("{} microvm: {name}: {line}", clock());
+    let code = service::supervise(vm, &opts, &mut prepare, &mut report)?;
+    Ok(code)
+}
+
+/// `HH:MM:SS` (UTC) for log lines.
+fn clock() -> String {
+    let s = microvm_host::state::now() % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// The part of the runner's `config.json` the supervisor needs.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigView {
+    #[serde(default)]
+    volumes: Vec<VolumeView>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VolumeView {
+    image: String,
+    size: Option<u64>,
+    fs_type: String,
+    label: Option<String>,
+    #[serde(default)]
+    mkfs_extra_args: Vec<String>,
+    auto_create: bool,
+}
+
+/// Creates missing volumes (inventory §3.6) in the VM directory and hands every volume
+/// image to the hypervisor's user.
+fn ensure_volumes(
+    runner: &Path,
+    workdir: &Path,
+    owner: Option<&Credentials>,
+) -> anyhow::Result<()> {
+    let path = runner.join("share/microvm/config.json");
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Ok(()); // an adopted runner: its own microvm-run creates volumes
+    };
+    let config: ConfigView =
+        serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))?;
+    for v in &config.volumes {
+        let image = if Path::new(&v.image).is_absolute() {
+            PathBuf::from(&v.image)
+        } else {
+            workdir.join(&v.image)
+        };
+        let spec = VolumeSpec {
+            image: image.clone(),
+            size_mib: v.size,
+            fs_type: v.fs_type.clone(),
+            label: v.label.clone(),
+            mkfs_extra_args: v.mkfs_extra_args.clone(),
+            auto_create: v.auto_create,
+        };
+        let outcome =
+            volume::ensure_volume(&spec).with_context(|| format!("volume {}", v.image))?;
+        if let VolumeOutcome::Created { .. } = outcome {
+            eprintln!("microvm: created volume {}", image.display());
+        }
+        if let (Some(c), true) = (owner, image.is_file()) {
+            privilege::chown(&image, c.uid, c.gid)?;
+        }
+    }
+    Ok(())
+}
