@@ -131,6 +131,30 @@ impl Helpers {
     }
 }
 
+/// The helper's arguments as this host can take them: a `--socket-group=G` whose group
+/// does not exist here (hosts without udev have no `kvm` group) is left out with a
+/// warning, rather than virtiofsd refusing to start.
+fn host_args(args: &[String]) -> Vec<String> {
+    args.iter()
+        .filter(|a| match a.strip_prefix("--socket-group=") {
+            Some(group) if !group_exists(group) => {
+                eprintln!(
+                    "microvm: warning: group {group} does not exist on this host; the helper's socket keeps the supervisor's group ({a} left out; `groupadd --system {group}` or `microvm host install` creates it)"
+                );
+                false
+            }
+            _ => true,
+        })
+        .cloned()
+        .collect()
+}
+
+fn group_exists(group: &str) -> bool {
+    std::fs::read_to_string("/etc/group")
+        .map(|t| t.lines().any(|l| l.split(':').next() == Some(group)))
+        .unwrap_or(true)
+}
+
 /// Starts one helper and waits for its socket. With [`RunOptions::credentials`], the
 /// socket is then handed to that user (mode 0660) so the hypervisor can connect.
 fn start_one(
@@ -141,7 +165,7 @@ fn start_one(
 ) -> Result<Supervised, RunError> {
     let mut cmd = Command::new(path);
     cmd.arg0(&h.program)
-        .args(&h.args)
+        .args(host_args(&h.args))
         .current_dir(&opts.workdir);
     cmd.stdin(Stdio::null()).stdout(Stdio::null());
     super::run::apply_umask(&mut cmd, opts.umask);
