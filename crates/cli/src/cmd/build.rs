@@ -33,10 +33,10 @@ struct Report<'a> {
     seconds: f64,
 }
 
-pub fn run(args: &BuildArgs) -> anyhow::Result<i32> {
+pub fn run(args: &BuildArgs, state_dir: &Path) -> anyhow::Result<i32> {
     let loaded = common::load(&args.def, false)?;
     let start = Instant::now();
-    let store = open_store(args.store.as_deref())?;
+    let store = open_store(args.store.as_deref(), state_dir)?;
     let host = common::host_facts()?;
     let runner = build_runner(&loaded, &store, &host)?;
     if args.json {
@@ -55,13 +55,14 @@ pub fn run(args: &BuildArgs) -> anyhow::Result<i32> {
     Ok(OK)
 }
 
-/// The store: `--store`, `$MICROVM_STORE`, `/var/lib/microvms/.store` as root, else
-/// `$XDG_CACHE_HOME/microvm/store` (or `~/.cache/microvm/store`).
-pub fn open_store(flag: Option<&Path>) -> anyhow::Result<Store> {
+/// The store: `--store`, `$MICROVM_STORE`, `<state-dir>/.store` as root (the store of
+/// managed VMs, `/var/lib/microvms/.store` by default), else `$XDG_CACHE_HOME/microvm/store`
+/// (or `~/.cache/microvm/store`).
+pub fn open_store(flag: Option<&Path>, state_dir: &Path) -> anyhow::Result<Store> {
     let root = match (flag, std::env::var_os("MICROVM_STORE")) {
         (Some(p), _) => p.to_path_buf(),
         (None, Some(p)) => PathBuf::from(p),
-        (None, None) if common::is_root() => PathBuf::from("/var/lib/microvms/.store"),
+        (None, None) if common::is_root() => state_dir.join(".store"),
         (None, None) => {
             let cache = std::env::var_os("XDG_CACHE_HOME")
                 .map(PathBuf::from)

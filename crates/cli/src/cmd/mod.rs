@@ -15,7 +15,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Check(args) => check::run(&args),
         Command::Plan(args) => plan::run(&args),
-        Command::Build(args) => build::run(&args),
+        Command::Build(args) => build::run(&args, &cli.state_dir),
         Command::Run(args) => run::run(&args, &cli.state_dir),
         Command::Generate(args) => generate::run(&args),
         Command::Create(args) => manage::create(&cli.state_dir, &args),

@@ -20,7 +20,7 @@ pub fn run(args: &RunArgs, state_dir: &Path) -> anyhow::Result<i32> {
     }
     let loaded = common::load(&args.def, false)?;
     let config = &loaded.config;
-    let store = build::open_store(args.store.as_deref())?;
+    let store = build::open_store(args.store.as_deref(), state_dir)?;
     let (host, kvm) = common::probe_host();
     if !host.kvm {
         if let microvm_host::kvm::KvmStatus::Unusable { reason } = &kvm.status {
