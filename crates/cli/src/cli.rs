@@ -281,6 +281,10 @@ pub struct BuildArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Print every path of the guest root with the `[[root]]` source (or OCI layer) it
+    /// came from, last writer wins (`PATH<TAB>SOURCE` lines; with --json, a `root` list).
+    #[arg(long)]
+    pub list_root: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -31,6 +31,31 @@ struct Report<'a> {
     initrd: &'a Path,
     store_disk: Option<&'a Path>,
     seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    root: Option<Vec<RootEntry>>,
+}
+
+#[derive(Serialize)]
+struct RootEntry {
+    path: String,
+    source: String,
+}
+
+/// The `--list-root` manifest stored beside the root disk, as (path, source) pairs.
+fn root_manifest(built: &Built) -> anyhow::Result<Vec<RootEntry>> {
+    let path = built.root_manifest.as_ref().context(
+        "--list-root needs a root disk that microvm builds (not a prebuilt `storeDisk`, nor `storeOnDisk = false`)",
+    )?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the root manifest {}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(p, s)| RootEntry {
+            path: p.to_owned(),
+            source: s.to_owned(),
+        })
+        .collect())
 }
 
 pub fn run(args: &BuildArgs, state_dir: &Path) -> anyhow::Result<i32> {
@@ -47,8 +72,18 @@ pub fn run(args: &BuildArgs, state_dir: &Path) -> anyhow::Result<i32> {
             initrd: &runner.built.initrd,
             store_disk: runner.built.store_disk.as_deref(),
             seconds: start.elapsed().as_secs_f64(),
+            root: match args.list_root {
+                true => Some(root_manifest(&runner.built)?),
+                false => None,
+            },
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if args.list_root {
+        let mut out = String::new();
+        for e in root_manifest(&runner.built)? {
+            out.push_str(&format!("{}\t{}\n", e.path, e.source));
+        }
+        print!("{out}");
     } else {
         println!("{}", runner.dir.display());
     }
@@ -85,6 +120,17 @@ pub fn build_runner(loaded: &Loaded, store: &Store, host: &HostFacts) -> anyhow:
     };
     let built = pipeline::build(config, store, &mut progress)
         .with_context(|| format!("building {}", config.name))?;
+    // The root's own kernel parameters (`regInfo=` of a Nix closure) follow the
+    // definition's, as in microvm.nix.
+    let extended;
+    let config = if built.kernel_params.is_empty() {
+        config
+    } else {
+        let mut c = config.clone();
+        c.kernel_params.extend(built.kernel_params.iter().cloned());
+        extended = c;
+        &extended
+    };
     let artifacts = Artifacts {
         kernel: built.kernel.clone(),
         vmlinux: built.vmlinux.clone(),
