@@ -146,3 +146,12 @@ fn line(e: &Entry, paint: Paint) -> String {
     }
     format!("{coloured}: {text}")
 }
+
+/// Whether `current` was built from the definition as it is now (for `host apply --dry-run`).
+pub(super) fn up_to_date(ctx: &Ctx, vm: &VmDir) -> anyhow::Result<bool> {
+    let store = ctx.open_store()?;
+    let host = super::host_facts()?;
+    let same = evaluate(vm, &store, &host)?;
+    let _ = store.save();
+    Ok(same)
+}
