@@ -526,3 +526,52 @@ fn merged_environment_lets_the_definition_win() {
         ]
     );
 }
+
+#[test]
+fn hostile_layers_stay_inside_the_root() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let outside = tmp.path().join("host");
+    fs::create_dir_all(&outside).expect("mkdir");
+    let layout = Layout::new(&tmp.path().join("img"));
+    // Symlinks to the host, absolute and with `..`, then writes through them.
+    let layer = Tar::new()
+        .symlink("abs", &outside.display().to_string())
+        .symlink("up", "../../../../../../..")
+        .file("abs/planted", "x", 0o644)
+        .file("up/escaped", "x", 0o644)
+        .bytes();
+    let m = layout.image("amd64", json!({}), &[(layer, TAR)]);
+    layout.index(vec![m]);
+    let image = OciImage::open(&layout.dir, None, "amd64").expect("open");
+    let staged = stage(&[RootSource::Oci(Box::new(image))], &tmp.path().join("s")).expect("stage");
+    assert!(
+        !outside.join("planted").exists(),
+        "nothing written on the host"
+    );
+    assert!(!tmp.path().join("escaped").exists());
+    let inside = staged.root.join(outside.strip_prefix("/").expect("abs"));
+    assert!(inside.join("planted").is_file(), "resolved inside the root");
+    assert!(
+        staged.root.join("escaped").is_file(),
+        "`..` stops at the root"
+    );
+
+    // A hard link may not name a path outside the root.
+    let layout = Layout::new(&tmp.path().join("img2"));
+    let mut raw = Tar::new().hardlink("passwd", "etc/passwd").bytes();
+    // Patch the link name to `../../pass` (same length; tar-rs refuses to write `..`).
+    let at = raw
+        .windows(10)
+        .position(|w| w == b"etc/passwd")
+        .expect("link name");
+    raw[at..at + 10].copy_from_slice(b"../../pass");
+    let mut h = tar::Header::from_byte_slice(&raw[..512]).clone();
+    h.set_cksum();
+    raw[..512].copy_from_slice(h.as_bytes());
+    let m = layout.image("amd64", json!({}), &[(raw, TAR)]);
+    layout.index(vec![m]);
+    let image = OciImage::open(&layout.dir, None, "amd64").expect("open");
+    let err = stage(&[RootSource::Oci(Box::new(image))], &tmp.path().join("t"))
+        .expect_err("hard link out of the root");
+    assert!(matches!(err, RootfsError::UnsafeEntry { .. }), "{err}");
+}
