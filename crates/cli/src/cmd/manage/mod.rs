@@ -163,26 +163,26 @@ fn is_running(vm: &VmDir) -> bool {
         .is_some_and(|s| s.state.is_live())
 }
 
-/// Integration with `crate::cmd::service` (starting and stopping managed VMs). Called
-/// WITHOUT holding the VM's lock: the service functions take it themselves.
+/// Starting and stopping, from `crate::cmd::service` (through systemd when it runs, else
+/// microvm's own supervisor). Called WITHOUT holding the VM's lock: those functions take
+/// it themselves.
 mod services {
+    use std::time::Duration;
+
     use microvm_host::state::StateDir;
     use microvm_spec::types::VmName;
 
+    /// How long a stop waits for the guest to power off before forcing (`stop`'s default).
+    const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
     /// Restarts the VM (starts it when it is not running).
-    // INTEGRATION POINT: service::restart_one(state, name) once it exists.
-    pub fn restart(_state: &StateDir, name: &VmName) -> anyhow::Result<()> {
-        anyhow::bail!(
-            "cannot restart {name}: starting managed VMs is not available yet; run `microvm restart {name}`"
-        )
+    pub fn restart(state: &StateDir, name: &VmName) -> anyhow::Result<()> {
+        crate::cmd::service::restart_one(state, name, STOP_TIMEOUT)
     }
 
     /// Stops the VM gracefully (force after the timeout); nothing to do when it is stopped.
-    // INTEGRATION POINT: service::stop_one(state, name) once it exists.
-    pub fn stop(_state: &StateDir, name: &VmName) -> anyhow::Result<()> {
-        anyhow::bail!(
-            "cannot stop {name}: stopping managed VMs is not available yet; run `microvm stop {name}`"
-        )
+    pub fn stop(state: &StateDir, name: &VmName) -> anyhow::Result<()> {
+        crate::cmd::service::stop_one(state, name, STOP_TIMEOUT)
     }
 }
 
