@@ -18,6 +18,10 @@ pub const CONTROL_PORT: &str = "microvm.ctl";
 pub const CONTROL_VSOCK_PORT: u32 = 8889;
 /// busybox init's poweroff signal, sent to PID 1 on a power-button press after hand-over.
 const SIGUSR2: i32 = 12;
+/// After hand-over to systemd, seconds that systemd-logind has to act on a power-button
+/// press before microvm-init's watcher sends systemd `SIGRTMIN+4` itself (for roots
+/// without logind, udev or D-Bus).
+const SYSTEMD_BACKSTOP_SECONDS: u32 = 5;
 
 /// The guest plan, without the module list (filled in when the initrd is assembled).
 pub fn plan(config: &Config) -> GuestPlan {
@@ -79,6 +83,8 @@ pub fn plan(config: &Config) -> GuestPlan {
         None => ExecPlan::Init {
             path: config.guest.init_path().to_owned(),
             args: Vec::new(),
+            // Only acted on when the init turns out to be systemd (see the plan).
+            ready_from_guest: true,
         },
     };
     let systemd = config.guest.init_path().contains("systemd");
@@ -103,10 +109,11 @@ pub fn plan(config: &Config) -> GuestPlan {
             .collect(),
         machine_id: Some(config.machine_id.replace('-', "")),
         control: control_channel(config),
-        power_button: acpi_power_button(config.hypervisor).then(|| PowerButton {
+        power_button: acpi_power_button(config.hypervisor).then_some(PowerButton {
             // systemd-logind handles the key itself after hand-over.
             signal_after_handover: if systemd { None } else { Some(SIGUSR2) },
             grace_seconds: 10,
+            systemd_backstop_seconds: Some(SYSTEMD_BACKSTOP_SECONDS),
         }),
         exec,
         env: config

@@ -44,6 +44,8 @@ pub enum BuildError {
     Store(#[from] store::StoreError),
     #[error(transparent)]
     Fetch(#[from] fetch::FetchError),
+    #[error(transparent)]
+    Debian(#[from] rootfs::debian::DebianError),
 }
 
 /// What a build produced.
@@ -302,7 +304,23 @@ fn root_disk(
                 last_oci = Some(sources.len());
                 (rootfs::RootSource::Oci(Box::new(image)), path, target)
             }
-            RootSource::Debian { .. } => return Err(BuildError::UnsupportedSource("debian")),
+            RootSource::Debian {
+                suite,
+                packages,
+                mirror,
+                variant,
+            } => {
+                let debian = rootfs::debian::DebianRoot {
+                    suite: suite.clone(),
+                    packages: packages.clone(),
+                    mirror: mirror.clone(),
+                    variant: variant.clone(),
+                };
+                let (tar, _) = rootfs::debian::ensure(&debian, store)?;
+                parts.push(format!("debian:{}", store.hash_path(&tar)?));
+                sources.push(rootfs::RootSource::Tarball(tar));
+                continue;
+            }
             RootSource::Nix { path } => {
                 if config.guest.root.len() != 1 {
                     return Err(rootfs::nix::NixError::NotAlone.into());

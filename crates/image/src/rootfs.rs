@@ -7,6 +7,7 @@
 //! (store paths at the root of the tree). While staging, every path written is recorded
 //! with the source that wrote it (last writer wins): [`StagedRoot::manifest`].
 
+pub mod debian;
 pub mod defaults;
 mod directory;
 mod fsops;

@@ -141,7 +141,9 @@ pub struct NetPlan {
 
 /// The host channel. Lines of ASCII, one message each:
 /// `READY <init-start-uptime> <ready-uptime>` when the root is ready and the guest is about
-/// to hand over (or run its command); `EXIT <status>` when the single command ended;
+/// to hand over (or run its command), or, for a systemd guest with `readyFromGuest`
+/// (see [`ExecPlan::Init`]), when `multi-user.target` is reached; `EXIT <status>` when
+/// the single command ended;
 /// `FAIL <message>` when the init failed and is powering off.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind", deny_unknown_fields)]
@@ -159,13 +161,21 @@ pub enum ControlChannel {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PowerButton {
-    /// After hand-over: signal sent to PID 1 on a power-button press
-    /// (`SIGUSR2` = 12 for busybox init, `SIGRTMIN+4` = 38 for systemd). In command mode
-    /// the init itself stops the command (SIGTERM, then SIGKILL after the grace period)
-    /// and powers off.
+    /// After hand-over to an init that is not systemd: signal sent to PID 1 on a
+    /// power-button press (`SIGUSR2` = 12 for busybox init). In command mode the init
+    /// itself stops the command (SIGTERM, then SIGKILL after the grace period) and powers
+    /// off.
     pub signal_after_handover: Option<i32>,
     /// Seconds between SIGTERM and SIGKILL of the command.
     pub grace_seconds: u32,
+    /// After hand-over to systemd (found in the guest: the init path resolves to a file
+    /// named `systemd`): systemd-logind handles the key (it needs udev and D-Bus in the
+    /// root). `Some(n)`: a watcher left behind by the init also sends `SIGRTMIN+4`
+    /// (systemd's "start poweroff.target") `n` seconds after a press, for roots without
+    /// logind, udev or D-Bus; a second poweroff request is a no-op. `None`: logind alone.
+    /// Absent in older plans (= `None`).
+    #[serde(default)]
+    pub systemd_backstop_seconds: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,7 +183,19 @@ pub struct PowerButton {
 #[serde(rename_all_fields = "camelCase")]
 pub enum ExecPlan {
     /// Switch root and exec the guest's own init (`/sbin/init`, systemd, …).
-    Init { path: String, args: Vec<String> },
+    Init {
+        path: String,
+        args: Vec<String>,
+        /// Readiness from the guest: when `path` resolves to systemd (a file named
+        /// `systemd`) and the control channel is a virtio port or a serial device, the
+        /// init sends no `READY` at hand-over; it installs
+        /// `/run/systemd/system/microvm-ready.service` (wanted by and ordered after
+        /// `multi-user.target`), which writes `READY <init-start> <now>` to the channel
+        /// once the guest is up. Any other init, or a vsock channel, gets `READY` at
+        /// hand-over as before. Absent in older plans (= `false`).
+        #[serde(default)]
+        ready_from_guest: bool,
+    },
     /// Run one command as a child of PID 1 in the new root; when it ends, report
     /// `EXIT <status>`, sync, unmount and power off.
     Command {

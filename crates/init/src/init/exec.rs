@@ -13,7 +13,7 @@ use rustix::process::{Pid, Signal, WaitOptions};
 
 use super::console::{self, say};
 use super::fail::{Context, Failure};
-use super::{control, mounts, power, switch};
+use super::{control, mounts, power, switch, systemd};
 
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -21,7 +21,11 @@ pub fn start(plan: &GuestPlan, started: f64) -> Result<Infallible, Failure> {
     switch::switch_root()?;
     console::mark("switch");
     match &plan.exec {
-        ExecPlan::Init { path, args } => hand_over(plan, path, args, started),
+        ExecPlan::Init {
+            path,
+            args,
+            ready_from_guest,
+        } => hand_over(plan, path, args, *ready_from_guest, started),
         ExecPlan::Command { argv, cwd, user } => {
             let status = supervise(plan, argv, cwd.as_deref(), user.as_deref(), started)?;
             shut_down(status)
@@ -56,30 +60,55 @@ fn hand_over(
     plan: &GuestPlan,
     path: &str,
     args: &[String],
+    ready_from_guest: bool,
     started: f64,
 ) -> Result<Infallible, Failure> {
     std::fs::metadata(path).ctx(|| format!("find the guest init {path}"))?;
-    let signal = plan
-        .power_button
-        .as_ref()
-        .and_then(|b| b.signal_after_handover);
-    let buttons = if signal.is_some() {
+    let is_systemd = systemd::is_systemd(path);
+    let mut deferred = false;
+    if is_systemd {
+        systemd::write_network_files(&plan.network)?;
+        if let (true, Some(channel)) = (ready_from_guest, &plan.control) {
+            deferred = systemd::install_ready_unit(channel, started)?;
+        }
+    }
+    // systemd: logind handles the key, the watcher is only a delayed backstop.
+    let watch = plan.power_button.as_ref().and_then(|b| {
+        if is_systemd {
+            b.systemd_backstop_seconds
+                .map(|delay| (systemd::POWEROFF_SIGNAL, delay))
+        } else {
+            b.signal_after_handover.map(|signal| (signal, 0))
+        }
+    });
+    let buttons = if watch.is_some() {
         power::buttons()
     } else {
         Vec::new()
     };
     console::mark("button");
-    if signal.is_some() && buttons.is_empty() {
+    if watch.is_some() && buttons.is_empty() {
         say("microvm-init: warning: no power button device; presses will be ignored");
     }
-    ready(started);
+    if deferred {
+        let now = console::uptime();
+        say(&format!(
+            "microvm-init: handing over to systemd at {now:.3} s (init took {:.3} s; steps: {}); \
+             microvm-ready.service reports readiness",
+            now - started,
+            console::steps()
+        ));
+    } else {
+        ready(started);
+    }
     control::close();
-    if let (Some(signal), false) = (signal, buttons.is_empty()) {
+    if let (Some((signal, delay)), false) = (watch, buttons.is_empty()) {
         // SAFETY: PID 1 is single-threaded here (no thread was ever spawned in
         // hand-over mode), so the child may run ordinary Rust code after fork.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
             if power::wait_press(&buttons) {
+                std::thread::sleep(Duration::from_secs(delay.into()));
                 // SAFETY: kill() takes no pointers.
                 unsafe { libc::kill(1, signal) };
             }

@@ -12,6 +12,7 @@ pub mod power;
 pub mod root;
 pub mod switch;
 pub mod system;
+pub mod systemd;
 
 use std::convert::Infallible;
 
