@@ -134,7 +134,9 @@ pub fn wait_until_caught(pid: i32, signal: i32, timeout: Duration) -> bool {
 }
 
 fn catches(pid: i32, signal: i32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
     status
         .lines()
         .find_map(|l| l.strip_prefix("SigCgt:"))
