@@ -121,7 +121,7 @@ pub enum KernelRef {
     Package(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Volume {
     pub image: String,

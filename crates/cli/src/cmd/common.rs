@@ -107,3 +107,38 @@ pub fn is_root() -> bool {
             .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
             .unwrap_or(false)
 }
+
+/// Creates every missing volume exactly as microvm.nix's `microvm-run` does (inventory
+/// §3.6): a sparse file, mkfs with the label; an existing image is never resized,
+/// reformatted or relabelled. Relative images resolve in `workdir`. Returns each image's
+/// absolute path, for the caller to hand over to the hypervisor's user.
+pub fn ensure_volumes(
+    name: &str,
+    volumes: &[microvm_spec::config::Volume],
+    workdir: &std::path::Path,
+) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    use anyhow::Context as _;
+    use microvm_image::volume::{ensure_volume, VolumeOutcome, VolumeSpec};
+    let mut images = Vec::new();
+    for v in volumes {
+        let spec = VolumeSpec {
+            image: workdir.join(&v.image),
+            size_mib: v.size,
+            fs_type: v.fs_type.clone(),
+            label: v.label.clone(),
+            mkfs_extra_args: v.mkfs_extra_args.clone(),
+            auto_create: v.auto_create,
+        };
+        let outcome = ensure_volume(&spec).with_context(|| format!("volume {}", v.image))?;
+        if let VolumeOutcome::Created { .. } = outcome {
+            eprintln!(
+                "microvm: {name}: created volume {} ({} MiB, {})",
+                spec.image.display(),
+                v.size.unwrap_or(0),
+                v.fs_type
+            );
+        }
+        images.push(spec.image);
+    }
+    Ok(images)
+}

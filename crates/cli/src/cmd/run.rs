@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use microvm_host::supervise::{self, Console, Progress, RunOptions};
-use microvm_image::volume::{self, VolumeOutcome, VolumeSpec};
-use microvm_spec::config::Config;
 
 use super::{build, common};
 use crate::cli::RunArgs;
@@ -39,7 +37,7 @@ pub fn run(args: &RunArgs, state_dir: &Path) -> anyhow::Result<i32> {
     let workdir = workdir
         .canonicalize()
         .with_context(|| format!("resolving {}", workdir.display()))?;
-    ensure_volumes(config, &workdir)?;
+    common::ensure_volumes(config.name.as_str(), &config.volumes, &workdir)?;
 
     let mut opts = RunOptions::new(&workdir);
     opts.shutdown_timeout = Duration::from_secs(args.shutdown_timeout);
@@ -76,31 +74,4 @@ fn absolute(p: &Path, base: &Path) -> PathBuf {
     } else {
         base.join(p)
     }
-}
-
-/// Creates missing volumes exactly as microvm.nix's `microvm-run` does (inventory §3.6);
-/// existing images are never touched.
-fn ensure_volumes(config: &Config, workdir: &Path) -> anyhow::Result<()> {
-    for v in &config.volumes {
-        let spec = VolumeSpec {
-            image: absolute(Path::new(&v.image), workdir),
-            size_mib: v.size,
-            fs_type: v.fs_type.clone(),
-            label: v.label.clone(),
-            mkfs_extra_args: v.mkfs_extra_args.clone(),
-            auto_create: v.auto_create,
-        };
-        let outcome =
-            volume::ensure_volume(&spec).with_context(|| format!("volume {}", v.image))?;
-        if let VolumeOutcome::Created { .. } = outcome {
-            eprintln!(
-                "microvm: {}: created volume {} ({} MiB, {})",
-                config.name,
-                spec.image.display(),
-                v.size.unwrap_or(0),
-                v.fs_type
-            );
-        }
-    }
-    Ok(())
 }

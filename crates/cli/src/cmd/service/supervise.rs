@@ -1,7 +1,7 @@
 //! `microvm supervise NAME` (what systemd's `microvm@NAME` and `microvm start` run) and
 //! `microvm run NAME` (the same in the foreground, console on the terminal).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -9,7 +9,6 @@ use microvm_host::privilege::{self, Credentials};
 use microvm_host::service::{self, ConsoleMode, ManagedOptions, RestartMode, RestartPolicy};
 use microvm_host::state::VmDir;
 use microvm_host::StopHandle;
-use microvm_image::volume::{self, VolumeOutcome, VolumeSpec};
 use serde::Deserialize;
 
 use crate::cli::SuperviseArgs;
@@ -98,19 +97,7 @@ fn clock() -> String {
 #[serde(rename_all = "camelCase")]
 struct ConfigView {
     #[serde(default)]
-    volumes: Vec<VolumeView>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct VolumeView {
-    image: String,
-    size: Option<u64>,
-    fs_type: String,
-    label: Option<String>,
-    #[serde(default)]
-    mkfs_extra_args: Vec<String>,
-    auto_create: bool,
+    volumes: Vec<microvm_spec::config::Volume>,
 }
 
 /// Creates missing volumes (inventory §3.6) in the VM directory and hands every volume
@@ -126,25 +113,10 @@ fn ensure_volumes(
     };
     let config: ConfigView =
         serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))?;
-    for v in &config.volumes {
-        let image = if Path::new(&v.image).is_absolute() {
-            PathBuf::from(&v.image)
-        } else {
-            workdir.join(&v.image)
-        };
-        let spec = VolumeSpec {
-            image: image.clone(),
-            size_mib: v.size,
-            fs_type: v.fs_type.clone(),
-            label: v.label.clone(),
-            mkfs_extra_args: v.mkfs_extra_args.clone(),
-            auto_create: v.auto_create,
-        };
-        let outcome =
-            volume::ensure_volume(&spec).with_context(|| format!("volume {}", v.image))?;
-        if let VolumeOutcome::Created { .. } = outcome {
-            eprintln!("microvm: created volume {}", image.display());
-        }
+    let name = workdir
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    for image in super::super::common::ensure_volumes(&name, &config.volumes, workdir)? {
         if let (Some(c), true) = (owner, image.is_file()) {
             privilege::chown(&image, c.uid, c.gid)?;
         }
