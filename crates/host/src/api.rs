@@ -2,7 +2,6 @@
 //! `PUT /api/v1/vm.power-button` and firecracker's `PUT /actions` shutdown requests.
 
 use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -91,7 +90,7 @@ pub fn request(
         path: socket.to_owned(),
         source,
     };
-    let mut stream = UnixStream::connect(socket).map_err(|source| ApiError::Connect {
+    let mut stream = crate::unixpath::connect(socket).map_err(|source| ApiError::Connect {
         path: socket.to_owned(),
         source,
     })?;

@@ -106,7 +106,7 @@ impl ControlReader {
             ControlChannel::HybridVsock { socket, port } => {
                 let path = workdir.join(format!("{socket}_{port}"));
                 let _ = std::fs::remove_file(&path);
-                let listener = UnixListener::bind(&path)
+                let listener = crate::unixpath::bind(&path)
                     .and_then(|l| l.set_nonblocking(true).map(|()| l))
                     .map_err(|source| ChannelError::Listen {
                         path: path.clone(),
@@ -171,7 +171,7 @@ fn connect_loop(path: &Path, timeout: Duration, stop: &AtomicBool, sink: &dyn Fn
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        match UnixStream::connect(path) {
+        match crate::unixpath::connect(path) {
             Ok(s) => break s,
             Err(e) if Instant::now() >= deadline => {
                 sink(ChannelEvent::Failed(format!(

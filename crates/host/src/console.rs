@@ -97,27 +97,7 @@ impl RotatingLog {
     }
 }
 
-/// A path to `socket` that fits in `sockaddr_un` (108 bytes): the path itself when short
-/// enough, else `/proc/self/fd/N/NAME` through an open handle on its directory (kept
-/// alive by the returned file).
-pub fn short_socket_path(socket: &Path) -> io::Result<(Option<File>, PathBuf)> {
-    if socket.as_os_str().len() < 100 {
-        return Ok((None, socket.to_path_buf()));
-    }
-    let (Some(parent), Some(name)) = (socket.parent(), socket.file_name()) else {
-        return Ok((None, socket.to_path_buf()));
-    };
-    let dir = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-        .open(parent)?;
-    let short = PathBuf::from(format!(
-        "/proc/self/fd/{}",
-        std::os::fd::AsRawFd::as_raw_fd(&dir)
-    ))
-    .join(name);
-    Ok((Some(dir), short))
-}
+pub use crate::unixpath::short_socket_path;
 
 /// Where [`ConsoleServer`] writes and listens.
 #[derive(Debug, Clone)]

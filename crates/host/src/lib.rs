@@ -13,6 +13,7 @@ pub mod service;
 pub mod state;
 pub mod supervise;
 pub mod units;
+pub mod unixpath;
 
 pub use supervise::{
     run_foreground, run_foreground_with, Console, Progress, RunError, RunOptions, RunOutcome,

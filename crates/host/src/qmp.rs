@@ -61,7 +61,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 impl QmpClient {
     /// Connects, reads the greeting and negotiates capabilities (command mode).
     pub fn connect(path: &Path, timeout: Duration) -> Result<Self, QmpError> {
-        let stream = UnixStream::connect(path).map_err(|source| QmpError::Connect {
+        let stream = crate::unixpath::connect(path).map_err(|source| QmpError::Connect {
             path: path.to_owned(),
             source,
         })?;
