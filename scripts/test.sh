@@ -14,4 +14,4 @@ export MICROVM_TEST_KERNELS="${MICROVM_TEST_KERNELS:-$repo/target/test-kernels}"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
