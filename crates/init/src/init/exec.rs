@@ -109,9 +109,6 @@ fn hand_over(
         if pid == 0 {
             if power::wait_press(&buttons) {
                 std::thread::sleep(Duration::from_secs(delay.into()));
-                // A press right after hand-over may come before the guest's init has
-                // installed its handler; PID 1 would drop the signal then.
-                power::wait_until_caught(1, signal, Duration::from_secs(30));
                 // SAFETY: kill() takes no pointers.
                 unsafe { libc::kill(1, signal) };
             }

@@ -115,37 +115,3 @@ fn is_power_press(event: &[u8]) -> bool {
     let value = i32::from_ne_bytes([event[20], event[21], event[22], event[23]]);
     kind == EV_KEY && code == KEY_POWER && value == 1
 }
-
-/// Waits (bounded) until process `pid` catches or blocks `signal`, reading `SigCgt` and
-/// `SigBlk` from `/proc/<pid>/status`. After hand-over, PID 1 ignores every signal it has no handler
-/// for, so a power-button press right after READY, before the guest's init installed its
-/// handlers, would otherwise be lost.
-pub fn wait_until_caught(pid: i32, signal: i32, timeout: Duration) -> bool {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if catches(pid, signal) {
-            return true;
-        }
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn catches(pid: i32, signal: i32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
-    };
-    // Caught (a handler) or blocked (queued for sigwait, as busybox init does): either
-    // way the signal is not dropped.
-    let mask = |field: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
-            .unwrap_or(0)
-    };
-    let handled = mask("SigCgt:") | mask("SigBlk:");
-    (1..=64).contains(&signal) && handled & (1u64 << (signal - 1)) != 0
-}
