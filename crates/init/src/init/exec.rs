@@ -6,6 +6,10 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// How often, and how far apart, the power-off signal is sent to the guest's init.
+const POWEROFF_REQUESTS: u32 = 10;
+const POWEROFF_REPEAT: Duration = Duration::from_secs(3);
+
 use microvm_init::plan::{ExecPlan, GuestPlan, PowerButton};
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
@@ -109,8 +113,15 @@ fn hand_over(
         if pid == 0 {
             if power::wait_press(&buttons) {
                 std::thread::sleep(Duration::from_secs(delay.into()));
-                // SAFETY: kill() takes no pointers.
-                unsafe { libc::kill(1, signal) };
+                // PID 1 drops a signal it has no handler for yet (a press right after
+                // READY can come before the guest's init set its handlers up), so the
+                // request is repeated. A guest init that acts on it kills this watcher
+                // with every other process on its way down, which ends the repeats.
+                for _ in 0..POWEROFF_REQUESTS {
+                    // SAFETY: kill() takes no pointers.
+                    unsafe { libc::kill(1, signal) };
+                    std::thread::sleep(POWEROFF_REPEAT);
+                }
             }
             // SAFETY: _exit() ends this forked child without running PID 1's atexit state.
             unsafe { libc::_exit(0) };
