@@ -14,6 +14,7 @@ pub mod render;
 pub mod version;
 
 mod alioth;
+mod argv;
 mod cloud_hypervisor;
 mod common;
 mod crosvm;

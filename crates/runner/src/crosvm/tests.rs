@@ -4,6 +4,7 @@ use microvm_spec::config::{Arch, Config};
 use microvm_spec::{load_with, LoadOptions};
 
 use super::*;
+use crate::MacvtapFd;
 use crate::{Artifacts, HostFacts, Shutdown};
 
 /// The inventory's example VM (§2.0); shared with the kvmtool, stratovirt and alioth tests.
