@@ -14,8 +14,14 @@
 //!   indirection ([`Aco`]).
 //! - The default console (stdio) needs a terminal (`tcgetattr`): the supervisor runs alioth
 //!   on a pty. `--console log,path=FILE` would work without one, but loses console input.
-//! - alioth 0.12 has `--balloon free_page_reporting=BOOL`, but the balloon stays refused as
-//!   in the original and the capability table: without a control socket it cannot be sized.
+//! - The balloon is `--balloon free_page_reporting=true` (the original refused it): the guest
+//!   hands its free pages back. alioth has no control socket, so the balloon cannot be
+//!   inflated at run time; its device always offers deflate-on-oom.
+//! - macvtap (the original refused it) is `--net tap,tap=/dev/fd/N,mac=…,mtu=1500` with one
+//!   queue: alioth opens the character device `tap=` names (its help: "Required for MacVTap
+//!   and IPVTap"), and `/dev/fd/N` reopens the `/dev/tap<ifindex>` the supervisor passed as
+//!   fd N (a [`MacvtapFd`], as for the other hypervisors).
+//! - qcow2 volumes are refused (capability table): alioth reads every disk as raw.
 
 use microvm_spec::config::{Arch, Config, DeviceBus, InterfaceType, ShareProto};
 use microvm_spec::types::Hypervisor;
@@ -23,6 +29,8 @@ use microvm_spec::types::Hypervisor;
 use crate::argv::Out;
 use crate::common::{cmdline, process_name, program};
 use crate::virtiofsd::virtiofsd_helpers;
+#[cfg(doc)]
+use crate::MacvtapFd;
 use crate::{Artifacts, Capabilities, HostFacts, Invocation, PlanError, Shutdown};
 
 const HV: Hypervisor = Hypervisor::Alioth;
@@ -47,6 +55,9 @@ pub(crate) fn plan(
     volumes(&mut out, &mut aco, config);
     shares(&mut out, &mut aco, config);
     interfaces(&mut out, &mut aco, config);
+    if config.balloon {
+        out.opt("--balloon", "free_page_reporting=true");
+    }
     if let Some(cid) = config.vsock.cid {
         out.opt("--vsock", format!("vhost,cid={cid}"));
     }
@@ -152,16 +163,24 @@ fn shares(out: &mut Out, aco: &mut Aco, config: &Config) {
 
 fn interfaces(out: &mut Out, aco: &mut Aco, config: &Config) {
     for iface in &config.interfaces {
-        // Only taps reach here. An interface name cannot hold ',' but may hold '='.
-        out.tap(iface.id.as_str(), config.vcpu > 1);
-        let name = aco.value(iface.id.as_str());
-        out.opt(
-            "--net",
-            format!(
-                "tap,if={name},mac={},mtu=1500,qp={}",
-                iface.mac, config.vcpu
-            ),
-        );
+        let net = match iface.kind {
+            InterfaceType::Tap => {
+                // An interface name cannot hold ',' but may hold '='.
+                out.tap(iface.id.as_str(), config.vcpu > 1);
+                let name = aco.value(iface.id.as_str());
+                format!(
+                    "tap,if={name},mac={},mtu=1500,qp={}",
+                    iface.mac, config.vcpu
+                )
+            }
+            InterfaceType::Macvtap => {
+                let fd = out.macvtap_fds(iface.id.as_str(), 1)[0];
+                format!("tap,tap=/dev/fd/{fd},mac={},mtu=1500", iface.mac)
+            }
+            // Refused in reject_unsupported.
+            InterfaceType::User | InterfaceType::Bridge => continue,
+        };
+        out.opt("--net", net);
     }
 }
 
@@ -188,9 +207,6 @@ impl Aco {
 fn reject_unsupported(config: &Config) -> Result<(), PlanError> {
     if config.user.is_some() {
         return Err(unsupported("`user`", "alioth will not change user"));
-    }
-    if config.balloon {
-        return Err(unsupported("balloon", "balloon not implemented for alioth"));
     }
     for (v, option, reason) in [
         (
@@ -228,13 +244,9 @@ fn reject_unsupported(config: &Config) -> Result<(), PlanError> {
     if let Some(iface) = config
         .interfaces
         .iter()
-        .find(|i| i.kind != InterfaceType::Tap)
+        .find(|i| matches!(i.kind, InterfaceType::User | InterfaceType::Bridge))
     {
-        let kind = match iface.kind {
-            InterfaceType::User => "user",
-            InterfaceType::Macvtap => "macvtap",
-            _ => "bridge",
-        };
+        let kind = iface.kind.name();
         return Err(unsupported(
             &format!("`{kind}` interfaces"),
             &format!(

@@ -14,6 +14,12 @@
 //!   `--version` prints its crate version `0.1.0`, which says nothing about the release, so
 //!   versions below 1.0 count as unknown (= newest).
 //!
+//! - Every `--block` starts `path=`: crosvm reads a bare first value as an option name when
+//!   the file name starts with one (`ro.img,…` → `expected '=' at position 2`; likewise
+//!   `root.img`, `sparse.img`, `lock.img`, `id.img`).
+//! - `/var/empty` (or `crosvm.pivotRoot`) is created before start: the sandbox pivots into
+//!   it and crosvm refuses to start without it (`cannot create jail`).
+//!
 //! Values inside `k=v` options are read by crosvm's `serde_keyvalue`: a value with `,`,
 //! `[`, `]` or a quote is double-quoted with `\"` and `\\` escapes ([`kv_value`]).
 
@@ -34,6 +40,10 @@ const HV: Hypervisor = Hypervisor::Crosvm;
 /// The first release without a working seccomp policy for microvm's use (the original's
 /// `lib.versionOlder crosvm.version "107.1"`).
 const SECCOMP_FIXED: Version = Version::new(107, 1, 0);
+
+/// Where crosvm's sandboxed devices pivot without `--pivot-root`: every plan fails with
+/// `"/var/empty" is not a directory, cannot create jail` on a host without it.
+const DEFAULT_PIVOT_ROOT: &str = "/var/empty";
 
 /// crosvm's `DISK_ID_LEN`: a `--block id=` is at most 20 bytes.
 const DISK_ID_LEN: usize = 20;
@@ -82,9 +92,21 @@ pub(crate) fn plan(
     if seccomp_logs_failures(config, host)? {
         out.flag("--seccomp-log-failures");
     }
-    if let Some(dir) = &config.crosvm.pivot_root {
-        out.opt("--pivot-root", dir.clone());
-        pre_start.push(PreStart::CreateDir(dir.clone()));
+    match &config.crosvm.pivot_root {
+        Some(dir) => {
+            out.opt("--pivot-root", dir.clone());
+            pre_start.push(PreStart::CreateDir(dir.clone()));
+        }
+        // crosvm's sandboxed devices pivot into its default, which must exist.
+        None if !config
+            .crosvm
+            .extra_args
+            .iter()
+            .any(|a| a == "--disable-sandbox") =>
+        {
+            pre_start.push(PreStart::CreateDir(DEFAULT_PIVOT_ROOT.into()))
+        }
+        None => {}
     }
     if let Some(socket) = config.socket() {
         out.opt("-s", socket);
@@ -147,7 +169,7 @@ fn store_disk(out: &mut Out, config: &Config, artifacts: &Artifacts) -> Result<(
         .as_ref()
         .ok_or_else(|| invalid("storeOnDisk is set but no store disk was built".into()))?;
     let path = kv_value("store disk path", &store.display().to_string())?;
-    out.opt("--block", format!("{path},ro=true,root=true"));
+    out.opt("--block", format!("path={path},ro=true,root=true"));
     Ok(())
 }
 
@@ -185,7 +207,7 @@ fn graphics(out: &mut Out, config: &Config, bin: &str) -> Result<Helper, PlanErr
 fn volumes(out: &mut Out, config: &Config) -> Result<(), PlanError> {
     for volume in &config.volumes {
         let mut opt = format!(
-            "{},o_direct={},ro={}",
+            "path={},o_direct={},ro={}",
             kv_value("volume image", &volume.image)?,
             volume.direct,
             volume.read_only

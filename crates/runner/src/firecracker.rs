@@ -6,7 +6,10 @@
 //!   `machine-config`, `drives`, `network-interfaces`, `vsock`, and `cpu-config` when
 //!   `firecracker.cpu` is set: that template is written to `<name>-firecracker-cpu.json`);
 //!   `extraConfig` is merged into it recursively (objects key by key, anything else
-//!   replaced). No `balloon`: the capability table refuses it, as the original does.
+//!   replaced). With `balloon` (refused by the original) the file has a `balloon` section
+//!   (`amount_mib` = `initialBalloonMem`, `deflate_on_oom`, `free_page_reporting`), which
+//!   firecracker 1.16 accepts and resizes at run time with `PATCH /balloon`.
+//! - qcow2 volumes are refused (capability table): firecracker reads every disk as raw.
 //! - `drive_id` and `iface_id`: firecracker's API only accepts ids made of ASCII letters,
 //!   digits and `_` (its `checked_id`); the original's ids (`var.img`, `vm-vm1`) would
 //!   make later API calls on them fail. So other characters become `_`, and an id that
@@ -201,6 +204,11 @@ fn config_file(
         "network-interfaces": interfaces(out, config)?,
         "vsock": vsock(config),
     });
+    if config.balloon {
+        if let Value::Object(m) = &mut doc {
+            m.insert("balloon".into(), balloon(config));
+        }
+    }
     let mut files = Vec::new();
     if let Some(cpu) = &config.firecracker.cpu {
         let path = format!("{}-firecracker-cpu.json", config.name);
@@ -278,6 +286,14 @@ fn vsock(config: &Config) -> Value {
         Some(cid) => json!({ "guest_cid": cid.0, "uds_path": NOTIFY_VSOCK }),
         None => Value::Null,
     }
+}
+
+fn balloon(config: &Config) -> Value {
+    json!({
+        "amount_mib": config.initial_balloon_mem,
+        "deflate_on_oom": config.deflate_on_oom,
+        "free_page_reporting": true,
+    })
 }
 
 /// The hybrid-vsock control channel with microvm's init, and the stale sockets it removes.
@@ -366,6 +382,45 @@ mod tests {
         assert_eq!(doc["vsock"]["guest_cid"], 9);
         assert_eq!(doc["cpu-config"], "vm1-firecracker-cpu.json");
         assert_eq!(inv.files[1].path, "vm1-firecracker-cpu.json");
+    }
+
+    /// firecracker 1.16 takes a `balloon` section (hypervisor-cli-notes, second round);
+    /// `initialBalloonMem` is its starting size.
+    #[test]
+    fn balloon_section() {
+        let mut c = fc_example();
+        c.balloon = true;
+        c.deflate_on_oom = true;
+        c.initial_balloon_mem = 128;
+        crate::caps::check(HV, &c).expect("balloon is supported");
+        let inv = plan(&c, &Artifacts::placeholders(), &HostFacts::reference()).expect("plan");
+        let doc: Value = serde_json::from_str(&inv.files[0].contents).expect("json");
+        assert_eq!(
+            doc["balloon"],
+            json!({"amount_mib": 128, "deflate_on_oom": true, "free_page_reporting": true})
+        );
+        assert!(plan_doc_has_no_balloon(), "no balloon unless asked");
+    }
+
+    fn plan_doc_has_no_balloon() -> bool {
+        let inv = plan(
+            &fc_example(),
+            &Artifacts::placeholders(),
+            &HostFacts::reference(),
+        )
+        .expect("plan");
+        let doc: Value = serde_json::from_str(&inv.files[0].contents).expect("json");
+        doc.get("balloon").is_none()
+    }
+
+    /// firecracker reads every disk as raw.
+    #[test]
+    fn qcow2_is_refused() {
+        let mut c = fc_example();
+        c.volumes[0].image_type = microvm_spec::config::ImageType::Qcow2;
+        let e = crate::plan_for(HV, &c, &Artifacts::placeholders(), &HostFacts::reference())
+            .expect_err("qcow2");
+        assert!(e.to_string().contains("opens every disk as raw"), "{e}");
     }
 
     #[test]

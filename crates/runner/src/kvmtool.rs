@@ -11,6 +11,8 @@
 //!   crosvm and qemu) and lkvm gets `tapif=/dev/fd/N,fd=N`: with `fd=` set lkvm uses that
 //!   descriptor and opens nothing, and the `/`-prefixed `tapif` marks it as a macvtap, so
 //!   lkvm neither asks for a tun device (`TUNSETIFF`) nor configures host addresses on it.
+//! - A VM without interfaces gets `-n mode=none`: without any `-n`, lkvm adds its default
+//!   user-mode virtio-net device.
 //! - lkvm keeps its state under `$HOME/.lkvm` and `realpath()`s it at start (`kvm.c`), so
 //!   `HOME=.` (the working directory the hypervisor runs in) is the original's
 //!   `export HOME=$PWD`.
@@ -131,6 +133,10 @@ fn shares(out: &mut Out, config: &Config) -> Result<(), PlanError> {
 }
 
 fn interfaces(out: &mut Out, config: &Config) -> Result<(), PlanError> {
+    if config.interfaces.is_empty() {
+        // Without any `-n`, lkvm adds a user-mode NIC of its own.
+        out.opt("-n", "mode=none");
+    }
     for iface in &config.interfaces {
         let mac = iface.mac;
         let net = match iface.kind {

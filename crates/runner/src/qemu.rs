@@ -16,6 +16,8 @@
 //! - Bridge interfaces leave `helper=` to qemu's built-in default path; the original's
 //!   `/run/wrappers/bin/qemu-bridge-helper` exists on NixOS only.
 //! - A volume's `imageType` sets the drive `format=` (`vhd` is qemu's `vpc`).
+//! - `qemu.extraArgs` that add a PCI device (a `-device` driver named `…pci…`) give the VM
+//!   PCI (`pcie=on`): on `pcie=off` qemu refuses them (`No 'PCI' bus found`).
 
 mod devices;
 #[cfg(test)]
@@ -109,6 +111,16 @@ fn machine_opts(config: &Config, tcg: bool, pci: bool) -> KvList {
     kv
 }
 
+/// Whether `qemu.extraArgs` adds a PCI device (`-device virtio-keyboard-pci`, `vfio-pci`,
+/// `pcie-root-port`, …): on the microvm machine with `pcie=off` qemu refuses it with
+/// `No 'PCI' bus found for device …`, so such a VM gets PCI.
+fn extra_args_need_pci(extra: &[String]) -> bool {
+    extra.windows(2).any(|w| {
+        let driver = w[1].split(',').next().unwrap_or_default();
+        matches!(w[0].as_str(), "-device" | "--device") && driver.contains("pci")
+    })
+}
+
 /// The console, reboot and panic settings, `kernelParams`, and the TSC frequency under TCG.
 fn kernel_cmdline(config: &Config, host: &HostFacts, tcg: bool) -> String {
     let console: &[&str] = match (config.qemu.serial_console, config.arch) {
@@ -194,7 +206,8 @@ pub(crate) fn plan(
     let pci = config.graphics.enable
         || !config.qemu.machine.starts_with("microvm")
         || !config.shares.is_empty()
-        || config.devices.iter().any(|d| d.bus == DeviceBus::Pci);
+        || config.devices.iter().any(|d| d.bus == DeviceBus::Pci)
+        || extra_args_need_pci(&config.qemu.extra_args);
     let ctx = Ctx {
         config,
         dt: if pci { "pci" } else { "device" },

@@ -20,6 +20,14 @@
 //!   the guest sees no power button. SIGTERM it is, as in the original.
 //! - USB passthrough is refused: `usb-host` attaches to an `nec-usb-xhci` controller, a PCI
 //!   device the microvm machine cannot have (`add_usb_device`).
+//! - No entropy device: `virtio-rng-device` exists only in a stratovirt built with the
+//!   optional `virtio_rng` cargo feature (off by default and in its build guide); a stock
+//!   binary refuses every plan that has one (`Unsupported device: "virtio-rng-device"`).
+//!   The guest kernel seeds itself (RDRAND, jitter entropy).
+//! - The balloon (refused by the original) is `-device virtio-balloon-device,id=balloon0,
+//!   deflate-on-oom=…,free-page-reporting=true` (`id=` is mandatory), sized at run time
+//!   with QMP `balloon`.
+//! - qcow2 volumes are refused (capability table): the microvm machine takes raw disks only.
 //! - Option values are split at every `,` and `=` with no escape (`str_slip_to_clap`);
 //!   values containing them are refused.
 
@@ -78,6 +86,15 @@ pub(crate) fn plan(
     volumes(&mut out, config)?;
     shares(&mut out, config)?;
     interfaces(&mut out, config)?;
+    if config.balloon {
+        out.opt(
+            "-device",
+            format!(
+                "virtio-balloon-device,id=balloon0,deflate-on-oom={},free-page-reporting=true",
+                config.deflate_on_oom
+            ),
+        );
+    }
 
     let multi_queue = config.vcpu > 1;
     Ok(Invocation {
@@ -108,7 +125,7 @@ pub(crate) fn plan(
     })
 }
 
-/// Machine, memory, CPUs, kernel, console and entropy.
+/// Machine, memory, CPUs, kernel and console.
 fn base(out: &mut Out, config: &Config, artifacts: &Artifacts, kernel_cmdline: &str) {
     let virtiofs = config
         .shares
@@ -129,8 +146,6 @@ fn base(out: &mut Out, config: &Config, artifacts: &Artifacts, kernel_cmdline: &
     out.opt("-initrd", artifacts.initrd.display().to_string());
     out.opt("-append", kernel_cmdline);
     out.opt("-serial", "stdio");
-    out.opt("-object", "rng-random,id=rng,filename=/dev/random");
-    out.opt("-device", "virtio-rng-device,rng=rng,id=rng_dev");
 }
 
 fn store_disk(out: &mut Out, config: &Config, artifacts: &Artifacts) -> Result<(), PlanError> {
@@ -235,12 +250,6 @@ fn on_off(b: bool) -> &'static str {
 }
 
 fn reject_unsupported(config: &Config) -> Result<(), PlanError> {
-    if config.balloon {
-        return Err(unsupported(
-            "balloon",
-            "balloon not implemented for stratovirt",
-        ));
-    }
     for (v, option, reason) in [
         (
             config.initial_balloon_mem,
