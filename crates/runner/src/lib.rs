@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod caps;
+pub mod detect;
 pub mod invocation;
 pub mod kv;
 pub mod package;
