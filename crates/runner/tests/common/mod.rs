@@ -5,10 +5,11 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use microvm_spec::config::{Arch, Config};
+use microvm_runner::Invocation;
+use microvm_spec::config::{Arch, Config, DeviceBus, InterfaceType};
 use microvm_spec::load::{load_with, LoadOptions};
 use serde_json::Value;
 
@@ -194,4 +195,140 @@ impl Qmp {
             }
         }
     }
+}
+
+/// The only exceptions: devices or host support this machine lacks, with the reason.
+pub fn adapt_to_host(config: &mut Config, work: &Path) -> Vec<String> {
+    let mut notes = Vec::new();
+    if config.graphics.enable && !Path::new("/dev/dri").exists() {
+        config.graphics.enable = false;
+        notes.push("graphics: no display and no GPU (/dev/dri) on this host".to_owned());
+    }
+    if let Some(p) = &config.qemu.package {
+        if !p.exists() {
+            notes.push(format!(
+                "qemu.package {} is not on this host: the qemu on PATH runs it",
+                p.display()
+            ));
+            config.qemu.package = None;
+        }
+    }
+    if let Some(p) = &config.virtiofsd.package {
+        if !p.exists() {
+            notes.push(format!(
+                "virtiofsd.package {} is not on this host: the virtiofsd on PATH runs it",
+                p.display()
+            ));
+            config.virtiofsd.package = None;
+        }
+    }
+    if config.vsock.cid.is_some() && !Path::new("/dev/vhost-vsock").exists() {
+        config.vsock.cid = None;
+        notes.push("vhost-vsock: no /dev/vhost-vsock on this host".to_owned());
+    }
+    for iface in &mut config.interfaces {
+        if iface.vhost && !Path::new("/dev/vhost-net").exists() {
+            iface.vhost = false;
+            notes.push(format!("vhost-net ({}): no /dev/vhost-net", iface.id));
+        }
+    }
+    if config.devices.iter().any(|d| d.bus == DeviceBus::Pci)
+        && !Path::new("/dev/vfio/vfio").exists()
+    {
+        config.devices.retain(|d| d.bus != DeviceBus::Pci);
+        notes.push("vfio-pci: no /dev/vfio/vfio (no IOMMU) on this host".to_owned());
+    }
+    let lacks_macvtap = !Path::new("/sys/module/macvtap").exists();
+    let lacks_bridge_acl = !Path::new("/etc/qemu/bridge.conf").exists();
+    config.interfaces.retain(|i| match i.kind {
+        InterfaceType::Macvtap if lacks_macvtap => {
+            notes.push(format!("macvtap ({}): this kernel has no macvtap", i.id));
+            false
+        }
+        InterfaceType::Macvtap => {
+            notes.push(format!(
+                "macvtap ({}): not started here (the test passes no fds)",
+                i.id
+            ));
+            false
+        }
+        InterfaceType::Bridge if lacks_bridge_acl => {
+            notes.push(format!(
+                "bridge ({}): qemu-bridge-helper allows no bridge (no /etc/qemu/bridge.conf)",
+                i.id
+            ));
+            false
+        }
+        _ => true,
+    });
+    // The fixture author's paths, made here (not exceptions).
+    for (i, share) in config.shares.iter_mut().enumerate() {
+        let dir = work.join(format!("share{i}"));
+        std::fs::create_dir_all(&dir).expect("share dir");
+        share.source = dir.display().to_string();
+    }
+    for (i, v) in config.volumes.iter_mut().enumerate() {
+        let file = work.join(format!("vol{i}.{}", v.image_type.name()));
+        make_image(&file, v.image_type.name());
+        v.image = file.display().to_string();
+    }
+    for (i, (_, path)) in config.credential_files.iter_mut().enumerate() {
+        let file = work.join(format!("cred{i}"));
+        std::fs::write(&file, "secret").expect("credential");
+        *path = file;
+    }
+    if let Some(user) = &config.user {
+        if !user_exists(user) {
+            config.user = Some("nobody".into());
+        }
+    }
+    notes
+}
+
+fn user_exists(name: &str) -> bool {
+    std::fs::read_to_string("/etc/passwd")
+        .is_ok_and(|p| p.lines().any(|l| l.split(':').next() == Some(name)))
+}
+
+pub fn make_image(path: &Path, format: &str) {
+    let format = if format == "vhd" { "vpc" } else { format };
+    let status = Command::new("qemu-img")
+        .args(["create", "-q", "-f", format])
+        .arg(path)
+        .arg("16M")
+        .status()
+        .expect("run qemu-img");
+    assert!(status.success(), "qemu-img create {}", path.display());
+}
+
+/// Starts the plan's helpers (virtiofsd) and waits for their sockets.
+pub fn start_helpers(inv: &Invocation, work: &Path) -> Vec<Child> {
+    let mut children = Vec::new();
+    for h in &inv.helpers {
+        let log = work.join(format!("helper-{}.log", h.name));
+        let mut child = Command::new(&h.program)
+            .args(&h.args)
+            .current_dir(work)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("helper log"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("helper {} ({}): {e}", h.name, h.program));
+        if let Some(socket) = &h.socket {
+            let path = work.join(socket);
+            let up = wait_for(Duration::from_secs(20), || path.exists());
+            // virtiofsd creates its socket before it checks its options.
+            std::thread::sleep(Duration::from_millis(300));
+            let alive = matches!(child.try_wait(), Ok(None));
+            assert!(
+                up && alive,
+                "helper {} {:?} did not come up: {}",
+                h.name,
+                h.args,
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        children.push(child);
+    }
+    children
 }
