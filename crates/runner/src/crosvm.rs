@@ -1,7 +1,7 @@
 //! crosvm (`crosvm run …`, inventory §2.4) in the syntax of current crosvm (checked against
 //! `src/crosvm/cmdline.rs` of google/crosvm, 2026-08):
 //!
-//! - the store disk is `--block <store>,ro=true,root=true`, the non-deprecated spelling of
+//! - the store disk is `--block path=<store>,ro=true,root=true`, the non-deprecated spelling of
 //!   the original's `-r <store>` (crosvm warns "Deprecated disk flags such as --[rw]disk or
 //!   --[rw]root are passed"); `root=true` still makes crosvm add `root=/dev/vda ro` itself;
 //! - vsock is `--vsock cid=<cid>` (the `--vsock` key-value form exists since 2023-02 and also
