@@ -313,7 +313,12 @@ pub fn start_helpers(inv: &Invocation, work: &Path) -> Vec<Child> {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("helper log"))
             .spawn()
-            .unwrap_or_else(|e| panic!("helper {} ({}): {e}", h.name, h.program));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "helper {} ({}): {e} (scripts/install-virtiofsd.sh installs virtiofsd under target/tools/bin)",
+                    h.name, h.program
+                )
+            });
         if let Some(socket) = &h.socket {
             let path = work.join(socket);
             let up = wait_for(Duration::from_secs(20), || path.exists());
