@@ -11,8 +11,9 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
@@ -37,7 +38,9 @@ fn expected_devices(config: &Config) -> Vec<String> {
     out
 }
 
-/// Runs the plan under `script` until alioth exits; returns its log (colours removed).
+/// Runs the plan under `script` until alioth exits, or until it has loaded the kernel
+/// (then it is stopped: with several vCPUs on a KVM that cannot run guests, alioth 0.12
+/// sometimes hangs while stopping them). Returns its log, colours removed.
 fn run(inv: &Invocation, program: &Path, work: &Path, netns: &Netns) -> Result<String, String> {
     let mut argv = vec!["-l".to_owned(), "info".to_owned()];
     argv.extend(inv.args.iter().cloned());
@@ -48,22 +51,37 @@ fn run(inv: &Invocation, program: &Path, work: &Path, netns: &Netns) -> Result<S
         .args(["-q", "-f", "-e", "-c", &line])
         .arg(&out_file)
         .current_dir(work)
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start script(1): {e}"))?;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while matches!(child.try_wait(), Ok(None)) {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err("alioth did not stop within 90 s".into());
+    let log = || strip_colours(&std::fs::read_to_string(&out_file).unwrap_or_default());
+    let start = Instant::now();
+    let mut loaded_at = None;
+    let outcome = loop {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            break Ok(());
         }
-        std::thread::sleep(Duration::from_millis(50));
+        if loaded_at.is_none() && log().contains("initramfs loaded") {
+            loaded_at = Some(Instant::now());
+        }
+        match loaded_at {
+            Some(t) if t.elapsed() > Duration::from_secs(5) => break Ok(()),
+            None if start.elapsed() > Duration::from_secs(90) => {
+                break Err("alioth neither exited nor loaded the kernel within 90 s".to_owned())
+            }
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    if matches!(child.try_wait(), Ok(None)) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", child.id())])
+            .status();
     }
-    let raw = std::fs::read_to_string(&out_file).map_err(|e| e.to_string())?;
-    Ok(strip_colours(&raw))
+    let _ = child.wait();
+    outcome.map(|()| log())
 }
 
 fn strip_colours(s: &str) -> String {
