@@ -5,7 +5,7 @@
 //! before anything starts.
 //!
 //! Each planner renders one device kind per function (`store_disk`, `volumes`, `shares`,
-//! `interfaces`, `vsock`, `balloon`, `passthrough`, …) into an [`argv::Out`], and `plan`
+//! `interfaces`, `vsock`, `balloon`, `passthrough`, …) into an `argv::Out`, and `plan`
 //! only calls them in the order the hypervisor wants. A new device kind is a row in
 //! [`caps::TABLE`] (refused or ignored where a hypervisor lacks it) and one function per
 //! planner that has it; a new hypervisor is a column in that table, a module with its
