@@ -277,8 +277,9 @@ pub fn adapt_to_host(config: &mut Config, work: &Path) -> Vec<String> {
         std::fs::write(&file, "secret").expect("credential");
         *path = file;
     }
-    if let Some(user) = &config.user {
-        if !user_exists(user) {
+    if let Some(user) = config.user.clone() {
+        if !user_exists(&user) {
+            notes.push(format!("user {user:?} does not exist here: runs as nobody"));
             config.user = Some("nobody".into());
         }
     }
