@@ -111,6 +111,15 @@ pub(crate) fn plan(
         config,
     );
     let mut out = Out::default();
+    if config.balloon && config.initial_balloon_mem >= config.mem {
+        return Err(invalid(format!(
+            "initialBalloonMem ({} MiB) must be below mem ({} MiB): the balloon would take all guest memory",
+            config.initial_balloon_mem, config.mem
+        )));
+    }
+    if !config.balloon && config.initial_balloon_mem > 0 {
+        out.warn_once("`initialBalloonMem` does nothing without `balloon = true`; ignored");
+    }
     let (doc, mut files) = config_file(&mut out, config, artifacts, &kernel_cmdline)?;
     let config_file = format!("{}-firecracker.json", config.name);
     files.insert(
@@ -400,6 +409,15 @@ mod tests {
             json!({"amount_mib": 128, "deflate_on_oom": true, "free_page_reporting": true})
         );
         assert!(plan_doc_has_no_balloon(), "no balloon unless asked");
+        c.initial_balloon_mem = c.mem;
+        let e = plan(&c, &Artifacts::placeholders(), &HostFacts::reference()).expect_err("too big");
+        assert!(e.to_string().contains("must be below mem"), "{e}");
+        c.balloon = false;
+        let inv = plan(&c, &Artifacts::placeholders(), &HostFacts::reference()).expect("plan");
+        assert_eq!(
+            inv.warnings,
+            ["`initialBalloonMem` does nothing without `balloon = true`; ignored"]
+        );
     }
 
     fn plan_doc_has_no_balloon() -> bool {
