@@ -144,18 +144,7 @@ pub(crate) fn plan(
 
     let mut pre_start = vec![PreStart::MoveAside(socket.clone())];
     let control_channel = control_channel(config, &mut pre_start);
-    let shutdown = if x86 {
-        Shutdown::Http {
-            socket: socket.clone(),
-            method: "PUT".into(),
-            path: "/actions".into(),
-            body: Some(r#"{"action_type": "SendCtrlAltDel"}"#.into()),
-        }
-    } else {
-        Shutdown::Signal {
-            signal: "SIGTERM".into(),
-        }
-    };
+    let shutdown = shutdown(x86, &socket);
     Ok(Invocation {
         hypervisor: HV,
         program: program(config.firecracker.package.as_deref(), "firecracker"),
@@ -234,6 +223,22 @@ fn config_file(
         merge(&mut doc, extra);
     }
     Ok((doc, files))
+}
+
+/// `SendCtrlAltDel`, which firecracker implements on x86_64 only.
+fn shutdown(x86: bool, socket: &str) -> Shutdown {
+    if x86 {
+        Shutdown::Http {
+            socket: socket.to_owned(),
+            method: "PUT".into(),
+            path: "/actions".into(),
+            body: Some(r#"{"action_type": "SendCtrlAltDel"}"#.into()),
+        }
+    } else {
+        Shutdown::Signal {
+            signal: "SIGTERM".into(),
+        }
+    }
 }
 
 fn io_engine(config: &Config) -> &'static str {
