@@ -93,15 +93,27 @@ pub fn load_with(path: &Path, options: &LoadOptions) -> Result<Loaded, LoadFailu
     for u in unknown {
         diagnostics.push(Diagnostic::error(u.message).at(u.path, u.span));
     }
+    let ctx = |tree| resolve::Context {
+        tree,
+        sources: &sources,
+        file: path,
+        name: options.name.clone(),
+        arch: options.arch.unwrap_or_else(Arch::host),
+    };
     let spec = match spec {
         Ok(spec) => spec,
         Err(e) => {
-            for e in type_errors(&tree, e) {
-                let mut d = Diagnostic::error(e.message);
-                if let (Some(path), Some(span)) = (e.path, e.span) {
-                    d = d.at(path, span);
-                }
-                diagnostics.push(d);
+            // The rules of `resolve` still run on what is left once the values of the
+            // wrong type are taken out; only what they say about a taken-out key (or
+            // inside one) is dropped, as it cannot be computed.
+            let pruned = type_errors(&tree, e, &mut diagnostics);
+            if let Some((spec, tree, removed)) = pruned {
+                let (_, found) = resolve::resolve(&spec, &ctx(&tree));
+                diagnostics.extend(found.into_iter().filter(|d| {
+                    d.path
+                        .as_ref()
+                        .is_none_or(|p| !removed.iter().any(|r| p.0.starts_with(&r.0)))
+                }));
             }
             return Err(LoadFailure {
                 diagnostics,
@@ -109,14 +121,7 @@ pub fn load_with(path: &Path, options: &LoadOptions) -> Result<Loaded, LoadFailu
             });
         }
     };
-    let ctx = resolve::Context {
-        tree: &tree,
-        sources: &sources,
-        file: path,
-        name: options.name.clone(),
-        arch: options.arch.unwrap_or_else(Arch::host),
-    };
-    let (config, mut found) = resolve::resolve(&spec, &ctx);
+    let (config, mut found) = resolve::resolve(&spec, &ctx(&tree));
     diagnostics.append(&mut found);
     match config {
         Some(config) if !diagnostics.iter().any(Diagnostic::is_error) => Ok(Loaded {
@@ -132,36 +137,52 @@ pub fn load_with(path: &Path, options: &LoadOptions) -> Result<Loaded, LoadFailu
     }
 }
 
-/// Every type error of the tree, not only the first: serde stops at the first one, so
-/// the offending value is taken out of a copy of the tree (every key of the schema is
-/// optional) and deserialisation is tried again, until it succeeds or an error cannot
-/// be taken out. The rules of `resolve` are not run on such a mutilated tree.
-fn type_errors(tree: &Node, first: de::DeError) -> Vec<de::DeError> {
+/// Every type error of the tree, not only the first, pushed onto `diags` with the unknown
+/// keys that the first pass never reached: serde stops at the first error, so the
+/// offending value is taken out of a copy of the tree (every key of the schema is
+/// optional) and deserialisation is tried again, until it succeeds or an error cannot be
+/// taken out. Returns the spec of the pruned tree, that tree and the paths taken out,
+/// when the pruning ended in a spec.
+fn type_errors(
+    tree: &Node,
+    first: de::DeError,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<(Spec, Node, Vec<KeyPath>)> {
     const MAX: usize = 100;
-    let mut errors = vec![first];
+    let mut seen: Vec<KeyPath> = diags.iter().filter_map(|d| d.path.clone()).collect();
     let mut tree = tree.clone();
-    while errors.len() < MAX {
-        let Some(path) = errors.last().and_then(|e| e.path.clone()) else {
-            break;
-        };
-        if !remove(&mut tree, &path) {
-            break;
+    let mut removed = Vec::new();
+    let mut error = first;
+    for _ in 0..MAX {
+        let mut d = Diagnostic::error(error.message.clone());
+        if let (Some(path), Some(span)) = (error.path.clone(), error.span.clone()) {
+            d = d.at(path, span);
         }
-        match de::from_node::<Spec>(&tree).0 {
-            Ok(_) => break,
-            Err(e) => errors.push(e),
+        diags.push(d);
+        let path = error.path.clone()?;
+        let taken = remove(&mut tree, &path)?;
+        removed.push(taken);
+        let (spec, unknown) = de::from_node::<Spec>(&tree);
+        for u in unknown {
+            if !seen.contains(&u.path) {
+                seen.push(u.path.clone());
+                diags.push(Diagnostic::error(u.message).at(u.path, u.span));
+            }
+        }
+        match spec {
+            Ok(spec) => return Some((spec, tree, removed)),
+            Err(e) => error = e,
         }
     }
-    errors
+    None
 }
 
 /// Removes the entry at `path` from the tree: the table key it ends in, or, for a list
 /// element, the whole list (removing one element would shift the indices of the others).
-fn remove(tree: &mut Node, path: &KeyPath) -> bool {
+/// Returns the path taken out.
+fn remove(tree: &mut Node, path: &KeyPath) -> Option<KeyPath> {
     use crate::node::Seg;
-    let Some(last_key) = path.0.iter().rposition(|s| matches!(s, Seg::Key(_))) else {
-        return false;
-    };
+    let last_key = path.0.iter().rposition(|s| matches!(s, Seg::Key(_)))?;
     let mut node = tree;
     for seg in &path.0[..last_key] {
         let next = match (seg, &mut node.value) {
@@ -172,17 +193,14 @@ fn remove(tree: &mut Node, path: &KeyPath) -> bool {
             (Seg::Index(i), Value::Array(items)) => items.get_mut(*i),
             _ => None,
         };
-        match next {
-            Some(n) => node = n,
-            None => return false,
-        }
+        node = next?;
     }
     let (Seg::Key(key), Value::Table(entries)) = (&path.0[last_key], &mut node.value) else {
-        return false;
+        return None;
     };
     let before = entries.len();
     entries.retain(|e| &e.key != key);
-    entries.len() < before
+    (entries.len() < before).then(|| KeyPath(path.0[..=last_key].to_vec()))
 }
 
 /// Reads `path` and its imports into one merged tree.

@@ -121,7 +121,15 @@ pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnosti
     };
 
     let name = resolve_name(&mut r, spec);
-    r.vm = name.as_ref().map_or_else(|| "?".into(), |n| n.to_string());
+    // Without a valid name, messages name the VM as the user wrote it.
+    r.vm = match (&name, &spec.host_name) {
+        (Some(n), _) => n.to_string(),
+        (None, Some(h)) => h.clone(),
+        (None, None) => ctx.file.file_stem().map_or_else(
+            || ctx.file.display().to_string(),
+            |s| s.to_string_lossy().into_owned(),
+        ),
+    };
     let hypervisor = spec.hypervisor.unwrap_or(Hypervisor::Qemu);
 
     if spec.balloon_mem.is_some() {
