@@ -55,13 +55,26 @@ impl std::error::Error for Usage {}
 
 pub const USAGE: i32 = 2;
 
+/// The error chain on one line, `outer: cause: root cause`, leaving out a cause that the
+/// message before it already ends with (an error that prints its source itself).
+pub fn chain_message(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain().map(ToString::to_string) {
+        if out.is_empty() {
+            out = cause;
+        } else if !out.ends_with(&cause) {
+            out = format!("{out}: {cause}");
+        }
+    }
+    out
+}
+
 /// Prints an error chain once (`error: outer: cause: root cause`) and returns its code.
 pub fn report(err: &anyhow::Error) -> i32 {
     if let Some(Reported(code)) = err.downcast_ref::<Reported>() {
         return *code;
     }
-    let chain: Vec<String> = err.chain().map(ToString::to_string).collect();
-    eprintln!("error: {}", chain.join(": "));
+    eprintln!("error: {}", chain_message(err));
     let unsupported = |e: &(dyn std::error::Error + 'static)| {
         e.downcast_ref::<Unsupported>().is_some()
             || e.downcast_ref::<microvm_runner::PlanError>().is_some()
@@ -72,5 +85,39 @@ pub fn report(err: &anyhow::Error) -> i32 {
         UNSUPPORTED
     } else {
         FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that prints its source itself, as thiserror's `{source}` does.
+    #[derive(Debug)]
+    struct Reading {
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for Reading {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "reading /k: {}", self.source)
+        }
+    }
+
+    impl std::error::Error for Reading {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn a_cause_is_printed_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let err = anyhow::Error::new(Reading { source: io }).context("building vm1");
+        let msg = chain_message(&err);
+        assert_eq!(msg.matches("not found").count(), 1, "{msg}");
+        assert!(msg.starts_with("building vm1: reading /k: "), "{msg}");
+        let plain = anyhow::anyhow!("root cause").context("outer");
+        assert_eq!(chain_message(&plain), "outer: root cause");
     }
 }

@@ -37,6 +37,42 @@ pub struct Loaded {
     pub sources: SourceMap,
     /// The merged value tree (for locating keys in later diagnostics).
     pub tree: Node,
+    /// The host files and directories the definition names.
+    pub inputs: Vec<resolve::Input>,
+}
+
+impl Loaded {
+    /// An error for every input (kernel, initrd, root directory, …) that is not there or
+    /// is not of its kind, located at the key that names it. `check`, `build` and `run`
+    /// report them; `plan` does not need them.
+    pub fn missing_inputs(&self) -> Vec<Diagnostic> {
+        use resolve::InputKind;
+        let mut missing: Vec<Diagnostic> = self
+            .inputs
+            .iter()
+            .filter_map(|input| {
+                let shown = display_path(&input.path);
+                let problem = match (std::fs::metadata(&input.path), input.kind) {
+                    (Err(e), _) if e.kind() == std::io::ErrorKind::NotFound => {
+                        format!("{shown} does not exist")
+                    }
+                    (Err(e), _) => format!("cannot read {shown}: {e}"),
+                    (Ok(m), InputKind::File) if m.is_dir() => {
+                        format!("{shown} is a directory, not a file")
+                    }
+                    (Ok(m), InputKind::Directory) if !m.is_dir() => {
+                        format!("{shown} is not a directory")
+                    }
+                    (Ok(_), _) => return None,
+                };
+                let span = self.tree.span_of(&input.key).clone();
+                Some(Diagnostic::error(problem).at(input.key.clone(), span))
+            })
+            .collect();
+        // In the order of the definition's text.
+        missing.sort_by_key(|d| d.span.as_ref().map(|s| (s.file.0, s.range.start)));
+        missing
+    }
 }
 
 /// A definition that did not load; `diagnostics` holds every error and warning found.
@@ -108,7 +144,7 @@ pub fn load_with(path: &Path, options: &LoadOptions) -> Result<Loaded, LoadFailu
             // inside one) is dropped, as it cannot be computed.
             let pruned = type_errors(&tree, e, &mut diagnostics);
             if let Some((spec, tree, removed)) = pruned {
-                let (_, found) = resolve::resolve(&spec, &ctx(&tree));
+                let (_, found, _) = resolve::resolve(&spec, &ctx(&tree));
                 diagnostics.extend(found.into_iter().filter(|d| {
                     d.path
                         .as_ref()
@@ -121,7 +157,7 @@ pub fn load_with(path: &Path, options: &LoadOptions) -> Result<Loaded, LoadFailu
             });
         }
     };
-    let (config, mut found) = resolve::resolve(&spec, &ctx(&tree));
+    let (config, mut found, inputs) = resolve::resolve(&spec, &ctx(&tree));
     diagnostics.append(&mut found);
     match config {
         Some(config) if !diagnostics.iter().any(Diagnostic::is_error) => Ok(Loaded {
@@ -129,6 +165,7 @@ pub fn load_with(path: &Path, options: &LoadOptions) -> Result<Loaded, LoadFailu
             warnings: diagnostics,
             sources,
             tree,
+            inputs,
         }),
         _ => Err(LoadFailure {
             diagnostics,

@@ -29,7 +29,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<i32> {
     if args.json {
         return json(args, wanted);
     }
-    let loaded = common::load(&args.def, false)?;
+    let loaded = common::load_with_inputs(&args.def, false)?;
     let config = &loaded.config;
     let targets: Vec<Hypervisor> = if args.all {
         Hypervisor::LINUX.to_vec()
@@ -99,8 +99,26 @@ fn json(args: &CheckArgs, wanted: Option<Hypervisor>) -> anyhow::Result<i32> {
         .transpose()
         .ok()
         .flatten();
+    common::readable(&args.def.file)?;
     let options = microvm_spec::LoadOptions { name, arch: None };
     let (report, code) = match microvm_spec::load_with(&args.def.file, &options) {
+        Ok(loaded) if !loaded.missing_inputs().is_empty() => {
+            let diagnostics = loaded
+                .warnings
+                .iter()
+                .chain(&loaded.missing_inputs())
+                .map(|d| loaded.sources.to_json(d))
+                .collect();
+            (
+                Report {
+                    file: args.def.file.display().to_string(),
+                    valid: false,
+                    diagnostics,
+                    hypervisors: Vec::new(),
+                },
+                INVALID,
+            )
+        }
         Ok(loaded) => {
             let config = &loaded.config;
             let targets: Vec<Hypervisor> = if args.all {

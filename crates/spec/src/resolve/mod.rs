@@ -29,6 +29,8 @@ pub struct Context<'a> {
 pub(crate) struct Resolver<'a> {
     ctx: &'a Context<'a>,
     diags: Vec<Diagnostic>,
+    /// Every file or directory of the host that the definition names.
+    inputs: std::cell::RefCell<Vec<Input>>,
     /// The VM name for messages ("MicroVM <n>: …").
     vm: String,
 }
@@ -64,7 +66,24 @@ impl<'a> Resolver<'a> {
     }
 
     /// A path naming a file input of the definition: relative to the file that wrote it.
+    /// It is recorded as an input that must exist (a file, or a directory for
+    /// `InputKind::Directory`).
     pub(crate) fn file_input(&self, path: &KeyPath, value: &str) -> PathBuf {
+        self.input(path, value, InputKind::File)
+    }
+
+    pub(crate) fn input(&self, path: &KeyPath, value: &str, kind: InputKind) -> PathBuf {
+        let file = self.input_path(path, value);
+        self.inputs.borrow_mut().push(Input {
+            key: path.clone(),
+            path: file.clone(),
+            kind,
+        });
+        file
+    }
+
+    /// A host path of the definition, relative to the file that wrote it.
+    pub(crate) fn input_path(&self, path: &KeyPath, value: &str) -> PathBuf {
         let p = Path::new(value);
         if p.is_absolute() {
             return p.to_path_buf();
@@ -110,12 +129,32 @@ impl<'a> Resolver<'a> {
     }
 }
 
-/// Resolves a spec; returns the config (when every required piece was there) and all
-/// diagnostics found.
-pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnostic>) {
+/// A file or directory of the host that the definition names, which the build reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Input {
+    /// Where the definition names it.
+    pub key: KeyPath,
+    /// The absolute path.
+    pub path: PathBuf,
+    pub kind: InputKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    File,
+    Directory,
+    /// A file or a directory (an OCI layout or archive, a Nix store path).
+    Any,
+}
+
+/// Resolves a spec; returns the config (when every required piece was there), all
+/// diagnostics found, and the host paths the definition names (for
+/// [`crate::Loaded::missing_inputs`]).
+pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnostic>, Vec<Input>) {
     let root = KeyPath::root();
     let mut r = Resolver {
         ctx,
+        inputs: Default::default(),
         diags: Vec::new(),
         vm: String::new(),
     };
@@ -192,7 +231,8 @@ pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnosti
         .map(|(k, v)| {
             (
                 k.clone(),
-                r.file_input(&root.key("credentialFiles").key(k), v),
+                // Read when the VM starts, not at build: they may not be there yet.
+                r.input_path(&root.key("credentialFiles").key(k), v),
             )
         })
         .collect();
@@ -325,7 +365,7 @@ pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnosti
             name,
         }
     });
-    (config, r.diags)
+    (config, r.diags, r.inputs.into_inner())
 }
 
 fn package_only(spec: &crate::schema::PackageOnlySpec) -> PackageOnly {
