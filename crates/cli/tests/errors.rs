@@ -97,3 +97,108 @@ fn plan_does_not_need_the_inputs() {
     let out = microvm(dir.path(), ["plan", "--reference-host", "vm1.toml"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+/// A bzImage that microvm recognises but cannot decompress (an unknown payload): the
+/// build goes on without a vmlinux and warns about it.
+fn undecompressable_bzimage() -> Vec<u8> {
+    let pm_start = 2 * 512;
+    let mut img = vec![0u8; pm_start + 16];
+    img[0x1f1] = 1;
+    img[0x202..0x206].copy_from_slice(b"HdrS");
+    img[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    let version = b"6.12.1-test (me@host) #1 SMP\0";
+    img[0x300..0x300 + version.len()].copy_from_slice(version);
+    img[0x20e..0x210].copy_from_slice(&0x100u16.to_le_bytes());
+    let mut payload = b"not a compressed kernel".to_vec();
+    payload.extend(100u32.to_le_bytes());
+    img[0x248..0x24c].copy_from_slice(&16u32.to_le_bytes());
+    img[0x24c..0x250].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    img.extend(payload);
+    img.extend([0u8; 100]);
+    img
+}
+
+/// Whether `nobody` can run things here (this suite runs as root).
+fn as_nobody() -> Option<Command> {
+    let root =
+        std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
+    let setpriv = Path::new("/usr/bin/setpriv").exists();
+    if !(root && setpriv) {
+        eprintln!("skipped the unprivileged build: needs root and setpriv");
+        return None;
+    }
+    let mut cmd = Command::new("/usr/bin/setpriv");
+    cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"]);
+    Some(cmd)
+}
+
+#[test]
+fn library_warnings_and_skipped_root_entries_reach_stderr() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    std::fs::write(d.join("bzImage"), undecompressable_bzimage()).expect("write");
+    // A root tarball with a device node, which an unprivileged build cannot create.
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Char);
+    h.set_device_major(1).expect("major");
+    h.set_device_minor(3).expect("minor");
+    h.set_mode(0o666);
+    h.set_size(0);
+    tar.append_data(&mut h, "dev/null", std::io::empty())
+        .expect("tar");
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(3);
+    tar.append_data(&mut h, "etc/hello", &b"hi\n"[..])
+        .expect("tar");
+    std::fs::write(d.join("root.tar"), tar.into_inner().expect("tar")).expect("write");
+    std::fs::write(
+        d.join("vm1.toml"),
+        "kernel = \"bzImage\"\n[[root]]\ntarball = \"root.tar\"\n",
+    )
+    .expect("write");
+    for f in ["bzImage", "root.tar", "vm1.toml"] {
+        std::fs::set_permissions(d.join(f), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+
+    let Some(mut cmd) = as_nobody() else { return };
+    let store = d.join("store");
+    let out = cmd
+        .arg(env!("CARGO_BIN_EXE_microvm"))
+        .args(["build", "vm1.toml"])
+        .current_dir(d)
+        .env("HOME", d)
+        .env("MICROVM_STORE", &store)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run microvm");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("microvm: warning: no uncompressed kernel: "),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "microvm: warning: the guest root lacks 1 entry this build could not create \
+             (build as root to keep them): /dev/null ("
+        ),
+        "{err}"
+    );
+
+    // RUST_LOG chooses: with errors only, no warning is said.
+    let out = Command::new(env!("CARGO_BIN_EXE_microvm"))
+        .args(["build", "vm1.toml"])
+        .current_dir(d)
+        .env("HOME", d)
+        .env("MICROVM_STORE", &store)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run microvm");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+    let _ = std::fs::remove_dir_all(&store);
+}
