@@ -202,3 +202,27 @@ fn library_warnings_and_skipped_root_entries_reach_stderr() {
     assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
     let _ = std::fs::remove_dir_all(&store);
 }
+
+#[test]
+fn system_symlink_points_at_the_guest_root() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::write(d.join("bzImage"), undecompressable_bzimage()).expect("write");
+    std::fs::create_dir_all(d.join("root/etc")).expect("mkdir");
+    std::fs::write(d.join("root/etc/hello"), "hi\n").expect("write");
+    let def = "kernel = \"bzImage\"\n[[root]]\ndirectory = \"root\"\n";
+    std::fs::write(d.join("with.toml"), format!("systemSymlink = true\n{def}")).expect("write");
+    std::fs::write(d.join("without.toml"), def).expect("write");
+    let runner = |name: &str| {
+        let out = microvm(d, ["build", name]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    };
+    let with = runner("with.toml");
+    let system = std::fs::read_link(with.join("share/microvm/system")).expect("system link");
+    let disk = std::fs::read_link(with.join("share/microvm/store-disk")).expect("store-disk");
+    assert_eq!(system, disk);
+    // Off by default when the root is on a disk (microvm.nix: `!storeOnDisk`).
+    let without = runner("without.toml");
+    assert!(!without.join("share/microvm/system").exists());
+}

@@ -9,13 +9,23 @@ use microvm_runner::{Invocation, PreStart};
 
 use super::RunError;
 
-/// Runs `pre_start` in order: `rm -f`, `mv P P.old`, `mkdir -p`.
-pub(crate) fn run_pre_start(steps: &[PreStart], workdir: &Path) -> Result<(), RunError> {
+/// Runs `pre_start` in order: `rm -f`, `mv P P.old`, `mkdir -p`, the definition's
+/// `preStart` and `extraArgsScript`; returns the arguments the latter adds.
+pub(crate) fn run_pre_start(steps: &[PreStart], workdir: &Path) -> Result<Vec<String>, RunError> {
+    let mut extra_args = Vec::new();
     for step in steps {
         let (what, rel) = match step {
             PreStart::RemoveFile(p) => ("remove", p),
             PreStart::MoveAside(p) => ("move aside", p),
             PreStart::CreateDir(p) => ("create directory", p),
+            PreStart::Shell(script) => {
+                super::user_steps::pre_start(script, workdir)?;
+                continue;
+            }
+            PreStart::ExtraArgs(cmd) => {
+                extra_args.extend(super::user_steps::extra_args(cmd, workdir)?);
+                continue;
+            }
         };
         let path = workdir.join(rel);
         let result = match step {
@@ -32,6 +42,7 @@ pub(crate) fn run_pre_start(steps: &[PreStart], workdir: &Path) -> Result<(), Ru
                 }
             }
             PreStart::CreateDir(_) => std::fs::create_dir_all(&path),
+            PreStart::Shell(_) | PreStart::ExtraArgs(_) => Ok(()),
         };
         result.map_err(|source| RunError::PreStart {
             step: what,
@@ -39,7 +50,7 @@ pub(crate) fn run_pre_start(steps: &[PreStart], workdir: &Path) -> Result<(), Ru
             source,
         })?;
     }
-    Ok(())
+    Ok(extra_args)
 }
 
 /// Writes the generated files (parents created, mode applied even to existing files).
