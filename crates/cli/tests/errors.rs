@@ -226,3 +226,50 @@ fn system_symlink_points_at_the_guest_root() {
     let without = runner("without.toml");
     assert!(!without.join("share/microvm/system").exists());
 }
+
+/// Every key of a JSON value, recursively (the values of maps keyed by user data, such
+/// as environment tables, are not keys of the schema and are skipped).
+fn keys(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                out.push(k.clone());
+                if k != "env" && k != "environment" {
+                    keys(v, out);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|i| keys(i, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn every_json_output_is_camel_case() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::write(d.join("bzImage"), undecompressable_bzimage()).expect("write");
+    std::fs::create_dir_all(d.join("root/etc")).expect("mkdir");
+    std::fs::write(d.join("root/etc/hello"), "hi\n").expect("write");
+    std::fs::write(
+        d.join("vm1.toml"),
+        "kernel = \"bzImage\"\n[[root]]\ndirectory = \"root\"\n[[volumes]]\nimage = \"v.img\"\n\
+         mountPoint = \"/v\"\nsize = 8\n",
+    )
+    .expect("write");
+    for args in [
+        &["check", "--json", "vm1.toml"][..],
+        &["check", "--json", "--all", "vm1.toml"],
+        &["plan", "--json", "--reference-host", "vm1.toml"],
+        &["build", "--json", "vm1.toml"],
+        &["build", "--json", "--list-root", "vm1.toml"],
+    ] {
+        let out = microvm(d, args);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", stderr(&out)));
+        let mut all = Vec::new();
+        keys(&json, &mut all);
+        let snake: Vec<&String> = all.iter().filter(|k| k.contains('_')).collect();
+        assert!(snake.is_empty(), "{args:?}: snake_case keys {snake:?}");
+    }
+}

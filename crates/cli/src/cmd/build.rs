@@ -24,6 +24,7 @@ pub struct Runner {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Report<'a> {
     runner: &'a Path,
     cached: bool,
