@@ -12,7 +12,8 @@ use clap::{Parser, Subcommand, ValueEnum};
     name = "microvm",
     version,
     propagate_version = true,
-    max_term_width = 100
+    max_term_width = 100,
+    after_long_help = crate::exit::EXIT_CODES_HELP
 )]
 pub struct Cli {
     /// The state directory of managed VMs.
@@ -39,7 +40,12 @@ pub enum Command {
     /// Build the guest (kernel, initrd, root disk) into a runner directory in the store.
     Build(BuildArgs),
     /// Build if needed, then boot the VM in the foreground with its console on the
-    /// terminal; exits with the guest's status when it powers off.
+    /// terminal; exits with the guest's status when it powers off. `run NAME` runs the
+    /// managed VM NAME in the foreground, under its supervisor.
+    #[command(
+        override_usage = "microvm run [OPTIONS] <FILE>\n       microvm run [OPTIONS] <NAME>",
+        after_long_help = crate::exit::EXIT_CODES_HELP
+    )]
     Run(RunArgs),
     /// Create a managed VM in the state directory from a definition, or adopt a runner
     /// directory built elsewhere (including one built by microvm.nix).
@@ -289,6 +295,8 @@ pub struct BuildArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
+    /// FILE: a definition file (TOML, or JSON with the same schema); NAME: a managed VM
+    /// of the state directory (`create`d), run in the foreground under its supervisor.
     #[command(flatten)]
     pub def: DefinitionArgs,
     /// The store directory for built runners (see `build`).

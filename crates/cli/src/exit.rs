@@ -12,6 +12,19 @@
 //!
 //! `microvm run` in single-command mode exits with the guest command's own status.
 
+/// The exit-code table, for `--help` and the man pages.
+pub const EXIT_CODES_HELP: &str = "Exit codes:
+  0    success; for `run`: the guest's command exited 0, or the guest powered off cleanly
+  1    an operational error: a file (the definition file included), a tool or a process failed
+  2    bad command-line usage
+  3    the definition is invalid (every problem is printed), or an input it names is missing
+  4    the definition is valid but the hypervisor cannot run it (an unsupported feature, or
+       KVM required but unusable)
+  121  `run`: the guest init failed (it printed what failed and powered off)
+  122  `run`: the hypervisor did not stop within the shutdown timeout and was killed
+
+`microvm run` in single-command mode exits with the guest command's own status.";
+
 pub const OK: i32 = 0;
 pub const FAILURE: i32 = 1;
 pub const INVALID: i32 = 3;

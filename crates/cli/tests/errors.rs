@@ -273,3 +273,34 @@ fn every_json_output_is_camel_case() {
         assert!(snake.is_empty(), "{args:?}: snake_case keys {snake:?}");
     }
 }
+
+#[test]
+fn man_pages_and_help_carry_the_exit_codes_and_the_run_name_form() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let man = dir.path().join("man");
+    let out = microvm(
+        dir.path(),
+        ["generate", "man", man.to_str().expect("utf-8")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mut pages = 0;
+    for entry in std::fs::read_dir(&man).expect("man dir") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("page");
+        for code in ["Exit codes:", "bad command\\-line usage", "121", "122"] {
+            assert!(text.contains(code), "{}: no {code:?}", path.display());
+        }
+        pages += 1;
+    }
+    assert!(pages > 10, "{pages} pages");
+    let out = microvm(dir.path(), ["help", "run"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("microvm run [OPTIONS] <NAME>"), "{help}");
+    assert!(
+        help.contains("`run NAME` runs the managed VM NAME"),
+        "{help}"
+    );
+    assert!(help.contains("Exit codes:"), "{help}");
+    let out = microvm(dir.path(), ["--help"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("121"));
+}
