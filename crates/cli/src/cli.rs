@@ -274,6 +274,9 @@ pub struct PlanArgs {
     /// probing this one, so the output is the same everywhere.
     #[arg(long)]
     pub reference_host: bool,
+    /// The store where this definition's built artifacts are looked up (see `build`).
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

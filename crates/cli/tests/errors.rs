@@ -304,3 +304,44 @@ fn man_pages_and_help_carry_the_exit_codes_and_the_run_name_form() {
     let out = microvm(dir.path(), ["--help"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("121"));
 }
+
+#[test]
+fn plan_names_the_built_artifacts_or_says_what_the_placeholders_are() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::write(d.join("bzImage"), undecompressable_bzimage()).expect("write");
+    std::fs::create_dir_all(d.join("root/etc")).expect("mkdir");
+    std::fs::write(d.join("root/etc/hello"), "hi\n").expect("write");
+    std::fs::write(
+        d.join("vm1.toml"),
+        "kernel = \"bzImage\"\n[[root]]\ndirectory = \"root\"\n",
+    )
+    .expect("write");
+    let plan = || {
+        let out = microvm(d, ["plan", "--reference-host", "vm1.toml"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = plan();
+    assert!(before.contains("'$INITRD'"), "{before}");
+    assert!(
+        before.contains("# $KERNEL, $INITRD and $STORE stand for the kernel directory"),
+        "{before}"
+    );
+    let out = microvm(d, ["build", "--json", "vm1.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let built: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let after = plan();
+    for placeholder in ["$KERNEL", "$INITRD", "$STORE"] {
+        assert!(!after.contains(placeholder), "{placeholder}:\n{after}");
+    }
+    for key in ["kernel", "initrd", "storeDisk"] {
+        let path = built[key].as_str().expect("a path");
+        assert!(after.contains(path), "{key} {path}:\n{after}");
+    }
+    // A changed input: the plan no longer claims the old artifacts.
+    let mut kernel = undecompressable_bzimage();
+    kernel.extend([0u8; 512]);
+    std::fs::write(d.join("bzImage"), kernel).expect("write");
+    assert!(plan().contains("'$INITRD'"));
+}

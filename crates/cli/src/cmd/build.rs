@@ -95,7 +95,13 @@ pub fn run(args: &BuildArgs, state_dir: &Path) -> anyhow::Result<i32> {
 /// managed VMs, `/var/lib/microvms/.store` by default), else `$XDG_CACHE_HOME/microvm/store`
 /// (or `~/.cache/microvm/store`).
 pub fn open_store(flag: Option<&Path>, state_dir: &Path) -> anyhow::Result<Store> {
-    let root = match (flag, std::env::var_os("MICROVM_STORE")) {
+    let root = store_root(flag, state_dir)?;
+    Store::open(&root).with_context(|| format!("opening the store {}", root.display()))
+}
+
+/// Where the store is (see [`open_store`]), without creating it.
+pub fn store_root(flag: Option<&Path>, state_dir: &Path) -> anyhow::Result<PathBuf> {
+    Ok(match (flag, std::env::var_os("MICROVM_STORE")) {
         (Some(p), _) => p.to_path_buf(),
         (None, Some(p)) => PathBuf::from(p),
         (None, None) if common::is_root() => state_dir.join(".store"),
@@ -106,8 +112,7 @@ pub fn open_store(flag: Option<&Path>, state_dir: &Path) -> anyhow::Result<Store
                 .context("neither XDG_CACHE_HOME nor HOME is set; pass --store")?;
             cache.join("microvm/store")
         }
-    };
-    Store::open(&root).with_context(|| format!("opening the store {}", root.display()))
+    })
 }
 
 /// Builds (or finds) the artifacts and the runner directory of a loaded definition.
@@ -129,6 +134,11 @@ pub fn build_runner(loaded: &Loaded, store: &Store, host: &HostFacts) -> anyhow:
         initrd: built.initrd.clone(),
         store_disk: built.store_disk.clone(),
     };
+    let added = match &extended {
+        Some(_) => &built.kernel_params[..],
+        None => &[],
+    };
+    super::built::record(store.root(), loaded, &artifacts, added);
     let invocation = microvm_runner::plan(config, &artifacts, host)
         .with_context(|| format!("planning {} for {}", config.name, config.hypervisor))?;
     let files = package::files(config, &invocation);
