@@ -294,6 +294,10 @@ pub struct BuildArgs {
     /// came from, last writer wins (`PATH<TAB>SOURCE` lines; with --json, a `root` list).
     #[arg(long)]
     pub list_root: bool,
+    /// Fetch kernel packages and Debian roots again, even when cached (as
+    /// `MICROVM_REFRESH=1`).
+    #[arg(long)]
+    pub refresh: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -312,6 +316,10 @@ pub struct RunArgs {
     /// Seconds to wait for a graceful shutdown on SIGINT/SIGTERM before killing.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub shutdown_timeout: u64,
+    /// Fetch kernel packages and Debian roots again, even when cached (as
+    /// `MICROVM_REFRESH=1`).
+    #[arg(long)]
+    pub refresh: bool,
     /// Write the serial console to this file instead of the terminal.
     #[arg(long, value_name = "FILE")]
     pub console_log: Option<PathBuf>,

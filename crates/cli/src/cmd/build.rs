@@ -60,6 +60,7 @@ fn root_manifest(built: &Built) -> anyhow::Result<Vec<RootEntry>> {
 }
 
 pub fn run(args: &BuildArgs, state_dir: &Path) -> anyhow::Result<i32> {
+    common::refresh(args.refresh);
     let loaded = common::load_with_inputs(&args.def, false)?;
     let start = Instant::now();
     let store = open_store(args.store.as_deref(), state_dir)?;

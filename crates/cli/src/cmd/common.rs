@@ -57,6 +57,14 @@ pub fn load_with_inputs(def: &DefinitionArgs, quiet: bool) -> anyhow::Result<Loa
     Err(Reported(INVALID).into())
 }
 
+/// `--refresh`: the image library's fetchers read `MICROVM_REFRESH` (set before any
+/// thread starts).
+pub fn refresh(requested: bool) {
+    if requested {
+        std::env::set_var("MICROVM_REFRESH", "1");
+    }
+}
+
 /// Fails (exit code 1) when the definition file itself cannot be read.
 pub fn readable(file: &std::path::Path) -> anyhow::Result<()> {
     std::fs::File::open(file)
