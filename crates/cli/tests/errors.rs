@@ -57,7 +57,7 @@ fn missing_inputs_are_check_errors_with_file_and_line() {
             "line {line}: {err}"
         );
     }
-    assert!(err.contains("3 inputs are missing"), "{err}");
+    assert!(err.contains("3 inputs cannot be used"), "{err}");
     // A file where a directory is wanted.
     std::fs::write(dir.path().join("rootdir"), "").expect("write");
     let out = microvm(dir.path(), ["check", "vm1.toml"]);
@@ -66,6 +66,31 @@ fn missing_inputs_are_check_errors_with_file_and_line() {
         "{}",
         stderr(&out)
     );
+
+    // A kernel may be a package directory; an unreadable one cannot be used.
+    std::fs::create_dir_all(dir.path().join("kernel-dir")).expect("mkdir");
+    std::fs::write(dir.path().join("k.toml"), "kernel = \"kernel-dir\"\n").expect("write");
+    let out = microvm(dir.path(), ["check", "k.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    if let Some(mut cmd) = as_nobody() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let d = dir.path();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(d.join("k.toml"), std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+        std::fs::set_permissions(d.join("kernel-dir"), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod");
+        let out = cmd
+            .arg(env!("CARGO_BIN_EXE_microvm"))
+            .args(["check", "k.toml"])
+            .current_dir(d)
+            .env("HOME", d)
+            .output()
+            .expect("run microvm");
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(3), "{err}");
+        assert!(err.contains("kernel-dir: Permission denied"), "{err}");
+    }
 
     // `check --json` says the same, located.
     let out = microvm(dir.path(), ["check", "--json", "vm1.toml"]);

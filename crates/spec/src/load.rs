@@ -46,25 +46,11 @@ impl Loaded {
     /// is not of its kind, located at the key that names it. `check`, `build` and `run`
     /// report them; `plan` does not need them.
     pub fn missing_inputs(&self) -> Vec<Diagnostic> {
-        use resolve::InputKind;
         let mut missing: Vec<Diagnostic> = self
             .inputs
             .iter()
             .filter_map(|input| {
-                let shown = display_path(&input.path);
-                let problem = match (std::fs::metadata(&input.path), input.kind) {
-                    (Err(e), _) if e.kind() == std::io::ErrorKind::NotFound => {
-                        format!("{shown} does not exist")
-                    }
-                    (Err(e), _) => format!("cannot read {shown}: {e}"),
-                    (Ok(m), InputKind::File) if m.is_dir() => {
-                        format!("{shown} is a directory, not a file")
-                    }
-                    (Ok(m), InputKind::Directory) if !m.is_dir() => {
-                        format!("{shown} is not a directory")
-                    }
-                    (Ok(_), _) => return None,
-                };
+                let problem = input_problem(&input.path, input.kind)?;
                 let span = self.tree.span_of(&input.key).clone();
                 Some(Diagnostic::error(problem).at(input.key.clone(), span))
             })
@@ -73,6 +59,35 @@ impl Loaded {
         missing.sort_by_key(|d| d.span.as_ref().map(|s| (s.file.0, s.range.start)));
         missing
     }
+}
+
+/// What is wrong with an input, if anything: not there, of the other kind, or not
+/// readable by this user.
+fn input_problem(path: &Path, kind: resolve::InputKind) -> Option<String> {
+    use resolve::InputKind;
+    let shown = display_path(path);
+    let meta = match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Some(format!("{shown} does not exist"))
+        }
+        Err(e) => return Some(format!("cannot read {shown}: {e}")),
+        Ok(m) => m,
+    };
+    match kind {
+        InputKind::File if meta.is_dir() => {
+            return Some(format!("{shown} is a directory, not a file"))
+        }
+        InputKind::Directory if !meta.is_dir() => {
+            return Some(format!("{shown} is not a directory"))
+        }
+        _ => {}
+    }
+    let readable = if meta.is_dir() {
+        std::fs::read_dir(path).map(drop)
+    } else {
+        std::fs::File::open(path).map(drop)
+    };
+    readable.err().map(|e| format!("cannot read {shown}: {e}"))
 }
 
 /// A definition that did not load; `diagnostics` holds every error and warning found.

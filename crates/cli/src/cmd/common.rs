@@ -49,9 +49,9 @@ pub fn load_with_inputs(def: &DefinitionArgs, quiet: bool) -> anyhow::Result<Loa
         eprint!("{}", loaded.sources.render(&missing));
         let n = missing.len();
         eprintln!(
-            "error: {}: {n} input{} missing",
+            "error: {}: {n} input{} cannot be used",
             def.file.display(),
-            if n == 1 { " is" } else { "s are" }
+            if n == 1 { "" } else { "s" }
         );
     }
     Err(Reported(INVALID).into())

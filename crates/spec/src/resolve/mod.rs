@@ -206,7 +206,10 @@ pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnosti
     let guest = guest::resolve(&mut r, spec, &net.interfaces);
 
     let kernel = spec.kernel.as_ref().map(|k| match k {
-        crate::schema::KernelSpec::Path(p) => KernelRef::Path(r.file_input(&root.key("kernel"), p)),
+        // A bzImage, vmlinux or .deb, or a package directory.
+        crate::schema::KernelSpec::Path(p) => {
+            KernelRef::Path(r.input(&root.key("kernel"), p, InputKind::Any))
+        }
         crate::schema::KernelSpec::Package(p) => KernelRef::Package(p.clone()),
     });
     let initrd_path = spec
