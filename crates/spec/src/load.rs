@@ -128,52 +128,49 @@ pub fn load_with(path: &Path, options: &LoadOptions) -> Result<Loaded, LoadFailu
     let mut diagnostics = Vec::new();
     let mut stack = Vec::new();
     let tree = read_tree(path, None, &mut stack, &mut sources, &mut diagnostics);
-    let Some(tree) = tree else {
-        return Err(LoadFailure {
+    let fail = |diagnostics, sources| {
+        Err(LoadFailure {
             diagnostics,
             sources,
-        });
+        })
     };
-    if diagnostics.iter().any(Diagnostic::is_error) {
-        return Err(LoadFailure {
-            diagnostics,
-            sources,
-        });
-    }
+    // Every stage runs on what is left once the values in error are taken out (a merge
+    // conflict, then a value of the wrong type); only what a later stage says about a
+    // taken-out key, or inside one, is dropped, as it cannot be computed. A file that
+    // cannot be read or parsed stops the load.
+    let Some(mut tree) = tree else {
+        return fail(diagnostics, sources);
+    };
+    let Some(mut removed) = take_out_conflicts(&mut tree, &diagnostics) else {
+        return fail(diagnostics, sources);
+    };
     let (spec, unknown) = de::from_node::<Spec>(&tree);
     for u in unknown {
         diagnostics.push(Diagnostic::error(u.message).at(u.path, u.span));
     }
-    let ctx = |tree| resolve::Context {
-        tree,
+    let (spec, tree) = match spec {
+        Ok(spec) => (spec, tree),
+        Err(e) => match type_errors(&tree, e, &mut diagnostics) {
+            Some((spec, pruned, more)) => {
+                removed.extend(more);
+                (spec, pruned)
+            }
+            None => return fail(diagnostics, sources),
+        },
+    };
+    let ctx = resolve::Context {
+        tree: &tree,
         sources: &sources,
         file: path,
         name: options.name.clone(),
         arch: options.arch.unwrap_or_else(Arch::host),
     };
-    let spec = match spec {
-        Ok(spec) => spec,
-        Err(e) => {
-            // The rules of `resolve` still run on what is left once the values of the
-            // wrong type are taken out; only what they say about a taken-out key (or
-            // inside one) is dropped, as it cannot be computed.
-            let pruned = type_errors(&tree, e, &mut diagnostics);
-            if let Some((spec, tree, removed)) = pruned {
-                let (_, found, _) = resolve::resolve(&spec, &ctx(&tree));
-                diagnostics.extend(found.into_iter().filter(|d| {
-                    d.path
-                        .as_ref()
-                        .is_none_or(|p| !removed.iter().any(|r| p.0.starts_with(&r.0)))
-                }));
-            }
-            return Err(LoadFailure {
-                diagnostics,
-                sources,
-            });
-        }
-    };
-    let (config, mut found, inputs) = resolve::resolve(&spec, &ctx(&tree));
-    diagnostics.append(&mut found);
+    let (config, found, inputs) = resolve::resolve(&spec, &ctx);
+    diagnostics.extend(found.into_iter().filter(|d| {
+        d.path
+            .as_ref()
+            .is_none_or(|p| !removed.iter().any(|r| p.0.starts_with(&r.0)))
+    }));
     match config {
         Some(config) if !diagnostics.iter().any(Diagnostic::is_error) => Ok(Loaded {
             config,
@@ -182,11 +179,22 @@ pub fn load_with(path: &Path, options: &LoadOptions) -> Result<Loaded, LoadFailu
             tree,
             inputs,
         }),
-        _ => Err(LoadFailure {
-            diagnostics,
-            sources,
-        }),
+        _ => fail(diagnostics, sources),
     }
+}
+
+/// Takes the keys of the merge conflicts out of the tree; `None` when an error of
+/// reading the files has no key in the tree (an import that cannot be read or parsed).
+fn take_out_conflicts(tree: &mut Node, diags: &[Diagnostic]) -> Option<Vec<KeyPath>> {
+    let mut removed: Vec<KeyPath> = Vec::new();
+    for d in diags.iter().filter(|d| d.is_error()) {
+        let path = d.path.as_ref()?;
+        if removed.iter().any(|r| path.0.starts_with(&r.0)) {
+            continue; // a third definition of a key already taken out
+        }
+        removed.push(remove(tree, path)?);
+    }
+    Some(removed)
 }
 
 /// Every type error of the tree, not only the first, pushed onto `diags` with the unknown

@@ -100,3 +100,43 @@ fn a_volume_without_image_is_named_by_its_key() {
         errors(&found)
     );
 }
+
+#[test]
+fn a_merge_conflict_does_not_hide_the_other_errors() {
+    let dir = Dir::new();
+    dir.write("a.toml", "mem = 256\nkernelParams = \"quiet\"\n");
+    dir.write("b.toml", "mem = 128\n");
+    let path = dir.write(
+        "vm1.toml",
+        "imports = [\"a.toml\", \"b.toml\"]\nmem = 512\nkernelParams = [\"x\"]\nvcpu = \"two\"\n\
+         [[volumes]]\nimgae = \"v.img\"\n",
+    );
+    let (_, found) = fails(&path);
+    let all = errors(&found);
+    // Two conflicts of `mem` (b, then vm1), one of `kernelParams`; no type error for the
+    // string kept from a.toml, but the independent type error and unknown key are there.
+    assert_eq!(
+        all.iter()
+            .filter(|(m, _)| m == "conflicting definitions of `mem`")
+            .count(),
+        2,
+        "{all:#?}"
+    );
+    has(&found, "conflicting definitions of `kernelParams`", 3);
+    has(&found, "expected an integer, found a string", 4);
+    has(&found, "unknown key `imgae`; did you mean `image`?", 6);
+    assert!(
+        all.iter().all(|(m, _)| !m.starts_with("expected a list")),
+        "{all:#?}"
+    );
+}
+
+#[test]
+fn an_unreadable_import_stops_the_load() {
+    let dir = Dir::new();
+    let path = dir.write("vm1.toml", "imports = [\"nope.toml\"]\nvcpu = \"two\"\n");
+    let (_, found) = fails(&path);
+    let all = errors(&found);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert!(all[0].0.starts_with("cannot read "), "{all:#?}");
+}
