@@ -68,7 +68,7 @@ pub fn run_foreground_with(
         .map(|h| find(&h.program))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let extra_args = prepare::run_pre_start(&inv.pre_start, workdir)?;
+    let extra_args = prepare::run_pre_start(&inv.pre_start, workdir, opts.credentials.as_ref())?;
     let with_extra;
     let inv = if extra_args.is_empty() {
         inv

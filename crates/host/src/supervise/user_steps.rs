@@ -1,15 +1,29 @@
 //! The definition's own start steps, run by the supervisor (`microvm run` and managed
 //! VMs) as `bin/microvm-run` runs them: `preStart` with `bash -eu`, and
 //! `extraArgsScript`, whose output's words are appended to the hypervisor's arguments.
-//! Both run in the working directory, as the supervisor's user; their output goes to
-//! stderr (stdout may be the guest's console).
+//! Both run in the working directory, as the hypervisor's user when the supervisor drops
+//! to one (microvm.nix runs them as the service's user); their output goes to stderr
+//! (stdout may be the guest's console).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use std::os::unix::process::CommandExt as _;
+
 use microvm_runner::Invocation;
 
 use super::RunError;
+use crate::privilege::Credentials;
+
+fn command(program: &str, workdir: &Path, as_user: Option<&Credentials>) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.current_dir(workdir).stdin(Stdio::null());
+    if let Some(c) = as_user {
+        // std drops the supplementary groups along with the uid.
+        cmd.uid(c.uid).gid(c.gid);
+    }
+    cmd
+}
 
 fn failed(what: &'static str, workdir: &Path, message: String) -> RunError {
     RunError::PreStart {
@@ -28,12 +42,14 @@ fn stderr() -> Stdio {
 }
 
 /// Runs `preStart`; a non-zero exit stops the start.
-pub(crate) fn pre_start(script: &str, workdir: &Path) -> Result<(), RunError> {
+pub(crate) fn pre_start(
+    script: &str,
+    workdir: &Path,
+    as_user: Option<&Credentials>,
+) -> Result<(), RunError> {
     const WHAT: &str = "run preStart in";
-    let status = Command::new("bash")
+    let status = command("bash", workdir, as_user)
         .args(["-euc", script, "preStart"])
-        .current_dir(workdir)
-        .stdin(Stdio::null())
         .stdout(stderr())
         .status()
         .map_err(|e| failed(WHAT, workdir, format!("bash: {e}")))?;
@@ -45,13 +61,15 @@ pub(crate) fn pre_start(script: &str, workdir: &Path) -> Result<(), RunError> {
 }
 
 /// Runs `extraArgsScript` and returns the words of its output.
-pub(crate) fn extra_args(cmd: &str, workdir: &Path) -> Result<Vec<String>, RunError> {
+pub(crate) fn extra_args(
+    cmd: &str,
+    workdir: &Path,
+    as_user: Option<&Credentials>,
+) -> Result<Vec<String>, RunError> {
     const WHAT: &str = "run extraArgsScript in";
     const MAX: usize = 1 << 20;
-    let out = Command::new("sh")
+    let out = command("sh", workdir, as_user)
         .args(["-c", cmd])
-        .current_dir(workdir)
-        .stdin(Stdio::null())
         .stderr(stderr())
         .output()
         .map_err(|e| failed(WHAT, workdir, format!("sh: {e}")))?;
@@ -138,12 +156,12 @@ mod tests {
     #[test]
     fn pre_start_runs_in_the_workdir_and_fails_the_start() {
         let dir = tempfile::tempdir().expect("tempdir");
-        pre_start("echo hi > marker\n[ -f marker ]", dir.path()).expect("runs");
+        pre_start("echo hi > marker\n[ -f marker ]", dir.path(), None).expect("runs");
         assert_eq!(
             std::fs::read_to_string(dir.path().join("marker")).expect("marker"),
             "hi\n"
         );
-        let err = pre_start("false\ntouch not-reached", dir.path()).expect_err("fails");
+        let err = pre_start("false\ntouch not-reached", dir.path(), None).expect_err("fails");
         assert!(
             err.to_string().starts_with("cannot run preStart in"),
             "{err}"
@@ -152,10 +170,35 @@ mod tests {
     }
 
     #[test]
+    fn they_run_as_the_hypervisor_user() {
+        use std::os::unix::fs::MetadataExt as _;
+        if !crate::privilege::is_root() {
+            eprintln!("skipped: dropping to another user needs root");
+            return;
+        }
+        let nobody = crate::privilege::lookup_user("nobody")
+            .ok()
+            .flatten()
+            .expect("user nobody");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .expect("chmod");
+        pre_start("touch made", d, Some(&nobody)).expect("runs");
+        assert_eq!(
+            std::fs::metadata(d.join("made")).expect("made").uid(),
+            nobody.uid
+        );
+        let id = extra_args("id -u", d, Some(&nobody)).expect("runs");
+        assert_eq!(id, [nobody.uid.to_string()]);
+    }
+
+    #[test]
     fn extra_args_are_the_words_of_the_output() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let args = extra_args("printf -- '-smp 2\\n  -name  x\\n'", dir.path()).expect("runs");
+        let args =
+            extra_args("printf -- '-smp 2\\n  -name  x\\n'", dir.path(), None).expect("runs");
         assert_eq!(args, ["-smp", "2", "-name", "x"]);
-        assert!(extra_args("exit 3", dir.path()).is_err());
+        assert!(extra_args("exit 3", dir.path(), None).is_err());
     }
 }
