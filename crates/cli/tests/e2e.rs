@@ -378,3 +378,26 @@ fn kernel_package_from_apt_boots() {
         outcome.logs()
     );
 }
+
+/// `preStart` and `extraArgsScript` run by `microvm run` itself: the marker the former
+/// writes is there, and the `-smp 2` the latter prints reaches qemu (last `-smp` wins),
+/// so the guest sees two CPUs where the definition asks for one.
+#[test]
+fn pre_start_and_extra_args_script_reach_a_real_boot() {
+    const TEST: &str = "pre_start_and_extra_args_script_reach_a_real_boot";
+    let Some(env) = require(TEST, &[Need::CloudKernel]) else {
+        return;
+    };
+    let top = "hypervisor = \"qemu\"\n\
+               preStart = \"echo ran > pre-start-marker\"\n\
+               extraArgsScript = \"echo -smp 2\"\n\
+               command = ['/bin/sh', '-c', 'nproc > /output/nproc; sync']";
+    let vm = Vm::new(&env, TEST, Kernel::Cloud, top, OUTPUT_VOLUME);
+    let outcome = vm.run();
+    outcome.assert_code(0);
+    assert_eq!(
+        std::fs::read_to_string(vm.path("pre-start-marker")).expect("marker"),
+        "ran\n"
+    );
+    assert_eq!(vm.output("/nproc", &outcome), "2", "{}", outcome.logs());
+}
