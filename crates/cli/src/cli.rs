@@ -12,7 +12,8 @@ use clap::{Parser, Subcommand, ValueEnum};
     name = "microvm",
     version,
     propagate_version = true,
-    max_term_width = 100
+    max_term_width = 100,
+    after_long_help = crate::exit::EXIT_CODES_HELP
 )]
 pub struct Cli {
     /// The state directory of managed VMs.
@@ -39,7 +40,12 @@ pub enum Command {
     /// Build the guest (kernel, initrd, root disk) into a runner directory in the store.
     Build(BuildArgs),
     /// Build if needed, then boot the VM in the foreground with its console on the
-    /// terminal; exits with the guest's status when it powers off.
+    /// terminal; exits with the guest's status when it powers off. `run NAME` runs the
+    /// managed VM NAME in the foreground, under its supervisor.
+    #[command(
+        override_usage = "microvm run [OPTIONS] <FILE>\n       microvm run [OPTIONS] <NAME>",
+        after_long_help = crate::exit::EXIT_CODES_HELP
+    )]
     Run(RunArgs),
     /// Create a managed VM in the state directory from a definition, or adopt a runner
     /// directory built elsewhere (including one built by microvm.nix).
@@ -268,6 +274,9 @@ pub struct PlanArgs {
     /// probing this one, so the output is the same everywhere.
     #[arg(long)]
     pub reference_host: bool,
+    /// The store where this definition's built artifacts are looked up (see `build`).
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -285,10 +294,16 @@ pub struct BuildArgs {
     /// came from, last writer wins (`PATH<TAB>SOURCE` lines; with --json, a `root` list).
     #[arg(long)]
     pub list_root: bool,
+    /// Fetch kernel packages and Debian roots again, even when cached (as
+    /// `MICROVM_REFRESH=1`).
+    #[arg(long)]
+    pub refresh: bool,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
+    /// FILE: a definition file (TOML, or JSON with the same schema); NAME: a managed VM
+    /// of the state directory (`create`d), run in the foreground under its supervisor.
     #[command(flatten)]
     pub def: DefinitionArgs,
     /// The store directory for built runners (see `build`).
@@ -301,6 +316,10 @@ pub struct RunArgs {
     /// Seconds to wait for a graceful shutdown on SIGINT/SIGTERM before killing.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub shutdown_timeout: u64,
+    /// Fetch kernel packages and Debian roots again, even when cached (as
+    /// `MICROVM_REFRESH=1`).
+    #[arg(long)]
+    pub refresh: bool,
     /// Write the serial console to this file instead of the terminal.
     #[arg(long, value_name = "FILE")]
     pub console_log: Option<PathBuf>,

@@ -325,3 +325,79 @@ fn noop_rebuild_reports_the_same_runner() {
         t2.as_secs_f64()
     );
 }
+
+/// README's first example: `kernel = { package = "linux-image-cloud-amd64" }`, fetched
+/// from the Debian archive with the host's apt (following the meta-package), boots, and
+/// the guest runs that package's kernel. Skipped where apt's lists do not know it.
+#[test]
+fn kernel_package_from_apt_boots() {
+    const TEST: &str = "kernel_package_from_apt_boots";
+    const META: &str = "linux-image-cloud-amd64";
+    let Some(env) = require(TEST, &[]) else {
+        return;
+    };
+    let depends = std::process::Command::new("apt-cache")
+        .args(["show", "--no-all-versions", META])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let Some(release) = depends.as_deref().and_then(|text| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("Depends:"))
+            .and_then(|d| {
+                d.split(',')
+                    .find_map(|p| p.trim().strip_prefix("linux-image-"))
+            })
+            .and_then(|p| p.split_whitespace().next())
+            .map(str::to_owned)
+    }) else {
+        eprintln!("skipped {TEST}: apt-cache does not know {META} (not Debian, or no apt lists)");
+        return;
+    };
+    let top = "command = ['/bin/sh', '-c', 'uname -r > /output/release; sync']";
+    let vm = Vm::new(&env, TEST, Kernel::Cloud, top, OUTPUT_VOLUME);
+    let def = std::fs::read_to_string(vm.path("vm.toml")).expect("vm.toml");
+    let def: String = def
+        .lines()
+        .map(|l| {
+            if l.starts_with("kernel = ") {
+                format!("kernel = {{ package = \"{META}\" }}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(vm.path("vm.toml"), def).expect("vm.toml");
+    let outcome = vm.run();
+    outcome.assert_code(0);
+    assert_eq!(
+        vm.output("/release", &outcome),
+        release,
+        "{}",
+        outcome.logs()
+    );
+}
+
+/// `preStart` and `extraArgsScript` run by `microvm run` itself: the marker the former
+/// writes is there, and the `-smp 2` the latter prints reaches qemu (last `-smp` wins),
+/// so the guest sees two CPUs where the definition asks for one.
+#[test]
+fn pre_start_and_extra_args_script_reach_a_real_boot() {
+    const TEST: &str = "pre_start_and_extra_args_script_reach_a_real_boot";
+    let Some(env) = require(TEST, &[Need::CloudKernel]) else {
+        return;
+    };
+    let top = "hypervisor = \"qemu\"\n\
+               preStart = \"echo ran > pre-start-marker\"\n\
+               extraArgsScript = \"echo -smp 2\"\n\
+               command = ['/bin/sh', '-c', 'nproc > /output/nproc; sync']";
+    let vm = Vm::new(&env, TEST, Kernel::Cloud, top, OUTPUT_VOLUME);
+    let outcome = vm.run();
+    outcome.assert_code(0);
+    assert_eq!(
+        std::fs::read_to_string(vm.path("pre-start-marker")).expect("marker"),
+        "ran\n"
+    );
+    assert_eq!(vm.output("/nproc", &outcome), "2", "{}", outcome.logs());
+}

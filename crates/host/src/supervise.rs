@@ -14,6 +14,7 @@ mod run;
 mod shutdown;
 #[cfg(test)]
 mod tests;
+mod user_steps;
 
 use std::path::PathBuf;
 use std::process::ExitStatus;

@@ -390,6 +390,7 @@ fn root_disk(
     progress("staging the guest root");
     let scratch = store.scratch("root")?;
     let staged = rootfs::stage(&sources, &scratch.join("tree"))?;
+    warn_skipped(&staged.skipped);
     let mut defaults = rootfs::defaults::RootDefaults::default();
     if let Some(closure) = &nix {
         closure.write_info(&staged)?;
@@ -455,4 +456,30 @@ fn root_disk(
         manifest,
         defaults,
     })
+}
+
+/// One warning for what staging had to leave out (device nodes and xattrs an unprivileged
+/// build cannot create): the first few paths, and how to see them all.
+fn warn_skipped(skipped: &[rootfs::Skipped]) {
+    const SHOWN: usize = 5;
+    if skipped.is_empty() {
+        return;
+    }
+    let mut list: Vec<String> = skipped
+        .iter()
+        .take(SHOWN)
+        .map(|s| format!("{} ({})", s.path.display(), s.reason))
+        .collect();
+    if skipped.len() > SHOWN {
+        list.push(format!(
+            "and {} more (RUST_LOG=debug lists them)",
+            skipped.len() - SHOWN
+        ));
+    }
+    tracing::warn!(
+        "the guest root lacks {} entr{} this build could not create (build as root to keep them): {}",
+        skipped.len(),
+        if skipped.len() == 1 { "y" } else { "ies" },
+        list.join(", ")
+    );
 }

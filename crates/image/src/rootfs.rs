@@ -163,7 +163,8 @@ impl Stage {
             .strip_prefix(&self.canon_root)
             .or_else(|_| path.strip_prefix(&self.root));
         let path = Path::new("/").join(path.unwrap_or(Path::new("?")));
-        tracing::warn!(path = %path.display(), "{reason}");
+        // The build sums them up in one warning; each is listed at debug level.
+        tracing::debug!(path = %path.display(), "{reason}");
         self.skipped.push(Skipped { path, reason });
     }
 }

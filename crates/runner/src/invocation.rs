@@ -140,6 +140,12 @@ pub enum PreStart {
     MoveAside(String),
     /// Create a directory (`mkdir -p`).
     CreateDir(String),
+    /// The definition's `preStart`: shell lines (here in `path`) run with `bash -eu` in
+    /// the working directory; a failure stops the start.
+    Shell(String),
+    /// The definition's `extraArgsScript`: a command run with `sh -c` in the working
+    /// directory; the words of its output are appended to the hypervisor's arguments.
+    ExtraArgs(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

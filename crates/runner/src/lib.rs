@@ -89,5 +89,14 @@ pub fn plan_for(
         }
     }
     invocation.warnings = warnings;
+    // The definition's own steps: `preStart` before the planner's (as `microvm-run`
+    // always ran it), `extraArgsScript` last, right before the hypervisor starts.
+    if !config.pre_start.is_empty() {
+        let script = config.pre_start.clone();
+        invocation.pre_start.insert(0, PreStart::Shell(script));
+    }
+    if let Some(cmd) = &config.extra_args_script {
+        invocation.pre_start.push(PreStart::ExtraArgs(cmd.clone()));
+    }
     Ok(invocation)
 }

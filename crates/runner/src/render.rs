@@ -47,6 +47,10 @@ fn pre_start_line(step: &PreStart) -> String {
             )
         }
         PreStart::CreateDir(p) => format!("mkdir -p {}", shell_quote(p)),
+        PreStart::Shell(script) => script.trim_end().replace('\n', "\n  "),
+        PreStart::ExtraArgs(cmd) => {
+            format!("runtime_args=$({cmd})  # its words are appended to the command")
+        }
     }
 }
 

@@ -475,7 +475,7 @@ mountPoint = "/home"
                 Some(13)
             ),
             (
-                "MicroVM vm1: interface ? is of type \"bridge\" but doesn't have a bridge to attach to defined.",
+                "MicroVM vm1: interface interfaces[0] is of type \"bridge\" but doesn't have a bridge to attach to defined.",
                 Some(11)
             ),
             (
@@ -578,6 +578,12 @@ fn all_type_errors_are_reported_at_once() {
                 "vsock CID 2 is reserved (0: hypervisor, 1: loopback, 2: host); use 3 or higher",
                 Some(12),
                 Some("vsock.cid")
+            ),
+            // The rules still run on what is left once the wrong values are out.
+            (
+                "MicroVM vm1: volume volumes[1] needs a `size` (MiB) to be created automatically",
+                Some(9),
+                Some("volumes[1].size")
             ),
         ]
     );

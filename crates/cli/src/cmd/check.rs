@@ -31,7 +31,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<i32> {
     if args.json {
         return json(args, wanted);
     }
-    let loaded = common::load(&args.def, false)?;
+    let loaded = common::load_with_inputs(&args.def, false)?;
     let config = &loaded.config;
     let targets: Vec<Hypervisor> = if args.all {
         Hypervisor::LINUX.to_vec()
@@ -104,62 +104,76 @@ fn json(args: &CheckArgs, wanted: Option<Hypervisor>) -> anyhow::Result<i32> {
         .transpose()
         .ok()
         .flatten();
+    common::readable(&args.def.file)?;
     let options = microvm_spec::LoadOptions { name, arch: None };
     let (report, code) = match microvm_spec::load_with(&args.def.file, &options) {
         Ok(loaded) => {
-            let config = &loaded.config;
-            let targets: Vec<Hypervisor> = if args.all {
-                Hypervisor::LINUX.to_vec()
+            let missing = loaded.missing_inputs();
+            if missing.is_empty() {
+                valid_report(args, wanted, &loaded)
             } else {
-                vec![wanted.unwrap_or(config.hypervisor)]
-            };
-            let hypervisors: Vec<HypervisorReport> = targets
-                .iter()
-                .map(|h| hypervisor_report(*h, config))
-                .collect();
-            let own = wanted.unwrap_or(config.hypervisor);
-            let ok = if args.all {
-                hypervisor_report(own, config).supported
-            } else {
-                hypervisors.iter().all(|h| h.supported)
-            };
-            let diagnostics = loaded
-                .warnings
-                .iter()
-                .map(|d| loaded.sources.to_json(d))
-                .collect();
-            (
-                Report {
-                    file: args.def.file.display().to_string(),
-                    valid: true,
-                    diagnostics,
-                    hypervisors,
-                },
-                if ok { OK } else { UNSUPPORTED },
-            )
+                let all: Vec<_> = loaded.warnings.iter().chain(&missing).cloned().collect();
+                (invalid_report(args, &loaded.sources, &all), INVALID)
+            }
         }
-        Err(failure) => {
-            let diagnostics = failure
-                .diagnostics
-                .iter()
-                .map(|d| failure.sources.to_json(d))
-                .collect();
-            (
-                Report {
-                    file: args.def.file.display().to_string(),
-                    valid: false,
-                    diagnostics,
-                    hypervisors: Vec::new(),
-                },
-                INVALID,
-            )
-        }
+        Err(failure) => (
+            invalid_report(args, &failure.sources, &failure.diagnostics),
+            INVALID,
+        ),
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     if code == OK {
         Ok(OK)
     } else {
         Err(Reported(code).into())
+    }
+}
+
+fn valid_report(
+    args: &CheckArgs,
+    wanted: Option<Hypervisor>,
+    loaded: &microvm_spec::Loaded,
+) -> (Report, i32) {
+    let config = &loaded.config;
+    let targets: Vec<Hypervisor> = if args.all {
+        Hypervisor::LINUX.to_vec()
+    } else {
+        vec![wanted.unwrap_or(config.hypervisor)]
+    };
+    let hypervisors: Vec<HypervisorReport> = targets
+        .iter()
+        .map(|h| hypervisor_report(*h, config))
+        .collect();
+    let own = wanted.unwrap_or(config.hypervisor);
+    let ok = if args.all {
+        hypervisor_report(own, config).supported
+    } else {
+        hypervisors.iter().all(|h| h.supported)
+    };
+    let diagnostics = loaded
+        .warnings
+        .iter()
+        .map(|d| loaded.sources.to_json(d))
+        .collect();
+    let report = Report {
+        file: args.def.file.display().to_string(),
+        valid: true,
+        diagnostics,
+        hypervisors,
+    };
+    (report, if ok { OK } else { UNSUPPORTED })
+}
+
+fn invalid_report(
+    args: &CheckArgs,
+    sources: &microvm_spec::source::SourceMap,
+    diagnostics: &[microvm_spec::diag::Diagnostic],
+) -> Report {
+    Report {
+        file: args.def.file.display().to_string(),
+        valid: false,
+        diagnostics: diagnostics.iter().map(|d| sources.to_json(d)).collect(),
+        hypervisors: Vec::new(),
     }
 }
 

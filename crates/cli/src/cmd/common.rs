@@ -7,8 +7,10 @@ use crate::cli::DefinitionArgs;
 use crate::exit::{Reported, Usage, INVALID};
 
 /// Loads the definition; on failure prints every diagnostic and fails with exit code 3.
-/// Warnings are printed to stderr unless `quiet`.
+/// Warnings are printed to stderr unless `quiet`. A definition file that cannot be read
+/// at all is an operational error (exit code 1), not an invalid definition.
 pub fn load(def: &DefinitionArgs, quiet: bool) -> anyhow::Result<Loaded> {
+    readable(&def.file)?;
     let name = def
         .name
         .as_deref()
@@ -33,6 +35,41 @@ pub fn load(def: &DefinitionArgs, quiet: bool) -> anyhow::Result<Loaded> {
             Err(Reported(INVALID).into())
         }
     }
+}
+
+/// [`load`], and every input the definition names (kernel, initrd, root sources, a
+/// prebuilt store disk) must be there: what `check`, `build` and `run` need.
+pub fn load_with_inputs(def: &DefinitionArgs, quiet: bool) -> anyhow::Result<Loaded> {
+    let loaded = load(def, quiet)?;
+    let missing = loaded.missing_inputs();
+    if missing.is_empty() {
+        return Ok(loaded);
+    }
+    if !quiet {
+        eprint!("{}", loaded.sources.render(&missing));
+        let n = missing.len();
+        eprintln!(
+            "error: {}: {n} input{} cannot be used",
+            def.file.display(),
+            if n == 1 { "" } else { "s" }
+        );
+    }
+    Err(Reported(INVALID).into())
+}
+
+/// `--refresh`: the image library's fetchers read `MICROVM_REFRESH` (set before any
+/// thread starts).
+pub fn refresh(requested: bool) {
+    if requested {
+        std::env::set_var("MICROVM_REFRESH", "1");
+    }
+}
+
+/// Fails (exit code 1) when the definition file itself cannot be read.
+pub fn readable(file: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::File::open(file)
+        .map(drop)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))
 }
 
 pub fn parse_hypervisor(name: Option<&str>) -> anyhow::Result<Option<Hypervisor>> {

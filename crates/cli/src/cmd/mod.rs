@@ -1,6 +1,7 @@
 //! One module per verb.
 
 mod build;
+mod built;
 mod check;
 mod common;
 mod generate;
@@ -14,7 +15,7 @@ use crate::cli::{Cli, Command, HostCommand};
 pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Check(args) => check::run(&args),
-        Command::Plan(args) => plan::run(&args),
+        Command::Plan(args) => plan::run(&args, &cli.state_dir),
         Command::Build(args) => build::run(&args, &cli.state_dir),
         Command::Run(args) => run::run(&args, &cli.state_dir),
         Command::Generate(args) => generate::run(&args),

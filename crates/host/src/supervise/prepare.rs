@@ -8,14 +8,30 @@ use std::path::{Path, PathBuf};
 use microvm_runner::{Invocation, PreStart};
 
 use super::RunError;
+use crate::privilege::Credentials;
 
-/// Runs `pre_start` in order: `rm -f`, `mv P P.old`, `mkdir -p`.
-pub(crate) fn run_pre_start(steps: &[PreStart], workdir: &Path) -> Result<(), RunError> {
+/// Runs `pre_start` in order: `rm -f`, `mv P P.old`, `mkdir -p`, the definition's
+/// `preStart` and `extraArgsScript` (as the hypervisor's user, `as_user`, when it has
+/// one); returns the arguments the latter adds.
+pub(crate) fn run_pre_start(
+    steps: &[PreStart],
+    workdir: &Path,
+    as_user: Option<&Credentials>,
+) -> Result<Vec<String>, RunError> {
+    let mut extra_args = Vec::new();
     for step in steps {
         let (what, rel) = match step {
             PreStart::RemoveFile(p) => ("remove", p),
             PreStart::MoveAside(p) => ("move aside", p),
             PreStart::CreateDir(p) => ("create directory", p),
+            PreStart::Shell(script) => {
+                super::user_steps::pre_start(script, workdir, as_user)?;
+                continue;
+            }
+            PreStart::ExtraArgs(cmd) => {
+                extra_args.extend(super::user_steps::extra_args(cmd, workdir, as_user)?);
+                continue;
+            }
         };
         let path = workdir.join(rel);
         let result = match step {
@@ -32,6 +48,7 @@ pub(crate) fn run_pre_start(steps: &[PreStart], workdir: &Path) -> Result<(), Ru
                 }
             }
             PreStart::CreateDir(_) => std::fs::create_dir_all(&path),
+            PreStart::Shell(_) | PreStart::ExtraArgs(_) => Ok(()),
         };
         result.map_err(|source| RunError::PreStart {
             step: what,
@@ -39,7 +56,7 @@ pub(crate) fn run_pre_start(steps: &[PreStart], workdir: &Path) -> Result<(), Ru
             source,
         })?;
     }
-    Ok(())
+    Ok(extra_args)
 }
 
 /// Writes the generated files (parents created, mode applied even to existing files).
@@ -125,7 +142,7 @@ mod tests {
             PreStart::MoveAside("absent2".into()),
             PreStart::CreateDir("a/b".into()),
         ];
-        run_pre_start(&steps, d).expect("pre-start");
+        run_pre_start(&steps, d, None).expect("pre-start");
         assert!(!d.join("stale.sock").exists());
         assert_eq!(
             std::fs::read_to_string(d.join("vm.img.old")).expect("r"),
@@ -133,7 +150,8 @@ mod tests {
         );
         assert!(d.join("a/b").is_dir());
         std::fs::write(d.join("file"), "").expect("w");
-        let err = run_pre_start(&[PreStart::CreateDir("file/x".into())], d).expect_err("fails");
+        let err =
+            run_pre_start(&[PreStart::CreateDir("file/x".into())], d, None).expect_err("fails");
         assert!(err.to_string().contains("file/x"), "{err}");
     }
 

@@ -13,6 +13,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use super::child::{install_hint, locate, StderrSink, Supervised};
 use super::events::{event_loop, Event, State, Stops};
 use super::helpers::Helpers;
+use super::user_steps;
 use super::{prepare, Console, PassFd, Progress, RunError, RunOptions, RunOutcome};
 use crate::channel::{ControlReader, DEFAULT_CONNECT_TIMEOUT};
 
@@ -67,7 +68,14 @@ pub fn run_foreground_with(
         .map(|h| find(&h.program))
         .collect::<Result<Vec<_>, _>>()?;
 
-    prepare::run_pre_start(&inv.pre_start, workdir)?;
+    let extra_args = prepare::run_pre_start(&inv.pre_start, workdir, opts.credentials.as_ref())?;
+    let with_extra;
+    let inv = if extra_args.is_empty() {
+        inv
+    } else {
+        with_extra = user_steps::with_args(inv, extra_args);
+        &with_extra
+    };
     prepare::write_files(inv, workdir)?;
     let sockets = prepare::created_sockets(inv, workdir);
 

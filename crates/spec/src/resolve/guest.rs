@@ -39,7 +39,7 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec, interfaces: &[Interface
         }
         let source = if let Some(d) = &s.directory {
             RootSource::Directory {
-                path: r.file_input(&p.key("directory"), d),
+                path: r.input(&p.key("directory"), d, super::InputKind::Directory),
                 target,
             }
         } else if let Some(t) = &s.tarball {
@@ -49,13 +49,13 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec, interfaces: &[Interface
             }
         } else if let Some(o) = &s.oci {
             RootSource::Oci {
-                path: r.file_input(&p.key("oci"), o),
+                path: r.input(&p.key("oci"), o, super::InputKind::Any),
                 reference: s.oci_ref.clone(),
                 target,
             }
         } else if let Some(n) = &s.nix {
             RootSource::Nix {
-                path: std::path::PathBuf::from(n),
+                path: r.input(&p.key("nix"), n, super::InputKind::Any),
             }
         } else if let Some(d) = &s.debian {
             let Some(suite) = r.required(&d.suite, p.key("debian").key("suite")) else {

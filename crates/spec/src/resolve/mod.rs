@@ -29,6 +29,8 @@ pub struct Context<'a> {
 pub(crate) struct Resolver<'a> {
     ctx: &'a Context<'a>,
     diags: Vec<Diagnostic>,
+    /// Every file or directory of the host that the definition names.
+    inputs: std::cell::RefCell<Vec<Input>>,
     /// The VM name for messages ("MicroVM <n>: …").
     vm: String,
 }
@@ -64,7 +66,24 @@ impl<'a> Resolver<'a> {
     }
 
     /// A path naming a file input of the definition: relative to the file that wrote it.
+    /// It is recorded as an input that must exist (a file, or a directory for
+    /// `InputKind::Directory`).
     pub(crate) fn file_input(&self, path: &KeyPath, value: &str) -> PathBuf {
+        self.input(path, value, InputKind::File)
+    }
+
+    pub(crate) fn input(&self, path: &KeyPath, value: &str, kind: InputKind) -> PathBuf {
+        let file = self.input_path(path, value);
+        self.inputs.borrow_mut().push(Input {
+            key: path.clone(),
+            path: file.clone(),
+            kind,
+        });
+        file
+    }
+
+    /// A host path of the definition, relative to the file that wrote it.
+    pub(crate) fn input_path(&self, path: &KeyPath, value: &str) -> PathBuf {
         let p = Path::new(value);
         if p.is_absolute() {
             return p.to_path_buf();
@@ -110,18 +129,46 @@ impl<'a> Resolver<'a> {
     }
 }
 
-/// Resolves a spec; returns the config (when every required piece was there) and all
-/// diagnostics found.
-pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnostic>) {
+/// A file or directory of the host that the definition names, which the build reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Input {
+    /// Where the definition names it.
+    pub key: KeyPath,
+    /// The absolute path.
+    pub path: PathBuf,
+    pub kind: InputKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    File,
+    Directory,
+    /// A file or a directory (an OCI layout or archive, a Nix store path).
+    Any,
+}
+
+/// Resolves a spec; returns the config (when every required piece was there), all
+/// diagnostics found, and the host paths the definition names (for
+/// [`crate::Loaded::missing_inputs`]).
+pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnostic>, Vec<Input>) {
     let root = KeyPath::root();
     let mut r = Resolver {
         ctx,
+        inputs: Default::default(),
         diags: Vec::new(),
         vm: String::new(),
     };
 
     let name = resolve_name(&mut r, spec);
-    r.vm = name.as_ref().map_or_else(|| "?".into(), |n| n.to_string());
+    // Without a valid name, messages name the VM as the user wrote it.
+    r.vm = match (&name, &spec.host_name) {
+        (Some(n), _) => n.to_string(),
+        (None, Some(h)) => h.clone(),
+        (None, None) => ctx.file.file_stem().map_or_else(
+            || ctx.file.display().to_string(),
+            |s| s.to_string_lossy().into_owned(),
+        ),
+    };
     let hypervisor = spec.hypervisor.unwrap_or(Hypervisor::Qemu);
 
     if spec.balloon_mem.is_some() {
@@ -159,7 +206,10 @@ pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnosti
     let guest = guest::resolve(&mut r, spec, &net.interfaces);
 
     let kernel = spec.kernel.as_ref().map(|k| match k {
-        crate::schema::KernelSpec::Path(p) => KernelRef::Path(r.file_input(&root.key("kernel"), p)),
+        // A bzImage, vmlinux or .deb, or a package directory.
+        crate::schema::KernelSpec::Path(p) => {
+            KernelRef::Path(r.input(&root.key("kernel"), p, InputKind::Any))
+        }
         crate::schema::KernelSpec::Package(p) => KernelRef::Package(p.clone()),
     });
     let initrd_path = spec
@@ -184,12 +234,15 @@ pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnosti
         .map(|(k, v)| {
             (
                 k.clone(),
-                r.file_input(&root.key("credentialFiles").key(k), v),
+                // Read when the VM starts, not at build: they may not be there yet.
+                r.input_path(&root.key("credentialFiles").key(k), v),
             )
         })
         .collect();
     let virtiofsd = resolve_virtiofsd(&mut r, spec);
     check_extra_args(&mut r, spec);
+    check_bin_scripts(&mut r, spec);
+    warn_without_effect(&mut r, spec);
 
     let config = name.map(|name| {
         let n = name.to_string();
@@ -317,7 +370,7 @@ pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnosti
             name,
         }
     });
-    (config, r.diags)
+    (config, r.diags, r.inputs.into_inner())
 }
 
 fn package_only(spec: &crate::schema::PackageOnlySpec) -> PackageOnly {
@@ -435,5 +488,60 @@ fn check_extra_args(r: &mut Resolver<'_>, spec: &Spec) {
                 format!("MicroVM {}: `config.microvm.cloud-hypervisor.platformOEMStrings` items must not contain `oem_strings`", r.vm),
             );
         }
+    }
+}
+
+/// `binScripts` names are file names of the runner's `bin/`; the two scripts that start
+/// and stop the VM are microvm's own (`preStart` and `extraArgsScript` add to the start).
+fn check_bin_scripts(r: &mut Resolver<'_>, spec: &Spec) {
+    for name in spec.bin_scripts.keys() {
+        let p = KeyPath::root().key("binScripts").key(name);
+        let plain = !name.is_empty()
+            && name != "."
+            && name != ".."
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+'));
+        if !plain {
+            r.error(
+                p,
+                format!("{name:?} is not a script name (letters, digits, `-`, `_`, `.`, `+`)"),
+            );
+        } else if name == "microvm-run" || name == "microvm-shutdown" {
+            r.error(
+                p,
+                format!("bin/{name} is generated by microvm; use `preStart` or `extraArgsScript` to add to the start"),
+            );
+        }
+    }
+}
+
+/// Options of microvm.nix that have nothing to act on here: a warning when they are set
+/// to what would need it (docs/schema.md lists them).
+fn warn_without_effect(r: &mut Resolver<'_>, spec: &Spec) {
+    let root = KeyPath::root();
+    if spec.guest.enable == Some(false) {
+        r.warn(
+            root.key("guest").key("enable"),
+            "guest.enable = false has no effect: the guest is always microvm's own (kernel, initrd with its init, root disk); only its default for `registerClosure` follows",
+        );
+    }
+    if spec.optimize.enable == Some(false) {
+        r.warn(
+            root.key("optimize").key("enable"),
+            "optimize.enable = false has no effect: the NixOS defaults it turns off (documentation, tpm2, swraid, …) are not in microvm's guest",
+        );
+    }
+    if spec.register_with_machined == Some(true) {
+        r.warn(
+            root.key("registerWithMachined"),
+            "registerWithMachined is not implemented yet: the VM is not registered with systemd-machined and does not appear in `machinectl list`",
+        );
+    }
+    if spec.vsock.ssh.enable == Some(true) {
+        r.warn(
+            root.key("vsock").key("ssh").key("enable"),
+            "vsock.ssh.enable is not implemented yet: microvm's guest runs no sshd on vsock, and there is no `microvm ssh`",
+        );
     }
 }

@@ -47,7 +47,7 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec, hypervisor: Hypervisor)
         });
         let shown = id
             .as_ref()
-            .map_or_else(|| "?".to_string(), ToString::to_string);
+            .map_or_else(|| p.to_string(), ToString::to_string);
         match (kind, &s.bridge) {
             (Some(InterfaceType::Bridge), None) => r.error(p.clone(), format!("MicroVM {}: interface {shown} is of type \"bridge\" but doesn't have a bridge to attach to defined.", r.vm)),
             (Some(k), Some(_)) if k != InterfaceType::Bridge => r.error(p.key("bridge"), format!("MicroVM {}: interface {shown} is not of type \"bridge\" and therefore shouldn't have a \"bridge\" option defined.", r.vm)),

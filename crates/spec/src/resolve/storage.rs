@@ -48,7 +48,7 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec) -> Storage {
                 format!(
                     "MicroVM {}: volume {} needs a `size` (MiB) to be created automatically",
                     r.vm,
-                    image.as_deref().unwrap_or("?")
+                    image.clone().unwrap_or_else(|| p.to_string())
                 ),
             );
         }
@@ -114,7 +114,7 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec) -> Storage {
                 format!(
                     "MicroVM {}: virtiofs share with tag \"{}\" is missing a `socket` path.",
                     r.vm,
-                    tag.as_deref().unwrap_or("?")
+                    tag.clone().unwrap_or_else(|| p.to_string())
                 ),
             );
         }
@@ -128,7 +128,7 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec) -> Storage {
                 .chain(&global)
                 .any(|a| a.contains("--translate-uid") || a.contains("--translate-gid"))
         {
-            r.error(p.key("posixAcl"), format!("MicroVM {}: virtiofs share \"{}\" has posixAcl=true but extraArgs contains --translate-uid/--translate-gid; virtiofsd refuses both together, set posixAcl = false", r.vm, tag.as_deref().unwrap_or("?")));
+            r.error(p.key("posixAcl"), format!("MicroVM {}: virtiofs share \"{}\" has posixAcl=true but extraArgs contains --translate-uid/--translate-gid; virtiofsd refuses both together, set posixAcl = false", r.vm, tag.clone().unwrap_or_else(|| p.to_string())));
         }
         if let (Some(tag), Some(source), Some(mount_point)) = (tag, source, mount_point) {
             let explicit_socket = matches!(s.socket, Some(Some(_)));
