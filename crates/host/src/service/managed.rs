@@ -366,6 +366,11 @@ fn attempt(
         report(&format!("warning: {}", chain(&e)));
     }
     match result {
+        Ok(outcome) if clean_stop(&outcome) => End {
+            code: 0,
+            reason: "stopped on request".into(),
+            requested: true,
+        },
         Ok(outcome) => End {
             code: outcome.exit_code(),
             reason: describe(&outcome),
@@ -543,6 +548,13 @@ fn run(
         s.finish(Duration::from_secs(2));
     }
     Ok(result?)
+}
+
+/// A stop the host asked for that ended the VM in time is a clean stop, whatever the
+/// guest's status (a single-command guest's command dies of the SIGTERM its init sends
+/// at power-off: 143).
+fn clean_stop(o: &RunOutcome) -> bool {
+    o.shutdown_requested && !o.forced && o.helper_failure.is_none()
 }
 
 /// The VM directory: group of the hypervisor's user, group-writable (its sockets), and

@@ -56,6 +56,9 @@ pub fn start_one(state: &StateDir, name: &VmName) -> anyhow::Result<()> {
     }
     let log = vm.supervisor_log_path();
     let offset = std::fs::metadata(&log).map_or(0, |m| m.len());
+    // The status the last run left: a `failed` written in this same second by the run
+    // that was just stopped (restart) is not this start's failure.
+    let previous = vm.status().ok().flatten();
     let exe = std::env::current_exe().context("locating the microvm binary")?;
     let args: Vec<OsString> = vec![
         "--state-dir".into(),
@@ -70,19 +73,23 @@ pub fn start_one(state: &StateDir, name: &VmName) -> anyhow::Result<()> {
     let pid = child.id();
     let started = microvm_host::state::now();
     let end = Instant::now() + START_TIMEOUT;
+    let mut ours = false; // seen a state written by this supervisor
     let failure = loop {
         if let Ok(Some(status)) = child.try_wait() {
             break format!("its supervisor exited with {status}");
         }
-        match vm.status().ok().flatten().map(|s| s.state) {
+        let now = vm.status().ok().flatten();
+        let fresh = now != previous;
+        match now.map(|s| s.state) {
             Some(VmState::Running { supervisor_pid, .. }) if supervisor_pid == pid => {
                 eprintln!("microvm: {name} is running (supervisor pid {pid})");
                 return Ok(());
             }
-            Some(VmState::Failed { since, reason, .. }) if since >= started => {
+            Some(VmState::Failed { since, reason, .. }) if since >= started && (ours || fresh) => {
                 break reason;
             }
-            _ => {}
+            Some(s) => ours |= s.supervisor_pid() == Some(pid),
+            None => {}
         }
         if Instant::now() >= end {
             break format!(
