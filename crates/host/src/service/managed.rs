@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use microvm_runner::Invocation;
 
 use super::record::{ExitRecord, HelperRecord, RunRecord};
-use super::{notify, pci, record};
+use super::{adopted, notify, pci, record};
 use crate::console::{self, ConsoleConfig, ConsoleServer};
 use crate::net::{self, Links, MacvtapSetup, NetHost};
 use crate::privilege::Credentials;
@@ -101,6 +101,9 @@ pub struct ManagedOptions {
 #[derive(Debug, Clone)]
 pub struct Runner {
     pub dir: PathBuf,
+    /// Built elsewhere (no `invocation.json`): run through its `bin/` scripts
+    /// ([`adopted`]).
+    pub adopted: bool,
     pub invocation: Invocation,
     pub macvtaps: Vec<MacvtapSetup>,
     pub pci_devices: Vec<String>,
@@ -142,15 +145,21 @@ pub enum ServiceError {
 pub fn load_runner(dir: &Path) -> Result<Runner, ServiceError> {
     let share = dir.join("share/microvm");
     let path = share.join("invocation.json");
-    let bytes = std::fs::read(&path).map_err(|source| ServiceError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    let invocation = serde_json::from_slice(&bytes)
-        .map_err(|source| ServiceError::Invocation { path, source })?;
+    let adopted = adopted::is_adopted(dir);
+    let invocation = if adopted {
+        adopted::invocation(dir)
+    } else {
+        let bytes = std::fs::read(&path).map_err(|source| ServiceError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes)
+            .map_err(|source| ServiceError::Invocation { path, source })?
+    };
     let optional = |name: &str| std::fs::read_to_string(share.join(name)).unwrap_or_default();
     Ok(Runner {
         dir: dir.to_path_buf(),
+        adopted,
         invocation,
         macvtaps: MacvtapSetup::parse_list(&optional("macvtap-interfaces"))?,
         pci_devices: optional("pci-devices")
@@ -361,6 +370,13 @@ fn attempt(
     for e in links.remove_all() {
         report(&format!("warning: {}", chain(&e)));
     }
+    if runner.adopted {
+        for script in ["tap-down", "macvtap-down"] {
+            if let Err(e) = adopted::script(&runner.dir, script, vm.path()) {
+                report(&format!("warning: {e}"));
+            }
+        }
+    }
     rec.interfaces.clear();
     if let Err(e) = vm.clear_booted() {
         report(&format!("warning: {}", chain(&e)));
@@ -413,6 +429,11 @@ fn run(
             check_tun(&opts.net.dev.join("net/tun"), c)?;
         }
     }
+    if runner.adopted {
+        for script in ["tap-up", "macvtap-up", "pci-setup"] {
+            adopted::script(&runner.dir, script, vm.path()).map_err(ServiceError::Prepare)?;
+        }
+    }
     for tap in &inv.taps {
         links.create_tap(tap, creds)?;
     }
@@ -446,6 +467,20 @@ fn run(
     let mut ro = RunOptions::new(vm.path());
     ro.handle_signals = false;
     ro.stop = opts.stop.clone();
+    let shutdown_script = runner.dir.join("bin/microvm-shutdown");
+    let _graceful = (runner.adopted && shutdown_script.is_file()).then(|| {
+        ro.stop = StopHandle::default();
+        let name = vm.name().to_string();
+        adopted::GracefulStop::start(
+            shutdown_script,
+            vm.path().to_path_buf(),
+            creds.map(|c| (c.uid, c.gid)),
+            opts.stop.clone(),
+            ro.stop.clone(),
+            opts.shutdown_timeout,
+            move |line| eprintln!("microvm: {name}: {line}"),
+        )
+    });
     ro.shutdown_timeout = opts.shutdown_timeout;
     ro.ready_timeout = opts.ready_timeout;
     ro.path_var = opts.path_var.clone();

@@ -155,6 +155,12 @@ pub fn shutdown_one(state: &StateDir, name: &VmName, timeout: Duration) -> anyho
         .booted()
         .or(rec.runner.clone())
         .context("no booted runner")?;
+    if microvm_host::service::adopted::is_adopted(&runner) {
+        bail!(
+            "{name} runs an adopted runner, which has no graceful method of its own here; \
+             `microvm stop {name}` runs its bin/microvm-shutdown"
+        );
+    }
     let inv = load_runner(&runner)?.invocation;
     match request_shutdown(&inv.shutdown, vm.path(), &inv.program) {
         Ok(ShutdownAction::Requested) => {}
