@@ -218,6 +218,7 @@ pub fn host_install() {
     DONE.get_or_init(|| {
         let units = tempfile::tempdir().expect("tempdir");
         let state = work_dir().join("state-install");
+        let existed = sh(&["id", "-u", "microvm"]).status.success();
         let out = Command::new(bin())
             .args(["--state-dir"])
             .arg(&state)
@@ -231,6 +232,18 @@ pub fn host_install() {
             "host install: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if !existed {
+            // `host install` makes the state directory the user's home; this one is a
+            // scratch directory in the clone. Point it where a real install puts it, so
+            // the user the suite leaves (documented in docs/host.md) refers to nothing
+            // inside the clone.
+            assert!(sh(&["usermod", "--home", "/var/lib/microvms", "microvm"])
+                .status
+                .success());
+            eprintln!(
+                "created the system user microvm (group kvm), home /var/lib/microvms (not created)"
+            );
+        }
         // The hypervisor runs as `microvm` and opens /dev/net/tun for its taps; the
         // usual mode is 0666 (udev), this machine has 0600.
         let tun = Path::new("/dev/net/tun");
