@@ -171,9 +171,17 @@ fn a_real_nix_closure_is_packed_and_boots() {
     );
     assert!(console.contains(GREETING), "{console}");
 
-    // Leave the Nix store as found: the two paths have no roots (--no-out-link).
-    let _ = run(Command::new("nix-store")
+    // Leave the Nix store as found: the paths have no roots (--no-out-link); the
+    // derivation goes too (it references busybox as an input).
+    let drv = run(Command::new("nix-store")
+        .arg("--query")
+        .arg("--deriver")
+        .arg(&out));
+    let drv = String::from_utf8_lossy(&drv.stdout).trim().to_owned();
+    let deleted = run(Command::new("nix-store")
         .arg("--delete")
         .arg(&out)
-        .arg(&busybox));
+        .arg(&busybox)
+        .arg(&drv));
+    assert!(deleted.status.success(), "removing the test's store paths");
 }
