@@ -326,7 +326,7 @@ impl Vm {
         self.state().join(&self.name)
     }
 
-    /// `ip netns exec NS microvm --state-dir S ARGS…`.
+    /// `ip netns exec NS microvm --state-dir S ARGS…`, with microvm's own service manager.
     pub fn microvm(&self, args: &[&str]) -> Output {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.netns])
@@ -335,7 +335,10 @@ impl Vm {
             .arg(self.state())
             .args(args)
             .env("PATH", path_var())
-            .env_remove("MICROVM_SERVICE_MANAGER")
+            // These tests are about microvm's own service manager; on a host where
+            // systemd is PID 1 `start` would go to systemctl (tests/systemd.rs covers
+            // that path, in a container).
+            .env("MICROVM_SERVICE_MANAGER", "own")
             .stdin(Stdio::null())
             .output()
             .expect("microvm");
