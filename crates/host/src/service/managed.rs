@@ -437,23 +437,7 @@ fn run(
     for tap in &inv.taps {
         links.create_tap(tap, creds)?;
     }
-    let mut pass = Vec::new();
-    for m in &runner.macvtaps {
-        let dev = links.create_macvtap(m, creds)?;
-        let mut fds: Vec<_> = inv
-            .macvtap_fds
-            .iter()
-            .filter(|f| f.interface == m.id)
-            .collect();
-        fds.sort_by_key(|f| f.queue);
-        let opened = net::open_macvtap_queues(&dev, fds.len())?;
-        for (f, fd) in fds.into_iter().zip(opened) {
-            pass.push(PassFd {
-                fd: SharedFd(std::sync::Arc::new(fd)),
-                target: f.fd as i32,
-            });
-        }
-    }
+    let pass = open_macvtaps(runner, links, creds)?;
     rec.interfaces = links.names().to_vec();
     pci::bind_vfio(
         &opts.net.sysfs,
@@ -466,21 +450,8 @@ fn run(
 
     let mut ro = RunOptions::new(vm.path());
     ro.handle_signals = false;
-    ro.stop = opts.stop.clone();
-    let shutdown_script = runner.dir.join("bin/microvm-shutdown");
-    let _graceful = (runner.adopted && shutdown_script.is_file()).then(|| {
-        ro.stop = StopHandle::default();
-        let name = vm.name().to_string();
-        adopted::GracefulStop::start(
-            shutdown_script,
-            vm.path().to_path_buf(),
-            creds.map(|c| (c.uid, c.gid)),
-            opts.stop.clone(),
-            ro.stop.clone(),
-            opts.shutdown_timeout,
-            move |line| eprintln!("microvm: {name}: {line}"),
-        )
-    });
+    let (stop, _graceful) = stop_handle(vm, runner, opts, creds);
+    ro.stop = stop;
     ro.shutdown_timeout = opts.shutdown_timeout;
     ro.ready_timeout = opts.ready_timeout;
     ro.path_var = opts.path_var.clone();
@@ -583,6 +554,60 @@ fn run(
         s.finish(Duration::from_secs(2));
     }
     Ok(result?)
+}
+
+/// Creates the runner's macvtaps and opens their queues; the fds the hypervisor inherits.
+fn open_macvtaps(
+    runner: &Runner,
+    links: &mut Links,
+    creds: Option<&Credentials>,
+) -> Result<Vec<PassFd>, ServiceError> {
+    let mut pass = Vec::new();
+    for m in &runner.macvtaps {
+        let dev = links.create_macvtap(m, creds)?;
+        let mut fds: Vec<_> = runner
+            .invocation
+            .macvtap_fds
+            .iter()
+            .filter(|f| f.interface == m.id)
+            .collect();
+        fds.sort_by_key(|f| f.queue);
+        let opened = net::open_macvtap_queues(&dev, fds.len())?;
+        for (f, fd) in fds.into_iter().zip(opened) {
+            pass.push(PassFd {
+                fd: SharedFd(std::sync::Arc::new(fd)),
+                target: f.fd as i32,
+            });
+        }
+    }
+    Ok(pass)
+}
+
+/// The stop handle the run obeys: `opts.stop`, or for an adopted runner with
+/// `bin/microvm-shutdown` a handle of its own that the [`adopted::GracefulStop`] watcher
+/// feeds only when the script did not end the VM in time.
+fn stop_handle(
+    vm: &VmDir,
+    runner: &Runner,
+    opts: &ManagedOptions,
+    creds: Option<&Credentials>,
+) -> (StopHandle, Option<adopted::GracefulStop>) {
+    let script = runner.dir.join("bin/microvm-shutdown");
+    if !(runner.adopted && script.is_file()) {
+        return (opts.stop.clone(), None);
+    }
+    let inner = StopHandle::default();
+    let name = vm.name().to_string();
+    let watcher = adopted::GracefulStop::start(
+        script,
+        vm.path().to_path_buf(),
+        creds.map(|c| (c.uid, c.gid)),
+        opts.stop.clone(),
+        inner.clone(),
+        opts.shutdown_timeout,
+        move |line| eprintln!("microvm: {name}: {line}"),
+    );
+    (inner, Some(watcher))
 }
 
 /// A stop the host asked for that ended the VM in time is a clean stop, whatever the
