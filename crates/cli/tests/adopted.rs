@@ -3,7 +3,8 @@
 //! named `microvm-<hostName>-<script>`, inventory §2.0) starts under the supervisor:
 //! `bin/tap-up` creates its tap, `bin/microvm-run` runs as the `microvm` user (and creates
 //! its volume itself), `stop` goes through `bin/microvm-shutdown` (graceful: the guest's
-//! shutdown marker is on its volume) and `bin/tap-down` removes the tap.
+//! shutdown marker is on its volume), `shutdown` runs it as well, and `bin/tap-down`
+//! removes the tap.
 //!
 //! The runner's scripts are microvm's own, moved into that layout (the machine has no
 //! Nix store with a microvm.nix runner). Prerequisites as in tests/service.rs.
@@ -77,6 +78,23 @@ fn adopted_nix_layout_runner_starts_and_stops_gracefully() {
         vm.logs()
     );
 
+    // `shutdown` runs bin/microvm-shutdown too, and the VM ends for good.
+    let out = vm.microvm(&["shutdown", "svc-adopt"]);
+    assert!(out.status.success(), "shutdown\n{}", vm.logs());
+    assert_eq!(vm.status_json()["status"]["state"], "stopped");
+    assert_eq!(vm.volume_file("/shutdown").as_deref(), Some("clean"));
+    assert!(!alive(hv));
+    fs::remove_file(vm.vmdir().join("data.img")).expect("a fresh volume");
+
+    vm.start();
+    let hv = vm.run_record()["hypervisorPid"].as_u64().expect("pid");
+    assert!(
+        wait_for("the guest to be up again", Duration::from_secs(90), || {
+            vm.volume_file("/boots").is_some()
+        }),
+        "{}",
+        vm.logs()
+    );
     let out = vm.microvm(&["stop", "svc-adopt"]);
     assert!(out.status.success(), "stop\n{}", vm.logs());
     let st = vm.status_json();

@@ -106,6 +106,31 @@ pub fn script(dir: &Path, name: &str, workdir: &Path) -> Result<bool, String> {
     }
 }
 
+/// Runs the runner's `bin/microvm-shutdown` (microvm.nix's: it asks the guest to power
+/// off and waits for the hypervisor to end) as `user`, in `workdir`. `Ok(false)` when the
+/// runner has none.
+pub fn shutdown(dir: &Path, workdir: &Path, user: Option<(u32, u32)>) -> Result<bool, String> {
+    let script = dir.join("bin/microvm-shutdown");
+    if !script.is_file() {
+        return Ok(false);
+    }
+    run_as(&script, workdir, user).map(|()| true)
+}
+
+fn run_as(script: &Path, workdir: &Path, user: Option<(u32, u32)>) -> Result<(), String> {
+    let mut cmd = Command::new(script);
+    cmd.current_dir(workdir).stdin(Stdio::null());
+    if let Some((uid, gid)) = user {
+        use std::os::unix::process::CommandExt as _;
+        cmd.uid(uid).gid(gid);
+    }
+    match cmd.status() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("{} failed ({s})", script.display())),
+        Err(e) => Err(format!("cannot run {}: {e}", script.display())),
+    }
+}
+
 /// A graceful stop through `bin/microvm-shutdown`: the first stop request on `outer`
 /// runs it (as the hypervisor's user, in `workdir`); only a second request, a failing
 /// script or `timeout` passing forward the stop to `inner` (the supervisor's SIGTERM and,
@@ -142,23 +167,10 @@ impl GracefulStop {
                 return;
             }
             report(format!("shutting down ({})", script.display()));
-            let mut cmd = Command::new(&script);
-            cmd.current_dir(&workdir).stdin(Stdio::null());
-            if let Some((uid, gid)) = user {
-                use std::os::unix::process::CommandExt as _;
-                cmd.uid(uid).gid(gid);
-            }
-            let graceful = match cmd.status() {
-                Ok(s) if s.success() => true,
-                Ok(s) => {
-                    report(format!(
-                        "{} failed ({s}); sending SIGTERM",
-                        script.display()
-                    ));
-                    false
-                }
+            let graceful = match run_as(&script, &workdir, user) {
+                Ok(()) => true,
                 Err(e) => {
-                    report(format!("cannot run {}: {e}", script.display()));
+                    report(format!("{e}; sending SIGTERM"));
                     false
                 }
             };

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use microvm_host::service::{detach, load_runner, record};
+use microvm_host::service::{adopted, detach, load_runner, record};
 use microvm_host::state::{StateDir, VmDir, VmState};
 use microvm_host::supervise::{request_shutdown, ShutdownAction};
 use microvm_spec::types::VmName;
@@ -155,22 +155,7 @@ pub fn shutdown_one(state: &StateDir, name: &VmName, timeout: Duration) -> anyho
         .booted()
         .or(rec.runner.clone())
         .context("no booted runner")?;
-    if microvm_host::service::adopted::is_adopted(&runner) {
-        bail!(
-            "{name} runs an adopted runner, which has no graceful method of its own here; \
-             `microvm stop {name}` runs its bin/microvm-shutdown"
-        );
-    }
-    let inv = load_runner(&runner)?.invocation;
-    match request_shutdown(&inv.shutdown, vm.path(), &inv.program) {
-        Ok(ShutdownAction::Requested) => {}
-        Ok(ShutdownAction::Signal(sig)) => {
-            if let Some(hv) = rec.hypervisor_pid {
-                detach::signal(hv as i32, sig);
-            }
-        }
-        Err(e) => bail!("cannot ask {name} to power off: {e}"),
-    }
+    request_power_off(name, &vm, &runner, &rec)?;
     if detach::wait_gone(alive, timeout) {
         Ok(())
     } else {
@@ -178,6 +163,42 @@ pub fn shutdown_one(state: &StateDir, name: &VmName, timeout: Duration) -> anyho
             "{name} did not power off within {} s (still running; `microvm stop` forces)",
             timeout.as_secs()
         )
+    }
+}
+
+/// Asks the guest of `runner` to power off: the hypervisor's graceful method, or an
+/// adopted runner's own `bin/microvm-shutdown` (as the user the hypervisor runs as).
+fn request_power_off(
+    name: &VmName,
+    vm: &VmDir,
+    runner: &Path,
+    rec: &record::RunRecord,
+) -> anyhow::Result<()> {
+    if adopted::is_adopted(runner) {
+        let user = microvm_host::privilege::lookup_user(&rec.user)
+            .ok()
+            .flatten()
+            .filter(|c| c.uid != 0)
+            .map(|c| (c.uid, c.gid));
+        return match adopted::shutdown(runner, vm.path(), user) {
+            Ok(true) => Ok(()),
+            Ok(false) => bail!(
+                "{name} runs an adopted runner without bin/microvm-shutdown: it has no graceful \
+                 way to power off (`microvm stop {name}` sends SIGTERM)"
+            ),
+            Err(e) => bail!("cannot ask {name} to power off: {e}"),
+        };
+    }
+    let inv = load_runner(runner)?.invocation;
+    match request_shutdown(&inv.shutdown, vm.path(), &inv.program) {
+        Ok(ShutdownAction::Requested) => Ok(()),
+        Ok(ShutdownAction::Signal(sig)) => {
+            if let Some(hv) = rec.hypervisor_pid {
+                detach::signal(hv as i32, sig);
+            }
+            Ok(())
+        }
+        Err(e) => bail!("cannot ask {name} to power off: {e}"),
     }
 }
 
