@@ -5,7 +5,8 @@
 //! Inside it, `microvm host install` writes the units and creates the user;
 //! `systemctl start microvm@NAME` returns only once the guest is ready (`Type=notify`,
 //! the supervisor's `READY=1`), `systemctl stop` shuts the guest down gracefully (its
-//! shutdown marker is on its volume), and the journal has the supervisor's log.
+//! shutdown marker is on its volume), `host apply` keeps `microvms.target`'s wants in
+//! step and starting the target starts the VM, and the journal has the supervisor's log.
 //!
 //! Prerequisites: those of tests/service.rs plus systemd-nspawn (systemd-container) and
 //! nsenter (util-linux); a missing one skips the test with a printed reason.
@@ -25,9 +26,12 @@ struct Container {
 }
 
 impl Container {
-    fn boot(name: &str, bind: &Path) -> Option<Container> {
-        let mut bind_arg = std::ffi::OsString::from("--bind=");
-        bind_arg.push(bind);
+    fn boot(name: &str, binds: &[&Path]) -> Option<Container> {
+        let binds = binds.iter().map(|b| {
+            let mut arg = std::ffi::OsString::from("--bind=");
+            arg.push(b);
+            arg
+        });
         let nspawn = Command::new("systemd-nspawn")
             .args([
                 "-q",
@@ -38,7 +42,7 @@ impl Container {
                 "--keep-unit",
             ])
             .args(["-M", name, "--private-network", "--bind=/dev/net/tun"])
-            .arg(bind_arg)
+            .args(binds)
             .args(["--console=read-only", "-b"])
             .args(["systemd.unit=basic.target", "systemd.firstboot=off"])
             .stdin(Stdio::null())
@@ -117,7 +121,11 @@ fn systemd_units_start_notify_stop_and_log() {
     let vm = Vm::new(test, "svc-sd", "");
     let state = vm.state();
     let state = state.to_string_lossy();
-    let Some(ct) = Container::boot(&format!("mvt-{}", std::process::id()), &workspace()) else {
+    // The workspace, and the test kernels where they live (links may leave the workspace).
+    let kernels = kernel().canonicalize().expect("kernel");
+    let kernels = kernels.parent().expect("kernel dir");
+    let name = format!("mvt-{}", std::process::id());
+    let Some(ct) = Container::boot(&name, &[&workspace(), kernels]) else {
         panic!("{test}: the container did not boot");
     };
     let microvm = bin().to_string_lossy().into_owned();
@@ -125,6 +133,19 @@ fn systemd_units_start_notify_stop_and_log() {
     assert!(out.status.success(), "host install in the container");
     let unit = "microvm@svc-sd.service";
     assert_eq!(ct.show(unit, "Type"), "notify");
+
+    // `host apply` keeps microvms.target's wants in step (and reloads systemd).
+    let def = vm.dir.path().join("vm.toml");
+    std::fs::write(vm.vmdir().join("source"), def.to_string_lossy().as_bytes()).expect("source");
+    let host = vm.dir.path().join("host.toml");
+    std::fs::write(&host, "[vms.svc-sd]\ndefinition = \"vm.toml\"\n").expect("host.toml");
+    let host = host.to_string_lossy();
+    let out = ct.exec(&[&microvm, "--state-dir", &state, "host", "apply", &host]);
+    assert!(out.status.success(), "host apply in the container");
+    assert!(
+        ct.show("microvms.target", "Wants").contains(unit),
+        "the target wants the VM"
+    );
 
     // Type=notify: `systemctl start` returns once the supervisor said READY=1.
     let out = ct.exec(&["systemctl", "start", unit]);
@@ -172,6 +193,21 @@ fn systemd_units_start_notify_stop_and_log() {
     ]);
     let st: serde_json::Value = serde_json::from_slice(&st.stdout).expect("status json");
     assert_eq!(st["status"]["state"], "stopped", "{st}");
+
+    // The target starts what it wants (what the boot does once it is enabled).
+    let out = ct.exec(&["systemctl", "start", "microvms.target"]);
+    assert!(out.status.success(), "systemctl start microvms.target");
+    assert!(
+        wait_for(
+            "the target to start the VM",
+            Duration::from_secs(150),
+            || { ct.show(unit, "ActiveState") == "active" }
+        ),
+        "{}",
+        vm.logs()
+    );
+    let out = ct.exec(&["systemctl", "stop", unit]);
+    assert!(out.status.success(), "systemctl stop");
 
     let journal = ct.exec(&["journalctl", "-u", unit, "--no-pager", "-o", "cat"]);
     let journal = String::from_utf8_lossy(&journal.stdout);
