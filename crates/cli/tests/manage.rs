@@ -482,6 +482,41 @@ fn gc_keeps_current_booted_and_old() {
     assert!(list.contains("/etc/motd"), "{list}");
 }
 
+/// A root disk whose `.manifest`/`.defaults.json` are gone (collected by an older gc) is
+/// built again, not used without them.
+#[test]
+fn a_root_disk_without_its_sidecars_is_rebuilt() {
+    let Some(k) = kernel("a_root_disk_without_its_sidecars_is_rebuilt") else {
+        return;
+    };
+    let h = Host::new(k);
+    let def = h.definition("vm.toml", Some("vm"), 256);
+    let store = h.tmp.path().join("store");
+    let build = || {
+        h.ok(&[
+            "build",
+            def.to_str().expect("utf8"),
+            "--store",
+            store.to_str().expect("utf8"),
+            "--list-root",
+        ])
+    };
+    let first = build();
+    for e in fs::read_dir(&store).expect("store").flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.ends_with(".manifest") || n.ends_with(".defaults.json") {
+            fs::remove_file(e.path()).expect("rm");
+        }
+    }
+    assert_eq!(build(), first, "the same listing after the rebuild");
+    let sidecars = fs::read_dir(&store)
+        .expect("store")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".defaults.json"))
+        .count();
+    assert_eq!(sidecars, 1, "written again");
+}
+
 /// gc waits for what holds the store's lock shared (builds, `run FILE`), as `flock -s`
 /// here, instead of collecting under them.
 #[test]
