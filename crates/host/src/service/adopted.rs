@@ -107,27 +107,50 @@ pub fn script(dir: &Path, name: &str, workdir: &Path) -> Result<bool, String> {
 }
 
 /// Runs the runner's `bin/microvm-shutdown` (microvm.nix's: it asks the guest to power
-/// off and waits for the hypervisor to end) as `user`, in `workdir`. `Ok(false)` when the
-/// runner has none.
-pub fn shutdown(dir: &Path, workdir: &Path, user: Option<(u32, u32)>) -> Result<bool, String> {
+/// off and waits for the hypervisor to end) as `user`, in `workdir`, for at most
+/// `timeout`. `Ok(false)` when the runner has none.
+pub fn shutdown(
+    dir: &Path,
+    workdir: &Path,
+    user: Option<(u32, u32)>,
+    timeout: Duration,
+) -> Result<bool, String> {
     let script = dir.join("bin/microvm-shutdown");
     if !script.is_file() {
         return Ok(false);
     }
-    run_as(&script, workdir, user).map(|()| true)
+    let deadline = Instant::now() + timeout;
+    run_bounded(&script, workdir, user, &|| Instant::now() >= deadline).map(|()| true)
 }
 
-fn run_as(script: &Path, workdir: &Path, user: Option<(u32, u32)>) -> Result<(), String> {
+/// Runs `script` as `user` in `workdir`; kills it once `give_up` says so.
+fn run_bounded(
+    script: &Path,
+    workdir: &Path,
+    user: Option<(u32, u32)>,
+    give_up: &dyn Fn() -> bool,
+) -> Result<(), String> {
     let mut cmd = Command::new(script);
     cmd.current_dir(workdir).stdin(Stdio::null());
     if let Some((uid, gid)) = user {
         use std::os::unix::process::CommandExt as _;
         cmd.uid(uid).gid(gid);
     }
-    match cmd.status() {
-        Ok(s) if s.success() => Ok(()),
-        Ok(s) => Err(format!("{} failed ({s})", script.display())),
-        Err(e) => Err(format!("cannot run {}: {e}", script.display())),
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) if s.success() => return Ok(()),
+            Ok(Some(s)) => return Err(format!("{} failed ({s})", script.display())),
+            Ok(None) if give_up() => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{} did not finish in time", script.display()));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => return Err(format!("waiting for {}: {e}", script.display())),
+        }
     }
 }
 
@@ -154,36 +177,38 @@ impl GracefulStop {
         let flag = done.clone();
         let base = outer.count();
         std::thread::spawn(move || {
-            let wait = |until: Option<Instant>, n: usize| loop {
-                if flag.load(Ordering::SeqCst) {
-                    return false;
+            let ended = || flag.load(Ordering::SeqCst);
+            let stops = || outer.count() - base;
+            let pause = || std::thread::sleep(Duration::from_millis(50));
+            while stops() == 0 {
+                if ended() {
+                    return;
                 }
-                if outer.count() >= base + n || until.is_some_and(|u| Instant::now() >= u) {
-                    return true;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            };
-            if !wait(None, 1) {
-                return;
+                pause();
             }
             report(format!("shutting down ({})", script.display()));
-            let graceful = match run_as(&script, &workdir, user) {
-                Ok(()) => true,
-                Err(e) => {
-                    report(format!("{e}; sending SIGTERM"));
-                    false
+            let deadline = Instant::now() + timeout;
+            let give_up = || ended() || stops() >= 2 || Instant::now() >= deadline;
+            match run_bounded(&script, &workdir, user, &give_up) {
+                // The guest powers off: wait for the VM's end within the deadline.
+                Ok(()) => {
+                    while !give_up() {
+                        pause();
+                    }
                 }
-            };
-            if graceful && !wait(Some(Instant::now() + timeout), 2) {
+                Err(e) => report(format!("{e}; sending SIGTERM")),
+            }
+            if ended() {
                 return;
             }
             inner.request();
-            while !flag.load(Ordering::SeqCst) {
-                if outer.count() >= base + 2 {
-                    inner.request();
+            let forwarded = stops();
+            while !ended() {
+                if stops() > forwarded {
+                    inner.request(); // one more stop: the supervisor kills at once
                     return;
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                pause();
             }
         });
         GracefulStop { done }
@@ -228,6 +253,64 @@ mod tests {
         );
         std::fs::write(dir.join("share/microvm/invocation.json"), "{}").expect("write");
         assert!(!is_adopted(dir), "microvm's own runner");
+    }
+
+    fn watcher(
+        script_text: &str,
+        timeout: Duration,
+    ) -> (tempfile::TempDir, StopHandle, StopHandle, GracefulStop) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let script = tmp.path().join("microvm-shutdown");
+        std::fs::write(&script, script_text).expect("script");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let (outer, inner) = (StopHandle::default(), StopHandle::default());
+        let w = GracefulStop::start(
+            script,
+            tmp.path().to_path_buf(),
+            None,
+            outer.clone(),
+            inner.clone(),
+            timeout,
+            |_| {},
+        );
+        (tmp, outer, inner, w)
+    }
+
+    fn eventually(what: &str, ok: impl Fn() -> bool) {
+        let end = Instant::now() + Duration::from_secs(10);
+        while !ok() {
+            assert!(Instant::now() < end, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn a_hanging_shutdown_script_is_cut_short_at_the_deadline() {
+        let (tmp, outer, inner, _w) = watcher(
+            "#!/bin/sh\ntouch ran\nexec sleep 1000\n",
+            Duration::from_millis(300),
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(inner.count(), 0, "nothing before a stop");
+        outer.request();
+        eventually("the script ran", || tmp.path().join("ran").exists());
+        eventually("the stop is forwarded after the deadline", || {
+            inner.count() == 1
+        });
+        outer.request();
+        eventually("a second stop forces", || inner.count() == 2);
+    }
+
+    #[test]
+    fn a_second_stop_forwards_at_once() {
+        let (_tmp, outer, inner, _w) =
+            watcher("#!/bin/sh\nexec sleep 1000\n", Duration::from_secs(600));
+        outer.request();
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(inner.count(), 0, "the script has its time");
+        outer.request();
+        eventually("forwarded", || inner.count() >= 1);
     }
 
     #[test]

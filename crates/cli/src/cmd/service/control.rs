@@ -155,7 +155,7 @@ pub fn shutdown_one(state: &StateDir, name: &VmName, timeout: Duration) -> anyho
         .booted()
         .or(rec.runner.clone())
         .context("no booted runner")?;
-    request_power_off(name, &vm, &runner, &rec)?;
+    request_power_off(name, &vm, &runner, &rec, timeout)?;
     if detach::wait_gone(alive, timeout) {
         Ok(())
     } else {
@@ -173,6 +173,7 @@ fn request_power_off(
     vm: &VmDir,
     runner: &Path,
     rec: &record::RunRecord,
+    timeout: Duration,
 ) -> anyhow::Result<()> {
     if adopted::is_adopted(runner) {
         let user = microvm_host::privilege::lookup_user(&rec.user)
@@ -180,7 +181,7 @@ fn request_power_off(
             .flatten()
             .filter(|c| c.uid != 0)
             .map(|c| (c.uid, c.gid));
-        return match adopted::shutdown(runner, vm.path(), user) {
+        return match adopted::shutdown(runner, vm.path(), user, timeout) {
             Ok(true) => Ok(()),
             Ok(false) => bail!(
                 "{name} runs an adopted runner without bin/microvm-shutdown: it has no graceful \
