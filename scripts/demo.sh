@@ -15,6 +15,16 @@ if ! command -v cargo >/dev/null 2>&1; then
   . "$HOME/.cargo/env"
 fi
 cargo build --release --locked -p microvm-cli
+# virtiofsd for virtiofs shares (README's vm1 example); Debian 12 has no package.
+bash scripts/install-virtiofsd.sh
+# Put `microvm` (and virtiofsd, where it was built here) on PATH for what follows.
+bindir=${MICROVM_BIN_DIR:-/usr/local/bin}
+mkdir -p "$bindir"
+ln -sfn "$repo/target/release/microvm" "$bindir/microvm"
+if ! command -v virtiofsd >/dev/null 2>&1 && [ -x "$repo/target/tools/bin/virtiofsd" ]; then
+  ln -sfn "$repo/target/tools/bin/virtiofsd" "$bindir/virtiofsd"
+fi
+echo "demo: microvm is installed as $bindir/microvm (a link to $repo/target/release/microvm)" >&2
 bash examples/hello/make-root.sh
 mkdir -p target/demo
 cd target/demo

@@ -55,7 +55,7 @@ pub enum Command {
     /// List managed VMs and their states (current, outdated, stale, not booted, running, failed).
     List(ListArgs),
     /// Start managed VMs (through systemd when it runs, else microvm's own supervisor).
-    Start(NamesArgs),
+    Start(StartArgs),
     /// Stop managed VMs: graceful shutdown, then force after the timeout.
     Stop(NamesArgs),
     /// Stop, then start managed VMs.
@@ -133,6 +133,17 @@ pub struct NamesArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    /// The VMs.
+    #[arg(required_unless_present = "autostart")]
+    pub names: Vec<String>,
+    /// Start every VM listed in `<state>/autostart` (what a host's boot runs where
+    /// systemd does not start `microvms.target`).
+    #[arg(long, conflicts_with = "names")]
+    pub autostart: bool,
 }
 
 #[derive(Debug, clap::Args)]

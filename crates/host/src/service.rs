@@ -3,6 +3,7 @@
 //! ([`notify`]), PCI passthrough setup ([`pci`]) and the run record ([`record`]).
 //! See docs/host.md ("Supervisor", "Service managers").
 
+pub mod adopted;
 pub mod detach;
 pub mod managed;
 pub mod notify;

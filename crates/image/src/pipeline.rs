@@ -379,7 +379,9 @@ fn root_disk(
     let out = store.path(&hash, name);
     let manifest = PathBuf::from(format!("{}.manifest", out.display()));
     let defaults_path = PathBuf::from(format!("{}.defaults.json", out.display()));
-    if out.exists() {
+    // A disk whose manifest or defaults went missing (an old gc) is built again rather
+    // than used without the image's default command.
+    if out.exists() && manifest.exists() && defaults_path.exists() {
         return Ok(RootDisk {
             defaults: rootfs::defaults::RootDefaults::read(&defaults_path).unwrap_or_default(),
             path: out,

@@ -12,6 +12,9 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+mod lock;
+pub use lock::{LockKind, StoreLock, LOCK_FILE};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{op} {path}: {source}")]
@@ -35,6 +38,8 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Sto
 pub struct Store {
     root: PathBuf,
     stat_cache: Mutex<StatCache>,
+    /// Shared while the store is open: `gc` (exclusive) waits for it.
+    _lock: StoreLock,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -70,8 +75,16 @@ impl StatKey {
 }
 
 impl Store {
+    /// Opens the store and holds its lock shared until the `Store` is dropped; waits
+    /// (saying so on stderr) while `microvm gc` holds it.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         fs::create_dir_all(root).map_err(io_err("creating store", root))?;
+        let lock = StoreLock::wait(root, LockKind::Shared, &mut || {
+            eprintln!(
+                "microvm: waiting for `microvm gc` to finish with the store {}",
+                root.display()
+            )
+        })?;
         let cache_path = root.join(".stat-cache.json");
         let stat_cache = fs::read(&cache_path)
             .ok()
@@ -80,6 +93,7 @@ impl Store {
         Ok(Store {
             root: root.to_path_buf(),
             stat_cache: Mutex::new(stat_cache),
+            _lock: lock,
         })
     }
 

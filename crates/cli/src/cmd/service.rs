@@ -22,10 +22,11 @@ use anyhow::Context as _;
 use microvm_host::state::{StateDir, VmDir};
 use microvm_spec::types::VmName;
 
-use crate::cli::{HostInstallArgs, LogsArgs, NameArgs, NamesArgs, SuperviseArgs};
+use crate::cli::{HostInstallArgs, LogsArgs, NameArgs, NamesArgs, StartArgs, SuperviseArgs};
 use crate::exit::{FAILURE, OK};
 
 pub use control::{restart_one, shutdown_one, start_one, stop_one};
+pub use install::sync_target;
 pub use supervise::run_managed;
 
 /// How long `start` waits for the guest to be ready (the unit's TimeoutStartSec).
@@ -59,8 +60,22 @@ fn each(
     Ok(code)
 }
 
-pub fn start(state: &Path, args: &NamesArgs) -> anyhow::Result<i32> {
-    each(state, &args.names, start_one)
+pub fn start(state: &Path, args: &StartArgs) -> anyhow::Result<i32> {
+    if !args.autostart {
+        return each(state, &args.names, start_one);
+    }
+    let names: Vec<String> = StateDir::new(state)
+        .autostart()?
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    if names.is_empty() {
+        eprintln!(
+            "microvm: no VM to autostart ({} is empty or missing)",
+            StateDir::new(state).autostart_path().display()
+        );
+    }
+    each(state, &names, start_one)
 }
 
 pub fn stop(state: &Path, args: &NamesArgs) -> anyhow::Result<i32> {

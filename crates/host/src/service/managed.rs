@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use microvm_runner::Invocation;
 
 use super::record::{ExitRecord, HelperRecord, RunRecord};
-use super::{notify, pci, record};
+use super::{adopted, notify, pci, record};
 use crate::console::{self, ConsoleConfig, ConsoleServer};
 use crate::net::{self, Links, MacvtapSetup, NetHost};
 use crate::privilege::Credentials;
@@ -101,6 +101,9 @@ pub struct ManagedOptions {
 #[derive(Debug, Clone)]
 pub struct Runner {
     pub dir: PathBuf,
+    /// Built elsewhere (no `invocation.json`): run through its `bin/` scripts
+    /// ([`adopted`]).
+    pub adopted: bool,
     pub invocation: Invocation,
     pub macvtaps: Vec<MacvtapSetup>,
     pub pci_devices: Vec<String>,
@@ -142,15 +145,21 @@ pub enum ServiceError {
 pub fn load_runner(dir: &Path) -> Result<Runner, ServiceError> {
     let share = dir.join("share/microvm");
     let path = share.join("invocation.json");
-    let bytes = std::fs::read(&path).map_err(|source| ServiceError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    let invocation = serde_json::from_slice(&bytes)
-        .map_err(|source| ServiceError::Invocation { path, source })?;
+    let adopted = adopted::is_adopted(dir);
+    let invocation = if adopted {
+        adopted::invocation(dir)
+    } else {
+        let bytes = std::fs::read(&path).map_err(|source| ServiceError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes)
+            .map_err(|source| ServiceError::Invocation { path, source })?
+    };
     let optional = |name: &str| std::fs::read_to_string(share.join(name)).unwrap_or_default();
     Ok(Runner {
         dir: dir.to_path_buf(),
+        adopted,
         invocation,
         macvtaps: MacvtapSetup::parse_list(&optional("macvtap-interfaces"))?,
         pci_devices: optional("pci-devices")
@@ -361,11 +370,23 @@ fn attempt(
     for e in links.remove_all() {
         report(&format!("warning: {}", chain(&e)));
     }
+    if runner.adopted {
+        for script in ["tap-down", "macvtap-down"] {
+            if let Err(e) = adopted::script(&runner.dir, script, vm.path()) {
+                report(&format!("warning: {e}"));
+            }
+        }
+    }
     rec.interfaces.clear();
     if let Err(e) = vm.clear_booted() {
         report(&format!("warning: {}", chain(&e)));
     }
     match result {
+        Ok(outcome) if clean_stop(&outcome) => End {
+            code: 0,
+            reason: "stopped on request".into(),
+            requested: true,
+        },
         Ok(outcome) => End {
             code: outcome.exit_code(),
             reason: describe(&outcome),
@@ -408,26 +429,15 @@ fn run(
             check_tun(&opts.net.dev.join("net/tun"), c)?;
         }
     }
+    if runner.adopted {
+        for script in ["tap-up", "macvtap-up", "pci-setup"] {
+            adopted::script(&runner.dir, script, vm.path()).map_err(ServiceError::Prepare)?;
+        }
+    }
     for tap in &inv.taps {
         links.create_tap(tap, creds)?;
     }
-    let mut pass = Vec::new();
-    for m in &runner.macvtaps {
-        let dev = links.create_macvtap(m, creds)?;
-        let mut fds: Vec<_> = inv
-            .macvtap_fds
-            .iter()
-            .filter(|f| f.interface == m.id)
-            .collect();
-        fds.sort_by_key(|f| f.queue);
-        let opened = net::open_macvtap_queues(&dev, fds.len())?;
-        for (f, fd) in fds.into_iter().zip(opened) {
-            pass.push(PassFd {
-                fd: SharedFd(std::sync::Arc::new(fd)),
-                target: f.fd as i32,
-            });
-        }
-    }
+    let pass = open_macvtaps(runner, links, creds)?;
     rec.interfaces = links.names().to_vec();
     pci::bind_vfio(
         &opts.net.sysfs,
@@ -440,7 +450,8 @@ fn run(
 
     let mut ro = RunOptions::new(vm.path());
     ro.handle_signals = false;
-    ro.stop = opts.stop.clone();
+    let (stop, _graceful) = stop_handle(vm, runner, opts, creds);
+    ro.stop = stop;
     ro.shutdown_timeout = opts.shutdown_timeout;
     ro.ready_timeout = opts.ready_timeout;
     ro.path_var = opts.path_var.clone();
@@ -543,6 +554,67 @@ fn run(
         s.finish(Duration::from_secs(2));
     }
     Ok(result?)
+}
+
+/// Creates the runner's macvtaps and opens their queues; the fds the hypervisor inherits.
+fn open_macvtaps(
+    runner: &Runner,
+    links: &mut Links,
+    creds: Option<&Credentials>,
+) -> Result<Vec<PassFd>, ServiceError> {
+    let mut pass = Vec::new();
+    for m in &runner.macvtaps {
+        let dev = links.create_macvtap(m, creds)?;
+        let mut fds: Vec<_> = runner
+            .invocation
+            .macvtap_fds
+            .iter()
+            .filter(|f| f.interface == m.id)
+            .collect();
+        fds.sort_by_key(|f| f.queue);
+        let opened = net::open_macvtap_queues(&dev, fds.len())?;
+        for (f, fd) in fds.into_iter().zip(opened) {
+            pass.push(PassFd {
+                fd: SharedFd(std::sync::Arc::new(fd)),
+                target: f.fd as i32,
+            });
+        }
+    }
+    Ok(pass)
+}
+
+/// The stop handle the run obeys: `opts.stop`, or for an adopted runner with
+/// `bin/microvm-shutdown` a handle of its own that the [`adopted::GracefulStop`] watcher
+/// feeds only when the script did not end the VM in time.
+fn stop_handle(
+    vm: &VmDir,
+    runner: &Runner,
+    opts: &ManagedOptions,
+    creds: Option<&Credentials>,
+) -> (StopHandle, Option<adopted::GracefulStop>) {
+    let script = runner.dir.join("bin/microvm-shutdown");
+    if !(runner.adopted && script.is_file()) {
+        return (opts.stop.clone(), None);
+    }
+    let inner = StopHandle::default();
+    let name = vm.name().to_string();
+    let watcher = adopted::GracefulStop::start(
+        script,
+        vm.path().to_path_buf(),
+        creds.map(|c| (c.uid, c.gid)),
+        opts.stop.clone(),
+        inner.clone(),
+        opts.shutdown_timeout,
+        move |line| eprintln!("microvm: {name}: {line}"),
+    );
+    (inner, Some(watcher))
+}
+
+/// A stop the host asked for that ended the VM in time is a clean stop, whatever the
+/// guest's status (a single-command guest's command dies of the SIGTERM its init sends
+/// at power-off: 143).
+fn clean_stop(o: &RunOutcome) -> bool {
+    o.shutdown_requested && !o.forced && o.helper_failure.is_none()
 }
 
 /// The VM directory: group of the hypervisor's user, group-writable (its sockets), and

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use microvm_runner::{
@@ -435,30 +435,29 @@ fn real_qemu_powerdown_without_guest_hits_the_deadline() {
 
 /// Where KVM is broken (`kvm::probe` says unusable), booting a real kernel with
 /// `-accel kvm` makes qemu print "KVM internal error" and pause; the supervisor must
-/// stop it with [`RunError::KvmFailed`] instead of hanging. Needs a kernel image in
-/// `MICROVM_TEST_KERNEL`.
+/// stop it with [`RunError::KvmFailed`] instead of hanging. Needs a kernel: the cloud
+/// kernel package in `MICROVM_TEST_KERNELS` (as scripts/test.sh sets it).
 #[test]
 fn real_qemu_with_broken_kvm_fails_fast() {
-    let Some(kernel) = std::env::var_os("MICROVM_TEST_KERNEL") else {
-        eprintln!("skipped: MICROVM_TEST_KERNEL (a kernel image) is not set");
-        return;
-    };
     if !qemu_available() {
         return;
     }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(kernel) = test_kernel_image(dir.path()) else {
+        return;
+    };
     let probe = crate::kvm::probe();
     if probe.status.is_usable() {
         eprintln!("skipped: KVM works on this host, the failure path cannot be exercised");
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
     let mut inv = firmware_qemu("quit");
     inv.args[1] = "kvm".into();
     // With 256 MiB the kvm_pvm host reports "KVM internal error" and pauses; with 64 MiB
     // the same kernel stalls silently (only `ready_timeout` catches that).
     inv.args[5] = "256".into();
     inv.args
-        .extend(["-kernel".into(), kernel.to_string_lossy().into_owned()]);
+        .extend(["-kernel".into(), kernel.display().to_string()]);
     inv.args
         .extend(["-append".into(), "console=ttyS0 earlyprintk=ttyS0".into()]);
     let mut o = opts(dir.path());
@@ -471,4 +470,39 @@ fn real_qemu_with_broken_kvm_fails_fast() {
         Err(RunError::KvmFailed { line, .. }) => assert!(line.contains("KVM")),
         other => panic!("expected a KVM failure, got {other:?}"),
     }
+}
+
+/// The bzImage of the cloud kernel package in `MICROVM_TEST_KERNELS`, unpacked under
+/// `dir` with dpkg-deb and tar; None (and why) where there is none.
+fn test_kernel_image(dir: &Path) -> Option<PathBuf> {
+    use std::process::{Command, Stdio};
+    let Some(kernels) = std::env::var_os("MICROVM_TEST_KERNELS") else {
+        eprintln!("skipped: MICROVM_TEST_KERNELS (a directory with cloud.deb) is not set");
+        return None;
+    };
+    let deb = Path::new(&kernels).join("cloud.deb");
+    if !deb.exists() {
+        eprintln!("skipped: {} does not exist", deb.display());
+        return None;
+    }
+    let mut dpkg = Command::new("dpkg-deb")
+        .arg("--fsys-tarfile")
+        .arg(&deb)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("dpkg-deb");
+    let tar = Command::new("tar")
+        .args(["-x", "-C"])
+        .arg(dir)
+        .args(["--wildcards", "./boot/vmlinuz-*"])
+        .stdin(dpkg.stdout.take().expect("pipe"))
+        .status()
+        .expect("tar");
+    assert!(dpkg.wait().expect("dpkg-deb").success() && tar.success());
+    let image = std::fs::read_dir(dir.join("boot"))
+        .expect("boot")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().contains("vmlinuz"));
+    Some(image.expect("a vmlinuz in the package"))
 }

@@ -32,7 +32,10 @@ pub fn unpack_deb(deb: &Path, cache_dir: &Path) -> Result<PathBuf, KernelError> 
         return Ok(out);
     }
     fs::create_dir_all(cache_dir).map_err(|source| io_error(cache_dir, source))?;
-    let tmp = cache_dir.join(format!(".{stem}.tmp-{}", std::process::id()));
+    // Unique per call: two threads of one process may unpack the same package at once.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = cache_dir.join(format!(".{stem}.tmp-{}-{seq}", std::process::id()));
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(|source| io_error(&tmp, source))?;
     }

@@ -214,7 +214,9 @@ pub(super) fn extract_cached(
     }
     let vmlinux = bzimage::extract_vmlinux(image, &bzimage::read_file(image)?)?;
     fs::create_dir_all(cache_dir).map_err(io(cache_dir))?;
-    let tmp = cache_dir.join(format!(".vmlinux.tmp-{}", std::process::id()));
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = cache_dir.join(format!(".vmlinux.tmp-{}-{seq}", std::process::id()));
     fs::write(&tmp, &vmlinux.elf).map_err(io(&tmp))?;
     fs::rename(&tmp, &out).map_err(io(&out))?;
     Ok((out, vmlinux.has_pvh_note))
