@@ -346,7 +346,10 @@ fn numbers_out_of_range() {
             "vsock.cid = -3\n",
             "expected a non-negative integer, found -3",
         ),
-        ("vcpu = 4294967296\n", "4294967296 is too large"),
+        (
+            "vcpu = 4294967296\n",
+            "4294967296 is more than 255, the most a supported hypervisor boots (x86 APIC ids)",
+        ),
         ("vcpu = 1.0\n", "expected an integer, found a float"),
         ("vcpu = inf\n", "expected an integer, found a float"),
         ("vcpu = nan\n", "expected an integer, found a float"),
