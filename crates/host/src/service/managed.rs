@@ -352,7 +352,7 @@ fn attempt(
         },
         runner: Some(runner.dir.clone()),
     });
-    let mut links = Links::new(opts.net.clone());
+    let mut links = Links::for_vm(opts.net.clone(), vm.name().as_str());
     let result = match vm.set_booted(&runner.dir) {
         Ok(()) => run(vm, runner, opts, rec, notified, prepare, report, &mut links),
         Err(e) => Err(e.into()),
