@@ -142,6 +142,11 @@ pub enum ServiceError {
 pub fn load_runner(dir: &Path) -> Result<Runner, ServiceError> {
     let share = dir.join("share/microvm");
     let path = share.join("invocation.json");
+    // The plan root acts on: only from a path the hypervisors' group cannot replace.
+    crate::trust::check_trusted_path(&path).map_err(|source| ServiceError::Read {
+        path: path.clone(),
+        source,
+    })?;
     let bytes = std::fs::read(&path).map_err(|source| ServiceError::Read {
         path: path.clone(),
         source,
@@ -184,6 +189,12 @@ pub fn supervise(
 ) -> Result<i32, ServiceError> {
     let name = vm.name().to_string();
     let me = std::process::id();
+    if let Some(root) = vm.path().parent() {
+        crate::trust::check_state_root(root).map_err(|source| ServiceError::Read {
+            path: root.to_path_buf(),
+            source,
+        })?;
+    }
     if let Some(pid) = vm.supervisor_pid() {
         if pid != me && super::detach::is_supervisor_of(pid, &name) {
             return Err(ServiceError::AlreadySupervised { name, pid });
@@ -445,7 +456,8 @@ fn run(
     ro.ready_timeout = opts.ready_timeout;
     ro.path_var = opts.path_var.clone();
     ro.credentials = opts.run_user.clone();
-    ro.umask = Some(0o007);
+    // Its sockets (QMP, API) for root only: the group gets nothing of the VM's.
+    ro.umask = Some(0o077);
     ro.pass_fds = pass;
     ro.restart_helpers = Some(Default::default());
     let server = match opts.console {
@@ -456,7 +468,12 @@ fn run(
                 log: vm.console_log_path(),
                 log_limit: opts.console_log_limit,
                 socket: vm.path().join("console.sock"),
-                socket_owner: creds.map(|c| (0, c.gid)),
+                // Only root, unless the admin named a group (`<state>/console-group`).
+                socket_owner: vm
+                    .path()
+                    .parent()
+                    .and_then(crate::trust::console_group)
+                    .map(|g| (0, g)),
             };
             let server = ConsoleServer::start(pty.master, &cfg).map_err(ServiceError::Console)?;
             ro.console = Console::Pty(SharedFd(std::sync::Arc::new(pty.slave)));

@@ -2,7 +2,6 @@
 //! working directory; after exit: removing the sockets our children left behind.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use microvm_runner::{Invocation, PreStart};
@@ -17,7 +16,16 @@ pub(crate) fn run_pre_start(steps: &[PreStart], workdir: &Path) -> Result<(), Ru
             PreStart::MoveAside(p) => ("move aside", p),
             PreStart::CreateDir(p) => ("create directory", p),
         };
-        let path = workdir.join(rel);
+        let path = match crate::trust::confined(workdir, Path::new(rel)) {
+            Ok(p) => p,
+            Err(source) => {
+                return Err(RunError::PreStart {
+                    step: what,
+                    path: workdir.join(rel),
+                    source,
+                })
+            }
+        };
         let result = match step {
             PreStart::RemoveFile(_) => match std::fs::remove_file(&path) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -42,28 +50,32 @@ pub(crate) fn run_pre_start(steps: &[PreStart], workdir: &Path) -> Result<(), Ru
     Ok(())
 }
 
-/// Writes the generated files (parents created, mode applied even to existing files).
+/// Writes the generated files: confined to the working directory, each created new under
+/// a temporary name (`O_EXCL|O_NOFOLLOW`: a planted symlink is never followed), fsynced,
+/// given its mode and renamed over the old one.
 pub(crate) fn write_files(inv: &Invocation, workdir: &Path) -> Result<(), RunError> {
     use std::os::unix::fs::PermissionsExt;
     for file in &inv.files {
-        let path = workdir.join(&file.path);
-        let err = |source| RunError::WriteFile {
-            path: path.clone(),
-            source,
+        let err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| RunError::WriteFile { path, source }
         };
+        let path = crate::trust::confined(workdir, Path::new(&file.path))
+            .map_err(err(&workdir.join(&file.path)))?;
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(err)?;
+            std::fs::create_dir_all(parent).map_err(err(&path))?;
         }
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(file.mode)
-            .open(&path)
-            .map_err(err)?;
-        f.write_all(file.contents.as_bytes()).map_err(err)?;
-        f.set_permissions(std::fs::Permissions::from_mode(file.mode))
-            .map_err(err)?;
+        let (mut f, tmp) =
+            crate::trust::create_temp_sibling(&path, file.mode).map_err(err(&path))?;
+        let written = f
+            .write_all(file.contents.as_bytes())
+            .and_then(|()| f.set_permissions(std::fs::Permissions::from_mode(file.mode)))
+            .and_then(|()| f.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(err(&path)(e));
+        }
     }
     Ok(())
 }
@@ -135,6 +147,46 @@ mod tests {
         std::fs::write(d.join("file"), "").expect("w");
         let err = run_pre_start(&[PreStart::CreateDir("file/x".into())], d).expect_err("fails");
         assert!(err.to_string().contains("file/x"), "{err}");
+    }
+
+    /// Attack 2 of issue 10: a symlink planted at a generated file's name (firecracker's
+    /// config) made root truncate its target. Paths outside the directory are refused.
+    #[test]
+    fn generated_files_never_follow_planted_links_or_leave_the_directory() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let victim = d.join("victim");
+        std::fs::write(&victim, "root's").expect("w");
+        symlink(&victim, d.join("firecracker.json")).expect("symlink");
+        let mut inv = super::super::tests::sh("");
+        inv.files.push(microvm_runner::GeneratedFile {
+            path: "firecracker.json".into(),
+            contents: "{}".into(),
+            mode: 0o600,
+        });
+        write_files(&inv, d).expect("write");
+        assert_eq!(std::fs::read_to_string(&victim).expect("r"), "root's");
+        assert_eq!(
+            std::fs::read_to_string(d.join("firecracker.json")).expect("r"),
+            "{}"
+        );
+        assert!(!std::fs::symlink_metadata(d.join("firecracker.json"))
+            .expect("stat")
+            .file_type()
+            .is_symlink());
+        for bad in ["/etc/x", "../x"] {
+            inv.files[0].path = bad.into();
+            assert!(write_files(&inv, d).is_err(), "{bad}");
+            let step = PreStart::CreateDir(bad.into());
+            assert!(run_pre_start(&[step], d).is_err(), "{bad}");
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(d)
+            .expect("ls")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
     #[test]
