@@ -52,6 +52,13 @@ impl NetHost {
         self.class_net(name).exists()
     }
 
+    /// The alias of a link (`ip link set NAME alias …`), if it has one.
+    pub fn link_alias(&self, name: &str) -> Option<String> {
+        let text = fs::read_to_string(self.class_net(name).join("ifalias")).ok()?;
+        let alias = text.trim_end();
+        (!alias.is_empty()).then(|| alias.to_string())
+    }
+
     /// The interface index of a link.
     pub fn ifindex(&self, name: &str) -> Result<u32, NetError> {
         let path = self.class_net(name).join("ifindex");

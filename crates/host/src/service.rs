@@ -8,6 +8,7 @@ pub mod managed;
 pub mod notify;
 pub mod pci;
 pub mod record;
+pub mod recover;
 
 pub use managed::{
     forward_signals, load_runner, supervise, ConsoleMode, ManagedOptions, RestartMode,

@@ -107,6 +107,16 @@ pub(crate) fn remove_sockets(paths: &[PathBuf]) {
     }
 }
 
+/// Removes the sockets `inv`'s processes create in `workdir` (after their supervisor died).
+pub fn remove_created_sockets(inv: &Invocation, workdir: &Path) {
+    remove_sockets(&created_sockets(inv, workdir));
+}
+
+/// Removes each of `paths` that is a socket.
+pub fn remove_sockets_at(paths: &[PathBuf]) {
+    remove_sockets(paths);
+}
+
 /// Parses `SIGTERM`, `TERM` or `15`.
 pub(crate) fn parse_signal(s: &str) -> Option<i32> {
     if let Ok(n) = s.parse::<i32>() {
