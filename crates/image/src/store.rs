@@ -72,6 +72,7 @@ impl StatKey {
 impl Store {
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         fs::create_dir_all(root).map_err(io_err("creating store", root))?;
+        remove_dead_scratch(&root.join(".tmp"));
         let cache_path = root.join(".stat-cache.json");
         let stat_cache = fs::read(&cache_path)
             .ok()
@@ -209,6 +210,32 @@ impl Store {
     }
 }
 
+/// Removes scratch directories (`<name>-<pid>-<unique>`) whose process is gone: a build
+/// killed half-way leaves its copy (80–90 MB for a root) behind; the next run cleans it.
+fn remove_dead_scratch(tmp: &Path) {
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.rsplit('-').nth(1))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let path = e.path();
+            let _ = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+        }
+    }
+}
+
 fn unique() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -230,6 +257,25 @@ pub fn combine(parts: &[(&str, &str)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scratch_of_dead_processes_is_removed_on_open() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("store");
+        let store = Store::open(&root).expect("store");
+        let mine = store.scratch("rootfs").expect("scratch");
+        let dead = {
+            let mut c = std::process::Command::new("true").spawn().expect("true");
+            let pid = c.id();
+            c.wait().expect("wait");
+            pid
+        };
+        let stale = root.join(".tmp").join(format!("store-disk-{dead}-123"));
+        fs::create_dir_all(stale.join("sub")).expect("mkdir");
+        Store::open(&root).expect("reopen");
+        assert!(!stale.exists(), "a dead build's scratch is removed");
+        assert!(mine.exists(), "a live one's is kept");
+    }
 
     #[test]
     fn tree_hash_follows_content_not_time() {

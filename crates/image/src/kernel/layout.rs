@@ -214,10 +214,43 @@ pub(super) fn extract_cached(
     }
     let vmlinux = bzimage::extract_vmlinux(image, &bzimage::read_file(image)?)?;
     fs::create_dir_all(cache_dir).map_err(io(cache_dir))?;
+    remove_stale_scratch(cache_dir);
     let tmp = cache_dir.join(format!(".vmlinux.tmp-{}", std::process::id()));
-    fs::write(&tmp, &vmlinux.elf).map_err(io(&tmp))?;
-    fs::rename(&tmp, &out).map_err(io(&out))?;
+    let written = write_synced(&tmp, &vmlinux.elf).and_then(|()| fs::rename(&tmp, &out));
+    if let Err(e) = written {
+        // A full disk must not leave a half-written copy behind (95 MB after 3 failures).
+        let _ = fs::remove_file(&tmp);
+        return Err(io(&out)(e));
+    }
     Ok((out, vmlinux.has_pvh_note))
+}
+
+/// Writes `bytes` to `path` and fsyncs it (before a rename publishes it).
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut f = fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Removes `.vmlinux.tmp-<pid>` files whose process is gone (a build killed half-way).
+pub fn remove_stale_scratch(cache_dir: &Path) {
+    let Ok(entries) = fs::read_dir(cache_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(".vmlinux.tmp-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_file(e.path());
+        }
+    }
 }
 
 #[cfg(test)]

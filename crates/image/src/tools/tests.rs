@@ -90,3 +90,33 @@ fn detects_installed_tool_versions() {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// A tool dies with the thread that started it (PR_SET_PDEATHSIG): a killed build leaves
+/// no orphan mkfs behind.
+#[test]
+fn tools_die_with_the_thread_that_started_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    script(dir.path(), "slowtool", "exec sleep 600");
+    let tools = Toolbox::with_search_path(dir.path());
+    let pid = std::thread::scope(|s| {
+        s.spawn(|| {
+            let child = tools
+                .command("slowtool")
+                .expect("cmd")
+                .spawn()
+                .expect("spawn");
+            child.id()
+        })
+        .join()
+        .expect("thread")
+    });
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.split_whitespace().nth(2).is_some_and(|st| st == "Z"))
+    };
+    while alive() && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!alive(), "the tool outlived the thread that started it");
+}

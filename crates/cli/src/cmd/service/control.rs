@@ -66,6 +66,8 @@ pub fn start_one(state: &StateDir, name: &VmName) -> anyhow::Result<()> {
     }
     let log = vm.supervisor_log_path();
     let offset = std::fs::metadata(&log).map_or(0, |m| m.len());
+    // A failure recorded before this start (by a recovery in the same second) is old.
+    let before = vm.status().ok().flatten().map(|s| s.state);
     let exe = std::env::current_exe().context("locating the microvm binary")?;
     let args: Vec<OsString> = vec![
         "--state-dir".into(),
@@ -89,6 +91,7 @@ pub fn start_one(state: &StateDir, name: &VmName) -> anyhow::Result<()> {
                 eprintln!("microvm: {name} is running (supervisor pid {pid})");
                 return Ok(());
             }
+            Some(state @ VmState::Failed { .. }) if before.as_ref() == Some(&state) => {}
             Some(VmState::Failed { since, reason, .. }) if since >= started => {
                 break reason;
             }
