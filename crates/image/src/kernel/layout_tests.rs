@@ -160,8 +160,8 @@ fn stale_vmlinux_scratch_of_dead_processes_is_removed() {
     let live = dir
         .path()
         .join(format!(".vmlinux.tmp-{}", std::process::id()));
-    std::fs::write(&stale, "half").expect("write");
-    std::fs::write(&live, "mine").expect("write");
+    fs::write(&stale, "half").expect("write");
+    fs::write(&live, "mine").expect("write");
     remove_stale_scratch(dir.path());
     assert!(!stale.exists());
     assert!(live.exists());
