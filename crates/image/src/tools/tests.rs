@@ -95,28 +95,36 @@ fn detects_installed_tool_versions() {
 /// no orphan mkfs behind.
 #[test]
 fn tools_die_with_the_thread_that_started_them() {
+    use std::os::unix::process::ExitStatusExt;
     let dir = tempfile::tempdir().expect("tempdir");
     script(dir.path(), "slowtool", "exec sleep 600");
     let tools = Toolbox::with_search_path(dir.path());
-    let pid = std::thread::scope(|s| {
+    let mut child = std::thread::scope(|s| {
         s.spawn(|| {
-            let child = tools
+            tools
                 .command("slowtool")
                 .expect("cmd")
                 .spawn()
-                .expect("spawn");
-            child.id()
+                .expect("spawn")
         })
         .join()
         .expect("thread")
     });
     let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let alive = || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| !s.split_whitespace().nth(2).is_some_and(|st| st == "Z"))
-    };
-    while alive() && std::time::Instant::now() < end {
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if std::time::Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
         std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    assert!(!alive(), "the tool outlived the thread that started it");
+    };
+    assert_eq!(
+        status.and_then(|s| s.signal()),
+        Some(9),
+        "the tool outlived the thread that started it"
+    );
 }
