@@ -4,6 +4,7 @@
 //! See docs/host.md ("Supervisor", "Service managers").
 
 pub mod detach;
+pub mod logpipe;
 pub mod managed;
 pub mod notify;
 pub mod pci;

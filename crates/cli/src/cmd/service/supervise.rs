@@ -15,18 +15,34 @@ use crate::cli::SuperviseArgs;
 
 pub fn supervise(state_root: &Path, args: &SuperviseArgs) -> anyhow::Result<i32> {
     let (_, _, vm) = super::vm_dir(state_root, &args.name)?;
+    // Detached (`microvm start`): our output is supervisor.log; rotate it like console.log.
+    let output = service::logpipe::rotate_own_output(
+        &vm.supervisor_log_path(),
+        microvm_host::console::DEFAULT_LOG_LIMIT,
+    )
+    .ok()
+    .flatten();
     let mode: RestartMode = args
         .restart
         .parse()
         .map_err(|e: String| anyhow::anyhow!(e))?;
-    run(
+    let result = run(
         &vm,
         &args.user,
         RestartPolicy::new(mode),
         ConsoleMode::Pty,
         Duration::from_secs(args.shutdown_timeout),
         Duration::from_secs(args.ready_timeout),
-    )
+    );
+    match (result, output) {
+        // The error must reach the log before the pipe closes.
+        (Err(e), Some(output)) => {
+            let code = crate::exit::report(&e);
+            drop(output);
+            Err(crate::exit::Reported(code).into())
+        }
+        (result, _) => result,
+    }
 }
 
 /// `microvm run NAME`: `Some` when `arg` is not a file but names a managed VM.
