@@ -61,6 +61,25 @@ fn io_error(path: &Path, source: std::io::Error) -> KernelError {
     }
 }
 
+/// `e` and its root cause (tar's unpack error hides the one that matters, e.g. "No
+/// space left on device", in its sources), said once.
+fn causes(e: &std::io::Error) -> String {
+    let mut text = e.to_string();
+    let mut root: Option<&(dyn std::error::Error + 'static)> = None;
+    let mut next = e.get_ref().and_then(|inner| inner.source());
+    while let Some(cause) = next {
+        root = Some(cause);
+        next = cause.source();
+    }
+    if let Some(line) = root.map(ToString::to_string) {
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+    }
+    text
+}
+
 fn deb_error(deb: &Path, reason: &str) -> KernelError {
     KernelError::Deb {
         path: deb.to_path_buf(),
@@ -129,9 +148,12 @@ fn unpack_tar(deb: &Path, reader: impl Read, dest: &Path) -> Result<(), KernelEr
         if !wanted(&path) {
             continue;
         }
-        entry
-            .unpack_in(dest)
-            .map_err(|e| deb_error(deb, &format!("unpacking {}: {e}", path.display())))?;
+        entry.unpack_in(dest).map_err(|e| {
+            deb_error(
+                deb,
+                &format!("unpacking {}: {}", path.display(), causes(&e)),
+            )
+        })?;
     }
     Ok(())
 }
