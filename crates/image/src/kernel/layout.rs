@@ -208,13 +208,13 @@ pub(super) fn extract_cached(
         mtime
     );
     let out = cache_dir.join(name);
+    remove_stale_scratch(cache_dir);
     if out.is_file() {
         let elf = bzimage::read_file(&out)?;
         return Ok((out, elf::has_pvh_note(&elf)));
     }
     let vmlinux = bzimage::extract_vmlinux(image, &bzimage::read_file(image)?)?;
     fs::create_dir_all(cache_dir).map_err(io(cache_dir))?;
-    remove_stale_scratch(cache_dir);
     let tmp = cache_dir.join(format!(".vmlinux.tmp-{}", std::process::id()));
     let written = write_synced(&tmp, &vmlinux.elf).and_then(|()| fs::rename(&tmp, &out));
     if let Err(e) = written {
