@@ -118,3 +118,86 @@ fn create_on_a_full_disk_says_so_once_and_leaves_nothing() {
         assert!(left.is_empty(), "attempt {attempt} left {left:?}");
     }
 }
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let me = std::process::id().to_string();
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.parse::<u32>().is_ok() && n != me
+        })
+        .filter_map(|e| {
+            let c = fs::read(e.path().join("cmdline")).ok()?;
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            c.contains(needle).then_some(c)
+        })
+        .collect()
+}
+
+/// `kill -9` of a build (`create`) at several points: its tools die with it, and the next
+/// `create` removes its scratch and succeeds; nothing is left in the store but results.
+#[test]
+fn a_build_killed_at_any_point_leaves_no_orphan_and_no_scratch() {
+    if !microvm_host::privilege::is_root() {
+        return skip("needs root (build as the supervisor would)");
+    }
+    if !kernel().is_file() {
+        return skip(&format!("{} is missing", kernel().display()));
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let root = work.path().join("root");
+    fs::create_dir_all(root.join("sbin")).expect("mkdir");
+    fs::write(root.join("sbin/init"), "#!/bin/sh\n").expect("init");
+    fs::write(root.join("blob"), vec![7u8; 8 << 20]).expect("blob");
+    let def = work.path().join("k.toml");
+    fs::write(
+        &def,
+        format!(
+            "hostName = \"k\"\nkernel = {:?}\n[[root]]\ndirectory = {:?}\n",
+            kernel(),
+            root
+        ),
+    )
+    .expect("definition");
+    let state = work.path().join("state");
+    let create = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_microvm"));
+        cmd.args(["create", "k", "--from"])
+            .arg(&def)
+            .arg("--state-dir")
+            .arg(&state)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        cmd
+    };
+    let needle = state.display().to_string();
+    for delay_ms in [200, 700, 1500, 3000] {
+        let mut child = create().spawn().expect("spawn");
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !processes_mentioning(&needle).is_empty() && std::time::Instant::now() < end {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let left = processes_mentioning(&needle);
+        assert!(
+            left.is_empty(),
+            "killed after {delay_ms} ms, orphans: {left:?}"
+        );
+        // The next run (if the VM was not completed) cleans up and builds.
+        let _ = fs::remove_dir_all(state.join("k"));
+    }
+    let out = create().output().expect("create");
+    assert!(out.status.success(), "the next create works");
+    let scratch: Vec<String> = tree(&state)
+        .into_iter()
+        .filter(|p| p.rsplit('/').next().is_some_and(|n| n.contains("tmp")))
+        .filter(|p| p != ".store/.tmp")
+        .collect();
+    assert!(scratch.is_empty(), "scratch left: {scratch:?}");
+}

@@ -863,3 +863,52 @@ fn service_supervisor_killed_is_recovered_by_the_next_command() {
     assert!(vm.microvm(&["stop", "svc-k"]).status.success());
     assert!(no_process_mentions("microvm@svc-k"));
 }
+
+/// Fault matrix (issue 10): the data volume after 5 graceful stop/start cycles and after a
+/// hard kill. The guest appends a line to `/data/boots` (and syncs) at every boot and
+/// writes `/data/shutdown` when it shuts down cleanly.
+#[test]
+fn service_volume_data_survives_cycles_and_a_hard_kill() {
+    let test = "service_volume_data_survives_cycles_and_a_hard_kill";
+    if require(test, false).is_none() {
+        return;
+    }
+    let vm = Vm::new(test, "svc-v", "");
+    let boots = |vm: &Vm| {
+        vm.volume_file("/boots")
+            .map_or(0, |t| t.lines().filter(|l| *l == "booted").count())
+    };
+    for cycle in 1..=5 {
+        vm.start();
+        assert!(
+            wait_for("the guest's boot line", Duration::from_secs(60), || {
+                fs::read_to_string(vm.vmdir().join("console.log"))
+                    .is_ok_and(|t| t.matches("svc: guest up").count() >= cycle)
+            }),
+            "{}",
+            vm.logs()
+        );
+        assert!(vm.microvm(&["stop", "svc-v"]).status.success());
+        assert_eq!(boots(&vm), cycle, "cycle {cycle}");
+        assert_eq!(vm.volume_file("/shutdown").as_deref(), Some("clean"));
+    }
+    // A hard kill: the supervisor and with it the hypervisor, mid-run.
+    vm.start();
+    assert!(wait_for(
+        "the sixth boot",
+        Duration::from_secs(60),
+        || boots(&vm) == 6
+    ));
+    let sup = vm.run_record()["supervisorPid"].as_u64().expect("pid");
+    assert!(sh(&["kill", "-9", &sup.to_string()]).status.success());
+    let hv = vm.run_record()["hypervisorPid"].as_u64().expect("pid");
+    assert!(wait_for(
+        "the hypervisor to die",
+        Duration::from_secs(20),
+        || !alive(hv)
+    ));
+    vm.start(); // recovers the dead supervisor's leftovers first
+    assert!(vm.microvm(&["stop", "svc-v"]).status.success());
+    assert_eq!(boots(&vm), 7, "every boot's synced line survived");
+    assert!(no_process_mentions("microvm@svc-v"));
+}

@@ -28,6 +28,7 @@ pub fn unpack_deb(deb: &Path, cache_dir: &Path) -> Result<PathBuf, KernelError> 
             )
         })?;
     let out = cache_dir.join(stem);
+    super::layout::remove_stale_scratch(cache_dir);
     if out.join(COMPLETE).is_file() {
         return Ok(out);
     }

@@ -233,7 +233,9 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// Removes `.vmlinux.tmp-<pid>` files whose process is gone (a build killed half-way).
+/// Removes scratch entries of the kernel cache (`.NAME.tmp-<pid>`: a vmlinux being
+/// written, a package being unpacked) whose process is gone: a build killed half-way
+/// leaves them (95 MB each) and nothing else would.
 pub fn remove_stale_scratch(cache_dir: &Path) {
     let Ok(entries) = fs::read_dir(cache_dir) else {
         return;
@@ -242,13 +244,19 @@ pub fn remove_stale_scratch(cache_dir: &Path) {
         let name = e.file_name();
         let Some(pid) = name
             .to_str()
-            .and_then(|n| n.strip_prefix(".vmlinux.tmp-"))
-            .and_then(|p| p.parse::<u32>().ok())
+            .filter(|n| n.starts_with('.'))
+            .and_then(|n| n.rsplit_once(".tmp-"))
+            .and_then(|(_, p)| p.parse::<u32>().ok())
         else {
             continue;
         };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = fs::remove_file(e.path());
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let path = e.path();
+            let _ = if e.file_type().is_ok_and(|t| t.is_dir()) {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
         }
     }
 }

@@ -160,9 +160,11 @@ fn stale_vmlinux_scratch_of_dead_processes_is_removed() {
     let live = dir
         .path()
         .join(format!(".vmlinux.tmp-{}", std::process::id()));
+    let unpacking = dir.path().join(format!(".cloud.tmp-{dead}"));
+    fs::create_dir_all(unpacking.join("boot")).expect("mkdir");
     fs::write(&stale, "half").expect("write");
     fs::write(&live, "mine").expect("write");
     remove_stale_scratch(dir.path());
-    assert!(!stale.exists());
+    assert!(!stale.exists() && !unpacking.exists());
     assert!(live.exists());
 }
