@@ -201,3 +201,86 @@ fn a_build_killed_at_any_point_leaves_no_orphan_and_no_scratch() {
         .collect();
     assert!(scratch.is_empty(), "scratch left: {scratch:?}");
 }
+
+/// Two `create`s of different VMs and then two `update`s of one VM (after its definition
+/// changed), each pair at once: all succeed, every `current` points at a complete runner,
+/// and no scratch is left.
+#[test]
+fn concurrent_creates_and_updates_are_consistent() {
+    if !kernel().is_file() {
+        return skip(&format!("{} is missing", kernel().display()));
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let root = work.path().join("root");
+    fs::create_dir_all(root.join("sbin")).expect("mkdir");
+    fs::write(root.join("sbin/init"), "#!/bin/sh\n").expect("init");
+    let state = work.path().join("state");
+    let def = |name: &str, mem: u32| {
+        let p = work.path().join(format!("{name}.toml"));
+        fs::write(
+            &p,
+            format!(
+                "hostName = \"{name}\"\nmem = {mem}\nkernel = {:?}\n[[root]]\ndirectory = {:?}\n",
+                kernel(),
+                root
+            ),
+        )
+        .expect("definition");
+        p
+    };
+    let microvm = |args: &[&std::ffi::OsStr]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_microvm"));
+        cmd.args(args).arg("--state-dir").arg(&state);
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn().expect("spawn")
+    };
+    let both = |a: std::process::Child, b: std::process::Child| {
+        for c in [a, b] {
+            let out = c.wait_with_output().expect("wait");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    };
+    let (da, db) = (def("ca", 256), def("cb", 256));
+    both(
+        microvm(&[
+            "create".as_ref(),
+            "ca".as_ref(),
+            "--from".as_ref(),
+            da.as_os_str(),
+        ]),
+        microvm(&[
+            "create".as_ref(),
+            "cb".as_ref(),
+            "--from".as_ref(),
+            db.as_os_str(),
+        ]),
+    );
+    def("ca", 384);
+    both(
+        microvm(&["update".as_ref(), "ca".as_ref()]),
+        microvm(&["update".as_ref(), "ca".as_ref()]),
+    );
+    for name in ["ca", "cb"] {
+        let current = fs::read_link(state.join(name).join("current")).expect("current");
+        let inv = fs::read_to_string(current.join("share/microvm/invocation.json"))
+            .expect("a complete runner");
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&inv).is_ok(),
+            "{name}"
+        );
+        if name == "ca" {
+            assert!(inv.contains("384"), "ca runs the updated definition");
+        }
+    }
+    let scratch: Vec<String> = tree(&state)
+        .into_iter()
+        .filter(|p| p.rsplit('/').next().is_some_and(|n| n.contains("tmp")))
+        .filter(|p| p != ".store/.tmp")
+        .collect();
+    assert!(scratch.is_empty(), "scratch left: {scratch:?}");
+}
