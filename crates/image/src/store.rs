@@ -107,8 +107,15 @@ impl Store {
     /// Publishes `built` (a file or directory) as `dest` atomically. If `dest` appeared in
     /// the meantime (a concurrent build of the same inputs), the new copy is discarded.
     pub fn publish(&self, built: &Path, dest: &Path) -> Result<(), StoreError> {
+        // Durable before visible: after a power loss a published entry is never empty.
+        sync_tree(built).map_err(io_err("syncing", built))?;
         match fs::rename(built, dest) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if let Some(parent) = dest.parent() {
+                    let _ = fs::File::open(parent).and_then(|d| d.sync_all());
+                }
+                Ok(())
+            }
             Err(_) if dest.exists() => {
                 let _ = if built.is_dir() {
                     fs::remove_dir_all(built)
@@ -208,6 +215,19 @@ impl Store {
         cache.dirty = false;
         Ok(())
     }
+}
+
+/// fsyncs every regular file and directory of the tree at `path` (symlinks are skipped).
+fn sync_tree(path: &Path) -> io::Result<()> {
+    let meta = fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        for e in fs::read_dir(path)? {
+            sync_tree(&e?.path())?;
+        }
+    } else if !meta.is_file() {
+        return Ok(());
+    }
+    fs::File::open(path)?.sync_all()
 }
 
 /// Removes scratch directories (`<name>-<pid>-<unique>`) whose process is gone: a build
