@@ -194,6 +194,40 @@ fn a_build_killed_at_any_point_leaves_no_orphan_and_no_scratch() {
     }
     let out = create().output().expect("create");
     assert!(out.status.success(), "the next create works");
+    // The same for `update` after the root changed.
+    let update = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_microvm"));
+        cmd.args(["update", "k", "--state-dir"])
+            .arg(&state)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        cmd
+    };
+    for (i, delay_ms) in [100, 400, 1000].into_iter().enumerate() {
+        fs::write(root.join("blob"), vec![i as u8; 8 << 20]).expect("blob");
+        let mut child = update().spawn().expect("spawn");
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !processes_mentioning(&needle).is_empty() && std::time::Instant::now() < end {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let left = processes_mentioning(&needle);
+        assert!(
+            left.is_empty(),
+            "update killed after {delay_ms} ms, orphans: {left:?}"
+        );
+        let current = fs::read_link(state.join("k/current")).expect("current");
+        assert!(
+            current.join("share/microvm/invocation.json").is_file(),
+            "current stays a complete runner"
+        );
+    }
+    assert!(
+        update().status().expect("update").success(),
+        "the next update works"
+    );
     let scratch: Vec<String> = tree(&state)
         .into_iter()
         .filter(|p| p.rsplit('/').next().is_some_and(|n| n.contains("tmp")))
