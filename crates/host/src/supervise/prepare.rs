@@ -16,7 +16,7 @@ pub(crate) fn run_pre_start(steps: &[PreStart], workdir: &Path) -> Result<(), Ru
             PreStart::MoveAside(p) => ("move aside", p),
             PreStart::CreateDir(p) => ("create directory", p),
         };
-        let path = match crate::trust::confined(workdir, Path::new(rel)) {
+        let path = match step_path(workdir, Path::new(rel)) {
             Ok(p) => p,
             Err(source) => {
                 return Err(RunError::PreStart {
@@ -48,6 +48,31 @@ pub(crate) fn run_pre_start(steps: &[PreStart], workdir: &Path) -> Result<(), Ru
         })?;
     }
     Ok(())
+}
+
+/// Where a pre-start step acts: a relative path inside the working directory (see
+/// [`crate::trust::confined`]); an absolute one (a configured `socket`, crosvm's
+/// `pivotRoot`) only without `..` and below directories nobody but root can write.
+fn step_path(workdir: &Path, rel: &Path) -> std::io::Result<PathBuf> {
+    if !rel.is_absolute() {
+        return crate::trust::confined(workdir, rel);
+    }
+    if rel
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{}: a path with `..`", rel.display()),
+        ));
+    }
+    let existing = rel
+        .ancestors()
+        .skip(1)
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("/"));
+    crate::trust::check_trusted_path(existing)?;
+    Ok(rel.to_path_buf())
 }
 
 /// Writes the generated files: confined to the working directory, each created new under
@@ -169,6 +194,7 @@ mod tests {
         let victim = d.join("victim");
         std::fs::write(&victim, "root's").expect("w");
         symlink(&victim, d.join("firecracker.json")).expect("symlink");
+        symlink("/etc", d.join("link")).expect("symlink");
         let mut inv = super::super::tests::sh("");
         inv.files.push(microvm_runner::GeneratedFile {
             path: "firecracker.json".into(),
@@ -188,9 +214,17 @@ mod tests {
         for bad in ["/etc/x", "../x"] {
             inv.files[0].path = bad.into();
             assert!(write_files(&inv, d).is_err(), "{bad}");
+        }
+        for bad in ["../x", "/a/../x", "link/x"] {
             let step = PreStart::CreateDir(bad.into());
             assert!(run_pre_start(&[step], d).is_err(), "{bad}");
         }
+        // An absolute step path below root's directories (a configured socket) is fine.
+        let abs = d.join("abs.sock");
+        std::fs::write(&abs, "").expect("w");
+        let step = PreStart::RemoveFile(abs.display().to_string());
+        run_pre_start(&[step], d).expect("absolute, trusted");
+        assert!(!abs.exists());
         let leftovers: Vec<_> = std::fs::read_dir(d)
             .expect("ls")
             .filter_map(|e| e.ok())
