@@ -156,7 +156,7 @@ fn group_exists(group: &str) -> bool {
 }
 
 /// Starts one helper and waits for its socket. With [`RunOptions::credentials`], the
-/// socket is then handed to that user (mode 0660) so the hypervisor can connect.
+/// socket is then handed to that user (mode 0600: not its group) so the hypervisor can connect.
 fn start_one(
     h: &Helper,
     path: &Path,
@@ -185,7 +185,7 @@ fn start_one(
         // lstat: a planted symlink "exists" too, and must not be followed.
         if std::fs::symlink_metadata(&socket).is_ok() {
             if let Some(c) = &opts.credentials {
-                let handed = crate::trust::hand_over_socket(&socket, c.uid, c.gid, 0o660);
+                let handed = crate::trust::hand_over_socket(&socket, c.uid, c.gid, 0o600);
                 if let Err(source) = handed {
                     child.terminate(opts.helper_grace);
                     return Err(RunError::PreStart {
