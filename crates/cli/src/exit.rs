@@ -55,13 +55,25 @@ impl std::error::Error for Usage {}
 
 pub const USAGE: i32 = 2;
 
+/// The error chain joined with ": ", each cause said once: an error whose message already
+/// ends with its cause's (`cannot write X: No space left on device`) does not repeat it.
+pub fn chain_once(err: &anyhow::Error) -> String {
+    let mut chain: Vec<String> = Vec::new();
+    for e in err.chain() {
+        let text = e.to_string();
+        if !chain.last().is_some_and(|last| last.ends_with(&text)) {
+            chain.push(text);
+        }
+    }
+    chain.join(": ")
+}
+
 /// Prints an error chain once (`error: outer: cause: root cause`) and returns its code.
 pub fn report(err: &anyhow::Error) -> i32 {
     if let Some(Reported(code)) = err.downcast_ref::<Reported>() {
         return *code;
     }
-    let chain: Vec<String> = err.chain().map(ToString::to_string).collect();
-    eprintln!("error: {}", chain.join(": "));
+    eprintln!("error: {}", chain_once(err));
     let unsupported = |e: &(dyn std::error::Error + 'static)| {
         e.downcast_ref::<Unsupported>().is_some()
             || e.downcast_ref::<microvm_runner::PlanError>().is_some()
@@ -72,5 +84,25 @@ pub fn report(err: &anyhow::Error) -> i32 {
         UNSUPPORTED
     } else {
         FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_is_said_once() {
+        let io = std::io::Error::from_raw_os_error(28);
+        let err = microvm_host::state::StateError::Io {
+            op: "write",
+            path: "/s/vm/status.json".into(),
+            source: io,
+        };
+        let err = anyhow::Error::new(err).context("starting vm");
+        assert_eq!(
+            chain_once(&err),
+            "starting vm: cannot write /s/vm/status.json: No space left on device (os error 28)"
+        );
     }
 }
