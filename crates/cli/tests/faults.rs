@@ -318,3 +318,35 @@ fn concurrent_creates_and_updates_are_consistent() {
         .collect();
     assert!(scratch.is_empty(), "scratch left: {scratch:?}");
 }
+
+/// Attack 1 of issue 10: with a state root the hypervisors' group could write, a member
+/// renamed a VM directory away and planted its own, whose helper root then ran. The
+/// supervisor now refuses such a root before it reads anything in it.
+#[test]
+fn attack1_a_group_writable_state_root_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    if !microvm_host::privilege::is_root() {
+        return skip("needs root (the check is root's)");
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let state = work.path().join("state");
+    let vm = state.join("planted");
+    fs::create_dir_all(&vm).expect("mkdir");
+    let runner = work.path().join("runner");
+    fs::create_dir_all(&runner).expect("runner");
+    std::os::unix::fs::symlink(&runner, vm.join("current")).expect("current");
+    fs::set_permissions(&state, fs::Permissions::from_mode(0o775)).expect("chmod");
+    let out = Command::new(env!("CARGO_BIN_EXE_microvm"))
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["supervise", "planted", "--user", "root"])
+        .output()
+        .expect("supervise");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("is not safe for root: its mode 0775 lets others than root rename the VM directories in it"),
+        "{stderr}"
+    );
+    assert!(!vm.join("supervisor.pid").exists(), "nothing was written");
+}
