@@ -133,4 +133,19 @@ mod tests {
         let plain = anyhow::anyhow!("root cause").context("outer");
         assert_eq!(chain_message(&plain), "outer: root cause");
     }
+
+    #[test]
+    fn a_cause_is_said_once() {
+        let io = std::io::Error::from_raw_os_error(28);
+        let err = microvm_host::state::StateError::Io {
+            op: "write",
+            path: "/s/vm/status.json".into(),
+            source: io,
+        };
+        let err = anyhow::Error::new(err).context("starting vm");
+        assert_eq!(
+            chain_message(&err),
+            "starting vm: cannot write /s/vm/status.json: No space left on device (os error 28)"
+        );
+    }
 }

@@ -14,6 +14,7 @@
 mod service_harness;
 
 use std::fs;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -322,4 +323,155 @@ fn host_install_writes_the_golden_units() {
         let want = fs::read_to_string(golden.join(name)).expect("golden");
         assert_eq!(got, want, "{name}");
     }
+}
+
+/// The sockets of the VM directory and their modes (`name mode uid`).
+fn sockets_of(dir: &Path) -> Vec<(String, u32, u32)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out: Vec<_> = fs::read_dir(dir)
+        .map(|d| d.flatten().collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|e| {
+            let m = fs::symlink_metadata(e.path()).ok()?;
+            m.file_type().is_socket().then(|| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    m.mode() & 0o777,
+                    m.uid(),
+                )
+            })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Fault matrix (issue 10): `kill -9` of the supervisor. Its hypervisor dies with it
+/// (PDEATHSIG); the next `status` recognises the dead supervisor and cleans up after it:
+/// no process, tap, socket, `booted` or `supervisor.pid` is left, the state is `failed`;
+/// `stop` then has nothing to do and `start` works again. While it ran, its console and
+/// control sockets were for root only (attack 5).
+#[test]
+fn service_supervisor_killed_is_recovered_by_the_next_command() {
+    let test = "service_supervisor_killed_is_recovered_by_the_next_command";
+    if require(test, false).is_none() {
+        return;
+    }
+    let vm = Vm::new(
+        test,
+        "svc-k",
+        &tap_tables("vm-svck", "02:00:00:00:5c:01", "10.77.4.2"),
+    );
+    vm.start();
+    let sockets = sockets_of(&vm.vmdir());
+    assert!(
+        sockets.iter().any(|(n, _, _)| n == "console.sock"),
+        "{sockets:?}"
+    );
+    for (name, mode, _) in &sockets {
+        assert_eq!(mode & 0o077, 0, "{name} is open to others: {sockets:?}");
+    }
+    let st = vm.status_json();
+    let sup = st["status"]["supervisorPid"]
+        .as_u64()
+        .or_else(|| vm.run_record()["supervisorPid"].as_u64())
+        .expect("supervisor pid");
+    let hv = vm.run_record()["hypervisorPid"].as_u64().expect("pid");
+    assert!(vm.links().contains("vm-svck"));
+    assert!(sh(&["kill", "-9", &sup.to_string()]).status.success());
+    assert!(
+        wait_for(
+            "the hypervisor to die with it",
+            Duration::from_secs(20),
+            || { !alive(hv) }
+        ),
+        "hypervisor {hv} outlived its supervisor"
+    );
+
+    let out = vm.microvm(&["status", "svc-k"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("its supervisor (pid") && stderr.contains("cleaned up"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("interfaces vm-svck"),
+        "the tap was recorded and removed: {stderr}"
+    );
+    let st = vm.status_json();
+    assert_eq!(st["status"]["state"], "failed", "{st}");
+    assert!(!vm.links().contains("vm-svck"), "tap left: {}", vm.links());
+    for left in ["booted", "supervisor.pid"] {
+        assert!(
+            fs::symlink_metadata(vm.vmdir().join(left)).is_err(),
+            "{left} left behind"
+        );
+    }
+    assert_eq!(sockets_of(&vm.vmdir()), [], "sockets left behind");
+    assert!(no_process_mentions("microvm@svc-k"));
+    let tmp: Vec<_> = fs::read_dir(vm.vmdir())
+        .expect("ls")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(tmp.is_empty(), "temporary files left: {tmp:?}");
+
+    // Nothing left to stop; the VM starts again.
+    let out = vm.microvm(&["stop", "svc-k"]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("cleaned up"));
+    vm.start();
+    assert_eq!(vm.status_json()["status"]["state"], "running");
+    assert!(vm.microvm(&["stop", "svc-k"]).status.success());
+    assert!(no_process_mentions("microvm@svc-k"));
+}
+
+/// Fault matrix (issue 10): the data volume after 5 graceful stop/start cycles and after a
+/// hard kill. The guest appends a line to `/data/boots` (and syncs) at every boot and
+/// writes `/data/shutdown` when it shuts down cleanly.
+#[test]
+fn service_volume_data_survives_cycles_and_a_hard_kill() {
+    let test = "service_volume_data_survives_cycles_and_a_hard_kill";
+    if require(test, false).is_none() {
+        return;
+    }
+    let vm = Vm::new(test, "svc-v", "");
+    let boots = |vm: &Vm| {
+        vm.volume_file("/boots")
+            .map_or(0, |t| t.lines().filter(|l| *l == "booted").count())
+    };
+    for cycle in 1..=5 {
+        vm.start();
+        assert!(
+            wait_for("the guest's boot line", Duration::from_secs(60), || {
+                fs::read_to_string(vm.vmdir().join("console.log"))
+                    .is_ok_and(|t| t.matches("svc: guest up").count() >= cycle)
+            }),
+            "{}",
+            vm.logs()
+        );
+        assert!(vm.microvm(&["stop", "svc-v"]).status.success());
+        assert_eq!(boots(&vm), cycle, "cycle {cycle}");
+        assert_eq!(vm.volume_file("/shutdown").as_deref(), Some("clean"));
+    }
+    // A hard kill: the supervisor and with it the hypervisor, mid-run.
+    vm.start();
+    assert!(wait_for(
+        "the sixth boot",
+        Duration::from_secs(60),
+        || boots(&vm) == 6
+    ));
+    let sup = vm.run_record()["supervisorPid"].as_u64().expect("pid");
+    assert!(sh(&["kill", "-9", &sup.to_string()]).status.success());
+    let hv = vm.run_record()["hypervisorPid"].as_u64().expect("pid");
+    assert!(wait_for(
+        "the hypervisor to die",
+        Duration::from_secs(20),
+        || !alive(hv)
+    ));
+    vm.start(); // recovers the dead supervisor's leftovers first
+    assert!(vm.microvm(&["stop", "svc-v"]).status.success());
+    assert_eq!(boots(&vm), 7, "every boot's synced line survived");
+    assert!(no_process_mentions("microvm@svc-v"));
 }

@@ -12,6 +12,7 @@ pub mod qmp;
 pub mod service;
 pub mod state;
 pub mod supervise;
+pub mod trust;
 pub mod units;
 pub mod unixpath;
 

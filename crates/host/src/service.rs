@@ -5,10 +5,12 @@
 
 pub mod adopted;
 pub mod detach;
+pub mod logpipe;
 pub mod managed;
 pub mod notify;
 pub mod pci;
 pub mod record;
+pub mod recover;
 
 pub use managed::{
     forward_signals, load_runner, supervise, ConsoleMode, ManagedOptions, RestartMode,

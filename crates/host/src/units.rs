@@ -107,17 +107,27 @@ Documentation=man:microvm(1)
     s
 }
 
-/// Writes the units into `dir` (created if missing); returns the paths written.
+/// Writes the units into `dir` (created if missing), each durably (a fresh temporary
+/// name that is never a followed symlink, fsync, rename, fsync of the directory); returns
+/// the paths written.
 pub fn write(dir: &Path, units: &[(String, String)]) -> std::io::Result<Vec<PathBuf>> {
+    use std::io::Write as _;
     std::fs::create_dir_all(dir)?;
     let mut out = Vec::new();
     for (name, text) in units {
         let path = dir.join(name);
-        let tmp = dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, &path)?;
+        let (mut f, tmp) = crate::trust::create_temp_sibling(&path, 0o644)?;
+        let written = f
+            .write_all(text.as_bytes())
+            .and_then(|()| f.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         out.push(path);
     }
+    std::fs::File::open(dir)?.sync_all()?;
     Ok(out)
 }
 

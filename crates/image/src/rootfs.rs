@@ -85,6 +85,12 @@ pub enum RootfsError {
     },
     #[error("tarball {}: entry {entry:?} points outside the root", tarball.display())]
     UnsafeEntry { tarball: PathBuf, entry: String },
+    #[error("tarball {}: {what} (at entry {entry:?}); a root image is smaller than that", tarball.display())]
+    TooLarge {
+        tarball: PathBuf,
+        entry: String,
+        what: String,
+    },
     #[error("extracting tarball {} at entry {entry:?}", tarball.display())]
     Tar {
         tarball: PathBuf,

@@ -263,6 +263,26 @@ fn remove(tree: &mut Node, path: &KeyPath) -> Option<KeyPath> {
     (entries.len() < before).then(|| KeyPath(path.0[..=last_key].to_vec()))
 }
 
+/// The largest definition file read (a definition is a few kilobytes; this bounds the
+/// memory and time an accidental or hostile input costs).
+pub const MAX_FILE_BYTES: u64 = 4 << 20;
+
+/// Reads at most [`MAX_FILE_BYTES`] of `path`; a longer file is an error.
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {} MiB, the most a definition may be",
+            MAX_FILE_BYTES >> 20
+        )));
+    }
+    Ok(bytes)
+}
+
 /// Reads `path` and its imports into one merged tree.
 fn read_tree(
     path: &Path,
@@ -297,7 +317,7 @@ fn read_tree(
         ))));
         return None;
     }
-    let bytes = match std::fs::read(path) {
+    let bytes = match read_bounded(path) {
         Ok(b) => b,
         Err(e) => {
             diags.push(located(Diagnostic::error(format!(

@@ -146,6 +146,13 @@ pub fn load_runner(dir: &Path) -> Result<Runner, ServiceError> {
     let share = dir.join("share/microvm");
     let path = share.join("invocation.json");
     let adopted = adopted::is_adopted(dir);
+    // The plan root acts on (or the adopted runner's scripts root runs): only from a path
+    // the hypervisors' group cannot replace.
+    let trusted = if adopted { dir.join("bin") } else { path.clone() };
+    crate::trust::check_trusted_path(&trusted).map_err(|source| ServiceError::Read {
+        path: trusted.clone(),
+        source,
+    })?;
     let invocation = if adopted {
         adopted::invocation(dir)
     } else {
@@ -193,6 +200,12 @@ pub fn supervise(
 ) -> Result<i32, ServiceError> {
     let name = vm.name().to_string();
     let me = std::process::id();
+    if let Some(root) = vm.path().parent() {
+        crate::trust::check_state_root(root).map_err(|source| ServiceError::Read {
+            path: root.to_path_buf(),
+            source,
+        })?;
+    }
     if let Some(pid) = vm.supervisor_pid() {
         if pid != me && super::detach::is_supervisor_of(pid, &name) {
             return Err(ServiceError::AlreadySupervised { name, pid });
@@ -361,7 +374,7 @@ fn attempt(
         },
         runner: Some(runner.dir.clone()),
     });
-    let mut links = Links::new(opts.net.clone());
+    let mut links = Links::for_vm(opts.net.clone(), vm.name().as_str());
     let result = match vm.set_booted(&runner.dir) {
         Ok(()) => run(vm, runner, opts, rec, notified, prepare, report, &mut links),
         Err(e) => Err(e.into()),
@@ -456,7 +469,8 @@ fn run(
     ro.ready_timeout = opts.ready_timeout;
     ro.path_var = opts.path_var.clone();
     ro.credentials = opts.run_user.clone();
-    ro.umask = Some(0o007);
+    // Its sockets (QMP, API) for root only: the group gets nothing of the VM's.
+    ro.umask = Some(0o077);
     ro.pass_fds = pass;
     ro.restart_helpers = Some(Default::default());
     let server = match opts.console {
@@ -467,7 +481,12 @@ fn run(
                 log: vm.console_log_path(),
                 log_limit: opts.console_log_limit,
                 socket: vm.path().join("console.sock"),
-                socket_owner: creds.map(|c| (0, c.gid)),
+                // Only root, unless the admin named a group (`<state>/console-group`).
+                socket_owner: vm
+                    .path()
+                    .parent()
+                    .and_then(crate::trust::console_group)
+                    .map(|g| (0, g)),
             };
             let server = ConsoleServer::start(pty.master, &cfg).map_err(ServiceError::Console)?;
             ro.console = Console::Pty(SharedFd(std::sync::Arc::new(pty.slave)));

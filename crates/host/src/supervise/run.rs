@@ -177,6 +177,7 @@ fn spawn_hypervisor(
     cmd.envs(inv.env.iter().map(|(k, v)| (k, v)));
     if let Some(c) = &opts.credentials {
         cmd.uid(c.uid).gid(c.gid);
+        super::child::least_privilege(&mut cmd);
     }
     apply_umask(&mut cmd, opts.umask);
     let _held = pass_fds(&mut cmd, &opts.pass_fds)?;

@@ -13,7 +13,7 @@ use microvm_spec::types::Hypervisor;
 use super::child::{StderrSink, Supervised};
 use super::*;
 
-fn sh(script: &str) -> Invocation {
+pub(super) fn sh(script: &str) -> Invocation {
     Invocation {
         hypervisor: Hypervisor::Qemu,
         program: "sh".into(),

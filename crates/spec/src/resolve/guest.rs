@@ -130,16 +130,11 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec, interfaces: &[Interface
                 }
             }
         }
-        let mtu = n.mtu.and_then(|m| match u32::try_from(m) {
-            Ok(m) if (68..=65535).contains(&m) => Some(m),
-            _ => {
-                r.error(
-                    p.key("mtu"),
-                    format!("MTU {m} is out of range (68 to 65535)"),
-                );
-                None
-            }
-        });
+        // Out of range is reported by `ranges::check`.
+        let mtu = n
+            .mtu
+            .filter(|&m| crate::ranges::within("network[].mtu", crate::types::Hypervisor::Qemu, m))
+            .map(|m| m as u32);
         if let Some(mac) = mac {
             network.push(StaticNetwork {
                 mac,

@@ -113,20 +113,6 @@ impl<'a> Resolver<'a> {
             false
         }
     }
-
-    fn int_u32(&mut self, value: Option<u64>, default: u32, path: KeyPath, min: u32) -> u32 {
-        match value {
-            None => default,
-            Some(v) if v < u64::from(min) => {
-                self.error(path, format!("must be at least {min}, found {v}"));
-                default
-            }
-            Some(v) => u32::try_from(v).unwrap_or_else(|_| {
-                self.error(path, format!("{v} is too large"));
-                default
-            }),
-        }
-    }
 }
 
 /// A file or directory of the host that the definition names, which the build reads.
@@ -177,29 +163,19 @@ pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnosti
             "The balloonMem option has been removed and replaced by the boolean option balloon",
         );
     }
-    let vcpu = r.int_u32(spec.vcpu, 1, root.key("vcpu"), 1);
-    let mem = match spec.mem {
-        None => 512,
-        Some(0) => {
-            r.error(root.key("mem"), "must be at least 1 (MB), found 0");
-            512
-        }
-        Some(m) if m > (1 << 32) => {
-            r.error(
-                root.key("mem"),
-                format!("{m} MB is more memory than any host has"),
-            );
-            512
-        }
-        Some(m) => m,
-    };
+    for (path, message) in crate::ranges::check(spec, hypervisor) {
+        r.error(path, message);
+    }
+    let in_range = |key, v: &Option<u64>| v.filter(|&v| crate::ranges::within(key, hypervisor, v));
+    let vcpu = in_range("vcpu", &spec.vcpu).map_or(1, |v| v as u32);
+    let mem = in_range("mem", &spec.mem).unwrap_or(512);
     if mem < 32 {
         r.warn(
             root.key("mem"),
             format!("MicroVM {}: {mem} MB of RAM is uncomfortably narrow.", r.vm),
         );
     }
-    let hotplug_mem = spec.hotplug_mem.unwrap_or(0);
+    let hotplug_mem = in_range("hotplugMem", &spec.hotplug_mem).unwrap_or(0);
 
     let storage = storage::resolve(&mut r, spec);
     let net = net::resolve(&mut r, spec, hypervisor);
@@ -253,9 +229,10 @@ pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnosti
             mem,
             hugepage_mem: spec.hugepage_mem.unwrap_or(false),
             hotplug_mem,
-            hotplugged_mem: spec.hotplugged_mem.unwrap_or(hotplug_mem),
+            hotplugged_mem: in_range("hotpluggedMem", &spec.hotplugged_mem).unwrap_or(hotplug_mem),
             balloon: spec.balloon.unwrap_or(false),
-            initial_balloon_mem: spec.initial_balloon_mem.unwrap_or(0),
+            initial_balloon_mem: in_range("initialBalloonMem", &spec.initial_balloon_mem)
+                .unwrap_or(0),
             deflate_on_oom: spec.deflate_on_oom.unwrap_or(true),
             kernel,
             initrd_path,
@@ -444,7 +421,15 @@ fn resolve_virtiofsd(r: &mut Resolver<'_>, spec: &Spec) -> Virtiofsd {
             ThreadPool::Nproc
         }
         Some(ThreadPoolSize::Expr(s)) => match s.trim().parse() {
-            Ok(n) => ThreadPool::Count(n),
+            Ok(n) => match crate::ranges::range("virtiofsd.threadPoolSize")
+                .complaint(Hypervisor::Qemu, n)
+            {
+                None => ThreadPool::Count(n),
+                Some(message) => {
+                    r.error(path, message);
+                    ThreadPool::Nproc
+                }
+            },
             Err(_) => {
                 r.error(path, format!("{s:?} is neither a number nor \"`nproc`\""));
                 ThreadPool::Nproc

@@ -160,14 +160,9 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec, hypervisor: Hypervisor)
 }
 
 fn port(r: &mut Resolver<'_>, value: Option<u64>, path: KeyPath) -> Option<u16> {
-    let v = r.required(&value, path.clone())?;
-    match u16::try_from(v) {
-        Ok(p) if p > 0 => Some(p),
-        _ => {
-            r.error(path, format!("{v} is not a port (1 to 65535)"));
-            None
-        }
-    }
+    // Out of range is reported by `ranges::check`.
+    let v = r.required(&value, path)?;
+    u16::try_from(v).ok().filter(|&p| p > 0)
 }
 
 fn ipv4(r: &mut Resolver<'_>, value: &Option<String>, path: KeyPath) -> String {

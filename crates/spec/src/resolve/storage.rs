@@ -27,8 +27,6 @@ impl PendingShare {
 }
 
 const LABELLED_FS: [&str; 6] = ["ext2", "ext3", "ext4", "xfs", "btrfs", "vfat"];
-/// Largest volume size in MiB whose byte size fits in an i64 (what `truncate` takes).
-const MAX_SIZE_MIB: u64 = (i64::MAX as u64) >> 20;
 
 pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec) -> Storage {
     let root = KeyPath::root();
@@ -51,11 +49,6 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec) -> Storage {
                     image.clone().unwrap_or_else(|| p.to_string())
                 ),
             );
-        }
-        match v.size {
-            Some(0) => r.error(p.key("size"), "a volume size must be at least 1 (MiB)"),
-            Some(s) if s > MAX_SIZE_MIB => r.error(p.key("size"), format!("{s} MiB is too large")),
-            _ => {}
         }
         if let Some(label) = &v.label {
             if !auto_create {

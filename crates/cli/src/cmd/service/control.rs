@@ -41,6 +41,15 @@ pub(super) fn supervisor(vm: &VmDir) -> Option<u32> {
     detach::is_supervisor_of(pid, vm.name().as_str()).then_some(pid)
 }
 
+/// Cleans up after a supervisor of `vm` that died without doing it (`kill -9`), and says so.
+pub(super) fn recover_dead(vm: &VmDir) {
+    if let Some(r) =
+        microvm_host::service::recover::recover(vm, &microvm_host::net::NetHost::system())
+    {
+        eprintln!("microvm: {}", r.describe(vm.name().as_str()));
+    }
+}
+
 /// Starts the VM and waits until the guest is ready (or the start failed: then the log
 /// tail is printed and the supervisor stopped). Starting a running VM does nothing.
 pub fn start_one(state: &StateDir, name: &VmName) -> anyhow::Result<()> {
@@ -50,6 +59,7 @@ pub fn start_one(state: &StateDir, name: &VmName) -> anyhow::Result<()> {
         return systemctl("start", name);
     }
     let _lock = vm.lock(LOCK_TIMEOUT)?;
+    recover_dead(&vm);
     if let Some(pid) = supervisor(&vm) {
         eprintln!("microvm: {name} is already running (supervisor pid {pid})");
         return Ok(());
@@ -117,6 +127,7 @@ pub fn stop_one(state: &StateDir, name: &VmName, timeout: Duration) -> anyhow::R
         return systemctl("stop", name);
     }
     let _lock = vm.lock(LOCK_TIMEOUT)?;
+    recover_dead(&vm);
     let Some(pid) = supervisor(&vm) else {
         return Ok(());
     };

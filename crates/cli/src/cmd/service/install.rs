@@ -67,14 +67,15 @@ pub fn host_install(state_root: &Path, args: &HostInstallArgs) -> anyhow::Result
     let gid = privilege::lookup_group(&args.group).context("group missing after groupadd")?;
     std::fs::create_dir_all(&state_root)
         .with_context(|| format!("creating {}", state_root.display()))?;
-    // root-owned: the supervisor runs as root and trusts `current`; group kvm may read.
+    // root-owned, writable by root only: the supervisor trusts the VM directories in it
+    // (docs/host.md, "Trust model"); group kvm may read.
     privilege::chown(&state_root, 0, gid)?;
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&state_root, std::fs::Permissions::from_mode(0o775))?;
+        std::fs::set_permissions(&state_root, std::fs::Permissions::from_mode(0o755))?;
     }
     println!(
-        "state directory {} (root:{} 0775)",
+        "state directory {} (root:{} 0755)",
         state_root.display(),
         args.group
     );
