@@ -5,6 +5,7 @@
 pub mod api;
 pub mod channel;
 pub mod console;
+pub mod console_channel;
 pub mod kvm;
 pub mod net;
 pub mod privilege;

@@ -69,6 +69,7 @@ pub fn plan_for(
             reason: "vfkit runs on macOS only".into(),
         }),
     }?;
+    common::console_channel(config, &mut invocation);
     // The capability table's warnings (ignored features) come first, then the planner's
     // own; a planner may repeat one of the table's without it appearing twice.
     let mut warnings = caps::warnings(hypervisor, config);

@@ -21,7 +21,9 @@ mod devices;
 #[cfg(test)]
 mod tests;
 
-use microvm_spec::config::{Arch, Config, DeviceBus, GraphicsBackend, InterfaceType, KvmMode};
+use microvm_spec::config::{
+    Arch, Config, ControlTransport, DeviceBus, GraphicsBackend, InterfaceType, KvmMode,
+};
 use microvm_spec::types::Hypervisor;
 
 use crate::common::{cmdline, process_name, program};
@@ -214,7 +216,7 @@ pub(crate) fn plan(
             .on_off("wait", false);
         a.kv("-qmp", qmp)?;
     }
-    let control_channel = if config.uses_own_initrd() {
+    let control_channel = if config.control_transport() == ControlTransport::VirtioSerial {
         let socket = config.control_channel_socket();
         a.opt("-device", format!("virtio-serial-{}", ctx.dt));
         let chardev = KvList::qemu("socket")

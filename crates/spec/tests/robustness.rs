@@ -504,6 +504,7 @@ pub const TOP_KEYS: &[&str] = &[
     "environment",
     "network",
     "kvm",
+    "controlChannel",
     "vcpu",
     "mem",
     "hugepageMem",
