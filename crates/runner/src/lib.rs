@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod caps;
+pub mod detect;
 pub mod invocation;
 pub mod kv;
 pub mod package;
@@ -14,6 +15,7 @@ pub mod render;
 pub mod version;
 
 mod alioth;
+mod argv;
 mod cloud_hypervisor;
 mod common;
 mod crosvm;

@@ -137,7 +137,13 @@ pub fn build_runner(loaded: &Loaded, store: &Store, host: &HostFacts) -> anyhow:
         initrd: built.initrd.clone(),
         store_disk: built.store_disk.clone(),
     };
-    let invocation = microvm_runner::plan(config, &artifacts, host)
+    let mut host = host.clone();
+    let detection = common::detect_version(config.hypervisor, config, &mut host);
+    progress(&format!(
+        "version: {}",
+        detection.describe(config.hypervisor)
+    ));
+    let invocation = microvm_runner::plan(config, &artifacts, &host)
         .with_context(|| format!("planning {} for {}", config.name, config.hypervisor))?;
     let files = package::files(config, &invocation);
     let parts: Vec<(String, String)> = files

@@ -20,6 +20,8 @@ struct Report {
 struct HypervisorReport {
     hypervisor: Hypervisor,
     supported: bool,
+    /// Which version the plan is for, and where that came from.
+    version: String,
     errors: Vec<String>,
     warnings: Vec<String>,
 }
@@ -51,6 +53,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<i32> {
             all_ok = false;
             println!("  {:<16} no", h.name());
         }
+        println!("    version: {}", report.version);
         for e in &report.errors {
             println!("    - {e}");
         }
@@ -73,9 +76,10 @@ fn hypervisor_report(h: Hypervisor, config: &microvm_spec::config::Config) -> Hy
         .map(ToString::to_string)
         .collect();
     let mut warnings = Vec::new();
+    let mut host = microvm_runner::HostFacts::reference();
+    let version = common::detect_version(h, config, &mut host).describe(h);
     if errors.is_empty() {
         // The planner knows a few more rules than the table (e.g. a missing socket).
-        let host = microvm_runner::HostFacts::reference();
         match microvm_runner::plan_for(h, config, &microvm_runner::Artifacts::placeholders(), &host)
         {
             Ok(inv) => warnings = inv.warnings,
@@ -85,6 +89,7 @@ fn hypervisor_report(h: Hypervisor, config: &microvm_spec::config::Config) -> Hy
     HypervisorReport {
         hypervisor: h,
         supported: errors.is_empty(),
+        version,
         errors,
         warnings,
     }

@@ -65,6 +65,35 @@ pub fn probe_host() -> (microvm_runner::HostFacts, microvm_host::kvm::KvmProbe) 
     (facts, kvm)
 }
 
+/// Detects which version of `hypervisor` a plan is for (its configured `version`, or its
+/// binary's `--version`, cached), and records it in `host` for the planner.
+pub fn detect_version(
+    hypervisor: Hypervisor,
+    config: &microvm_spec::config::Config,
+    host: &mut microvm_runner::HostFacts,
+) -> microvm_runner::detect::Detection {
+    let detection =
+        microvm_runner::detect::detect(hypervisor, config, version_cache_file().as_deref());
+    host.versions.retain(|(h, _)| *h != hypervisor);
+    if let Some(v) = detection.version() {
+        host.versions.push((hypervisor, v));
+    }
+    detection
+}
+
+/// `$XDG_CACHE_HOME/microvm/hypervisor-versions.json`; without `XDG_CACHE_HOME`,
+/// `/var/cache/microvm/…` for root and `~/.cache/microvm/…` for others; `None` (no cache)
+/// when none is known.
+fn version_cache_file() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    let dir = match std::env::var_os("XDG_CACHE_HOME") {
+        Some(d) => PathBuf::from(d),
+        None if is_root() => PathBuf::from("/var/cache"),
+        None => PathBuf::from(std::env::var_os("HOME")?).join(".cache"),
+    };
+    Some(dir.join("microvm/hypervisor-versions.json"))
+}
+
 /// Whether this process may raise its open-files limit to 1048576 (virtiofsd's
 /// `--rlimit-nofile`): the hard limit allows it already, or it has CAP_SYS_RESOURCE.
 fn can_raise_nofile() -> bool {

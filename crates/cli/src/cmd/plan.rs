@@ -14,7 +14,10 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<i32> {
     let host = if args.reference_host {
         HostFacts::reference()
     } else {
-        common::host_facts()?
+        let mut host = common::host_facts()?;
+        let detection = common::detect_version(hypervisor, &loaded.config, &mut host);
+        eprintln!("microvm: version: {}", detection.describe(hypervisor));
+        host
     };
     let inv = microvm_runner::plan_for(
         hypervisor,
