@@ -7,6 +7,7 @@
 
 pub mod caps;
 pub mod detect;
+pub mod host_scripts;
 pub mod invocation;
 pub mod kv;
 pub mod package;

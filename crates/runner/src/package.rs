@@ -7,6 +7,8 @@
 //! bin/microvm-shutdown   graceful shutdown, waiting until the hypervisor is gone (if it can)
 //! bin/virtiofsd-run      one virtiofsd per virtiofs share (if any)
 //! bin/tap-up, tap-down   tap interfaces (if any)
+//! bin/macvtap-up, -down  macvtap interfaces (if any), bin/pci-setup (PCI devices),
+//!                        bin/microvm-balloon (balloon); see [`crate::host_scripts`]
 //! share/microvm/         metadata: hypervisor, tap-interfaces, tap-flags, macvtap-interfaces,
 //!                        virtiofs/<tag>/{socket,source}, pci-devices, usb-devices, vsock-cid,
 //!                        and microvm's invocation.json and config.json
@@ -83,6 +85,9 @@ pub fn files(config: &Config, inv: &Invocation) -> Vec<PackageFile> {
         }
         out.push(script("bin/tap-up", &up));
         out.push(script("bin/tap-down", &down));
+    }
+    for (path, body) in crate::host_scripts::scripts(config, inv) {
+        out.push(script(path, &body));
     }
     let meta = |path: &str, contents: String| PackageFile {
         path: format!("share/microvm/{path}"),
