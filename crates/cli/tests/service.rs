@@ -262,7 +262,12 @@ struct Vm {
 impl Vm {
     /// Writes the definition, builds it, and installs it as `<state>/<name>/current` (by
     /// hand: the state layout of `microvm create`).
-    fn new(_test: &str, name: &str, tables: &str) -> Vm {
+    fn new(test: &str, name: &str, tables: &str) -> Vm {
+        Vm::with_top(test, name, "", tables)
+    }
+
+    /// [`Vm::new`] with top-level keys `top` as well.
+    fn with_top(_test: &str, name: &str, top: &str, tables: &str) -> Vm {
         host_install();
         let slot = Slot::acquire();
         let dir = tempfile::Builder::new()
@@ -277,7 +282,7 @@ impl Vm {
         fs::write(
             &def,
             format!(
-                "hostName = \"{name}\"\nvcpu = 1\nmem = 256\nkernel = {kernel:?}\n\n[[root]]\ndirectory = {root:?}\n\n[[volumes]]\nimage = \"data.img\"\nmountPoint = \"/data\"\nlabel = \"data\"\nsize = 32\n{tables}\n",
+                "hostName = \"{name}\"\nvcpu = 1\nmem = 256\nkernel = {kernel:?}\n{top}\n\n[[root]]\ndirectory = {root:?}\n\n[[volumes]]\nimage = \"data.img\"\nmountPoint = \"/data\"\nlabel = \"data\"\nsize = 32\n{tables}\n",
                 kernel = kernel(),
                 root = root(),
             ),
@@ -760,4 +765,37 @@ fn host_install_writes_the_golden_units() {
         let want = fs::read_to_string(golden.join(name)).expect("golden");
         assert_eq!(got, want, "{name}");
     }
+}
+
+/// `microvm balloon NAME SIZE` on a running managed VM (qemu, QMP): the target reaches
+/// qemu and the balloon size it reports comes back; a stopped VM is refused clearly.
+#[test]
+fn service_balloon_resizes_a_running_vm() {
+    let test = "service_balloon_resizes_a_running_vm";
+    if require(test, false).is_none() {
+        return;
+    }
+    let vm = Vm::with_top(test, "svc-bal", "balloon = true", "");
+    vm.start();
+    let out = vm.microvm(&["balloon", &vm.name, "64", "--json"]);
+    assert!(out.status.success(), "balloon failed\n{}", vm.logs());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["requestedMib"], 64, "{v}");
+    let size = v["balloonMib"].as_u64().expect("balloonMib");
+    assert!(size <= 64, "{v}");
+    let out = vm.microvm(&["balloon", &vm.name, "256"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not below the VM's 256 MiB"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = vm.microvm(&["stop", &vm.name]);
+    assert!(out.status.success(), "stop\n{}", vm.logs());
+    let out = vm.microvm(&["balloon", &vm.name, "64"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not running"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -152,6 +152,10 @@ pub fn files(config: &Config, inv: &Invocation) -> Vec<PackageFile> {
     if let Some(cid) = config.vsock.cid {
         out.push(meta("vsock-cid", format!("{cid}\n")));
     }
+    if let Some(c) = crate::host_scripts::balloon_control(config, inv) {
+        let json = serde_json::to_string(&c).unwrap_or_default();
+        out.push(meta("balloon.json", json + "\n"));
+    }
     out.push(meta(
         "invocation.json",
         render::to_json(inv).unwrap_or_default() + "\n",
