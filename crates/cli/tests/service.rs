@@ -871,7 +871,11 @@ fn service_console_channel_notifies_ready_when_the_guest_is() {
         assert!(t.elapsed() < Duration::from_secs(60), "no stop\n{}", said());
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(!said().contains("killed"), "not a graceful stop:\n{}", said());
+    assert!(
+        !said().contains("killed"),
+        "not a graceful stop:\n{}",
+        said()
+    );
     eprintln!(
         "{test}: READY=1 after {:.1} s; stopped in {:.1} s",
         start.elapsed().as_secs_f64() - t.elapsed().as_secs_f64(),

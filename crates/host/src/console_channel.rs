@@ -118,10 +118,13 @@ pub struct RelayEnds {
 }
 
 /// Removes ANSI escape sequences from a byte stream: `ESC x`, CSI (`ESC [ … final`) and
-/// OSC (`ESC ] … BEL` or `ESC ] … ESC \\`); everything else passes.
+/// OSC (`ESC ] … BEL` or `ESC ] … ESC \\`); a run of carriage returns becomes one (a
+/// hypervisor that finds a terminal on stdin may turn on ONLCR, which makes the guest's
+/// `\r\n` a `\r\r\n`); everything else passes.
 #[derive(Debug, Default)]
 pub struct EscapeFilter {
     state: EscState,
+    after_cr: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -138,8 +141,10 @@ impl EscapeFilter {
     pub fn filter(&mut self, data: &[u8], out: &mut Vec<u8>) {
         use EscState::*;
         for &b in data {
-            self.state = match (self.state, b) {
+            let state = self.state;
+            self.state = match (state, b) {
                 (Text, 0x1b) => Esc,
+                (Text, b'\r') if self.after_cr => Text,
                 (Text, _) => {
                     out.push(b);
                     Text
@@ -155,6 +160,9 @@ impl EscapeFilter {
                 (OscEsc, b'\\') => Text,
                 (OscEsc, _) => Osc,
             };
+            if state == Text {
+                self.after_cr = b == b'\r';
+            }
         }
     }
 }

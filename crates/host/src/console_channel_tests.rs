@@ -155,4 +155,8 @@ fn escape_sequences_are_stripped() {
     f.filter(b"\x1bc\x1b[?7l\x1b[2J\x1b[0mSeaBIOS\r\n\x1b[1;3", &mut out);
     f.filter(b"1mred\x1b[0m \x1b]0;t\x07\x1b]2;t\x1b\\ok", &mut out);
     assert_eq!(out, b"SeaBIOS\r\nred ok");
+    let mut out = Vec::new();
+    f.filter(b"a\r\r\nb\r", &mut out);
+    f.filter(b"\r\nc\rd", &mut out);
+    assert_eq!(out, b"a\r\nb\r\nc\rd");
 }

@@ -70,24 +70,15 @@ pub(super) fn route(
     };
     let e = spawn_err("the console relay");
     let pty = open_pty().map_err(&e)?;
-    // The hypervisor's stdin is the pty only where the relay feeds it input: a hypervisor
-    // that finds a terminal on stdin changes its settings (qemu turns on ONLCR).
-    let slave_in = || pty.slave.try_clone().map(Stdio::from).map_err(&e);
+    // stdin is the pty as well: stratovirt and alioth refuse a console that is not a
+    // terminal (alioth: `tcgetattr() failed`).
+    cmd.stdin(Stdio::from(pty.slave.try_clone().map_err(&e)?));
     let mut route = ConsoleRoute::default();
     let (ends, sink) = match outer {
         Console::Inherit => {
             let stdout = std::io::stdout().as_fd().try_clone_to_owned().map_err(&e)?;
             route.terminal = TerminalGuard::raw_stdin();
-            let input = match &route.terminal {
-                Some(_) => {
-                    cmd.stdin(slave_in()?);
-                    Some(std::io::stdin().as_fd().try_clone_to_owned().map_err(&e)?)
-                }
-                None => {
-                    cmd.stdin(Stdio::inherit());
-                    None
-                }
-            };
+            let input = Some(std::io::stdin().as_fd().try_clone_to_owned().map_err(&e)?);
             let interactive = route.terminal.is_some() && rustix::termios::isatty(&stdout);
             let stop = opts.stop.clone();
             let ends = RelayEnds {
@@ -112,7 +103,6 @@ pub(super) fn route(
                 .append(true)
                 .open(log)
                 .map_err(err)?;
-            cmd.stdin(Stdio::null());
             let ends = RelayEnds {
                 output: Box::new(file.try_clone().map_err(err)?),
                 input: None,
@@ -122,7 +112,6 @@ pub(super) fn route(
             (ends, StderrSink::File(file))
         }
         Console::Pty(slave) => {
-            cmd.stdin(slave_in()?);
             let ends = RelayEnds {
                 output: Box::new(File::from(slave.0.try_clone().map_err(&e)?)),
                 input: Some(slave.0.try_clone().map_err(&e)?),
