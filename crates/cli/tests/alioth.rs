@@ -120,3 +120,80 @@ fn alioth_runs_the_console_channel_plan_as_far_as_the_host_allows() {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// Stopping alioth the way microvm does (its plan's shutdown: alioth 0.12 has no control
+/// socket and no signal handler, so SIGTERM ends the process; there is no way to ask its
+/// guest to power off). The real binary, running the plan: a stop request ends the run
+/// well within the shutdown timeout, without SIGKILL.
+#[test]
+fn alioth_stops_on_request() {
+    let test = "alioth_stops_on_request";
+    let Some(env) = require(test, &[Need::CloudKernel]) else {
+        return;
+    };
+    let Some(alioth) = std::env::split_paths(&env.path)
+        .map(|d| d.join("alioth"))
+        .find(|p| p.is_file())
+    else {
+        eprintln!("skipped: {test}: alioth is not on PATH (cargo install alioth-cli)");
+        return;
+    };
+    let vm = Vm::new(&env, test, Kernel::Cloud, "init = \"/sbin/init\"", "");
+    let (status, stdout, stderr, _) = vm.cli(&["build"]);
+    assert!(status.success(), "{stderr}");
+    let runner = std::path::PathBuf::from(stdout.lines().last().expect("runner").trim());
+    let qemu: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(runner.join("share/microvm/invocation.json")).expect("json"),
+    )
+    .expect("invocation");
+    let args: Vec<String> = serde_json::from_value(qemu["args"].clone()).expect("args");
+    let mut config = microvm_spec::load::load_file(&vm.path("vm.toml"))
+        .unwrap_or_else(|e| panic!("{}", e.render()))
+        .config;
+    config.hypervisor = Hypervisor::Alioth;
+    let mut inv = microvm_runner::plan_for(
+        Hypervisor::Alioth,
+        &config,
+        &qemu_artifacts(&args),
+        &HostFacts::reference(),
+    )
+    .expect("alioth plan");
+    inv.program = alioth.display().to_string();
+    inv.env.push(("RUST_LOG".into(), "info".into()));
+    let mut opts = RunOptions::new(vm.path(""));
+    opts.handle_signals = false;
+    opts.console = Console::Log(vm.path("console.log"));
+    opts.ready_timeout = None;
+    opts.shutdown_timeout = Duration::from_secs(20);
+    opts.path_var = Some(env.path.clone());
+    let stop = opts.stop.clone();
+    let log = vm.path("console.log");
+    let waiter = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("initramfs loaded")
+            && start.elapsed() < Duration::from_secs(60)
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        stop.request();
+        std::time::Instant::now()
+    });
+    let result = supervise::run_foreground(&inv, &opts);
+    let asked = waiter.join().expect("waiter");
+    let took = asked.elapsed();
+    let console = std::fs::read_to_string(vm.path("console.log")).unwrap_or_default();
+    assert!(console.contains("initramfs loaded"), "{console}");
+    eprintln!(
+        "{test}: alioth ended {:.2} s after the stop request: {result:?}",
+        took.as_secs_f64()
+    );
+    match result {
+        Ok(out) => {
+            assert!(out.shutdown_requested && !out.forced, "{out:?}");
+        }
+        Err(e) => panic!("{e}\n{console}"),
+    }
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
