@@ -9,6 +9,7 @@ cd "$repo"
 bash scripts/setup-host.sh
 bash scripts/fetch-test-kernels.sh
 bash scripts/install-virtiofsd.sh
+bash scripts/install-alioth.sh
 export PATH="$repo/target/tools/bin:$PATH"
 export MICROVM_TEST_KERNELS="${MICROVM_TEST_KERNELS:-$repo/target/test-kernels}"
 

@@ -47,6 +47,18 @@ fn plan_reports_the_detected_qemu() {
     assert!(cache.exists(), "no cache at {}", cache.display());
     let again = text(&microvm(dir.path(), &["plan", "vm1.toml"]).stderr);
     assert!(again.contains(", cached)"), "{again}");
+    let out = microvm(dir.path(), &["plan", "--json", "vm1.toml"]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let version = plan["version"]["version"].as_str().unwrap_or_default();
+    assert!(
+        version.split('.').count() == 3 && plan["version"]["source"].as_str().is_some(),
+        "{}",
+        plan["version"]
+    );
+    assert!(
+        plan["args"].is_array(),
+        "the invocation is still there: {plan}"
+    );
 }
 
 #[test]

@@ -13,7 +13,7 @@
 //!   value starting with `id_`: such values are passed through alioth's `-o id_<n>,<value>`
 //!   indirection ([`Aco`]).
 //! - The default console (stdio) needs a terminal (`tcgetattr`): the supervisor runs alioth
-//!   on a pty. `--console log,path=FILE` would work without one, but loses console input.
+//!   on a pty (the 0.12 release on crates.io has no `--console` option to avoid it).
 //! - The balloon is `--balloon free_page_reporting=true` (the original refused it): the guest
 //!   hands its free pages back. alioth has no control socket, so the balloon cannot be
 //!   inflated at run time; its device always offers deflate-on-oom.

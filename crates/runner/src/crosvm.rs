@@ -1,7 +1,7 @@
 //! crosvm (`crosvm run …`, inventory §2.4) in the syntax of current crosvm (checked against
 //! `src/crosvm/cmdline.rs` of google/crosvm, 2026-08):
 //!
-//! - the store disk is `--block <store>,ro=true,root=true`, the non-deprecated spelling of
+//! - the store disk is `--block path=<store>,ro=true,root=true`, the non-deprecated spelling of
 //!   the original's `-r <store>` (crosvm warns "Deprecated disk flags such as --[rw]disk or
 //!   --[rw]root are passed"); `root=true` still makes crosvm add `root=/dev/vda ro` itself;
 //! - vsock is `--vsock cid=<cid>` (the `--vsock` key-value form exists since 2023-02 and also
@@ -92,22 +92,7 @@ pub(crate) fn plan(
     if seccomp_logs_failures(config, host)? {
         out.flag("--seccomp-log-failures");
     }
-    match &config.crosvm.pivot_root {
-        Some(dir) => {
-            out.opt("--pivot-root", dir.clone());
-            pre_start.push(PreStart::CreateDir(dir.clone()));
-        }
-        // crosvm's sandboxed devices pivot into its default, which must exist.
-        None if !config
-            .crosvm
-            .extra_args
-            .iter()
-            .any(|a| a == "--disable-sandbox") =>
-        {
-            pre_start.push(PreStart::CreateDir(DEFAULT_PIVOT_ROOT.into()))
-        }
-        None => {}
-    }
+    jail(&mut out, config, &mut pre_start);
     if let Some(socket) = config.socket() {
         out.opt("-s", socket);
     }
@@ -158,6 +143,26 @@ pub(crate) fn plan(
         },
         warnings: out.warnings,
     })
+}
+
+/// The sandbox's pivot directory: `crosvm.pivotRoot`, or crosvm's default, which must
+/// exist (without it crosvm fails at once: `cannot create jail`).
+fn jail(out: &mut Out, config: &Config, pre_start: &mut Vec<PreStart>) {
+    match &config.crosvm.pivot_root {
+        Some(dir) => {
+            out.opt("--pivot-root", dir.clone());
+            pre_start.push(PreStart::CreateDir(dir.clone()));
+        }
+        None if !config
+            .crosvm
+            .extra_args
+            .iter()
+            .any(|a| a == "--disable-sandbox") =>
+        {
+            pre_start.push(PreStart::CreateDir(DEFAULT_PIVOT_ROOT.into()))
+        }
+        None => {}
+    }
 }
 
 fn store_disk(out: &mut Out, config: &Config, artifacts: &Artifacts) -> Result<(), PlanError> {

@@ -111,6 +111,15 @@ pub(crate) fn plan(
         config,
     );
     let mut out = Out::default();
+    if config.balloon && config.initial_balloon_mem >= config.mem {
+        return Err(invalid(format!(
+            "initialBalloonMem ({} MiB) must be below mem ({} MiB): the balloon would take all guest memory",
+            config.initial_balloon_mem, config.mem
+        )));
+    }
+    if !config.balloon && config.initial_balloon_mem > 0 {
+        out.warn_once("`initialBalloonMem` does nothing without `balloon = true`; ignored");
+    }
     let (doc, mut files) = config_file(&mut out, config, artifacts, &kernel_cmdline)?;
     let config_file = format!("{}-firecracker.json", config.name);
     files.insert(
@@ -135,18 +144,7 @@ pub(crate) fn plan(
 
     let mut pre_start = vec![PreStart::MoveAside(socket.clone())];
     let control_channel = control_channel(config, &mut pre_start);
-    let shutdown = if x86 {
-        Shutdown::Http {
-            socket: socket.clone(),
-            method: "PUT".into(),
-            path: "/actions".into(),
-            body: Some(r#"{"action_type": "SendCtrlAltDel"}"#.into()),
-        }
-    } else {
-        Shutdown::Signal {
-            signal: "SIGTERM".into(),
-        }
-    };
+    let shutdown = shutdown(x86, &socket);
     Ok(Invocation {
         hypervisor: HV,
         program: program(config.firecracker.package.as_deref(), "firecracker"),
@@ -225,6 +223,22 @@ fn config_file(
         merge(&mut doc, extra);
     }
     Ok((doc, files))
+}
+
+/// `SendCtrlAltDel`, which firecracker implements on x86_64 only.
+fn shutdown(x86: bool, socket: &str) -> Shutdown {
+    if x86 {
+        Shutdown::Http {
+            socket: socket.to_owned(),
+            method: "PUT".into(),
+            path: "/actions".into(),
+            body: Some(r#"{"action_type": "SendCtrlAltDel"}"#.into()),
+        }
+    } else {
+        Shutdown::Signal {
+            signal: "SIGTERM".into(),
+        }
+    }
 }
 
 fn io_engine(config: &Config) -> &'static str {
@@ -400,6 +414,15 @@ mod tests {
             json!({"amount_mib": 128, "deflate_on_oom": true, "free_page_reporting": true})
         );
         assert!(plan_doc_has_no_balloon(), "no balloon unless asked");
+        c.initial_balloon_mem = c.mem;
+        let e = plan(&c, &Artifacts::placeholders(), &HostFacts::reference()).expect_err("too big");
+        assert!(e.to_string().contains("must be below mem"), "{e}");
+        c.balloon = false;
+        let inv = plan(&c, &Artifacts::placeholders(), &HostFacts::reference()).expect("plan");
+        assert_eq!(
+            inv.warnings,
+            ["`initialBalloonMem` does nothing without `balloon = true`; ignored"]
+        );
     }
 
     fn plan_doc_has_no_balloon() -> bool {

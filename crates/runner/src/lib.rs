@@ -3,6 +3,15 @@
 //! and argv (never a shell string), generated files, helper daemons, the control socket
 //! and how to shut the guest down. Unsupported features are typed errors raised here,
 //! before anything starts.
+//!
+//! Each planner renders one device kind per function (`store_disk`, `volumes`, `shares`,
+//! `interfaces`, `vsock`, `balloon`, `passthrough`, …) into an `argv::Out`, and `plan`
+//! only calls them in the order the hypervisor wants. A new device kind is a row in
+//! [`caps::TABLE`] (refused or ignored where a hypervisor lacks it) and one function per
+//! planner that has it; a new hypervisor is a column in that table, a module with its
+//! `plan`, an arm in [`plan_for`], and its binary and version argument in [`detect`].
+//! Hypervisor versions are host facts ([`HostFacts::versions`]): [`detect`] finds them at
+//! the edge, so planning stays pure.
 #![forbid(unsafe_code)]
 
 pub mod caps;

@@ -11,13 +11,15 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<i32> {
     let loaded = common::load(&args.def, args.json)?;
     let hypervisor =
         common::parse_hypervisor(args.hypervisor.as_deref())?.unwrap_or(loaded.config.hypervisor);
-    let host = if args.reference_host {
-        HostFacts::reference()
+    let (host, version) = if args.reference_host {
+        (HostFacts::reference(), None)
     } else {
         let mut host = common::host_facts()?;
         let detection = common::detect_version(hypervisor, &loaded.config, &mut host);
-        eprintln!("microvm: version: {}", detection.describe(hypervisor));
-        host
+        if !args.json {
+            eprintln!("microvm: version: {}", detection.describe(hypervisor));
+        }
+        (host, Some(detection))
     };
     let inv = microvm_runner::plan_for(
         hypervisor,
@@ -27,7 +29,16 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<i32> {
     )
     .with_context(|| format!("planning {} for {hypervisor}", loaded.config.name))?;
     if args.json {
-        println!("{}", render::to_json(&inv)?);
+        // The invocation, and which hypervisor version it is for.
+        let mut json = serde_json::to_value(&inv)?;
+        json["version"] = serde_json::json!({
+            "version": version.as_ref().and_then(|d| d.version()).map(|v| v.to_string()),
+            "source": version.as_ref().map_or_else(
+                || "reference host: the newest syntax".to_owned(),
+                |d| d.describe(hypervisor),
+            ),
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         print!("{}", render::render(&inv));
     }
