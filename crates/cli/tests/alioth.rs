@@ -10,6 +10,7 @@
 #[path = "e2e/harness.rs"]
 mod harness;
 
+use std::os::unix::process::CommandExt as _;
 use std::time::Duration;
 
 use harness::{require, Kernel, Need, Vm};
@@ -196,4 +197,75 @@ fn alioth_stops_on_request() {
         Err(e) => panic!("{e}\n{console}"),
     }
     assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+/// The generated `bin/microvm-run` of an alioth runner, executed: the script's argv
+/// reaches the real alioth, which creates its devices and loads the kernel (then this
+/// host's KVM stops it; the test ends it).
+#[test]
+fn alioth_microvm_run_script_starts_alioth() {
+    let test = "alioth_microvm_run_script_starts_alioth";
+    let Some(env) = require(test, &[Need::CloudKernel]) else {
+        return;
+    };
+    if !std::env::split_paths(&env.path).any(|d| d.join("alioth").is_file()) {
+        eprintln!("skipped: {test}: alioth is not on PATH (cargo install alioth-cli)");
+        return;
+    }
+    let vm = Vm::new(&env, test, Kernel::Cloud, "command = ['/bin/true']", "");
+    let (status, stdout, stderr, _) = vm.cli(&["build"]);
+    assert!(status.success(), "{stderr}");
+    let runner = std::path::PathBuf::from(stdout.lines().last().expect("runner").trim());
+    let qemu: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(runner.join("share/microvm/invocation.json")).expect("json"),
+    )
+    .expect("invocation");
+    let args: Vec<String> = serde_json::from_value(qemu["args"].clone()).expect("args");
+    let mut config = microvm_spec::load::load_file(&vm.path("vm.toml"))
+        .unwrap_or_else(|e| panic!("{}", e.render()))
+        .config;
+    config.hypervisor = Hypervisor::Alioth;
+    let inv = microvm_runner::plan_for(
+        Hypervisor::Alioth,
+        &config,
+        &qemu_artifacts(&args),
+        &HostFacts::reference(),
+    )
+    .expect("alioth plan");
+    let pkg = vm.path("alioth-runner");
+    microvm_runner::package::write(&pkg, &microvm_runner::package::files(&config, &inv))
+        .expect("write the runner");
+    let log = vm.path("script.log");
+    // alioth wants a terminal on stdin: run the script under `script`.
+    let mut child = std::process::Command::new("script")
+        .args(["-qec"])
+        .arg(format!("{}/bin/microvm-run", pkg.display()))
+        .arg("/dev/null")
+        .current_dir(vm.path(""))
+        .env("PATH", &env.path)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&log).expect("log"))
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("script");
+    let start = std::time::Instant::now();
+    let mut text = String::new();
+    while start.elapsed() < Duration::from_secs(60) {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("initramfs loaded") || child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The whole process group: `script`, the script and alioth.
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", "--", &format!("-{}", child.id())])
+        .status();
+    let _ = child.wait();
+    assert!(
+        text.contains("initramfs loaded"),
+        "bin/microvm-run did not get alioth to load the kernel:\n{text}"
+    );
 }
