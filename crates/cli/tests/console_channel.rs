@@ -8,6 +8,8 @@
 #[path = "e2e/harness.rs"]
 mod harness;
 
+use std::os::unix::process::CommandExt as _;
+
 use harness::{require, Kernel, Need, Slot, Vm, OUTPUT_VOLUME};
 
 /// The guest records what it can see of the nonce, prints forged protocol lines, exits 7.
@@ -127,4 +129,86 @@ fn the_terminal_is_restored_after_a_run() {
         "SeaBIOS did not turn wrapping off; the test proves nothing"
     );
     assert!(on > off, "line wrapping was left off");
+}
+
+/// On a terminal, Ctrl-] (typed into the pty `script` gives `microvm run`) stops the VM
+/// gracefully, like SIGINT would: the guest's shutdown actions run and the run exits 0.
+#[test]
+fn ctrl_close_bracket_stops_the_vm_on_a_terminal() {
+    use std::io::Write as _;
+    let test = "ctrl_close_bracket_stops_the_vm_on_a_terminal";
+    let Some(env) = require(test, &[Need::CloudKernel, Need::Debugfs]) else {
+        return;
+    };
+    let vm = Vm::new(
+        &env,
+        test,
+        Kernel::Cloud,
+        "init = \"/sbin/init\"",
+        OUTPUT_VOLUME,
+    );
+    let _slot = Slot::acquire();
+    let inner = format!(
+        "{bin:?} run vm.toml --store {store:?} 2> stderr.log",
+        bin = env.bin,
+        store = env.store,
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qfec", &inner, "typescript"])
+        .current_dir(vm.path(""))
+        .env("PATH", &env.path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("script");
+    // Ends `script`, `microvm run` and qemu however the test ends.
+    struct Group(u32);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.0)])
+                .status();
+        }
+    }
+    let _group = Group(child.id());
+    let read = |f: &str| {
+        String::from_utf8_lossy(&std::fs::read(vm.path(f)).unwrap_or_default()).into_owned()
+    };
+    let start = std::time::Instant::now();
+    while !read("typescript").contains("e2e: guest up") {
+        assert!(
+            start.elapsed() < harness::RUN_DEADLINE && child.try_wait().expect("wait").is_none(),
+            "the guest did not come up\n{}\n{}",
+            read("stderr.log"),
+            read("typescript")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"\x1d").expect("type Ctrl-]");
+    stdin.flush().expect("flush");
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("Ctrl-] did not stop the VM\n{}", read("stderr.log"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    drop(stdin);
+    let stderr = read("stderr.log");
+    assert!(status.success(), "{status}\n{stderr}");
+    assert!(stderr.contains("shutting down"), "{stderr}");
+    assert_eq!(
+        vm.volume_file("output.img", "/shutdown")
+            .unwrap_or_default()
+            .trim(),
+        "clean shutdown",
+        "{stderr}"
+    );
 }
