@@ -68,6 +68,9 @@ pub enum Command {
     Logs(LogsArgs),
     /// Attach to the serial console of a running managed VM (detach with Ctrl-] without stopping it).
     Console(NameArgs),
+    /// Set the balloon of a running managed VM to SIZE MiB (memory taken from the guest);
+    /// prints the balloon size the hypervisor reports.
+    Balloon(BalloonArgs),
     /// Remove a managed VM (stopping it first); its volumes are kept with --keep-volumes.
     Remove(RemoveArgs),
     /// Remove store entries that no managed VM references (never current, booted or old).
@@ -150,6 +153,17 @@ pub struct StartArgs {
 pub struct NameArgs {
     /// The VM.
     pub name: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BalloonArgs {
+    /// The VM.
+    pub name: String,
+    /// The balloon's size in MiB.
+    pub size: u64,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,

@@ -475,3 +475,119 @@ fn service_volume_data_survives_cycles_and_a_hard_kill() {
     assert_eq!(boots(&vm), 7, "every boot's synced line survived");
     assert!(no_process_mentions("microvm@svc-v"));
 }
+
+/// `microvm balloon NAME SIZE` on a running managed VM (qemu, QMP): the target reaches
+/// qemu and the balloon size it reports comes back; a stopped VM is refused clearly.
+#[test]
+fn service_balloon_resizes_a_running_vm() {
+    let test = "service_balloon_resizes_a_running_vm";
+    if require(test, false).is_none() {
+        return;
+    }
+    let vm = Vm::with_top(test, "svc-bal", "balloon = true", "");
+    vm.start();
+    let out = vm.microvm(&["balloon", &vm.name, "64", "--json"]);
+    assert!(out.status.success(), "balloon failed\n{}", vm.logs());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["requestedMib"], 64, "{v}");
+    let size = v["balloonMib"].as_u64().expect("balloonMib");
+    assert!(size <= 64, "{v}");
+    let out = vm.microvm(&["balloon", &vm.name, "256"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not below the VM's 256 MiB"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = vm.microvm(&["stop", &vm.name]);
+    assert!(out.status.success(), "stop\n{}", vm.logs());
+    let out = vm.microvm(&["balloon", &vm.name, "64"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not running"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The console channel under the supervisor systemd runs (`microvm supervise`, a managed
+/// pty console): `READY=1` reaches `NOTIFY_SOCKET` only once the guest reported ready
+/// over the console (the log says so first), the console log holds no frame, and SIGTERM
+/// stops the VM gracefully.
+#[test]
+fn service_console_channel_notifies_ready_when_the_guest_is() {
+    let test = "service_console_channel_notifies_ready_when_the_guest_is";
+    if require(test, false).is_none() {
+        return;
+    }
+    let vm = Vm::with_top(test, "svc-cons", "controlChannel = \"console\"", "");
+    let notify_path = vm.dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    let err_path = vm.dir.path().join("supervise.err");
+    let mut sup = Command::new("ip")
+        .args(["netns", "exec", &vm.netns])
+        .arg(bin())
+        .arg("--state-dir")
+        .arg(vm.state())
+        .args(["supervise", &vm.name])
+        .env("PATH", path_var())
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env_remove("MICROVM_SERVICE_MANAGER")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&err_path).expect("stderr"))
+        .spawn()
+        .expect("supervise");
+    let said = || {
+        format!(
+            "{}{}",
+            fs::read_to_string(&err_path).unwrap_or_default(),
+            fs::read_to_string(vm.vmdir().join("supervisor.log")).unwrap_or_default()
+        )
+    };
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    let ready_at = loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(150),
+            "no READY=1\n{}\n{}",
+            said(),
+            vm.logs()
+        );
+        if let Some(s) = sup.try_wait().expect("wait") {
+            panic!("supervise ended ({s})\n{}\n{}", said(), vm.logs());
+        }
+        if let Ok(n) = notify.recv(&mut buf) {
+            if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+                break said();
+            }
+        }
+    };
+    assert!(
+        ready_at.contains("ready ") && ready_at.contains("after start"),
+        "READY=1 came before the guest reported ready:\n{ready_at}"
+    );
+    let console = fs::read_to_string(vm.vmdir().join("console.log")).unwrap_or_default();
+    assert!(
+        !console.contains(" READY "),
+        "a frame reached the console log:\n{console}"
+    );
+    let _ = Command::new("kill").arg(sup.id().to_string()).status();
+    let t = Instant::now();
+    while sup.try_wait().expect("wait").is_none() {
+        assert!(t.elapsed() < Duration::from_secs(60), "no stop\n{}", said());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !said().contains("killed"),
+        "not a graceful stop:\n{}",
+        said()
+    );
+    eprintln!(
+        "{test}: READY=1 after {:.1} s; stopped in {:.1} s",
+        start.elapsed().as_secs_f64() - t.elapsed().as_secs_f64(),
+        t.elapsed().as_secs_f64()
+    );
+}

@@ -328,6 +328,45 @@ impl Drop for RawMode<'_> {
     }
 }
 
+/// The user's terminal while a VM's console is relayed to it: stdin in raw mode (what
+/// is typed goes to the guest as is). Dropping it restores the saved settings and
+/// switches line wrapping back on (firmware such as SeaBIOS turns it off), so that every
+/// exit of `microvm run` leaves the terminal as it found it.
+#[derive(Debug)]
+pub struct TerminalGuard {
+    fd: OwnedFd,
+    saved: rustix::termios::Termios,
+}
+
+impl TerminalGuard {
+    /// `None` when stdin is not a terminal.
+    pub fn raw_stdin() -> Option<TerminalGuard> {
+        let fd = io::stdin().as_fd().try_clone_to_owned().ok()?;
+        let saved = rustix::termios::tcgetattr(&fd).ok()?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        // Keep output post-processing: the guest's bare newlines still start a line.
+        raw.output_modes = saved.output_modes;
+        rustix::termios::tcsetattr(&fd, rustix::termios::OptionalActions::Now, &raw).ok()?;
+        Some(TerminalGuard { fd, saved })
+    }
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        let _ = rustix::termios::tcsetattr(
+            &self.fd,
+            rustix::termios::OptionalActions::Now,
+            &self.saved,
+        );
+        if rustix::termios::isatty(io::stdout()) {
+            // DECAWM on (line wrapping), default colours.
+            let _ = io::stdout().write_all(b"\x1b[?7h\x1b[0m");
+            let _ = io::stdout().flush();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

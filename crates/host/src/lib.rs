@@ -3,8 +3,10 @@
 //! foreground ([`supervise`]). Synchronous: std threads and processes, no async runtime.
 
 pub mod api;
+pub mod balloon;
 pub mod channel;
 pub mod console;
+pub mod console_channel;
 pub mod kvm;
 pub mod net;
 pub mod privilege;

@@ -12,6 +12,7 @@ mod helpers;
 mod prepare;
 mod run;
 mod shutdown;
+mod stdio;
 #[cfg(test)]
 mod tests;
 mod user_steps;

@@ -121,7 +121,7 @@ pub static TABLE: &[Row] = &[
     doc(Feature::ControlSocket, "control socket", [P("QMP"), P("`--api-socket`"), P("`--api-sock` (mandatory)"), P("`-s`"), U("none"), P("QMP"), U("none")]),
     doc(Feature::GracefulShutdown, "graceful shutdown", [P("QMP `system_powerdown`"), P("`PUT vm.power-button`"), P("`SendCtrlAltDel`"), P("`crosvm powerbtn`"), U("no: SIGTERM"), U("no: SIGTERM"), U("no: SIGTERM")]),
     doc(Feature::TapMultiQueue, "tap multi-queue (vcpu > 1)", [S, S, U("no"), U("no"), U("no"), S, P("`qp=<vcpu>`")]),
-    doc(Feature::Readiness, "readiness / systemd notify", [P("virtio-serial control channel"), P("vsock notify (with `vsock.cid`)"), U("no"), U("no"), U("no"), U("no"), U("no")]),
+    doc(Feature::Readiness, "readiness, exit status, systemd notify", [P("virtio-serial control channel"), P("vsock (with `vsock.cid`), else the serial console"), P("vsock (with `vsock.cid`), else the serial console"), P("serial console"), P("serial console"), P("serial console"), P("serial console")]),
 ];
 
 const FWD: &str = "`forwardPorts` works only with qemu and an interface of type \"user\"; ignored";

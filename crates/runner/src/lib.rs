@@ -16,6 +16,7 @@
 
 pub mod caps;
 pub mod detect;
+pub mod host_scripts;
 pub mod invocation;
 pub mod kv;
 pub mod package;
@@ -80,6 +81,7 @@ pub fn plan_for(
             reason: "vfkit runs on macOS only".into(),
         }),
     }?;
+    common::console_channel(config, &mut invocation);
     // The capability table's warnings (ignored features) come first, then the planner's
     // own; a planner may repeat one of the table's without it appearing twice.
     let mut warnings = caps::warnings(hypervisor, config);

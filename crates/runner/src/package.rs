@@ -8,6 +8,8 @@
 //! bin/virtiofsd-run      one virtiofsd per virtiofs share (if any)
 //! bin/tap-up, tap-down   tap interfaces (if any)
 //! bin/<name>             the definition's `binScripts` (replacing a generated one)
+//! bin/macvtap-up, -down  macvtap interfaces (if any), bin/pci-setup (PCI devices),
+//!                        bin/microvm-balloon (balloon); see [`crate::host_scripts`]
 //! share/microvm/         metadata: hypervisor, tap-interfaces, tap-flags, macvtap-interfaces,
 //!                        virtiofs/<tag>/{socket,source}, pci-devices, usb-devices, vsock-cid,
 //!                        system (with `systemSymlink`), and microvm's invocation.json
@@ -86,6 +88,9 @@ pub fn files(config: &Config, inv: &Invocation) -> Vec<PackageFile> {
         out.push(script("bin/tap-up", &up));
         out.push(script("bin/tap-down", &down));
     }
+    for (path, body) in crate::host_scripts::scripts(config, inv) {
+        out.push(script(path, &body));
+    }
     add_bin_scripts(config, &mut out);
     let meta = |path: &str, contents: String| PackageFile {
         path: format!("share/microvm/{path}"),
@@ -149,6 +154,10 @@ pub fn files(config: &Config, inv: &Invocation) -> Vec<PackageFile> {
     }
     if let Some(cid) = config.vsock.cid {
         out.push(meta("vsock-cid", format!("{cid}\n")));
+    }
+    if let Some(c) = crate::host_scripts::balloon_control(config, inv) {
+        let json = serde_json::to_string(&c).unwrap_or_default();
+        out.push(meta("balloon.json", json + "\n"));
     }
     out.push(meta(
         "invocation.json",

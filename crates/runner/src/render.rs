@@ -161,6 +161,9 @@ pub fn render(inv: &Invocation) -> String {
         Some(ControlChannel::HybridVsock { socket, port }) => {
             format!("hybrid vsock port {port} on {socket}_{port}")
         }
+        Some(ControlChannel::Console { param }) => {
+            format!("serial console, lines framed by the nonce in {param}=")
+        }
     };
     let _ = writeln!(out, "control channel: {channel}");
     let c = &inv.capabilities;

@@ -507,6 +507,7 @@ pub const TOP_KEYS: &[&str] = &[
     "environment",
     "network",
     "kvm",
+    "controlChannel",
     "vcpu",
     "mem",
     "hugepageMem",

@@ -1,5 +1,6 @@
 //! One module per verb.
 
+mod balloon;
 mod build;
 mod built;
 mod check;
@@ -33,6 +34,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Status(args) => service::status(&cli.state_dir, &args),
         Command::Logs(args) => service::logs(&cli.state_dir, &args),
         Command::Console(args) => service::console(&cli.state_dir, &args),
+        Command::Balloon(args) => balloon::run(&cli.state_dir, &args),
         Command::Supervise(args) => service::supervise(&cli.state_dir, &args),
     }
 }

@@ -506,3 +506,77 @@ fn test_kernel_image(dir: &Path) -> Option<PathBuf> {
         .find(|p| p.to_string_lossy().contains("vmlinuz"));
     Some(image.expect("a vmlinuz in the package"))
 }
+
+/// The console channel end to end with a stand-in hypervisor: the supervisor puts a fresh
+/// nonce where the plan has the placeholder (argv and a generated file), the stand-in
+/// frames READY and EXIT with it on its console; a forged EXIT without the nonce counts
+/// for nothing, the frames stay out of the console log, the escape codes too.
+#[test]
+fn ready_and_exit_over_the_console_channel() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = r#"n=${0#*microvm.nonce=}; n=${n%% *}
+grep -q "nonce=$n" boot.json || exit 9
+printf '\033c\033[?7lfirmware\r\n'
+echo 'EXIT 0'
+printf '\n%s READY 0.100 0.200\r\n' "$n"
+echo 'guest says hi'
+printf '\n%s EXIT 42\r\n' "$n"
+"#;
+    let mut inv = sh(script);
+    inv.args.push(format!(
+        "console=ttyS0 microvm.nonce={}",
+        microvm_runner::NONCE_PLACEHOLDER
+    ));
+    inv.files.push(GeneratedFile {
+        path: "boot.json".into(),
+        contents: format!(
+            "{{\"boot_args\": \"microvm.nonce={}\"}}",
+            microvm_runner::NONCE_PLACEHOLDER
+        ),
+        mode: 0o600,
+    });
+    inv.control_channel = Some(ControlChannel::Console {
+        param: "microvm.nonce".into(),
+    });
+    let mut o = opts(dir.path());
+    o.ready_timeout = Some(Duration::from_secs(30));
+    let out = run_foreground(&inv, &o).expect("run");
+    assert_eq!(out.guest_exit, Some(42));
+    assert_eq!(out.exit_code(), 42);
+    assert!(out.ready_after.is_some());
+    assert_eq!(out.guest_init_time, Some((0.1, 0.2)));
+    let log = std::fs::read_to_string(dir.path().join("console.log")).expect("log");
+    assert!(
+        log.contains("firmware") && log.contains("guest says hi"),
+        "{log}"
+    );
+    assert!(!log.contains("READY") && !log.contains('\x1b'), "{log}");
+    assert!(
+        log.contains("EXIT 0"),
+        "the forged line is shown as output: {log}"
+    );
+    assert!(!log.contains(microvm_runner::NONCE_PLACEHOLDER));
+}
+
+/// Two runs of one plan get different nonces.
+#[test]
+fn every_boot_gets_its_own_nonce() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut inv = sh(r#"n=${0#*microvm.nonce=}; echo "$n" >> nonces"#);
+    inv.args.push(format!(
+        "microvm.nonce={}",
+        microvm_runner::NONCE_PLACEHOLDER
+    ));
+    inv.control_channel = Some(ControlChannel::Console {
+        param: "microvm.nonce".into(),
+    });
+    let mut o = opts(dir.path());
+    o.ready_timeout = None;
+    run_foreground(&inv, &o).expect("run 1");
+    run_foreground(&inv, &o).expect("run 2");
+    let text = std::fs::read_to_string(dir.path().join("nonces")).expect("nonces");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_ne!(lines[0], lines[1]);
+    assert_eq!(lines[0].len(), 32, "{text}");
+}

@@ -1,5 +1,6 @@
 //! qemu devices: disks, shares, network, passthrough.
 
+use microvm_spec::config::ControlTransport;
 use microvm_spec::config::{Config, DeviceBus, ForwardFrom, ImageType, InterfaceType, ShareProto};
 
 use super::{Args, Ctx};
@@ -248,7 +249,8 @@ pub(super) fn control_channel(
     a: &mut Args,
     ctx: &Ctx<'_>,
 ) -> Result<Option<ControlChannel>, PlanError> {
-    if !ctx.config.uses_own_initrd() {
+    // Elsewhere `common::console_channel` sets the console channel (or there is none).
+    if ctx.config.control_transport() != ControlTransport::VirtioSerial {
         return Ok(None);
     }
     let socket = ctx.config.control_channel_socket();

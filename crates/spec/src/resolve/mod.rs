@@ -243,6 +243,7 @@ pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnosti
                 .unwrap_or_else(|| vec!["loglevel=4".into()]),
             cpu: spec.cpu.clone(),
             kvm: spec.kvm.unwrap_or(KvmMode::Auto),
+            control_channel: spec.control_channel.unwrap_or(ControlChannelMode::Auto),
             store_on_disk: storage.store_on_disk,
             store_disk: spec
                 .store_disk
