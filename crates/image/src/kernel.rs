@@ -14,6 +14,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+pub mod build;
 pub mod bzimage;
 pub mod config;
 mod deb;

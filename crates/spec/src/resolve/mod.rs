@@ -161,6 +161,9 @@ pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnosti
     let kernel = spec.kernel.as_ref().map(|k| match k {
         crate::schema::KernelSpec::Path(p) => KernelRef::Path(r.file_input(&root.key("kernel"), p)),
         crate::schema::KernelSpec::Package(p) => KernelRef::Package(p.clone()),
+        crate::schema::KernelSpec::Build {
+            source, fragments, ..
+        } => guest::kernel_build(&r, &root.key("kernel"), source.as_deref(), fragments),
     });
     let initrd_path = spec
         .initrd_path
