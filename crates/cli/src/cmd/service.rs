@@ -59,8 +59,42 @@ fn each(
     Ok(code)
 }
 
+/// Like [`each`], but up to the host's cores at a time: each VM's start waits for its own
+/// guest, so starting four one by one waits four boots. Each start reports its VM's
+/// readiness (or failure) as it comes; names are deduplicated so a VM starts once.
+fn each_parallel(
+    state_root: &Path,
+    names: &[String],
+    f: impl Fn(&StateDir, &VmName) -> anyhow::Result<()> + Sync,
+) -> anyhow::Result<i32> {
+    let mut unique: Vec<&String> = Vec::new();
+    for n in names {
+        if !unique.contains(&n) {
+            unique.push(n);
+        }
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = cores.min(unique.len()).max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(n) = unique.get(i) else { break };
+                let result = vm_dir(state_root, n).and_then(|(state, name, _)| f(&state, &name));
+                if let Err(e) = result {
+                    crate::exit::report(&e);
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    Ok(if failed.into_inner() { FAILURE } else { OK })
+}
+
 pub fn start(state: &Path, args: &NamesArgs) -> anyhow::Result<i32> {
-    each(state, &args.names, start_one)
+    each_parallel(state, &args.names, start_one)
 }
 
 pub fn stop(state: &Path, args: &NamesArgs) -> anyhow::Result<i32> {
