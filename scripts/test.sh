@@ -11,6 +11,8 @@ bash scripts/fetch-test-kernels.sh
 bash scripts/install-virtiofsd.sh
 export PATH="$repo/target/tools/bin:$PATH"
 export MICROVM_TEST_KERNELS="${MICROVM_TEST_KERNELS:-$repo/target/test-kernels}"
+# microvm's own guest kernel, which most end-to-end tests boot: built once per machine.
+bash scripts/build-test-kernel.sh
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
