@@ -84,7 +84,7 @@ boot() { # KEY COMMAND... (runs in $T/work)
     case $line in
       *"microvm-init "*": started at "*) started=${line##*started at }; started=${started%% s*} ;;
       *"microvm-init: ready at "*)
-        ready=$(now); uready=${line##*ready at }; uready=${uready%% s*} ;;
+        ready=$(now); uready=${line##*ready at }; uready=${uready%% s*}; echo "$line" > "$T/ready-line.$key" ;;
     esac
   done < <(cd "$T/work" && if "$@" 2>&1 </dev/null; then echo rc=0 >"$T/rc"; else echo "rc=$?" >"$T/rc"; fi)
   t1=$(now)
@@ -261,6 +261,8 @@ fi
 row "initrd size (gzip / raw)" "$initrd_size B / $initrd_raw B" "–" "–"
 row "guest init binary (/init) / $nmod modules" "$init_size B / $modules_size B" "–" "–"
 echo
+echo "init steps, microvm kernel (last run, guest uptimes): $(sed 's/.*ready at //' "$T/ready-line.mk" 2>/dev/null)"
+echo "init steps, cloud kernel (last run, guest uptimes): $(sed 's/.*ready at //' "$T/ready-line.run" 2>/dev/null)"
 echo "mkfs argv (direct): $(cat "$T/direct-argv.erofs" | sed "s|$T|\$T|g")"
 echo "mksquashfs argv (direct): $(cat "$T/direct-argv.squashfs" | sed "s|$T|\$T|g")"
 if [ -n "${VERBOSE:-}" ]; then for k in "${!S[@]}"; do echo "$k:${S[$k]}"; done | sort; fi

@@ -156,11 +156,13 @@ pub fn build(
     fs::create_dir_all(&work).map_err(io("creating", &work))?;
     let lock_path = work.join("lock");
     let lock = fs::File::create(&lock_path).map_err(io("creating", &lock_path))?;
-    progress(&format!(
-        "waiting for the kernel build lock {}",
-        lock_path.display()
-    ));
-    lock.lock().map_err(io("locking", &lock_path))?;
+    if lock.try_lock().is_err() {
+        progress(&format!(
+            "waiting for another build of this kernel ({})",
+            lock_path.display()
+        ));
+        lock.lock().map_err(io("locking", &lock_path))?;
+    }
     if entry.join("vmlinux").is_file() {
         return Ok(done(true));
     }
