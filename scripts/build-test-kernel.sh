@@ -21,6 +21,7 @@ mkdir -p "$kernels" "$store"
 
 cargo build --locked -q -p microvm-cli
 start=$EPOCHREALTIME
+echo "build-test-kernel: microvm kernel build --store $store (a first build takes minutes; later runs find it)" >&2
 dir=$(nice -n 5 "$repo/target/debug/microvm" kernel build --store "$store")
 ln -sfn "$dir" "$kernels/microvm"
 awk -v a="$EPOCHREALTIME" -v b="$start" -v d="$dir" \

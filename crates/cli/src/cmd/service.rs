@@ -134,3 +134,48 @@ pub fn supervise(state: &Path, args: &SuperviseArgs) -> anyhow::Result<i32> {
 pub fn host_install(state: &Path, args: &HostInstallArgs) -> anyhow::Result<i32> {
     install::host_install(state, args)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    #[test]
+    fn each_parallel_runs_every_vm_once_up_to_the_cores_and_reports_failures() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let names: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
+        for n in &names {
+            let vm = tmp.path().join(n);
+            std::fs::create_dir_all(vm.join("runner")).expect("mkdir");
+            std::os::unix::fs::symlink("runner", vm.join("current")).expect("current");
+        }
+        let mut asked = names.clone();
+        asked.push("a".into()); // a duplicate starts once
+        asked.push("missing".into()); // an unknown VM fails, the others still start
+        let (running, peak) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let seen = Mutex::new(Vec::new());
+        let code = each_parallel(tmp.path(), &asked, |_, name| {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(50));
+            seen.lock().expect("lock").push(name.to_string());
+            running.fetch_sub(1, Ordering::SeqCst);
+            if name.as_str() == "c" {
+                anyhow::bail!("c failed");
+            }
+            Ok(())
+        })
+        .expect("runs");
+        assert_eq!(code, FAILURE);
+        let mut seen = seen.into_inner().expect("lock");
+        seen.sort();
+        assert_eq!(seen, names);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let peak = peak.into_inner();
+        assert!(peak <= cores, "{peak} at once on {cores} cores");
+        if cores >= 2 {
+            assert!(peak >= 2, "never two at once on {cores} cores");
+        }
+    }
+}
