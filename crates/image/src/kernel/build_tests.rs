@@ -105,3 +105,55 @@ fn a_tree_is_named_by_its_path_and_a_tarball_by_its_stem() {
     };
     assert_ne!(work_dir(&store, &tree("/a")), work_dir(&store, &tree("/b")));
 }
+
+#[test]
+fn a_tarball_is_unpacked_once_and_again_when_it_changes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let tree = tmp.path().join("in/linux-x");
+    fs::create_dir_all(&tree).expect("mkdir");
+    fs::write(tree.join("Makefile"), "# one\n").expect("write");
+    let tarball = tmp.path().join("linux-x.tar.gz");
+    let status = Command::new("tar")
+        .arg("-czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(tmp.path().join("in"))
+        .arg("linux-x")
+        .status()
+        .expect("tar");
+    assert!(status.success());
+    let mut quiet = |_: &str| {};
+    let source = resolve_source(&SourceRef::Path(tarball.clone()), &mut quiet).expect("tarball");
+    let work = tmp.path().join("work");
+    fs::create_dir_all(&work).expect("mkdir");
+    let src = prepare_tree(&source, &work, &mut quiet).expect("unpack");
+    assert_eq!(src, work.join("src"));
+    assert_eq!(
+        fs::read_to_string(src.join("Makefile")).expect("read"),
+        "# one\n"
+    );
+    // Unchanged: the tree is reused as it is (an object tree next to it stays).
+    fs::create_dir_all(work.join("obj")).expect("obj");
+    fs::write(src.join("local"), "kept").expect("write");
+    prepare_tree(&source, &work, &mut quiet).expect("again");
+    assert!(src.join("local").is_file() && work.join("obj").is_dir());
+    // A new tarball is a new identity: unpacked afresh, the old object tree dropped.
+    std::thread::sleep(Duration::from_millis(20));
+    fs::write(tree.join("Makefile"), "# two\n").expect("write");
+    let status = Command::new("tar")
+        .arg("-czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(tmp.path().join("in"))
+        .arg("linux-x")
+        .status()
+        .expect("tar");
+    assert!(status.success());
+    let source = resolve_source(&SourceRef::Path(tarball), &mut quiet).expect("tarball");
+    let src = prepare_tree(&source, &work, &mut quiet).expect("unpack again");
+    assert_eq!(
+        fs::read_to_string(src.join("Makefile")).expect("read"),
+        "# two\n"
+    );
+    assert!(!src.join("local").exists() && !work.join("obj").exists());
+}
