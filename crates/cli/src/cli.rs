@@ -83,6 +83,9 @@ pub enum Command {
     Supervise(SuperviseArgs),
     /// Generate the man page or shell completions.
     Generate(GenerateArgs),
+    /// Build microvm's own guest kernel from a Linux source.
+    #[command(subcommand)]
+    Kernel(crate::cmd::kernel::KernelCommand),
 }
 
 #[derive(Debug, clap::Args)]

@@ -4,6 +4,9 @@
 //! is missing (qemu, the test kernels, busybox-static, virtiofsd, debugfs), and fails
 //! instead when `CI` is set.
 //!
+//! The guests boot microvm's own kernel (`microvm kernel build`, built once by
+//! scripts/test.sh) unless a test says why it needs a Debian kernel.
+//!
 //! Results are read on the host from the guest's ext4 volume with `debugfs`, without
 //! mounting. The busybox root and the store are shared under `<target>/e2e`; at most two
 //! VMs boot at once.
@@ -33,7 +36,7 @@ size = 64
 /// Boots twice, checking `Linux`/`x86_64` each time and whether a file written to `/`
 /// in boot 1 is still there in boot 2 (only with a writable overlay volume).
 fn startup_shutdown(test: &str, disk: &str, overlay: bool) {
-    let Some(env) = require(test, &[Need::CloudKernel]) else {
+    let Some(env) = require(test, &[Need::MicrovmKernel]) else {
         return;
     };
     let mut top = format!("storeDiskType = \"{disk}\"\n{UNAME_AND_MARKER}\n");
@@ -42,7 +45,7 @@ fn startup_shutdown(test: &str, disk: &str, overlay: bool) {
         top.push_str("writableStoreOverlay = \"/overlay\"\n");
         tables.push_str(OVERLAY_VOLUME);
     }
-    let vm = Vm::new(&env, test, Kernel::Cloud, &top, &tables);
+    let vm = Vm::new(&env, test, Kernel::Microvm, &top, &tables);
     for boot in 1..=2 {
         let outcome = vm.run();
         outcome.assert_code(0);
@@ -149,9 +152,11 @@ echo \"written by the guest\" > /share/from-guest; sync']\n"
 
 #[test]
 fn share_9p() {
-    share_both_ways("share_9p", "9p", Kernel::Full, &[Need::FullKernel]);
+    share_both_ways("share_9p", "9p", Kernel::Microvm, &[Need::MicrovmKernel]);
 }
 
+/// Boots the Debian cloud kernel on purpose: virtiofs (and fuse) are modules there, so this
+/// is the test of loading modules from the initrd, which the microvm kernel never does.
 #[test]
 fn share_virtiofs() {
     share_both_ways(
@@ -165,11 +170,11 @@ fn share_virtiofs() {
 #[test]
 fn command_exit_status_is_propagated() {
     let test = "command_exit_status_is_propagated";
-    let Some(env) = require(test, &[Need::CloudKernel]) else {
+    let Some(env) = require(test, &[Need::MicrovmKernel]) else {
         return;
     };
     let top = "command = ['/bin/sh', '-c', 'exit 7']";
-    let vm = Vm::new(&env, test, Kernel::Cloud, top, OUTPUT_VOLUME);
+    let vm = Vm::new(&env, test, Kernel::Microvm, top, OUTPUT_VOLUME);
     let outcome = vm.run();
     outcome.assert_code(7);
     assert!(
@@ -184,11 +189,11 @@ fn command_exit_status_is_propagated() {
 #[test]
 fn handover_guest_powers_off() {
     let test = "handover_guest_powers_off";
-    let Some(env) = require(test, &[Need::CloudKernel]) else {
+    let Some(env) = require(test, &[Need::MicrovmKernel]) else {
         return;
     };
     let top = "init = \"/sbin/init\"\nenvironment = { E2E_POWEROFF = \"1\" }";
-    let vm = Vm::new(&env, test, Kernel::Cloud, top, OUTPUT_VOLUME);
+    let vm = Vm::new(&env, test, Kernel::Microvm, top, OUTPUT_VOLUME);
     let outcome = vm.run();
     outcome.assert_code(0);
     assert_eq!(vm.output("/sysinit", &outcome), "sysinit");
@@ -204,13 +209,13 @@ fn handover_guest_powers_off() {
 #[test]
 fn sigterm_shuts_down_gracefully() {
     let test = "sigterm_shuts_down_gracefully";
-    let Some(env) = require(test, &[Need::CloudKernel]) else {
+    let Some(env) = require(test, &[Need::MicrovmKernel]) else {
         return;
     };
     let vm = Vm::new(
         &env,
         test,
-        Kernel::Cloud,
+        Kernel::Microvm,
         "init = \"/sbin/init\"",
         OUTPUT_VOLUME,
     );
@@ -251,7 +256,8 @@ fn sigterm_shuts_down_gracefully() {
     );
 }
 
-/// A 9p share with a kernel without 9p is refused before anything boots.
+/// A 9p share with a kernel without 9p is refused before anything boots (the cloud
+/// kernel: it lacks 9p, which the microvm kernel has).
 #[test]
 fn nine_p_without_kernel_support_is_refused() {
     let test = "nine_p_without_kernel_support_is_refused";
@@ -300,10 +306,10 @@ fn nine_p_without_kernel_support_is_refused() {
 #[test]
 fn noop_rebuild_reports_the_same_runner() {
     let test = "noop_rebuild_reports_the_same_runner";
-    let Some(env) = require(test, &[Need::CloudKernel]) else {
+    let Some(env) = require(test, &[Need::MicrovmKernel]) else {
         return;
     };
-    let vm = Vm::new(&env, test, Kernel::Cloud, UNAME_AND_MARKER, OUTPUT_VOLUME);
+    let vm = Vm::new(&env, test, Kernel::Microvm, UNAME_AND_MARKER, OUTPUT_VOLUME);
     let _slot = Slot::acquire();
     let (status1, out1, err1, t1) = vm.cli(&["build"]);
     assert!(status1.success(), "first build failed: {err1}");

@@ -29,6 +29,8 @@ pub enum BuildError {
     #[error(transparent)]
     Kernel(#[from] kernel::KernelError),
     #[error(transparent)]
+    KernelBuild(#[from] kernel::build::KernelBuildError),
+    #[error(transparent)]
     Modules(#[from] modules::ModulesError),
     #[error(transparent)]
     Initrd(#[from] initrd::InitrdError),
@@ -76,6 +78,19 @@ pub struct Step {
     pub detail: String,
 }
 
+/// The kernel build a definition's `kernel = { build = … }` asks for.
+pub fn build_request(build: &microvm_spec::config::KernelBuild) -> kernel::build::BuildRequest {
+    use microvm_spec::config::KernelBuildSource as S;
+    kernel::build::BuildRequest {
+        source: match &build.source {
+            S::Package(name) => kernel::build::SourceRef::Package(name.clone()),
+            S::Path(path) => kernel::build::SourceRef::Path(path.clone()),
+        },
+        fragments: build.fragments.clone(),
+        jobs: None,
+    }
+}
+
 /// Builds (or finds) the artifacts of `config` in `store`. `progress` is told about
 /// each step as it starts.
 pub fn build(
@@ -92,6 +107,9 @@ pub fn build(
         Some(KernelRef::Package(name)) => {
             progress(&format!("fetching kernel package {name}"));
             fetch::debian_kernel(name, &store.root().join(".cache/debs"))?
+        }
+        Some(KernelRef::Build(build)) => {
+            kernel::build::build(&build_request(build), store, progress)?.dir
         }
         None => return Err(BuildError::NoKernel),
     };

@@ -120,6 +120,25 @@ pub enum KernelRef {
     Path(PathBuf),
     /// A Debian package name, fetched with `apt-get download`.
     Package(String),
+    /// microvm's guest kernel, built from a Linux source.
+    Build(KernelBuild),
+}
+
+/// `kernel = { build = "microvm", source = …, fragments = [ … ] }`, resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KernelBuild {
+    /// A Debian `linux-source-X.Y` package name, or an absolute tarball or tree path.
+    pub source: KernelBuildSource,
+    /// Absolute paths of Kconfig fragments merged after the project's configuration.
+    pub fragments: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "kind", content = "value")]
+pub enum KernelBuildSource {
+    Package(String),
+    Path(PathBuf),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]

@@ -414,12 +414,12 @@ fn unknown_enum_values() {
 fn kernel_forms() {
     one_error(
         "kernel = { path = \"a\", package = \"b\" }\n",
-        "a kernel is either a `path` or a `package`, not both",
+        "a kernel is one of `path`, `package` or `build`, not several",
         1,
     );
     one_error(
         "kernel = {}\n",
-        "a kernel table needs `path` or `package`",
+        "a kernel table needs `path`, `package` or `build`",
         1,
     );
     one_error(

@@ -6,6 +6,7 @@ mod built;
 mod check;
 mod common;
 mod generate;
+pub mod kernel;
 mod manage;
 mod plan;
 mod run;
@@ -20,6 +21,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Build(args) => build::run(&args, &cli.state_dir),
         Command::Run(args) => run::run(&args, &cli.state_dir),
         Command::Generate(args) => generate::run(&args),
+        Command::Kernel(cmd) => kernel::run(&cmd, &cli.state_dir),
         Command::Create(args) => manage::create(&cli.state_dir, &args),
         Command::Update(args) => manage::update(&cli.state_dir, &args),
         Command::List(args) => manage::list(&cli.state_dir, &args),

@@ -210,8 +210,8 @@ pub(super) fn extract_cached(
     let out = cache_dir.join(name);
     remove_stale_scratch(cache_dir);
     if out.is_file() {
-        let elf = bzimage::read_file(&out)?;
-        return Ok((out, elf::has_pvh_note(&elf)));
+        let pvh = elf::file_has_pvh_note(&out).map_err(io(&out))?;
+        return Ok((out, pvh));
     }
     let vmlinux = bzimage::extract_vmlinux(image, &bzimage::read_file(image)?)?;
     fs::create_dir_all(cache_dir).map_err(io(cache_dir))?;

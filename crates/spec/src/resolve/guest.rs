@@ -166,3 +166,25 @@ fn is_cidr(s: &str) -> bool {
         _ => false,
     }
 }
+
+/// `kernel = { build = "microvm", … }`: a `source` with a `/` is a tarball or tree path
+/// (relative to the file), anything else a Debian package name; fragments are files.
+pub(crate) fn kernel_build(
+    r: &Resolver<'_>,
+    at: &KeyPath,
+    source: Option<&str>,
+    fragments: &[String],
+) -> crate::config::KernelRef {
+    use crate::config::{KernelBuild, KernelBuildSource, KernelRef};
+    let source = match source {
+        Some(s) if s.contains('/') => KernelBuildSource::Path(r.file_input(&at.key("source"), s)),
+        Some(s) => KernelBuildSource::Package(s.to_owned()),
+        None => KernelBuildSource::Package("linux-source-6.1".to_owned()),
+    };
+    let fragments = fragments
+        .iter()
+        .enumerate()
+        .map(|(i, f)| r.file_input(&at.key("fragments").index(i), f))
+        .collect();
+    KernelRef::Build(KernelBuild { source, fragments })
+}

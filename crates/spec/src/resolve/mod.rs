@@ -187,6 +187,9 @@ pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnosti
             KernelRef::Path(r.input(&root.key("kernel"), p, InputKind::Any))
         }
         crate::schema::KernelSpec::Package(p) => KernelRef::Package(p.clone()),
+        crate::schema::KernelSpec::Build {
+            source, fragments, ..
+        } => guest::kernel_build(&r, &root.key("kernel"), source.as_deref(), fragments),
     });
     let initrd_path = spec
         .initrd_path
