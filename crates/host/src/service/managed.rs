@@ -148,7 +148,11 @@ pub fn load_runner(dir: &Path) -> Result<Runner, ServiceError> {
     let adopted = adopted::is_adopted(dir);
     // The plan root acts on (or the adopted runner's scripts root runs): only from a path
     // the hypervisors' group cannot replace.
-    let trusted = if adopted { dir.join("bin") } else { path.clone() };
+    let trusted = if adopted {
+        dir.join("bin")
+    } else {
+        path.clone()
+    };
     crate::trust::check_trusted_path(&trusted).map_err(|source| ServiceError::Read {
         path: trusted.clone(),
         source,
