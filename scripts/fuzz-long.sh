@@ -8,5 +8,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export FUZZ_CASES="${1:-1000000}"
 export FUZZ_SEED="${2:-20261201}"
-exec nice -n 10 cargo test --release -p microvm-runner --test fuzz_plans fuzz_long \
-    -- --ignored --nocapture
+exec nice -n 10 cargo test --release -p microvm-runner --test fuzz_plans \
+    fuzz_definitions_and_plans -- --nocapture
