@@ -6,6 +6,7 @@ pub mod api;
 pub mod channel;
 pub mod console;
 pub mod kvm;
+pub mod migrate;
 pub mod net;
 pub mod privilege;
 pub mod qmp;

@@ -12,6 +12,7 @@
 
 mod control;
 mod install;
+pub mod migrate;
 mod show;
 mod supervise;
 
@@ -61,6 +62,9 @@ fn each(
 }
 
 pub fn start(state: &Path, args: &StartArgs) -> anyhow::Result<i32> {
+    if args.from_snapshot.is_some() || args.incoming.is_some() {
+        return migrate::start_incoming(state, args);
+    }
     if !args.autostart {
         return each(state, &args.names, start_one);
     }
