@@ -188,6 +188,42 @@ fn snapshot_and_migrate_refuse_clearly() {
     );
 }
 
+/// What cannot migrate is refused before anything starts: a virtiofs share (qemu 10's
+/// vhost-user-fs-device has no migration support). Other hypervisors cannot be built
+/// on this host without KVM; their refusal is a unit test in microvm-host's migrate.rs.
+#[test]
+fn restore_is_refused_for_a_virtiofs_share() {
+    let test = "restore_is_refused_for_a_virtiofs_share";
+    if require(test, false).is_none() {
+        return;
+    }
+    let share = work_dir().join("i13-share");
+    fs::create_dir_all(&share).expect("share dir");
+    let cases = [
+        (
+            "i13-fs",
+            String::new(),
+            format!("\n[[shares]]\nproto = \"virtiofs\"\ntag = \"i13share\"\nsource = {share:?}\nmountPoint = \"/share\"\n"),
+            "virtiofs share i13share cannot migrate",
+        ),
+    ];
+    for (name, top, tables, expect) in cases {
+        let vm = Vm::with_top(test, name, &top, &tables);
+        let snap = vm.dir.path().join("some.snapshot");
+        fs::write(&snap, b"x").expect("file");
+        let snap = snap.to_str().expect("utf-8 path");
+        let out = vm.microvm(&["start", &vm.name, "--from-snapshot", snap]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(expect),
+            "{name}: {err}"
+        );
+        assert!(vm.microvm(&["status", &vm.name, "--json"]).status.success());
+        assert_ne!(vm.status_json()["status"]["state"], "running");
+    }
+    let _ = fs::remove_dir(&share);
+}
+
 /// Host A runs the VM; host B (shared store and volume) cannot start it too (qemu's
 /// image lock); B waits with `--incoming`, A migrates over TCP between the namespaces,
 /// and the guest runs on B without having rebooted.

@@ -124,7 +124,7 @@ pub fn check_migratable(inv: &Invocation, pci_devices: &[String]) -> Result<(), 
     }) {
         return Err(MigrateError::Device {
             what: format!("the virtiofs share {tag}", tag = h),
-            why: "qemu blocks migration of vhost-user-fs devices (their state lives in virtiofsd); use a volume or a 9p share".into(),
+            why: "qemu blocks migration of vhost-user-fs devices (their state lives in virtiofsd); use a volume on shared storage".into(),
         });
     }
     if inv.args.iter().any(|a| a.contains("vhost-user")) {
@@ -356,5 +356,44 @@ mod tests {
         }
         assert!(address("[::1]:5000").is_ok());
         assert!(address("host;rm:1").is_err());
+    }
+    fn invocation(hypervisor: Hypervisor) -> Invocation {
+        Invocation {
+            hypervisor,
+            program: "hv".into(),
+            args: vec![],
+            process_name: None,
+            env: vec![],
+            files: vec![],
+            helpers: vec![],
+            pre_start: vec![],
+            control_socket: None,
+            shutdown: microvm_runner::Shutdown::Signal {
+                signal: "SIGTERM".into(),
+            },
+            control_channel: None,
+            taps: vec![],
+            macvtap_fds: vec![],
+            kernel_cmdline: String::new(),
+            capabilities: microvm_runner::Capabilities {
+                can_shutdown: false,
+                supports_notify_socket: false,
+                tap_multi_queue: false,
+                readiness: false,
+            },
+            warnings: vec![],
+        }
+    }
+
+    #[test]
+    fn only_qemu_without_vfio_or_vhost_user_migrates() {
+        assert!(check_migratable(&invocation(Hypervisor::Qemu), &[]).is_ok());
+        let e = check_migratable(&invocation(Hypervisor::CloudHypervisor), &[]);
+        assert!(e.expect_err("refused").to_string().contains("qemu only"));
+        let e = check_migratable(&invocation(Hypervisor::Qemu), &["0000:01:00.0".into()]);
+        assert!(e.expect_err("refused").to_string().contains("vfio"));
+        let mut fs = invocation(Hypervisor::Qemu);
+        fs.args.push("vhost-user-blk-pci,chardev=c".into());
+        assert!(check_migratable(&fs, &[]).is_err());
     }
 }
