@@ -323,3 +323,75 @@ fn migrate_between_two_hosts_and_refuse_a_second_writer() {
         peer.log()
     );
 }
+
+/// Runs the OCF agent (scripts/ocf/microvm-vm) as Pacemaker would, with `OCF_RESKEY_*`
+/// parameters, inside the VM's namespace; returns its exit code and stdout.
+fn agent(vm: &Vm, action: &str, params: &[(&str, &str)]) -> (i32, String) {
+    let script = workspace().join("scripts/ocf/microvm-vm");
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &vm.netns])
+        .arg(&script)
+        .arg(action)
+        .env("PATH", path_var())
+        .env("MICROVM_SERVICE_MANAGER", "own")
+        .env("OCF_RESKEY_name", &vm.name)
+        .env("OCF_RESKEY_state_dir", vm.state())
+        .env("OCF_RESKEY_binary", bin())
+        .env("OCF_RESKEY_snapshot_dir", vm.dir.path())
+        .stdin(Stdio::null());
+    for (k, v) in params {
+        cmd.env(format!("OCF_RESKEY_{k}"), v);
+    }
+    let out = cmd.output().expect("agent");
+    let code = out.status.code().unwrap_or(-1);
+    eprintln!(
+        "$ ocf:microvm:vm {action} {params:?} → {code}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (code, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The resource agent's actions on a real VM: meta-data and validation, start/monitor
+/// (ready), migrate_to (snapshot on the shared directory; the VM stops), the no-op stop
+/// that follows a migration, migrate_from (resumed, no reboot), stop.
+#[test]
+fn ocf_agent_runs_starts_migrates_and_stops_a_vm() {
+    let test = "ocf_agent_runs_starts_migrates_and_stops_a_vm";
+    if require(test, false).is_none() {
+        return;
+    }
+    let vm = Vm::new(test, "i13-ocf", "");
+    let (code, xml) = agent(&vm, "meta-data", &[]);
+    assert_eq!(code, 0);
+    assert!(xml.contains("<resource-agent name=\"vm\"") && xml.contains("migrate_from"));
+    assert_eq!(agent(&vm, "validate-all", &[]).0, 0);
+    assert_eq!(agent(&vm, "validate-all", &[("name", "")]).0, 6);
+    assert_eq!(
+        agent(&vm, "validate-all", &[("binary", "/nonexistent/microvm")]).0,
+        5
+    );
+    assert_eq!(agent(&vm, "frobnicate", &[]).0, 3);
+
+    assert_eq!(agent(&vm, "monitor", &[]).0, 7, "not running yet");
+    assert_eq!(agent(&vm, "start", &[]).0, 0, "{}", vm.logs());
+    assert_eq!(agent(&vm, "monitor", &[]).0, 0);
+    assert_eq!(agent(&vm, "start", &[]).0, 0, "start is idempotent");
+    assert_eq!(agent(&vm, "migrate_to", &[]).0, 0, "{}", vm.logs());
+    assert_eq!(agent(&vm, "monitor", &[]).0, 7, "stopped after migrate_to");
+    assert_eq!(
+        agent(&vm, "stop", &[]).0,
+        0,
+        "stop after a migration is a no-op"
+    );
+    assert_eq!(agent(&vm, "migrate_from", &[]).0, 0, "{}", vm.logs());
+    assert_eq!(agent(&vm, "monitor", &[]).0, 0);
+    assert!(
+        !vm.dir.path().join("i13-ocf.snapshot").exists(),
+        "the snapshot is consumed"
+    );
+    assert_eq!(agent(&vm, "stop", &[]).0, 0, "{}", vm.logs());
+    assert_eq!(agent(&vm, "monitor", &[]).0, 7);
+    assert_eq!(agent(&vm, "stop", &[]).0, 0, "stop is idempotent");
+    assert_eq!(vm.volume_file("/shutdown").as_deref(), Some("clean"));
+    assert_eq!(vm.volume_file("/boots").as_deref(), Some("booted"));
+}

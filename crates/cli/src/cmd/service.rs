@@ -13,6 +13,7 @@
 mod control;
 mod install;
 pub mod migrate;
+mod ocf;
 mod show;
 mod supervise;
 
