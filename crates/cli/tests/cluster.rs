@@ -395,3 +395,59 @@ fn ocf_agent_runs_starts_migrates_and_stops_a_vm() {
     assert_eq!(vm.volume_file("/shutdown").as_deref(), Some("clean"));
     assert_eq!(vm.volume_file("/boots").as_deref(), Some("booted"));
 }
+
+/// A 3-node Pacemaker/Corosync cluster in namespaces (tests/cluster/pacemaker.sh) with
+/// the VM as an `ocf:microvm:vm` resource: it starts and is ready, a second node's start
+/// is refused by the image lock, `crm resource move` migrates it without a reboot, and
+/// after `kill -9` of every process of its node it is ready on another node.
+#[test]
+fn pacemaker_cluster_moves_and_fails_over_the_vm() {
+    let test = "pacemaker_cluster_moves_and_fails_over_the_vm";
+    if require(test, false).is_none() {
+        return;
+    }
+    let missing: Vec<&str> = [
+        "corosync",
+        "pacemakerd",
+        "crm",
+        "crm_resource",
+        "nsenter",
+        "unshare",
+    ]
+    .into_iter()
+    .filter(|p| find(p).is_none())
+    .collect();
+    if !missing.is_empty() || !std::path::Path::new("/usr/lib/ocf/resource.d").is_dir() {
+        let why = format!("pacemaker, corosync, crmsh or resource-agents missing ({missing:?})");
+        if std::env::var_os("CI").is_some() {
+            panic!("{test}: {why}");
+        }
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    let vm = Vm::new(test, "i13-pcmk", "");
+    vm.start(); // creates the volume image the nodes share
+    assert!(vm.microvm(&["stop", &vm.name]).status.success());
+    let runner = fs::read_link(vm.vmdir().join("current")).expect("current");
+    let work = vm.dir.path().join("cluster");
+    fs::create_dir_all(&work).expect("work dir");
+    let out = Command::new("bash")
+        .arg(workspace().join("crates/cli/tests/cluster/pacemaker.sh"))
+        .env("PATH", path_var())
+        .env("MICROVM", bin())
+        .env("AGENT", workspace().join("scripts/ocf/microvm-vm"))
+        .env("RUNNER", &runner)
+        .env("IMAGE", vm.vmdir().join("data.img"))
+        .env("VM", &vm.name)
+        .env("WORK", &work)
+        .env("TAG", format!("i13p{}", std::process::id() % 10000))
+        .stdin(Stdio::null())
+        .output()
+        .expect("pacemaker.sh");
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{err}");
+    assert!(
+        out.status.success() && err.contains("[cluster] PASS"),
+        "cluster test failed"
+    );
+}
