@@ -217,16 +217,26 @@ pub fn snapshot(
         .map_err(io("cannot create", file))?;
     let sock = vmdir.join(SNAPSHOT_SOCKET);
     let _ = std::fs::remove_file(&sock);
-    let listener = crate::unixpath::bind(&sock).map_err(io("cannot listen on", &sock))?;
+    // The VM directory is writable by the hypervisor's group: the socket is made 0660 at
+    // bind (umask) and handed over without following a link someone put in its place.
+    // SAFETY: umask has no memory effects; this command runs no other thread yet.
+    let old = unsafe { libc::umask(0o117) };
+    let bound = crate::unixpath::bind(&sock);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = bound.map_err(io("cannot listen on", &sock))?;
     let cleanup = scopeguard(&sock);
     if let Some(gid) = socket_group {
-        crate::privilege::chown(&sock, 0, gid)
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .map_err(io("cannot hand over", &sock))?;
+        rustix::fs::chownat(
+            rustix::fs::CWD,
+            &sock,
+            Some(rustix::fs::Uid::ROOT),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(std::io::Error::from)
+        .map_err(io("cannot hand over", &sock))?;
     }
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o660))
-        .map_err(io("cannot chmod", &sock))?;
     let copier = std::thread::spawn(move || -> std::io::Result<u64> {
         let (mut stream, _) = listener.accept()?;
         let n = std::io::copy(&mut stream, &mut out)?;
