@@ -58,6 +58,10 @@ pub enum Command {
     Start(StartArgs),
     /// Stop managed VMs: graceful shutdown, then force after the timeout.
     Stop(NamesArgs),
+    /// Save a running qemu VM into a file (the VM stops); `start --from-snapshot` resumes it.
+    Snapshot(crate::cmd::SnapshotArgs),
+    /// Live-migrate a running qemu VM to a host that waits for it (`start --incoming`).
+    Migrate(crate::cmd::MigrateArgs),
     /// Stop, then start managed VMs.
     Restart(NamesArgs),
     /// Ask the guests of managed VMs to power off, and wait until they have.
@@ -150,6 +154,12 @@ pub struct StartArgs {
     /// systemd does not start `microvms.target`).
     #[arg(long, conflicts_with = "names")]
     pub autostart: bool,
+    /// Resume the VM from a file written by `microvm snapshot` instead of booting it (qemu).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["autostart", "incoming"])]
+    pub from_snapshot: Option<PathBuf>,
+    /// Wait for a live migration on tcp:ADDR:PORT instead of booting (qemu; see `migrate`).
+    #[arg(long, value_name = "tcp:ADDR:PORT", conflicts_with = "autostart")]
+    pub incoming: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -262,6 +272,9 @@ pub struct SuperviseArgs {
     /// Seconds the guest may take to report ready before the start counts as failed.
     #[arg(long, default_value_t = 150, value_name = "SECONDS")]
     pub ready_timeout: u64,
+    /// Restore the first start from file:PATH or tcp:ADDR:PORT (qemu `-incoming`).
+    #[arg(long, value_name = "URI")]
+    pub incoming: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

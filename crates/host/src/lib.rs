@@ -8,6 +8,7 @@ pub mod channel;
 pub mod console;
 pub mod console_channel;
 pub mod kvm;
+pub mod migrate;
 pub mod net;
 pub mod privilege;
 pub mod qmp;

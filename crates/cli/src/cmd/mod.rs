@@ -12,6 +12,8 @@ mod plan;
 mod run;
 mod service;
 
+pub use service::migrate::{MigrateArgs, SnapshotArgs};
+
 use crate::cli::{Cli, Command, HostCommand};
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
@@ -31,6 +33,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Host(HostCommand::Install(args)) => service::host_install(&cli.state_dir, &args),
         Command::Start(args) => service::start(&cli.state_dir, &args),
         Command::Stop(args) => service::stop(&cli.state_dir, &args),
+        Command::Snapshot(args) => service::migrate::snapshot(&cli.state_dir, &args),
+        Command::Migrate(args) => service::migrate::migrate(&cli.state_dir, &args),
         Command::Restart(args) => service::restart(&cli.state_dir, &args),
         Command::Shutdown(args) => service::shutdown(&cli.state_dir, &args),
         Command::Status(args) => service::status(&cli.state_dir, &args),

@@ -12,6 +12,8 @@
 
 mod control;
 mod install;
+pub mod migrate;
+mod ocf;
 mod show;
 mod supervise;
 
@@ -95,6 +97,9 @@ fn each_parallel(
 }
 
 pub fn start(state: &Path, args: &StartArgs) -> anyhow::Result<i32> {
+    if args.from_snapshot.is_some() || args.incoming.is_some() {
+        return migrate::start_incoming(state, args);
+    }
     if !args.autostart {
         return each_parallel(state, &args.names, start_one);
     }

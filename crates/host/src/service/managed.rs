@@ -95,6 +95,8 @@ pub struct ManagedOptions {
     pub path_var: Option<OsString>,
     /// Fed by the caller's signal handling: one request = graceful stop, two = force.
     pub stop: StopHandle,
+    /// The first attempt restores this state instead of booting (qemu `-incoming`).
+    pub incoming: Option<crate::migrate::Incoming>,
 }
 
 /// A runner directory, as the supervisor needs it.
@@ -454,7 +456,19 @@ fn run(
     for tap in &inv.taps {
         links.create_tap(tap, creds)?;
     }
-    let pass = open_macvtaps(runner, links, creds)?;
+    let mut pass = open_macvtaps(runner, links, creds)?;
+    let restored;
+    let (inv, incoming) = match (&opts.incoming, rec.attempt) {
+        (Some(i), 1) => {
+            let (with, fd) = crate::migrate::incoming_invocation(inv, &runner.pci_devices, i)
+                .map_err(|e| ServiceError::Prepare(chain(&e)))?;
+            pass.extend(fd);
+            restored = with;
+            report(&format!("restoring from {}", i.qemu_uri()));
+            (&restored, true)
+        }
+        _ => (inv, false),
+    };
     rec.interfaces = links.names().to_vec();
     pci::bind_vfio(
         &opts.net.sysfs,
@@ -470,7 +484,7 @@ fn run(
     let (stop, _graceful) = stop_handle(vm, runner, opts, creds);
     ro.stop = stop;
     ro.shutdown_timeout = opts.shutdown_timeout;
-    ro.ready_timeout = opts.ready_timeout;
+    ro.ready_timeout = if incoming { None } else { opts.ready_timeout };
     ro.path_var = opts.path_var.clone();
     ro.credentials = opts.run_user.clone();
     // Its sockets (QMP, API) for root only: the group gets nothing of the VM's.
@@ -499,7 +513,8 @@ fn run(
     };
     let me = std::process::id();
     let runner_dir = runner.dir.clone();
-    let has_channel = inv.control_channel.is_some();
+    // A restored guest reported READY before its snapshot: it runs once qemu does.
+    let has_channel = inv.control_channel.is_some() && !incoming;
     let result = supervise::run_foreground_with(inv, &ro, |p| {
         let running = |rec: &RunRecord| Status {
             state: VmState::Running {

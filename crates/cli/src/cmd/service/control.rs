@@ -53,14 +53,29 @@ pub(super) fn recover_dead(vm: &VmDir) {
 /// Starts the VM and waits until the guest is ready (or the start failed: then the log
 /// tail is printed and the supervisor stopped). Starting a running VM does nothing.
 pub fn start_one(state: &StateDir, name: &VmName) -> anyhow::Result<()> {
+    start_with(state, name, &[])
+}
+
+/// [`start_one`] with `extra` arguments for `microvm supervise` (`--incoming URI`).
+pub(super) fn start_with(
+    state: &StateDir,
+    name: &VmName,
+    extra: &[OsString],
+) -> anyhow::Result<()> {
     let vm = state.vm(name);
     vm.require()?;
+    if systemd() && !extra.is_empty() {
+        bail!("restoring or receiving a VM runs under microvm's own supervisor: set MICROVM_SERVICE_MANAGER=own");
+    }
     if systemd() {
         return systemctl("start", name);
     }
     let _lock = vm.lock(LOCK_TIMEOUT)?;
     recover_dead(&vm);
     if let Some(pid) = supervisor(&vm) {
+        if !extra.is_empty() {
+            bail!("{name} is already running (supervisor pid {pid}); stop it first");
+        }
         eprintln!("microvm: {name} is already running (supervisor pid {pid})");
         return Ok(());
     }
@@ -70,7 +85,7 @@ pub fn start_one(state: &StateDir, name: &VmName) -> anyhow::Result<()> {
     // that was just stopped (restart) is not this start's failure.
     let previous = vm.status().ok().flatten();
     let exe = std::env::current_exe().context("locating the microvm binary")?;
-    let args: Vec<OsString> = vec![
+    let mut args: Vec<OsString> = vec![
         "--state-dir".into(),
         state.root().into(),
         "supervise".into(),
@@ -78,6 +93,7 @@ pub fn start_one(state: &StateDir, name: &VmName) -> anyhow::Result<()> {
         "--restart".into(),
         "on-failure".into(),
     ];
+    args.extend_from_slice(extra);
     let mut child = detach::spawn_detached(&exe, &args, &log, vm.path())
         .with_context(|| format!("starting the supervisor of {name}"))?;
     let pid = child.id();

@@ -85,6 +85,12 @@ pub fn host_install(state_root: &Path, args: &HostInstallArgs) -> anyhow::Result
         format!("{}\n", unit_dir.display()),
     )
     .with_context(|| format!("writing {}", state_root.join(UNITS_RECORD).display()))?;
+    if let Some(agent) = super::ocf::install(Path::new(super::ocf::OCF_ROOT))? {
+        println!(
+            "installed the Pacemaker resource agent ocf:microvm:vm ({})",
+            agent.display()
+        );
+    }
     if detach::systemd_running(Path::new("/")) {
         run("systemctl", &["daemon-reload"])?;
         println!("systemd reloaded; enable autostart with `systemctl enable microvms.target`");

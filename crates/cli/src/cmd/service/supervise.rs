@@ -26,13 +26,17 @@ pub fn supervise(state_root: &Path, args: &SuperviseArgs) -> anyhow::Result<i32>
         .restart
         .parse()
         .map_err(|e: String| anyhow::anyhow!(e))?;
+    let incoming = match &args.incoming {
+        Some(uri) => Some(uri.parse().map_err(anyhow::Error::new)?),
+        None => None,
+    };
     let result = run(
         &vm,
         &args.user,
         RestartPolicy::new(mode),
         ConsoleMode::Pty,
         Duration::from_secs(args.shutdown_timeout),
-        Duration::from_secs(args.ready_timeout),
+        (Duration::from_secs(args.ready_timeout), incoming),
     );
     match (result, output) {
         // The error must reach the log before the pipe closes.
@@ -66,7 +70,7 @@ pub fn run_managed(
         RestartPolicy::new(RestartMode::No),
         ConsoleMode::Inherit,
         shutdown_timeout,
-        Duration::from_secs(150),
+        (Duration::from_secs(150), None),
     ))
 }
 
@@ -76,7 +80,7 @@ fn run(
     restart: RestartPolicy,
     console: ConsoleMode,
     shutdown_timeout: Duration,
-    ready_timeout: Duration,
+    (ready_timeout, incoming): (Duration, Option<microvm_host::migrate::Incoming>),
 ) -> anyhow::Result<i32> {
     let user = run_user_name(user, vm);
     let run_user = privilege::resolve_run_user(Some(&user))?;
@@ -92,6 +96,7 @@ fn run(
         console_log_limit: microvm_host::console::DEFAULT_LOG_LIMIT,
         path_var: std::env::var_os("PATH"),
         stop,
+        incoming,
     };
     let name = vm.name().to_string();
     let dir = vm.path().to_path_buf();
