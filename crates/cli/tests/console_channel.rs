@@ -59,7 +59,8 @@ fn exit_status_and_readiness_over_the_console() {
 }
 
 /// `microvm run` with its stdout on a pipe: the console is relayed without escape
-/// sequences (qemu's SeaBIOS writes `ESC c ESC [?7l ESC [2J` first).
+/// sequences (qemu's SeaBIOS writes `ESC c ESC [?7l ESC [2J` first) and without firmware
+/// text (the plan boots qboot, which prints nothing).
 #[test]
 fn a_console_without_a_terminal_gets_no_escape_codes() {
     let test = "a_console_without_a_terminal_gets_no_escape_codes";
@@ -76,10 +77,15 @@ fn a_console_without_a_terminal_gets_no_escape_codes() {
         !stdout.contains('\x1b'),
         "escape codes reached a console that is not a terminal: {stdout:?}"
     );
+    assert!(
+        !stdout.contains("SeaBIOS") && !stdout.contains("Booting from"),
+        "firmware text reached the console: {stdout:?}"
+    );
 }
 
 /// On a terminal (a pty from `script`), `microvm run` gives the terminal back as it found
-/// it: the same termios settings, and line wrapping on again after SeaBIOS turned it off.
+/// it: the same termios settings, and line wrapping on again after SeaBIOS (chosen here
+/// with `extraArgs`: the default firmware, qboot, leaves the terminal alone) turned it off.
 #[test]
 fn the_terminal_is_restored_after_a_run() {
     let test = "the_terminal_is_restored_after_a_run";
@@ -94,7 +100,8 @@ fn the_terminal_is_restored_after_a_run() {
         eprintln!("skipped: {test}: `script` (util-linux) is not installed");
         return;
     }
-    let top = "command = ['/bin/sh', '-c', 'exit 3']";
+    let top =
+        "command = ['/bin/sh', '-c', 'exit 3']\nqemu.extraArgs = ['-bios', 'bios-microvm.bin']";
     let vm = Vm::new(&env, test, Kernel::Cloud, top, OUTPUT_VOLUME);
     let _slot = Slot::acquire();
     let inner = format!(

@@ -137,6 +137,17 @@ fn kernel_cmdline(config: &Config, host: &HostFacts, tcg: bool) -> String {
     kernel_cmdline
 }
 
+/// Whether the VM boots qemu's qboot instead of SeaBIOS: on the x86 microvm machine, unless
+/// `extraArgs` choose a firmware. SeaBIOS writes its banner, boot attempts and terminal
+/// escape codes (clear screen, line wrapping off) to the serial console on every boot;
+/// qboot, which ships with qemu (`pc-bios/qboot.rom`), only loads the kernel, and boots
+/// as fast (docs/benchmarks.md).
+fn quiet_firmware(config: &Config) -> bool {
+    config.arch == Arch::X86_64
+        && config.qemu.machine.starts_with("microvm")
+        && !config.qemu.extra_args.iter().any(|a| a == "-bios")
+}
+
 /// Machine, memory, CPUs, kernel, consoles, entropy, early PCI devices and SMBIOS.
 fn base(
     a: &mut Args,
@@ -157,6 +168,9 @@ fn base(
     a.opt("-smp", config.vcpu.to_string());
     for f in ["-nodefaults", "-no-user-config", "-no-reboot"] {
         a.flag(f);
+    }
+    if quiet_firmware(config) {
+        a.opt("-bios", "qboot.rom");
     }
     a.opt("-kernel", kernel.display().to_string());
     a.opt("-initrd", artifacts.initrd.display().to_string());
