@@ -27,7 +27,7 @@ use microvm_spec::config::{Arch, Config, DeviceBus, InterfaceType, ShareProto};
 use microvm_spec::types::Hypervisor;
 
 use crate::argv::Out;
-use crate::common::{cmdline, process_name, program};
+use crate::common::{built_store_disk, cmdline, process_name, program};
 use crate::virtiofsd::virtiofsd_helpers;
 #[cfg(doc)]
 use crate::MacvtapFd;
@@ -107,14 +107,10 @@ fn store_disk(
     config: &Config,
     artifacts: &Artifacts,
 ) -> Result<(), PlanError> {
-    if !config.store_on_disk {
+    let Some(store) = built_store_disk(HV, config, artifacts)? else {
         return Ok(());
-    }
-    let store = artifacts
-        .store_disk
-        .as_ref()
-        .ok_or_else(|| invalid("storeOnDisk is set but no store disk was built".into()))?;
-    let path = aco.value(&store.display().to_string());
+    };
+    let path = aco.value(&store);
     out.opt("--blk", format!("file,path={path},readonly=true"));
     Ok(())
 }
@@ -261,13 +257,6 @@ fn unsupported(feature: &str, reason: &str) -> PlanError {
         hypervisor: HV,
         feature: feature.to_owned(),
         reason: reason.to_owned(),
-    }
-}
-
-fn invalid(message: String) -> PlanError {
-    PlanError::Invalid {
-        hypervisor: HV,
-        message,
     }
 }
 

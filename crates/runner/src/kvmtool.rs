@@ -21,7 +21,7 @@ use microvm_spec::config::{Config, DeviceBus, InterfaceType, ShareProto};
 use microvm_spec::types::Hypervisor;
 
 use crate::argv::Out;
-use crate::common::{cmdline, process_name, program};
+use crate::common::{built_store_disk, cmdline, process_name, program};
 use crate::{Artifacts, HostFacts, Invocation, PlanError};
 
 const HV: Hypervisor = Hypervisor::Kvmtool;
@@ -78,14 +78,10 @@ fn store_disk(out: &mut Out, config: &Config, artifacts: &Artifacts) -> Result<(
             "kvmtool attaches at most {MAX_DISKS} disks (the store disk counts), and this VM has {disks}"
         )));
     }
-    if !config.store_on_disk {
+    let Some(store) = built_store_disk(HV, config, artifacts)? else {
         return Ok(());
-    }
-    let store = artifacts
-        .store_disk
-        .as_ref()
-        .ok_or_else(|| invalid("storeOnDisk is set but no store disk was built".into()))?;
-    let path = disk_path("store disk", &store.display().to_string())?;
+    };
+    let path = disk_path("store disk", &store)?;
     out.opt("-d", format!("{path},ro"));
     Ok(())
 }

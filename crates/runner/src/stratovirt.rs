@@ -35,7 +35,7 @@ use microvm_spec::config::{Arch, Config, DeviceBus, InterfaceType, ShareProto};
 use microvm_spec::types::Hypervisor;
 
 use crate::argv::Out;
-use crate::common::{cmdline, drive_letter, process_name, program};
+use crate::common::{built_store_disk, cmdline, drive_letter, process_name, program};
 use crate::virtiofsd::virtiofsd_helpers;
 use crate::{Artifacts, HostFacts, Invocation, PlanError, PreStart};
 
@@ -142,14 +142,9 @@ fn base(out: &mut Out, config: &Config, artifacts: &Artifacts, kernel_cmdline: &
 }
 
 fn store_disk(out: &mut Out, config: &Config, artifacts: &Artifacts) -> Result<(), PlanError> {
-    if !config.store_on_disk {
+    let Some(store) = built_store_disk(HV, config, artifacts)? else {
         return Ok(());
-    }
-    let store = artifacts
-        .store_disk
-        .as_ref()
-        .ok_or_else(|| invalid("storeOnDisk is set but no store disk was built".into()))?;
-    let store = store.display().to_string();
+    };
     let file = value("store disk path", &store)?;
     out.opt(
         "-drive",
