@@ -102,17 +102,7 @@ pub fn build(
 
     // Kernel.
     let t = Instant::now();
-    let source = match &config.kernel {
-        Some(KernelRef::Path(p)) => p.clone(),
-        Some(KernelRef::Package(name)) => {
-            progress(&format!("fetching kernel package {name}"));
-            fetch::debian_kernel(name, &store.root().join(".cache/debs"))?
-        }
-        Some(KernelRef::Build(build)) => {
-            kernel::build::build(&build_request(build), store, progress)?.dir
-        }
-        None => return Err(BuildError::NoKernel),
-    };
+    let source = kernel_source(config, store, progress)?;
     let kernel_hash = store.hash_path(&source)?;
     let kernel_cache = store.root().join(".cache/kernels").join(&kernel_hash[..32]);
     let mut kernel = KernelInfo::from_path(&source, &kernel_cache)?;
@@ -176,35 +166,13 @@ pub fn build(
     let cached = initrd_path.exists();
     if !cached {
         progress("assembling initrd");
-        let modules = required_modules(&kernel, &features, &kernel_cache)?;
-        let mut builder = initrd::InitrdBuilder::new();
-        builder.init(init.to_vec())?;
-        let index = match &kernel.modules_dir {
-            Some(dir) if !modules.is_empty() => Some(ModuleIndex::open(dir, &kernel_cache)?),
-            _ => None,
+        let initrd = Initrd {
+            init,
+            kernel: &kernel,
+            kernel_cache: &kernel_cache,
+            features: &features,
         };
-        if let Some(index) = index {
-            let resolved = index.resolve(&modules)?;
-            plan.modules = builder.add_modules(&resolved)?;
-        }
-        builder.plan(&plan)?;
-        let scratch = store.scratch("initrd")?;
-        let tmp = scratch.join("out");
-        std::fs::create_dir_all(&tmp).map_err(|source| store::StoreError::Io {
-            op: "creating",
-            path: tmp.clone(),
-            source,
-        })?;
-        builder.write_to(&tmp.join("initrd"))?;
-        std::fs::write(tmp.join("plan.json"), plan.to_json()).map_err(|source| {
-            store::StoreError::Io {
-                op: "writing",
-                path: tmp.clone(),
-                source,
-            }
-        })?;
-        store.publish(&tmp, &initrd_dir)?;
-        let _ = std::fs::remove_dir_all(&scratch);
+        write_initrd(store, &initrd_dir, &initrd, &mut plan)?;
     } else if let Ok(text) = std::fs::read_to_string(initrd_dir.join("plan.json")) {
         if let Ok(stored) = GuestPlan::from_json(&text) {
             plan = stored;
@@ -241,6 +209,73 @@ pub fn build(
         hash,
         steps,
     })
+}
+
+/// Where the kernel comes from: a path, a fetched Debian package, or a build.
+fn kernel_source(
+    config: &Config,
+    store: &Store,
+    progress: &mut dyn FnMut(&str),
+) -> Result<PathBuf, BuildError> {
+    Ok(match &config.kernel {
+        Some(KernelRef::Path(p)) => p.clone(),
+        Some(KernelRef::Package(name)) => {
+            progress(&format!("fetching kernel package {name}"));
+            fetch::debian_kernel(name, &store.root().join(".cache/debs"))?
+        }
+        Some(KernelRef::Build(build)) => {
+            kernel::build::build(&build_request(build), store, progress)?.dir
+        }
+        None => return Err(BuildError::NoKernel),
+    })
+}
+
+/// What goes into an initrd besides the plan.
+struct Initrd<'a> {
+    init: &'a [u8],
+    kernel: &'a KernelInfo,
+    kernel_cache: &'a Path,
+    features: &'a [KernelFeature],
+}
+
+/// Assembles the initrd (init, the modules `features` need, the plan, which learns the
+/// modules' load order) and publishes it with `plan.json` as `initrd_dir`.
+fn write_initrd(
+    store: &Store,
+    initrd_dir: &Path,
+    initrd: &Initrd<'_>,
+    plan: &mut GuestPlan,
+) -> Result<(), BuildError> {
+    let modules = required_modules(initrd.kernel, initrd.features, initrd.kernel_cache)?;
+    let mut builder = initrd::InitrdBuilder::new();
+    builder.init(initrd.init.to_vec())?;
+    let index = match &initrd.kernel.modules_dir {
+        Some(dir) if !modules.is_empty() => Some(ModuleIndex::open(dir, initrd.kernel_cache)?),
+        _ => None,
+    };
+    if let Some(index) = index {
+        let resolved = index.resolve(&modules)?;
+        plan.modules = builder.add_modules(&resolved)?;
+    }
+    builder.plan(plan)?;
+    let scratch = store.scratch("initrd")?;
+    let tmp = scratch.join("out");
+    std::fs::create_dir_all(&tmp).map_err(|source| store::StoreError::Io {
+        op: "creating",
+        path: tmp.clone(),
+        source,
+    })?;
+    builder.write_to(&tmp.join("initrd"))?;
+    std::fs::write(tmp.join("plan.json"), plan.to_json()).map_err(|source| {
+        store::StoreError::Io {
+            op: "writing",
+            path: tmp.clone(),
+            source,
+        }
+    })?;
+    store.publish(&tmp, initrd_dir)?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(())
 }
 
 /// The modules to load for `features`; a missing feature is an error naming the kernel.
