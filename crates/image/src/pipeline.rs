@@ -102,17 +102,7 @@ pub fn build(
 
     // Kernel.
     let t = Instant::now();
-    let source = match &config.kernel {
-        Some(KernelRef::Path(p)) => p.clone(),
-        Some(KernelRef::Package(name)) => {
-            progress(&format!("fetching kernel package {name}"));
-            fetch::debian_kernel(name, &store.root().join(".cache/debs"))?
-        }
-        Some(KernelRef::Build(build)) => {
-            kernel::build::build(&build_request(build), store, progress)?.dir
-        }
-        None => return Err(BuildError::NoKernel),
-    };
+    let source = kernel_source(config, store, progress)?;
     let kernel_hash = store.hash_path(&source)?;
     let kernel_cache = store.root().join(".cache/kernels").join(&kernel_hash[..32]);
     let mut kernel = KernelInfo::from_path(&source, &kernel_cache)?;
@@ -176,35 +166,13 @@ pub fn build(
     let cached = initrd_path.exists();
     if !cached {
         progress("assembling initrd");
-        let modules = required_modules(&kernel, &features, &kernel_cache)?;
-        let mut builder = initrd::InitrdBuilder::new();
-        builder.init(init.to_vec())?;
-        let index = match &kernel.modules_dir {
-            Some(dir) if !modules.is_empty() => Some(ModuleIndex::open(dir, &kernel_cache)?),
-            _ => None,
+        let initrd = Initrd {
+            init,
+            kernel: &kernel,
+            kernel_cache: &kernel_cache,
+            features: &features,
         };
-        if let Some(index) = index {
-            let resolved = index.resolve(&modules)?;
-            plan.modules = builder.add_modules(&resolved)?;
-        }
-        builder.plan(&plan)?;
-        let scratch = store.scratch("initrd")?;
-        let tmp = scratch.join("out");
-        std::fs::create_dir_all(&tmp).map_err(|source| store::StoreError::Io {
-            op: "creating",
-            path: tmp.clone(),
-            source,
-        })?;
-        builder.write_to(&tmp.join("initrd"))?;
-        std::fs::write(tmp.join("plan.json"), plan.to_json()).map_err(|source| {
-            store::StoreError::Io {
-                op: "writing",
-                path: tmp.clone(),
-                source,
-            }
-        })?;
-        store.publish(&tmp, &initrd_dir)?;
-        let _ = std::fs::remove_dir_all(&scratch);
+        write_initrd(store, &initrd_dir, &initrd, &mut plan)?;
     } else if let Ok(text) = std::fs::read_to_string(initrd_dir.join("plan.json")) {
         if let Ok(stored) = GuestPlan::from_json(&text) {
             plan = stored;
@@ -241,6 +209,73 @@ pub fn build(
         hash,
         steps,
     })
+}
+
+/// Where the kernel comes from: a path, a fetched Debian package, or a build.
+fn kernel_source(
+    config: &Config,
+    store: &Store,
+    progress: &mut dyn FnMut(&str),
+) -> Result<PathBuf, BuildError> {
+    Ok(match &config.kernel {
+        Some(KernelRef::Path(p)) => p.clone(),
+        Some(KernelRef::Package(name)) => {
+            progress(&format!("fetching kernel package {name}"));
+            fetch::debian_kernel(name, &store.root().join(".cache/debs"))?
+        }
+        Some(KernelRef::Build(build)) => {
+            kernel::build::build(&build_request(build), store, progress)?.dir
+        }
+        None => return Err(BuildError::NoKernel),
+    })
+}
+
+/// What goes into an initrd besides the plan.
+struct Initrd<'a> {
+    init: &'a [u8],
+    kernel: &'a KernelInfo,
+    kernel_cache: &'a Path,
+    features: &'a [KernelFeature],
+}
+
+/// Assembles the initrd (init, the modules `features` need, the plan, which learns the
+/// modules' load order) and publishes it with `plan.json` as `initrd_dir`.
+fn write_initrd(
+    store: &Store,
+    initrd_dir: &Path,
+    initrd: &Initrd<'_>,
+    plan: &mut GuestPlan,
+) -> Result<(), BuildError> {
+    let modules = required_modules(initrd.kernel, initrd.features, initrd.kernel_cache)?;
+    let mut builder = initrd::InitrdBuilder::new();
+    builder.init(initrd.init.to_vec())?;
+    let index = match &initrd.kernel.modules_dir {
+        Some(dir) if !modules.is_empty() => Some(ModuleIndex::open(dir, initrd.kernel_cache)?),
+        _ => None,
+    };
+    if let Some(index) = index {
+        let resolved = index.resolve(&modules)?;
+        plan.modules = builder.add_modules(&resolved)?;
+    }
+    builder.plan(plan)?;
+    let scratch = store.scratch("initrd")?;
+    let tmp = scratch.join("out");
+    std::fs::create_dir_all(&tmp).map_err(|source| store::StoreError::Io {
+        op: "creating",
+        path: tmp.clone(),
+        source,
+    })?;
+    builder.write_to(&tmp.join("initrd"))?;
+    std::fs::write(tmp.join("plan.json"), plan.to_json()).map_err(|source| {
+        store::StoreError::Io {
+            op: "writing",
+            path: tmp.clone(),
+            source,
+        }
+    })?;
+    store.publish(&tmp, initrd_dir)?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(())
 }
 
 /// The modules to load for `features`; a missing feature is an error naming the kernel.
@@ -300,81 +335,7 @@ fn root_disk(
     if config.guest.root.is_empty() {
         return Err(BuildError::NoRoot);
     }
-    let mut sources = Vec::new();
-    let mut parts = Vec::new();
-    let mut nix = None;
-    let mut last_oci = None;
-    for s in &config.guest.root {
-        let (src, path, target) = match s {
-            RootSource::Directory { path, target } => {
-                (rootfs::RootSource::Directory(path.clone()), path, target)
-            }
-            RootSource::Tarball { path, target } => {
-                (rootfs::RootSource::Tarball(path.clone()), path, target)
-            }
-            RootSource::Oci {
-                path,
-                reference,
-                target,
-            } => {
-                let arch = rootfs::oci::oci_arch(config.arch.name());
-                let image = rootfs::oci::OciImage::open(path, reference.as_deref(), arch)?;
-                last_oci = Some(sources.len());
-                (rootfs::RootSource::Oci(Box::new(image)), path, target)
-            }
-            RootSource::Debian {
-                suite,
-                packages,
-                mirror,
-                variant,
-            } => {
-                let debian = rootfs::debian::DebianRoot {
-                    suite: suite.clone(),
-                    packages: packages.clone(),
-                    mirror: mirror.clone(),
-                    variant: variant.clone(),
-                };
-                let (tar, _) = rootfs::debian::ensure(&debian, store)?;
-                parts.push(format!("debian:{}", store.hash_path(&tar)?));
-                sources.push(rootfs::RootSource::Tarball(tar));
-                continue;
-            }
-            RootSource::Nix { path } => {
-                if config.guest.root.len() != 1 {
-                    return Err(rootfs::nix::NixError::NotAlone.into());
-                }
-                progress(&format!("querying the closure of {}", path.display()));
-                let closure = rootfs::nix::Closure::query(&Toolbox::from_env(), path)?;
-                let listed: Vec<String> = closure
-                    .paths
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect();
-                parts.push(format!(
-                    "nix:{}:{}:{}",
-                    path.display(),
-                    listed.join(" "),
-                    blake3::hash(&closure.registration).to_hex()
-                ));
-                sources.push(rootfs::RootSource::NixStorePaths(closure.paths.clone()));
-                nix = Some(closure);
-                continue;
-            }
-        };
-        if target != "/" {
-            return Err(BuildError::Target {
-                path: path.clone(),
-                target: target.clone(),
-            });
-        }
-        // An OCI image is named by its manifest digest (which names every layer).
-        let key = match &src {
-            rootfs::RootSource::Oci(image) => image.manifest_digest.clone(),
-            _ => store.hash_path(path)?,
-        };
-        parts.push(format!("{}:{key}", path.display()));
-        sources.push(src);
-    }
+    let sources = RootSources::open(config, store, progress)?;
     let (disk_type, name, flags) = match config.store_disk_type {
         StoreDiskType::Erofs => (
             DiskType::Erofs,
@@ -388,7 +349,7 @@ fn root_disk(
         ),
     };
     let hash = combine(&[
-        ("sources", &parts.join("\n")),
+        ("sources", &sources.parts.join("\n")),
         ("type", name),
         ("flags", &format!("{flags:?}")),
         ("kernel", &format!("{kernel_version:?}")),
@@ -409,24 +370,9 @@ fn root_disk(
     }
     progress("staging the guest root");
     let scratch = store.scratch("root")?;
-    let staged = rootfs::stage(&sources, &scratch.join("tree"))?;
+    let staged = rootfs::stage(&sources.sources, &scratch.join("tree"))?;
     warn_skipped(&staged.skipped);
-    let mut defaults = rootfs::defaults::RootDefaults::default();
-    if let Some(closure) = &nix {
-        closure.write_info(&staged)?;
-        defaults.nix = Some(closure.boot());
-    }
-    if let Some(rootfs::RootSource::Oci(image)) = last_oci.and_then(|i| sources.get(i)) {
-        defaults.command = match image.default_command(&staged.root) {
-            Ok(command) => command,
-            // The definition's own command or init does not need the image's.
-            Err(e) if config.guest.command.is_some() || config.guest.init.is_some() => {
-                tracing::warn!("{e}");
-                None
-            }
-            Err(e) => return Err(e.into()),
-        };
-    }
+    let defaults = root_defaults(config, &sources, &staged)?;
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| store::StoreError::Io {
@@ -440,28 +386,10 @@ fn root_disk(
     let defaults_tmp = scratch.join("defaults.json");
     std::fs::write(&defaults_tmp, defaults.to_json()).map_err(io(&defaults_tmp))?;
     progress(&format!("building the {name} image"));
-    let (label, mount_point) = match &nix {
-        Some(_) => (
-            Some(rootfs::nix::STORE_LABEL.to_owned()),
-            Some(rootfs::nix::STORE_DIR.to_owned()),
-        ),
-        None => (None, None),
-    };
-    // A root staged as root keeps its owners (an OCI image's or a tarball's); a Nix
-    // store is root's, as microvm.nix's `--all-root`.
-    let ownership = if staged.ownership_preserved && nix.is_none() {
-        disk::Ownership::Preserve
-    } else {
-        disk::Ownership::AllRoot
-    };
     let opts = DiskOptions {
-        disk_type,
-        label,
-        mount_point,
         extra_flags: flags,
         kernel_version,
-        ownership,
-        ..Default::default()
+        ..root_disk_options(disk_type, &sources, &staged)
     };
     let tmp = scratch.join(name);
     disk::build_disk(&staged.root, &tmp, &opts)?;
@@ -476,6 +404,179 @@ fn root_disk(
         manifest,
         defaults,
     })
+}
+
+/// The guest root's sources, opened in order, with what names each for the cache.
+struct RootSources {
+    sources: Vec<rootfs::RootSource>,
+    /// One line per source: what the root disk's hash covers.
+    parts: Vec<String>,
+    /// The closure of a Nix root (then the only source).
+    nix: Option<rootfs::nix::Closure>,
+    /// The last OCI image, whose default command the root takes.
+    last_oci: Option<usize>,
+}
+
+impl RootSources {
+    fn open(
+        config: &Config,
+        store: &Store,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Self, BuildError> {
+        let mut out = RootSources {
+            sources: Vec::new(),
+            parts: Vec::new(),
+            nix: None,
+            last_oci: None,
+        };
+        for s in &config.guest.root {
+            match s {
+                RootSource::Directory { path, target } => {
+                    let src = rootfs::RootSource::Directory(path.clone());
+                    out.add_at_root(store, src, path, target)?;
+                }
+                RootSource::Tarball { path, target } => {
+                    let src = rootfs::RootSource::Tarball(path.clone());
+                    out.add_at_root(store, src, path, target)?;
+                }
+                RootSource::Oci {
+                    path,
+                    reference,
+                    target,
+                } => {
+                    let arch = rootfs::oci::oci_arch(config.arch.name());
+                    let image = rootfs::oci::OciImage::open(path, reference.as_deref(), arch)?;
+                    out.last_oci = Some(out.sources.len());
+                    let src = rootfs::RootSource::Oci(Box::new(image));
+                    out.add_at_root(store, src, path, target)?;
+                }
+                RootSource::Debian {
+                    suite,
+                    packages,
+                    mirror,
+                    variant,
+                } => {
+                    let debian = rootfs::debian::DebianRoot {
+                        suite: suite.clone(),
+                        packages: packages.clone(),
+                        mirror: mirror.clone(),
+                        variant: variant.clone(),
+                    };
+                    let (tar, _) = rootfs::debian::ensure(&debian, store)?;
+                    out.parts.push(format!("debian:{}", store.hash_path(&tar)?));
+                    out.sources.push(rootfs::RootSource::Tarball(tar));
+                }
+                RootSource::Nix { path } => {
+                    if config.guest.root.len() != 1 {
+                        return Err(rootfs::nix::NixError::NotAlone.into());
+                    }
+                    out.add_nix(path, progress)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A source the definition names by a host path, which must land at `/`.
+    fn add_at_root(
+        &mut self,
+        store: &Store,
+        src: rootfs::RootSource,
+        path: &Path,
+        target: &str,
+    ) -> Result<(), BuildError> {
+        if target != "/" {
+            return Err(BuildError::Target {
+                path: path.to_owned(),
+                target: target.to_owned(),
+            });
+        }
+        // An OCI image is named by its manifest digest (which names every layer).
+        let key = match &src {
+            rootfs::RootSource::Oci(image) => image.manifest_digest.clone(),
+            _ => store.hash_path(path)?,
+        };
+        self.parts.push(format!("{}:{key}", path.display()));
+        self.sources.push(src);
+        Ok(())
+    }
+
+    /// A Nix store path: its closure, named by every path and the registration.
+    fn add_nix(&mut self, path: &Path, progress: &mut dyn FnMut(&str)) -> Result<(), BuildError> {
+        progress(&format!("querying the closure of {}", path.display()));
+        let closure = rootfs::nix::Closure::query(&Toolbox::from_env(), path)?;
+        let listed: Vec<String> = closure
+            .paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        self.parts.push(format!(
+            "nix:{}:{}:{}",
+            path.display(),
+            listed.join(" "),
+            blake3::hash(&closure.registration).to_hex()
+        ));
+        self.sources
+            .push(rootfs::RootSource::NixStorePaths(closure.paths.clone()));
+        self.nix = Some(closure);
+        Ok(())
+    }
+}
+
+/// What the staged root boots by default: a Nix system (whose info it gets written
+/// into the root) or the last OCI image's command.
+fn root_defaults(
+    config: &Config,
+    sources: &RootSources,
+    staged: &rootfs::StagedRoot,
+) -> Result<rootfs::defaults::RootDefaults, BuildError> {
+    let mut defaults = rootfs::defaults::RootDefaults::default();
+    if let Some(closure) = &sources.nix {
+        closure.write_info(staged)?;
+        defaults.nix = Some(closure.boot());
+    }
+    let last_oci = sources.last_oci.and_then(|i| sources.sources.get(i));
+    if let Some(rootfs::RootSource::Oci(image)) = last_oci {
+        defaults.command = match image.default_command(&staged.root) {
+            Ok(command) => command,
+            // The definition's own command or init does not need the image's.
+            Err(e) if config.guest.command.is_some() || config.guest.init.is_some() => {
+                tracing::warn!("{e}");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+    }
+    Ok(defaults)
+}
+
+/// The root disk's label, mount point and ownership, which a Nix store sets.
+fn root_disk_options(
+    disk_type: DiskType,
+    sources: &RootSources,
+    staged: &rootfs::StagedRoot,
+) -> DiskOptions {
+    let (label, mount_point) = match &sources.nix {
+        Some(_) => (
+            Some(rootfs::nix::STORE_LABEL.to_owned()),
+            Some(rootfs::nix::STORE_DIR.to_owned()),
+        ),
+        None => (None, None),
+    };
+    // A root staged as root keeps its owners (an OCI image's or a tarball's); a Nix
+    // store is root's, as microvm.nix's `--all-root`.
+    let ownership = if staged.ownership_preserved && sources.nix.is_none() {
+        disk::Ownership::Preserve
+    } else {
+        disk::Ownership::AllRoot
+    };
+    DiskOptions {
+        disk_type,
+        label,
+        mount_point,
+        ownership,
+        ..Default::default()
+    }
 }
 
 /// One warning for what staging had to leave out (device nodes and xattrs an unprivileged

@@ -27,11 +27,11 @@ use microvm_spec::config::{Arch, Config, DeviceBus, InterfaceType, ShareProto};
 use microvm_spec::types::Hypervisor;
 
 use crate::argv::Out;
-use crate::common::{cmdline, process_name, program};
+use crate::common::{built_store_disk, cmdline, process_name, program};
 use crate::virtiofsd::virtiofsd_helpers;
 #[cfg(doc)]
 use crate::MacvtapFd;
-use crate::{Artifacts, Capabilities, HostFacts, Invocation, PlanError, Shutdown};
+use crate::{Artifacts, HostFacts, Invocation, PlanError};
 
 const HV: Hypervisor = Hypervisor::Alioth;
 
@@ -65,30 +65,18 @@ pub(crate) fn plan(
         out.opt("-o", object);
     }
 
+    // No control socket: stopped by SIGTERM, no capability but multi-queue taps.
+    let mut inv = Invocation::new(HV, program(config.alioth.package.as_deref(), "alioth"));
+    inv.capabilities.tap_multi_queue = config.vcpu > 1;
     Ok(Invocation {
-        hypervisor: HV,
-        program: program(config.alioth.package.as_deref(), "alioth"),
         args: out.args,
         process_name: process_name(config),
-        env: Vec::new(),
-        files: Vec::new(),
         helpers: virtiofsd_helpers(config, host, false),
-        pre_start: Vec::new(),
-        control_socket: None,
-        shutdown: Shutdown::Signal {
-            signal: "SIGTERM".into(),
-        },
-        control_channel: None,
         taps: out.taps,
         macvtap_fds: out.macvtap_fds,
         kernel_cmdline,
-        capabilities: Capabilities {
-            can_shutdown: false,
-            supports_notify_socket: false,
-            tap_multi_queue: config.vcpu > 1,
-            readiness: false,
-        },
         warnings: out.warnings,
+        ..inv
     })
 }
 
@@ -119,14 +107,10 @@ fn store_disk(
     config: &Config,
     artifacts: &Artifacts,
 ) -> Result<(), PlanError> {
-    if !config.store_on_disk {
+    let Some(store) = built_store_disk(HV, config, artifacts)? else {
         return Ok(());
-    }
-    let store = artifacts
-        .store_disk
-        .as_ref()
-        .ok_or_else(|| invalid("storeOnDisk is set but no store disk was built".into()))?;
-    let path = aco.value(&store.display().to_string());
+    };
+    let path = aco.value(&store);
     out.opt("--blk", format!("file,path={path},readonly=true"));
     Ok(())
 }
@@ -273,13 +257,6 @@ fn unsupported(feature: &str, reason: &str) -> PlanError {
         hypervisor: HV,
         feature: feature.to_owned(),
         reason: reason.to_owned(),
-    }
-}
-
-fn invalid(message: String) -> PlanError {
-    PlanError::Invalid {
-        hypervisor: HV,
-        message,
     }
 }
 

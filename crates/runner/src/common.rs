@@ -3,8 +3,9 @@
 use std::path::Path;
 
 use microvm_spec::config::{Config, ControlTransport, CONSOLE_NONCE_PARAM};
+use microvm_spec::types::Hypervisor;
 
-use crate::{ControlChannel, Invocation, NONCE_PLACEHOLDER};
+use crate::{Artifacts, ControlChannel, Invocation, PlanError, NONCE_PLACEHOLDER};
 
 /// The binary to run: `<package>/bin/<name>` for a configured package directory, the
 /// configured path itself when it already names the binary (its file name starts with
@@ -61,6 +62,26 @@ pub(crate) fn cmdline<'a>(prefix: impl IntoIterator<Item = &'a str>, config: &Co
 }
 
 /// The drive letter of volume `index` (the store disk is `a`): `b`, `c`, … `z`, `aa`, …
+/// The store disk's path for a runner that requires one whenever `storeOnDisk` is set:
+/// `None` without it, an error when it is set but the build made no disk.
+pub(crate) fn built_store_disk(
+    hypervisor: Hypervisor,
+    config: &Config,
+    artifacts: &Artifacts,
+) -> Result<Option<String>, PlanError> {
+    if !config.store_on_disk {
+        return Ok(None);
+    }
+    let store = artifacts
+        .store_disk
+        .as_ref()
+        .ok_or_else(|| PlanError::Invalid {
+            hypervisor,
+            message: "storeOnDisk is set but no store disk was built".into(),
+        })?;
+    Ok(Some(store.display().to_string()))
+}
+
 pub(crate) fn drive_letter(index: usize) -> String {
     let mut n = index + 1; // 0-based with `a` taken
     let mut out = Vec::new();

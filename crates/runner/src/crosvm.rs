@@ -27,7 +27,7 @@ use microvm_spec::config::{Arch, Config, DeviceBus, InterfaceType, ShareProto};
 use microvm_spec::types::Hypervisor;
 
 use crate::argv::Out;
-use crate::common::{cmdline, process_name, program};
+use crate::common::{built_store_disk, cmdline, process_name, program};
 use crate::version::Version;
 use crate::virtiofsd::virtiofsd_helpers;
 use crate::{
@@ -166,14 +166,10 @@ fn jail(out: &mut Out, config: &Config, pre_start: &mut Vec<PreStart>) {
 }
 
 fn store_disk(out: &mut Out, config: &Config, artifacts: &Artifacts) -> Result<(), PlanError> {
-    if !config.store_on_disk {
+    let Some(store) = built_store_disk(HV, config, artifacts)? else {
         return Ok(());
-    }
-    let store = artifacts
-        .store_disk
-        .as_ref()
-        .ok_or_else(|| invalid("storeOnDisk is set but no store disk was built".into()))?;
-    let path = kv_value("store disk path", &store.display().to_string())?;
+    };
+    let path = kv_value("store disk path", &store)?;
     out.opt("--block", format!("path={path},ro=true,root=true"));
     Ok(())
 }

@@ -186,6 +186,37 @@ pub enum ControlChannel {
 pub const NONCE_PLACEHOLDER: &str = "@MICROVM_NONCE@";
 
 impl Invocation {
+    /// The least plan: `program` with no arguments, environment, files, helpers, steps,
+    /// control socket or channel, stopped by SIGTERM and claiming no capability. Plans
+    /// set what they add on top.
+    pub fn new(hypervisor: Hypervisor, program: impl Into<String>) -> Self {
+        Invocation {
+            hypervisor,
+            program: program.into(),
+            args: Vec::new(),
+            process_name: None,
+            env: Vec::new(),
+            files: Vec::new(),
+            helpers: Vec::new(),
+            pre_start: Vec::new(),
+            control_socket: None,
+            shutdown: Shutdown::Signal {
+                signal: "SIGTERM".into(),
+            },
+            control_channel: None,
+            taps: Vec::new(),
+            macvtap_fds: Vec::new(),
+            kernel_cmdline: String::new(),
+            capabilities: Capabilities {
+                can_shutdown: false,
+                supports_notify_socket: false,
+                tap_multi_queue: false,
+                readiness: false,
+            },
+            warnings: Vec::new(),
+        }
+    }
+
     /// This plan with `nonce` in place of [`NONCE_PLACEHOLDER`] (argv, generated files,
     /// the displayed kernel command line).
     pub fn with_nonce(&self, nonce: &str) -> Invocation {

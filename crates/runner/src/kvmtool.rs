@@ -21,8 +21,8 @@ use microvm_spec::config::{Config, DeviceBus, InterfaceType, ShareProto};
 use microvm_spec::types::Hypervisor;
 
 use crate::argv::Out;
-use crate::common::{cmdline, process_name, program};
-use crate::{Artifacts, Capabilities, HostFacts, Invocation, PlanError, Shutdown};
+use crate::common::{built_store_disk, cmdline, process_name, program};
+use crate::{Artifacts, HostFacts, Invocation, PlanError};
 
 const HV: Hypervisor = Hypervisor::Kvmtool;
 
@@ -58,31 +58,16 @@ pub(crate) fn plan(
         out.opt("--vsock", cid.to_string());
     }
 
+    // Stopped by SIGTERM (`lkvm stop` works but is not graceful), no capability.
     Ok(Invocation {
-        hypervisor: HV,
-        program: program(config.kvmtool.package.as_deref(), "lkvm"),
         args: out.args,
         process_name: process_name(config),
         env: vec![("HOME".into(), ".".into())],
-        files: Vec::new(),
-        helpers: Vec::new(),
-        pre_start: Vec::new(),
-        control_socket: None,
-        // `lkvm stop` works but is not graceful.
-        shutdown: Shutdown::Signal {
-            signal: "SIGTERM".into(),
-        },
-        control_channel: None,
         taps: out.taps,
         macvtap_fds: out.macvtap_fds,
         kernel_cmdline,
-        capabilities: Capabilities {
-            can_shutdown: false,
-            supports_notify_socket: false,
-            tap_multi_queue: false,
-            readiness: false,
-        },
         warnings: out.warnings,
+        ..Invocation::new(HV, program(config.kvmtool.package.as_deref(), "lkvm"))
     })
 }
 
@@ -93,14 +78,10 @@ fn store_disk(out: &mut Out, config: &Config, artifacts: &Artifacts) -> Result<(
             "kvmtool attaches at most {MAX_DISKS} disks (the store disk counts), and this VM has {disks}"
         )));
     }
-    if !config.store_on_disk {
+    let Some(store) = built_store_disk(HV, config, artifacts)? else {
         return Ok(());
-    }
-    let store = artifacts
-        .store_disk
-        .as_ref()
-        .ok_or_else(|| invalid("storeOnDisk is set but no store disk was built".into()))?;
-    let path = disk_path("store disk", &store.display().to_string())?;
+    };
+    let path = disk_path("store disk", &store)?;
     out.opt("-d", format!("{path},ro"));
     Ok(())
 }

@@ -35,9 +35,9 @@ use microvm_spec::config::{Arch, Config, DeviceBus, InterfaceType, ShareProto};
 use microvm_spec::types::Hypervisor;
 
 use crate::argv::Out;
-use crate::common::{cmdline, drive_letter, process_name, program};
+use crate::common::{built_store_disk, cmdline, drive_letter, process_name, program};
 use crate::virtiofsd::virtiofsd_helpers;
-use crate::{Artifacts, Capabilities, HostFacts, Invocation, PlanError, PreStart, Shutdown};
+use crate::{Artifacts, HostFacts, Invocation, PlanError, PreStart};
 
 const HV: Hypervisor = Hypervisor::Stratovirt;
 
@@ -97,31 +97,24 @@ pub(crate) fn plan(
     }
 
     let multi_queue = config.vcpu > 1;
+    // Stopped by SIGTERM, no capability but multi-queue taps.
+    let mut inv = Invocation::new(
+        HV,
+        program(config.stratovirt.package.as_deref(), "stratovirt"),
+    );
+    inv.capabilities.tap_multi_queue = multi_queue;
     Ok(Invocation {
-        hypervisor: HV,
-        program: program(config.stratovirt.package.as_deref(), "stratovirt"),
         args: out.args,
         process_name: process_name(config),
-        env: Vec::new(),
-        files: Vec::new(),
         helpers: virtiofsd_helpers(config, host, false),
         // stratovirt deletes its QMP socket on exit, but not after a crash.
         pre_start: vec![PreStart::RemoveFile(socket.to_owned())],
         control_socket: Some(socket.to_owned()),
-        shutdown: Shutdown::Signal {
-            signal: "SIGTERM".into(),
-        },
-        control_channel: None,
         taps: out.taps,
         macvtap_fds: out.macvtap_fds,
         kernel_cmdline,
-        capabilities: Capabilities {
-            can_shutdown: false,
-            supports_notify_socket: false,
-            tap_multi_queue: multi_queue,
-            readiness: false,
-        },
         warnings: out.warnings,
+        ..inv
     })
 }
 
@@ -149,14 +142,9 @@ fn base(out: &mut Out, config: &Config, artifacts: &Artifacts, kernel_cmdline: &
 }
 
 fn store_disk(out: &mut Out, config: &Config, artifacts: &Artifacts) -> Result<(), PlanError> {
-    if !config.store_on_disk {
+    let Some(store) = built_store_disk(HV, config, artifacts)? else {
         return Ok(());
-    }
-    let store = artifacts
-        .store_disk
-        .as_ref()
-        .ok_or_else(|| invalid("storeOnDisk is set but no store disk was built".into()))?;
-    let store = store.display().to_string();
+    };
     let file = value("store disk path", &store)?;
     out.opt(
         "-drive",

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use microvm_runner::{Capabilities, Helper, HelperKind, Invocation, Shutdown};
+use microvm_runner::{Helper, HelperKind, Invocation};
 use microvm_spec::types::Hypervisor;
 
 use crate::supervise::StopHandle;
@@ -45,31 +45,13 @@ pub fn invocation(dir: &Path) -> Invocation {
             socket,
         });
     }
-    Invocation {
+    let mut inv = Invocation::new(
         hypervisor,
-        program: dir.join("bin/microvm-run").display().to_string(),
-        args: Vec::new(),
-        process_name: None,
-        env: Vec::new(),
-        files: Vec::new(),
-        helpers,
-        pre_start: Vec::new(),
-        control_socket: None,
-        shutdown: Shutdown::Signal {
-            signal: "SIGTERM".into(),
-        },
-        control_channel: None,
-        taps: Vec::new(),
-        macvtap_fds: Vec::new(),
-        kernel_cmdline: String::new(),
-        capabilities: Capabilities {
-            can_shutdown: dir.join("bin/microvm-shutdown").is_file(),
-            supports_notify_socket: false,
-            tap_multi_queue: false,
-            readiness: false,
-        },
-        warnings: Vec::new(),
-    }
+        dir.join("bin/microvm-run").display().to_string(),
+    );
+    inv.helpers = helpers;
+    inv.capabilities.can_shutdown = dir.join("bin/microvm-shutdown").is_file();
+    inv
 }
 
 /// The first virtiofs share's tag and socket (`share/microvm/virtiofs/<tag>/socket`).

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use microvm_runner::{
-    Capabilities, ControlChannel, GeneratedFile, Helper, HelperKind, Invocation, PreStart, Shutdown,
+    ControlChannel, GeneratedFile, Helper, HelperKind, Invocation, PreStart, Shutdown,
 };
 use microvm_spec::types::Hypervisor;
 
@@ -15,29 +15,8 @@ use super::*;
 
 pub(super) fn sh(script: &str) -> Invocation {
     Invocation {
-        hypervisor: Hypervisor::Qemu,
-        program: "sh".into(),
         args: vec!["-c".into(), script.into()],
-        process_name: None,
-        env: vec![],
-        files: vec![],
-        helpers: vec![],
-        pre_start: vec![],
-        control_socket: None,
-        shutdown: Shutdown::Signal {
-            signal: "SIGTERM".into(),
-        },
-        control_channel: None,
-        taps: vec![],
-        macvtap_fds: vec![],
-        kernel_cmdline: String::new(),
-        capabilities: Capabilities {
-            can_shutdown: false,
-            supports_notify_socket: false,
-            tap_multi_queue: false,
-            readiness: false,
-        },
-        warnings: vec![],
+        ..Invocation::new(Hypervisor::Qemu, "sh")
     }
 }
 

@@ -95,34 +95,14 @@ pub(crate) fn with_args(inv: &Invocation, extra: Vec<String>) -> Invocation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use microvm_runner::{Capabilities, PreStart, Shutdown};
+    use microvm_runner::PreStart;
 
     /// A fake hypervisor: `sh -c SCRIPT sh ARGS…`.
     fn sh(script: &str, pre_start: Vec<PreStart>) -> Invocation {
         Invocation {
-            hypervisor: microvm_spec::types::Hypervisor::Qemu,
-            program: "sh".into(),
             args: vec!["-c".into(), script.into(), "sh".into()],
-            process_name: None,
-            env: vec![],
-            files: vec![],
-            helpers: vec![],
             pre_start,
-            control_socket: None,
-            shutdown: Shutdown::Signal {
-                signal: "SIGTERM".into(),
-            },
-            control_channel: None,
-            taps: vec![],
-            macvtap_fds: vec![],
-            kernel_cmdline: String::new(),
-            capabilities: Capabilities {
-                can_shutdown: false,
-                supports_notify_socket: false,
-                tap_multi_queue: false,
-                readiness: false,
-            },
-            warnings: vec![],
+            ..Invocation::new(microvm_spec::types::Hypervisor::Qemu, "sh")
         }
     }
 

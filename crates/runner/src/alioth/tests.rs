@@ -1,6 +1,6 @@
 use super::*;
 use crate::crosvm::tests::{artifacts, load, EXAMPLE};
-use crate::{HostFacts, MacvtapFd};
+use crate::{HostFacts, MacvtapFd, Shutdown};
 
 fn plan_of(toml: &str) -> Result<Invocation, PlanError> {
     plan(&load(toml), &artifacts(), &HostFacts::reference())

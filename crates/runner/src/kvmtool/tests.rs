@@ -1,6 +1,6 @@
 use super::*;
 use crate::crosvm::tests::{artifacts, load, EXAMPLE};
-use crate::{HostFacts, MacvtapFd};
+use crate::{HostFacts, MacvtapFd, Shutdown};
 
 /// The example VM without its virtiofs share, which kvmtool refuses.
 fn example() -> String {

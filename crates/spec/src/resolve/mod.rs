@@ -137,7 +137,6 @@ pub enum InputKind {
 /// diagnostics found, and the host paths the definition names (for
 /// [`crate::Loaded::missing_inputs`]).
 pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnostic>, Vec<Input>) {
-    let root = KeyPath::root();
     let mut r = Resolver {
         ctx,
         inputs: Default::default(),
@@ -146,17 +145,65 @@ pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnosti
     };
 
     let name = resolve_name(&mut r, spec);
-    // Without a valid name, messages name the VM as the user wrote it.
-    r.vm = match (&name, &spec.host_name) {
+    r.vm = vm_label(name.as_ref(), spec, ctx.file);
+    let hypervisor = spec.hypervisor.unwrap_or(Hypervisor::Qemu);
+    let sizing = resolve_sizing(&mut r, spec, hypervisor);
+    let storage = storage::resolve(&mut r, spec);
+    let net = net::resolve(&mut r, spec, hypervisor);
+    let guest = guest::resolve(&mut r, spec, &net.interfaces);
+    let kernel = resolve_kernel(&r, spec);
+    let initrd_path = spec
+        .initrd_path
+        .as_ref()
+        .map(|p| r.file_input(&KeyPath::root().key("initrdPath"), p));
+    check_vsock(&mut r, spec);
+    let machine_id = resolve_machine_id(&mut r, spec, name.as_ref());
+    let credential_files = resolve_credential_files(&r, spec);
+    let virtiofsd = resolve_virtiofsd(&mut r, spec);
+    check_extra_args(&mut r, spec);
+    check_bin_scripts(&mut r, spec);
+    warn_without_effect(&mut r, spec);
+
+    let parts = Parts {
+        hypervisor,
+        sizing,
+        storage,
+        net,
+        guest,
+        kernel,
+        initrd_path,
+        machine_id,
+        credential_files,
+        virtiofsd,
+    };
+    let config = name.map(|name| build_config(&r, spec, name, parts));
+    (config, r.diags, r.inputs.into_inner())
+}
+
+/// The VM as messages name it: without a valid name, as the user wrote it.
+fn vm_label(name: Option<&VmName>, spec: &Spec, file: &Path) -> String {
+    match (name, &spec.host_name) {
         (Some(n), _) => n.to_string(),
         (None, Some(h)) => h.clone(),
-        (None, None) => ctx.file.file_stem().map_or_else(
-            || ctx.file.display().to_string(),
+        (None, None) => file.file_stem().map_or_else(
+            || file.display().to_string(),
             |s| s.to_string_lossy().into_owned(),
         ),
-    };
-    let hypervisor = spec.hypervisor.unwrap_or(Hypervisor::Qemu);
+    }
+}
 
+/// vCPUs and memory sizes, each checked against its range (an out-of-range value is
+/// reported and replaced by its default).
+struct Sizing {
+    vcpu: u32,
+    mem: u64,
+    hotplug_mem: u64,
+    hotplugged_mem: u64,
+    initial_balloon_mem: u64,
+}
+
+fn resolve_sizing(r: &mut Resolver<'_>, spec: &Spec, hypervisor: Hypervisor) -> Sizing {
+    let root = KeyPath::root();
     if spec.balloon_mem.is_some() {
         r.error(
             root.key("balloonMem"),
@@ -167,7 +214,6 @@ pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnosti
         r.error(path, message);
     }
     let in_range = |key, v: &Option<u64>| v.filter(|&v| crate::ranges::within(key, hypervisor, v));
-    let vcpu = in_range("vcpu", &spec.vcpu).map_or(1, |v| v as u32);
     let mem = in_range("mem", &spec.mem).unwrap_or(512);
     if mem < 32 {
         r.warn(
@@ -176,182 +222,208 @@ pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnosti
         );
     }
     let hotplug_mem = in_range("hotplugMem", &spec.hotplug_mem).unwrap_or(0);
+    Sizing {
+        vcpu: in_range("vcpu", &spec.vcpu).map_or(1, |v| v as u32),
+        mem,
+        hotplug_mem,
+        hotplugged_mem: in_range("hotpluggedMem", &spec.hotplugged_mem).unwrap_or(hotplug_mem),
+        initial_balloon_mem: in_range("initialBalloonMem", &spec.initial_balloon_mem).unwrap_or(0),
+    }
+}
 
-    let storage = storage::resolve(&mut r, spec);
-    let net = net::resolve(&mut r, spec, hypervisor);
-    let guest = guest::resolve(&mut r, spec, &net.interfaces);
-
-    let kernel = spec.kernel.as_ref().map(|k| match k {
+fn resolve_kernel(r: &Resolver<'_>, spec: &Spec) -> Option<KernelRef> {
+    let key = KeyPath::root().key("kernel");
+    spec.kernel.as_ref().map(|k| match k {
         // A bzImage, vmlinux or .deb, or a package directory.
-        crate::schema::KernelSpec::Path(p) => {
-            KernelRef::Path(r.input(&root.key("kernel"), p, InputKind::Any))
-        }
+        crate::schema::KernelSpec::Path(p) => KernelRef::Path(r.input(&key, p, InputKind::Any)),
         crate::schema::KernelSpec::Package(p) => KernelRef::Package(p.clone()),
         crate::schema::KernelSpec::Build {
             source, fragments, ..
-        } => guest::kernel_build(&r, &root.key("kernel"), source.as_deref(), fragments),
-    });
-    let initrd_path = spec
-        .initrd_path
-        .as_ref()
-        .map(|p| r.file_input(&root.key("initrdPath"), p));
+        } => guest::kernel_build(r, &key, source.as_deref(), fragments),
+    })
+}
 
+fn check_vsock(r: &mut Resolver<'_>, spec: &Spec) {
     if spec.vsock.ssh.enable == Some(true) && spec.vsock.cid.is_none() {
         r.error(
-            root.key("vsock").key("ssh").key("enable"),
+            KeyPath::root().key("vsock").key("ssh").key("enable"),
             format!(
                 "MicroVM {}: vsock.ssh.enable needs vsock.cid to be set",
                 r.vm
             ),
         );
     }
+}
 
-    let machine_id = resolve_machine_id(&mut r, spec, name.as_ref());
-    let credential_files = spec
-        .credential_files
+fn resolve_credential_files(
+    r: &Resolver<'_>,
+    spec: &Spec,
+) -> std::collections::BTreeMap<String, PathBuf> {
+    let key = KeyPath::root().key("credentialFiles");
+    spec.credential_files
         .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                // Read when the VM starts, not at build: they may not be there yet.
-                r.input_path(&root.key("credentialFiles").key(k), v),
-            )
-        })
-        .collect();
-    let virtiofsd = resolve_virtiofsd(&mut r, spec);
-    check_extra_args(&mut r, spec);
-    check_bin_scripts(&mut r, spec);
-    warn_without_effect(&mut r, spec);
+        // Read when the VM starts, not at build: they may not be there yet.
+        .map(|(k, v)| (k.clone(), r.input_path(&key.key(k), v)))
+        .collect()
+}
 
-    let config = name.map(|name| {
-        let n = name.to_string();
-        Config {
-            hypervisor,
-            arch: ctx.arch,
-            vcpu,
-            mem,
-            hugepage_mem: spec.hugepage_mem.unwrap_or(false),
-            hotplug_mem,
-            hotplugged_mem: in_range("hotpluggedMem", &spec.hotplugged_mem).unwrap_or(hotplug_mem),
-            balloon: spec.balloon.unwrap_or(false),
-            initial_balloon_mem: in_range("initialBalloonMem", &spec.initial_balloon_mem)
-                .unwrap_or(0),
-            deflate_on_oom: spec.deflate_on_oom.unwrap_or(true),
-            kernel,
-            initrd_path,
-            // NixOS's boot.consoleLogLevel default, which microvm.nix's kernelParams carry.
-            kernel_params: spec
-                .kernel_params
-                .clone()
-                .unwrap_or_else(|| vec!["loglevel=4".into()]),
-            cpu: spec.cpu.clone(),
-            kvm: spec.kvm.unwrap_or(KvmMode::Auto),
-            control_channel: spec.control_channel.unwrap_or(ControlChannelMode::Auto),
-            store_on_disk: storage.store_on_disk,
-            store_disk: spec
-                .store_disk
-                .as_ref()
-                .map(|p| r.file_input(&root.key("storeDisk"), p)),
-            store_disk_type: spec.store_disk_type.unwrap_or(StoreDiskType::Erofs),
-            store_disk_erofs_flags: spec.store_disk_erofs_flags.clone(),
-            store_disk_squashfs_flags: spec.store_disk_squashfs_flags.clone(),
-            writable_store_overlay: spec.writable_store_overlay.clone(),
-            system_symlink: spec.system_symlink.unwrap_or(!storage.store_on_disk),
-            volumes: storage.volumes,
-            shares: storage
-                .shares
-                .into_iter()
-                .map(|s| s.with_default_socket(&n))
-                .collect(),
-            interfaces: net.interfaces,
-            forward_ports: net.forward_ports,
-            devices: net.devices,
-            vsock: Vsock {
-                cid: spec.vsock.cid,
-                ssh: spec.vsock.ssh.enable.unwrap_or(false),
-            },
-            graphics: Graphics {
-                enable: spec.graphics.enable.unwrap_or(false),
-                socket: spec
-                    .graphics
-                    .socket
-                    .clone()
-                    .unwrap_or_else(|| format!("{n}-gpu.sock")),
-                backend: spec.graphics.backend.unwrap_or(GraphicsBackend::Gtk),
-                vulkan: spec.graphics.vulkan.clone(),
-                hostmem: spec
-                    .graphics
-                    .hostmem
-                    .clone()
-                    .unwrap_or_else(|| "256M".into()),
-                crosvm_package: spec.graphics.crosvm_package.as_ref().map(PathBuf::from),
-            },
-            qemu: Qemu {
-                machine: spec.qemu.machine.clone().unwrap_or_else(|| {
-                    match ctx.arch {
-                        Arch::X86_64 => "microvm",
-                        Arch::Aarch64 => "virt",
-                    }
-                    .into()
-                }),
-                machine_opts: spec.qemu.machine_opts.clone(),
-                extra_args: spec.qemu.extra_args.clone().unwrap_or_default(),
-                serial_console: spec.qemu.serial_console.unwrap_or(true),
-                pcie_root_ports: net.pcie_root_ports,
-                package: spec.qemu.package.as_ref().map(PathBuf::from),
-            },
-            cloud_hypervisor: CloudHypervisor {
-                extra_args: spec.cloud_hypervisor.extra_args.clone().unwrap_or_default(),
-                platform_oem_strings: spec
-                    .cloud_hypervisor
-                    .platform_oem_strings
-                    .clone()
-                    .unwrap_or_default(),
-                package: spec.cloud_hypervisor.package.as_ref().map(PathBuf::from),
-                version: spec.cloud_hypervisor.version.clone(),
-            },
-            crosvm: Crosvm {
-                extra_args: spec.crosvm.extra_args.clone().unwrap_or_default(),
-                pivot_root: spec.crosvm.pivot_root.clone(),
-                package: spec.crosvm.package.as_ref().map(PathBuf::from),
-                version: spec.crosvm.version.clone(),
-            },
-            firecracker: Firecracker {
-                cpu: spec.firecracker.cpu.clone(),
-                drive_io_engine: spec
-                    .firecracker
-                    .drive_io_engine
-                    .unwrap_or(DriveIoEngine::Async),
-                extra_args: spec.firecracker.extra_args.clone().unwrap_or_default(),
-                extra_config: spec.firecracker.extra_config.clone(),
-                package: spec.firecracker.package.as_ref().map(PathBuf::from),
-                version: spec.firecracker.version.clone(),
-            },
-            kvmtool: package_only(&spec.kvmtool),
-            stratovirt: package_only(&spec.stratovirt),
-            alioth: package_only(&spec.alioth),
-            user: spec.user.clone(),
-            virtiofsd,
-            credential_files,
-            pre_start: spec.pre_start.clone().unwrap_or_default(),
-            socket: match &spec.socket {
-                None => Some(format!("{n}.sock")),
-                Some(s) => s.clone(),
-            },
-            pretty_procnames: spec.pretty_procnames.unwrap_or(true),
-            bin_scripts: spec.bin_scripts.clone(),
-            extra_args_script: spec.extra_args_script.clone(),
-            register_with_machined: spec.register_with_machined.unwrap_or(false),
-            machine_id,
-            register_closure: spec
-                .register_closure
-                .unwrap_or(spec.guest.enable.unwrap_or(true)),
-            optimize: spec.optimize.enable.unwrap_or(true),
-            guest,
-            name,
-        }
-    });
-    (config, r.diags, r.inputs.into_inner())
+/// What the checks resolved, waiting for a valid name to become a [`Config`].
+struct Parts {
+    hypervisor: Hypervisor,
+    sizing: Sizing,
+    storage: storage::Storage,
+    net: net::Net,
+    guest: Guest,
+    kernel: Option<KernelRef>,
+    initrd_path: Option<PathBuf>,
+    machine_id: String,
+    credential_files: std::collections::BTreeMap<String, PathBuf>,
+    virtiofsd: Virtiofsd,
+}
+
+fn build_config(r: &Resolver<'_>, spec: &Spec, name: VmName, parts: Parts) -> Config {
+    let n = name.to_string();
+    Config {
+        hypervisor: parts.hypervisor,
+        arch: r.ctx.arch,
+        vcpu: parts.sizing.vcpu,
+        mem: parts.sizing.mem,
+        hugepage_mem: spec.hugepage_mem.unwrap_or(false),
+        hotplug_mem: parts.sizing.hotplug_mem,
+        hotplugged_mem: parts.sizing.hotplugged_mem,
+        balloon: spec.balloon.unwrap_or(false),
+        initial_balloon_mem: parts.sizing.initial_balloon_mem,
+        deflate_on_oom: spec.deflate_on_oom.unwrap_or(true),
+        kernel: parts.kernel,
+        initrd_path: parts.initrd_path,
+        // NixOS's boot.consoleLogLevel default, which microvm.nix's kernelParams carry.
+        kernel_params: spec
+            .kernel_params
+            .clone()
+            .unwrap_or_else(|| vec!["loglevel=4".into()]),
+        cpu: spec.cpu.clone(),
+        kvm: spec.kvm.unwrap_or(KvmMode::Auto),
+        control_channel: spec.control_channel.unwrap_or(ControlChannelMode::Auto),
+        store_on_disk: parts.storage.store_on_disk,
+        store_disk: spec
+            .store_disk
+            .as_ref()
+            .map(|p| r.file_input(&KeyPath::root().key("storeDisk"), p)),
+        store_disk_type: spec.store_disk_type.unwrap_or(StoreDiskType::Erofs),
+        store_disk_erofs_flags: spec.store_disk_erofs_flags.clone(),
+        store_disk_squashfs_flags: spec.store_disk_squashfs_flags.clone(),
+        writable_store_overlay: spec.writable_store_overlay.clone(),
+        system_symlink: spec.system_symlink.unwrap_or(!parts.storage.store_on_disk),
+        volumes: parts.storage.volumes,
+        shares: parts
+            .storage
+            .shares
+            .into_iter()
+            .map(|s| s.with_default_socket(&n))
+            .collect(),
+        interfaces: parts.net.interfaces,
+        forward_ports: parts.net.forward_ports,
+        devices: parts.net.devices,
+        vsock: Vsock {
+            cid: spec.vsock.cid,
+            ssh: spec.vsock.ssh.enable.unwrap_or(false),
+        },
+        graphics: graphics(spec, &n),
+        qemu: qemu(spec, r.ctx.arch, parts.net.pcie_root_ports),
+        cloud_hypervisor: cloud_hypervisor(spec),
+        crosvm: crosvm(spec),
+        firecracker: firecracker(spec),
+        kvmtool: package_only(&spec.kvmtool),
+        stratovirt: package_only(&spec.stratovirt),
+        alioth: package_only(&spec.alioth),
+        user: spec.user.clone(),
+        virtiofsd: parts.virtiofsd,
+        credential_files: parts.credential_files,
+        pre_start: spec.pre_start.clone().unwrap_or_default(),
+        socket: match &spec.socket {
+            None => Some(format!("{n}.sock")),
+            Some(s) => s.clone(),
+        },
+        pretty_procnames: spec.pretty_procnames.unwrap_or(true),
+        bin_scripts: spec.bin_scripts.clone(),
+        extra_args_script: spec.extra_args_script.clone(),
+        register_with_machined: spec.register_with_machined.unwrap_or(false),
+        machine_id: parts.machine_id,
+        register_closure: spec
+            .register_closure
+            .unwrap_or(spec.guest.enable.unwrap_or(true)),
+        optimize: spec.optimize.enable.unwrap_or(true),
+        guest: parts.guest,
+        name,
+    }
+}
+
+/// `n` is the VM name, which the default socket carries.
+fn graphics(spec: &Spec, n: &str) -> Graphics {
+    Graphics {
+        enable: spec.graphics.enable.unwrap_or(false),
+        socket: spec
+            .graphics
+            .socket
+            .clone()
+            .unwrap_or_else(|| format!("{n}-gpu.sock")),
+        backend: spec.graphics.backend.unwrap_or(GraphicsBackend::Gtk),
+        vulkan: spec.graphics.vulkan.clone(),
+        hostmem: spec
+            .graphics
+            .hostmem
+            .clone()
+            .unwrap_or_else(|| "256M".into()),
+        crosvm_package: spec.graphics.crosvm_package.as_ref().map(PathBuf::from),
+    }
+}
+
+fn qemu(spec: &Spec, arch: Arch, pcie_root_ports: Vec<PcieRootPort>) -> Qemu {
+    Qemu {
+        machine: spec.qemu.machine.clone().unwrap_or_else(|| {
+            match arch {
+                Arch::X86_64 => "microvm",
+                Arch::Aarch64 => "virt",
+            }
+            .into()
+        }),
+        machine_opts: spec.qemu.machine_opts.clone(),
+        extra_args: spec.qemu.extra_args.clone().unwrap_or_default(),
+        serial_console: spec.qemu.serial_console.unwrap_or(true),
+        pcie_root_ports,
+        package: spec.qemu.package.as_ref().map(PathBuf::from),
+    }
+}
+
+fn cloud_hypervisor(spec: &Spec) -> CloudHypervisor {
+    let ch = &spec.cloud_hypervisor;
+    CloudHypervisor {
+        extra_args: ch.extra_args.clone().unwrap_or_default(),
+        platform_oem_strings: ch.platform_oem_strings.clone().unwrap_or_default(),
+        package: ch.package.as_ref().map(PathBuf::from),
+        version: ch.version.clone(),
+    }
+}
+
+fn crosvm(spec: &Spec) -> Crosvm {
+    Crosvm {
+        extra_args: spec.crosvm.extra_args.clone().unwrap_or_default(),
+        pivot_root: spec.crosvm.pivot_root.clone(),
+        package: spec.crosvm.package.as_ref().map(PathBuf::from),
+        version: spec.crosvm.version.clone(),
+    }
+}
+
+fn firecracker(spec: &Spec) -> Firecracker {
+    let fc = &spec.firecracker;
+    Firecracker {
+        cpu: fc.cpu.clone(),
+        drive_io_engine: fc.drive_io_engine.unwrap_or(DriveIoEngine::Async),
+        extra_args: fc.extra_args.clone().unwrap_or_default(),
+        extra_config: fc.extra_config.clone(),
+        package: fc.package.as_ref().map(PathBuf::from),
+        version: fc.version.clone(),
+    }
 }
 
 fn package_only(spec: &crate::schema::PackageOnlySpec) -> PackageOnly {

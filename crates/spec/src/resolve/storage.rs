@@ -3,7 +3,7 @@
 use super::Resolver;
 use crate::config::{ImageType, SecurityModel, Share, ShareCache, ShareProto, Volume};
 use crate::node::KeyPath;
-use crate::schema::Spec;
+use crate::schema::{ShareSpec, Spec, VolumeSpec};
 
 pub(crate) struct Storage {
     pub volumes: Vec<Volume>,
@@ -29,54 +29,26 @@ impl PendingShare {
 const LABELLED_FS: [&str; 6] = ["ext2", "ext3", "ext4", "xfs", "btrfs", "vfat"];
 
 pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec) -> Storage {
-    let root = KeyPath::root();
-    let mut volumes = Vec::new();
-    for (i, v) in spec.volumes.iter().enumerate() {
-        let p = root.key("volumes").index(i);
-        let image = r.required(&v.image, p.key("image"));
-        let auto_create = v.auto_create.unwrap_or(true);
-        let fs_type = v.fs_type.clone().unwrap_or_else(|| "ext4".into());
-        let mount_point = v.mount_point.clone().flatten();
-        if let Some(mp) = &mount_point {
-            r.absolute_guest_path(p.key("mountPoint"), mp);
-        }
-        if auto_create && v.size.is_none() {
-            r.error(
-                p.key("size"),
-                format!(
-                    "MicroVM {}: volume {} needs a `size` (MiB) to be created automatically",
-                    r.vm,
-                    image.clone().unwrap_or_else(|| p.to_string())
-                ),
-            );
-        }
-        if let Some(label) = &v.label {
-            if !auto_create {
-                r.warn(p.key("label"), format!("Volume is not automatically labeled unless autoCreate is true. Volume \"{label}\" will be unlabeled unless you label it yourself."));
-            }
-            if !LABELLED_FS.contains(&fs_type.as_str()) {
-                r.warn(p.key("label"), format!("Will not label volume {label} with filesystem type {fs_type}. Open an issue if you need it."));
-            }
-        }
-        if image.as_deref() == Some("") {
-            r.error(p.key("image"), "a volume image path cannot be empty");
-        }
-        if let Some(image) = image {
-            volumes.push(Volume {
-                image,
-                serial: v.serial.clone(),
-                direct: v.direct.unwrap_or(false),
-                read_only: v.read_only.unwrap_or(false),
-                label: v.label.clone(),
-                mount_point,
-                size: v.size,
-                auto_create,
-                mkfs_extra_args: v.mkfs_extra_args.clone().unwrap_or_default(),
-                fs_type,
-                image_type: v.image_type.unwrap_or(ImageType::Raw),
-            });
-        }
+    let volumes = resolve_volumes(r, spec);
+    let shares = resolve_shares(r, spec);
+    let store_on_disk = spec
+        .store_on_disk
+        .unwrap_or_else(|| !shares.iter().any(|s| s.share.source == "/nix/store"));
+    check_writable_store_overlay(r, spec, &volumes);
+    Storage {
+        volumes,
+        shares,
+        store_on_disk,
     }
+}
+
+fn resolve_volumes(r: &mut Resolver<'_>, spec: &Spec) -> Vec<Volume> {
+    let volumes: Vec<Volume> = spec
+        .volumes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| resolve_volume(r, KeyPath::root().key("volumes").index(i), v))
+        .collect();
     duplicates(
         r,
         volumes.iter().map(|v| v.image.clone()),
@@ -84,64 +56,62 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec) -> Storage {
         "image",
         |vm, img, k| format!("MicroVM {vm}: volume image \"{img}\" is used {k} > 1 times."),
     );
+    volumes
+}
 
-    let mut shares = Vec::new();
-    for (i, s) in spec.shares.iter().enumerate() {
-        let p = root.key("shares").index(i);
-        let tag = r.required(&s.tag, p.key("tag"));
-        let source = r.required(&s.source, p.key("source"));
-        let mount_point = r.required(&s.mount_point, p.key("mountPoint"));
-        let proto = s.proto.unwrap_or(ShareProto::NineP);
-        if source.as_deref() == Some("") {
-            r.error(p.key("source"), "a share source cannot be empty");
+/// One volume at `p`; `None` when its image is missing (already reported).
+fn resolve_volume(r: &mut Resolver<'_>, p: KeyPath, v: &VolumeSpec) -> Option<Volume> {
+    let image = r.required(&v.image, p.key("image"));
+    let auto_create = v.auto_create.unwrap_or(true);
+    let fs_type = v.fs_type.clone().unwrap_or_else(|| "ext4".into());
+    let mount_point = v.mount_point.clone().flatten();
+    if let Some(mp) = &mount_point {
+        r.absolute_guest_path(p.key("mountPoint"), mp);
+    }
+    if auto_create && v.size.is_none() {
+        r.error(
+            p.key("size"),
+            format!(
+                "MicroVM {}: volume {} needs a `size` (MiB) to be created automatically",
+                r.vm,
+                image.clone().unwrap_or_else(|| p.to_string())
+            ),
+        );
+    }
+    if let Some(label) = &v.label {
+        if !auto_create {
+            r.warn(p.key("label"), format!("Volume is not automatically labeled unless autoCreate is true. Volume \"{label}\" will be unlabeled unless you label it yourself."));
         }
-        if tag.as_deref() == Some("") {
-            r.error(p.key("tag"), "a share tag cannot be empty");
-        }
-        if let Some(mp) = &mount_point {
-            r.absolute_guest_path(p.key("mountPoint"), mp);
-        }
-        if proto == ShareProto::Virtiofs && matches!(s.socket, Some(None)) {
-            r.error(
-                p.key("socket"),
-                format!(
-                    "MicroVM {}: virtiofs share with tag \"{}\" is missing a `socket` path.",
-                    r.vm,
-                    tag.clone().unwrap_or_else(|| p.to_string())
-                ),
-            );
-        }
-        let posix_acl = s.posix_acl.unwrap_or(true);
-        let extra_args = s.extra_args.clone().unwrap_or_default();
-        let global = spec.virtiofsd.extra_args.clone().unwrap_or_default();
-        if posix_acl
-            && proto == ShareProto::Virtiofs
-            && extra_args
-                .iter()
-                .chain(&global)
-                .any(|a| a.contains("--translate-uid") || a.contains("--translate-gid"))
-        {
-            r.error(p.key("posixAcl"), format!("MicroVM {}: virtiofs share \"{}\" has posixAcl=true but extraArgs contains --translate-uid/--translate-gid; virtiofsd refuses both together, set posixAcl = false", r.vm, tag.clone().unwrap_or_else(|| p.to_string())));
-        }
-        if let (Some(tag), Some(source), Some(mount_point)) = (tag, source, mount_point) {
-            let explicit_socket = matches!(s.socket, Some(Some(_)));
-            shares.push(PendingShare {
-                share: Share {
-                    tag,
-                    socket: s.socket.clone().flatten(),
-                    source,
-                    security_model: s.security_model.unwrap_or(SecurityModel::None),
-                    mount_point,
-                    proto,
-                    read_only: s.read_only.unwrap_or(false),
-                    cache: s.cache.unwrap_or(ShareCache::Auto),
-                    posix_acl,
-                    extra_args,
-                },
-                explicit_socket,
-            });
+        if !LABELLED_FS.contains(&fs_type.as_str()) {
+            r.warn(p.key("label"), format!("Will not label volume {label} with filesystem type {fs_type}. Open an issue if you need it."));
         }
     }
+    if image.as_deref() == Some("") {
+        r.error(p.key("image"), "a volume image path cannot be empty");
+    }
+    Some(Volume {
+        image: image?,
+        serial: v.serial.clone(),
+        direct: v.direct.unwrap_or(false),
+        read_only: v.read_only.unwrap_or(false),
+        label: v.label.clone(),
+        mount_point,
+        size: v.size,
+        auto_create,
+        mkfs_extra_args: v.mkfs_extra_args.clone().unwrap_or_default(),
+        fs_type,
+        image_type: v.image_type.unwrap_or(ImageType::Raw),
+    })
+}
+
+fn resolve_shares(r: &mut Resolver<'_>, spec: &Spec) -> Vec<PendingShare> {
+    let global = spec.virtiofsd.extra_args.clone().unwrap_or_default();
+    let shares: Vec<PendingShare> = spec
+        .shares
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| resolve_share(r, KeyPath::root().key("shares").index(i), s, &global))
+        .collect();
     duplicates(
         r,
         shares.iter().map(|s| s.share.tag.clone()),
@@ -149,9 +119,73 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec) -> Storage {
         "tag",
         |vm, tag, k| format!("MicroVM {vm}: share tag \"{tag}\" is used {k} > 1 times."),
     );
-    // Like the original, compare the sockets of virtiofs shares only, defaults included
-    // (`<hostName>-virtiofs-<tag>.sock`), so an explicit socket that equals another
-    // share's default is caught too.
+    check_share_sockets(r, spec);
+    shares
+}
+
+/// One share at `p`; `None` when a required key is missing (already reported).
+/// `global` is virtiofsd's extraArgs, which every virtiofs share gets too.
+fn resolve_share(
+    r: &mut Resolver<'_>,
+    p: KeyPath,
+    s: &ShareSpec,
+    global: &[String],
+) -> Option<PendingShare> {
+    let tag = r.required(&s.tag, p.key("tag"));
+    let source = r.required(&s.source, p.key("source"));
+    let mount_point = r.required(&s.mount_point, p.key("mountPoint"));
+    let proto = s.proto.unwrap_or(ShareProto::NineP);
+    if source.as_deref() == Some("") {
+        r.error(p.key("source"), "a share source cannot be empty");
+    }
+    if tag.as_deref() == Some("") {
+        r.error(p.key("tag"), "a share tag cannot be empty");
+    }
+    if let Some(mp) = &mount_point {
+        r.absolute_guest_path(p.key("mountPoint"), mp);
+    }
+    if proto == ShareProto::Virtiofs && matches!(s.socket, Some(None)) {
+        r.error(
+            p.key("socket"),
+            format!(
+                "MicroVM {}: virtiofs share with tag \"{}\" is missing a `socket` path.",
+                r.vm,
+                tag.clone().unwrap_or_else(|| p.to_string())
+            ),
+        );
+    }
+    let posix_acl = s.posix_acl.unwrap_or(true);
+    let extra_args = s.extra_args.clone().unwrap_or_default();
+    if posix_acl
+        && proto == ShareProto::Virtiofs
+        && extra_args
+            .iter()
+            .chain(global)
+            .any(|a| a.contains("--translate-uid") || a.contains("--translate-gid"))
+    {
+        r.error(p.key("posixAcl"), format!("MicroVM {}: virtiofs share \"{}\" has posixAcl=true but extraArgs contains --translate-uid/--translate-gid; virtiofsd refuses both together, set posixAcl = false", r.vm, tag.clone().unwrap_or_else(|| p.to_string())));
+    }
+    Some(PendingShare {
+        share: Share {
+            tag: tag?,
+            socket: s.socket.clone().flatten(),
+            source: source?,
+            security_model: s.security_model.unwrap_or(SecurityModel::None),
+            mount_point: mount_point?,
+            proto,
+            read_only: s.read_only.unwrap_or(false),
+            cache: s.cache.unwrap_or(ShareCache::Auto),
+            posix_acl,
+            extra_args,
+        },
+        explicit_socket: matches!(s.socket, Some(Some(_))),
+    })
+}
+
+/// Like the original, compares the sockets of virtiofs shares only, defaults included
+/// (`<hostName>-virtiofs-<tag>.sock`), so an explicit socket that equals another
+/// share's default is caught too.
+fn check_share_sockets(r: &mut Resolver<'_>, spec: &Spec) {
     let sockets: Vec<(usize, String)> = spec
         .shares
         .iter()
@@ -171,7 +205,7 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec) -> Storage {
         if k > 1 && !reported.contains(&sock.as_str()) {
             reported.push(sock);
             r.error(
-                root.key("shares").index(*i).key("socket"),
+                KeyPath::root().key("shares").index(*i).key("socket"),
                 format!(
                     "MicroVM {}: share socket \"{sock}\" is used {k} > 1 times.",
                     r.vm
@@ -179,25 +213,20 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec) -> Storage {
             );
         }
     }
+}
 
-    let store_on_disk = spec
-        .store_on_disk
-        .unwrap_or_else(|| !shares.iter().any(|s| s.share.source == "/nix/store"));
-
-    if let Some(overlay) = &spec.writable_store_overlay {
-        let p = root.key("writableStoreOverlay");
-        if r.absolute_guest_path(p.clone(), overlay)
-            && !volumes
-                .iter()
-                .any(|v| v.mount_point.as_deref() == Some(overlay.as_str()))
-        {
-            r.error(p, format!("MicroVM {}: writableStoreOverlay {overlay} must be the mountPoint of a volume (the writable layer needs a real local filesystem)", r.vm));
-        }
-    }
-    Storage {
-        volumes,
-        shares,
-        store_on_disk,
+/// The writable store overlay must be a volume's mount point.
+fn check_writable_store_overlay(r: &mut Resolver<'_>, spec: &Spec, volumes: &[Volume]) {
+    let Some(overlay) = &spec.writable_store_overlay else {
+        return;
+    };
+    let p = KeyPath::root().key("writableStoreOverlay");
+    if r.absolute_guest_path(p.clone(), overlay)
+        && !volumes
+            .iter()
+            .any(|v| v.mount_point.as_deref() == Some(overlay.as_str()))
+    {
+        r.error(p, format!("MicroVM {}: writableStoreOverlay {overlay} must be the mountPoint of a volume (the writable layer needs a real local filesystem)", r.vm));
     }
 }
 
