@@ -14,7 +14,7 @@ fi
 need=()
 for pkg in qemu-system-x86 erofs-utils squashfs-tools busybox-static kmod e2fsprogs dosfstools \
            iproute2 cpio xz-utils zstd lz4 libseccomp-dev libcap-ng-dev pkg-config socat \
-           mmdebstrap; do
+           mmdebstrap dnsmasq-base nftables; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then

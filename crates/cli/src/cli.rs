@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod network;
+pub use network::*;
+
 /// Declarative MicroVMs: validate a definition, see exactly how each hypervisor would run
 /// it, build its guest and boot it.
 #[derive(Debug, Parser)]
@@ -69,6 +72,9 @@ pub enum Command {
     /// Host-level setup: systemd units, and declarative hosts.
     #[command(subcommand)]
     Host(HostCommand),
+    /// Host networks for VMs' taps: bridge, NAT, DHCP and DNS.
+    #[command(subcommand)]
+    Network(NetworkCommand),
     /// Run a managed VM's supervisor in the foreground (what the service manager runs).
     #[command(hide = true)]
     Supervise(SuperviseArgs),

@@ -7,6 +7,7 @@ pub mod channel;
 pub mod console;
 pub mod kvm;
 pub mod net;
+pub mod network;
 pub mod privilege;
 pub mod qmp;
 pub mod service;

@@ -5,6 +5,7 @@ mod check;
 mod common;
 mod generate;
 mod manage;
+mod network;
 mod plan;
 mod run;
 mod service;
@@ -32,6 +33,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Status(args) => service::status(&cli.state_dir, &args),
         Command::Logs(args) => service::logs(&cli.state_dir, &args),
         Command::Console(args) => service::console(&cli.state_dir, &args),
+        Command::Network(cmd) => network::run(&cli.state_dir, cmd),
         Command::Supervise(args) => service::supervise(&cli.state_dir, &args),
     }
 }

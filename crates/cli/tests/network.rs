@@ -1,0 +1,306 @@
+//! Host networks with real packets: `microvm network create` in a network namespace the
+//! test creates ("host"), a second namespace as the uplink ("internet", reachable only
+//! through the host's NAT) and two client namespaces on the bridge, each a DHCP client
+//! (busybox udhcpc) sending its hostname. They get leases from the network's dnsmasq,
+//! resolve each other's names through it, ping each other and reach the uplink's address
+//! through NAT. Removing the network leaves no link, nftables table, lease file or
+//! dnsmasq process. Only addresses inside the namespaces are used.
+//!
+//! Prerequisites (root, iproute2 with netns, nft, dnsmasq, busybox-static): a missing one
+//! skips the test with a printed reason, or fails it when `CI` is set.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_microvm"))
+}
+
+fn path_var() -> std::ffi::OsString {
+    let mut dirs: Vec<PathBuf> =
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
+    dirs.extend(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from));
+    std::env::join_paths(dirs).expect("PATH")
+}
+
+fn which(tool: &str) -> bool {
+    std::env::split_paths(&path_var()).any(|d| d.join(tool).is_file())
+}
+
+/// Why the test cannot run here, if it cannot.
+fn missing() -> Option<String> {
+    if !rustix::process::geteuid().is_root() {
+        return Some("not root".into());
+    }
+    ["ip", "nft", "dnsmasq", "busybox"]
+        .into_iter()
+        .find(|t| !which(t))
+        .map(|t| format!("{t} is not installed (scripts/setup-host.sh installs it)"))
+}
+
+fn run(argv: &[&str]) -> Output {
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .env("PATH", path_var())
+        .output()
+        .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    out
+}
+
+fn ok(argv: &[&str]) -> String {
+    let out = run(argv);
+    assert!(
+        out.status.success(),
+        "{argv:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The namespaces of one test; deleted (with their links and processes' sockets) on drop.
+struct Namespaces {
+    names: Vec<String>,
+}
+
+impl Namespaces {
+    fn add(&mut self, name: String) -> String {
+        ok(&["ip", "netns", "add", &name]);
+        self.names.push(name.clone());
+        ok(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        name
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for n in self.names.iter().rev() {
+            run(&["ip", "netns", "pids", n])
+                .stdout
+                .split(|b| *b == b'\n')
+                .filter_map(|p| std::str::from_utf8(p).ok()?.trim().parse::<i32>().ok())
+                .for_each(|pid| {
+                    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                    }
+                });
+            let _ = run(&["ip", "netns", "delete", n]);
+        }
+    }
+}
+
+/// The udhcpc script: configure the lease on the interface.
+const UDHCPC_SCRIPT: &str = "#!/bin/sh\ncase \"$1\" in\n bound|renew)\n  \
+    ip addr flush dev \"$interface\"\n  ip addr add \"$ip/$mask\" dev \"$interface\"\n  \
+    [ -n \"$router\" ] && ip route replace default via \"${router%% *}\"\n  \
+    echo \"$ip\" > \"$LEASE_OUT\" ;;\nesac\nexit 0\n";
+
+fn microvm(host_ns: &str, state: &Path, args: &[&str]) -> Output {
+    let mut argv = vec!["ip", "netns", "exec", host_ns];
+    let b = bin();
+    let s = state.to_str().expect("utf-8");
+    argv.extend([b.to_str().expect("utf-8"), "--state-dir", s]);
+    argv.extend(args);
+    run(&argv)
+}
+
+/// Connects a client namespace to the bridge with a veth pair and runs udhcpc in it.
+fn dhcp_client(
+    host: &str,
+    client: &str,
+    peer: &str,
+    bridge: &str,
+    hostname: &str,
+    dir: &Path,
+) -> String {
+    ok(&[
+        "ip", "-n", host, "link", "add", peer, "type", "veth", "peer", "name", "eth0", "netns",
+        client,
+    ]);
+    ok(&[
+        "ip", "-n", host, "link", "set", peer, "master", bridge, "up",
+    ]);
+    ok(&["ip", "-n", client, "link", "set", "eth0", "up"]);
+    let script = dir.join("udhcpc.sh");
+    fs::write(&script, UDHCPC_SCRIPT).expect("script");
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let lease_out = dir.join(format!("{hostname}.ip"));
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", client, "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t",
+            "10", "-T", "3",
+        ])
+        .args(["-x", &format!("hostname:{hostname}"), "-s"])
+        .arg(&script)
+        .env("LEASE_OUT", &lease_out)
+        .env("PATH", path_var())
+        .output()
+        .expect("udhcpc");
+    assert!(
+        out.status.success(),
+        "udhcpc in {client}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::read_to_string(&lease_out)
+        .expect("lease written")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn dhcp_dns_and_nat_between_namespaces_and_nothing_left_after_removal() {
+    if let Some(why) = missing() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "network test cannot run in CI: {why}"
+        );
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let tag = format!("i11n{}", std::process::id() % 100000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let mut ns = Namespaces { names: Vec::new() };
+    let host = ns.add(format!("{tag}-h"));
+    let up = ns.add(format!("{tag}-u"));
+    let c1 = ns.add(format!("{tag}-c1"));
+    let c2 = ns.add(format!("{tag}-c2"));
+    // The uplink: 172.31.250.2 in its own namespace, with no route back to the VMs' subnet.
+    ok(&[
+        "ip", "-n", &host, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns",
+        &up,
+    ]);
+    ok(&[
+        "ip",
+        "-n",
+        &host,
+        "addr",
+        "add",
+        "172.31.250.1/30",
+        "dev",
+        "up0",
+    ]);
+    ok(&["ip", "-n", &host, "link", "set", "up0", "up"]);
+    ok(&[
+        "ip",
+        "-n",
+        &up,
+        "addr",
+        "add",
+        "172.31.250.2/30",
+        "dev",
+        "eth0",
+    ]);
+    ok(&["ip", "-n", &up, "link", "set", "eth0", "up"]);
+
+    let bridge = "mvbr0";
+    let create = [
+        "network",
+        "create",
+        "net0",
+        "--bridge",
+        bridge,
+        "--subnet",
+        "10.177.0.1/24",
+        "--uplink",
+        "up0",
+    ];
+    for round in 0..2 {
+        let out = microvm(&host, &state, &create);
+        assert!(
+            out.status.success(),
+            "create (round {round}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let ip1 = dhcp_client(&host, &c1, "c1p", bridge, "vm-one", dir.path());
+    let ip2 = dhcp_client(&host, &c2, "c2p", bridge, "vm-two", dir.path());
+    assert_ne!(ip1, ip2);
+
+    let out = microvm(&host, &state, &["network", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("list json");
+    let net = &list[0];
+    let dnsmasq_pid = net["dnsmasqPid"].as_u64().expect("dnsmasq runs");
+    let leases: Vec<(String, String)> = net["leases"]
+        .as_array()
+        .expect("leases")
+        .iter()
+        .map(|l| {
+            (
+                l["hostname"].as_str().unwrap_or("").to_string(),
+                l["ip"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        leases.contains(&("vm-one".into(), ip1.clone())),
+        "{leases:?}"
+    );
+    assert!(
+        leases.contains(&("vm-two".into(), ip2.clone())),
+        "{leases:?}"
+    );
+
+    // Names: vm-two resolves (plain and in the domain) from vm-one, through dnsmasq.
+    for name in ["vm-two", "vm-two.microvm"] {
+        let out = ok(&[
+            "ip",
+            "netns",
+            "exec",
+            &c1,
+            "busybox",
+            "nslookup",
+            name,
+            "10.177.0.1",
+        ]);
+        assert!(out.contains(&ip2), "{name} resolves to {ip2}: {out}");
+    }
+    ok(&[
+        "ip", "netns", "exec", &c1, "busybox", "ping", "-c", "2", "-W", "5", &ip2,
+    ]);
+    // NAT: the uplink has no route to 10.177.0.0/24, so a reply comes back only masqueraded.
+    ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &c2,
+        "busybox",
+        "ping",
+        "-c",
+        "2",
+        "-W",
+        "5",
+        "172.31.250.2",
+    ]);
+    let conntrack = ok(&["ip", "netns", "exec", &up, "ip", "route"]);
+    assert!(
+        !conntrack.contains("10.177"),
+        "the uplink must not route the subnet"
+    );
+
+    let out = microvm(&host, &state, &["network", "remove", "net0"]);
+    assert!(
+        out.status.success(),
+        "remove: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let links = ok(&["ip", "-n", &host, "-o", "link"]);
+    assert!(!links.contains(bridge), "bridge left: {links}");
+    let rules = ok(&["ip", "netns", "exec", &host, "nft", "list", "ruleset"]);
+    assert!(!rules.contains("microvm-net0"), "table left: {rules}");
+    assert!(
+        !Path::new(&format!("/proc/{dnsmasq_pid}/cmdline")).exists()
+            || fs::read(format!("/proc/{dnsmasq_pid}/cmdline"))
+                .expect("cmdline")
+                .is_empty(),
+        "dnsmasq left"
+    );
+    assert!(
+        !state.join(".networks/net0").exists(),
+        "lease file and record left"
+    );
+    let out = microvm(&host, &state, &["network", "remove", "net0"]);
+    assert!(!out.status.success(), "removing a missing network fails");
+}
