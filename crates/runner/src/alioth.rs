@@ -115,7 +115,7 @@ pub(crate) fn plan(
             name: iface.id.to_string(),
             vnet_hdr: true,
             multi_queue,
-            bridge: None,
+            bridge: iface.bridge.clone(),
         });
         let name = aco.value(iface.id.as_str());
         push(

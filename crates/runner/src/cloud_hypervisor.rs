@@ -265,7 +265,7 @@ pub(crate) fn plan(
                     name: id.to_owned(),
                     vnet_hdr: true,
                     multi_queue: vcpu > 1,
-                    bridge: None,
+                    bridge: iface.bridge.clone(),
                 });
                 kv.set("tap", id)
             }

@@ -198,7 +198,7 @@ pub(crate) fn plan(
                     name: iface.id.to_string(),
                     vnet_hdr: true,
                     multi_queue: false,
-                    bridge: None,
+                    bridge: iface.bridge.clone(),
                 });
                 format!("tap-name={}", kv_value("interface id", iface.id.as_str())?)
             }

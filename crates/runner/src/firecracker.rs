@@ -152,7 +152,7 @@ pub(crate) fn plan(
             name: iface.id.to_string(),
             vnet_hdr: true,
             multi_queue: false,
-            bridge: None,
+            bridge: iface.bridge.clone(),
         });
         ifaces.push(json!({
             "iface_id": api_id(iface.id.as_str(), &mut taken_ifaces),

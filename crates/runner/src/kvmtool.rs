@@ -106,7 +106,7 @@ pub(crate) fn plan(
                     name: iface.id.to_string(),
                     vnet_hdr: true,
                     multi_queue: false,
-                    bridge: None,
+                    bridge: iface.bridge.clone(),
                 });
                 format!("mode=tap,tapif={},guest_mac={mac}", iface.id)
             }

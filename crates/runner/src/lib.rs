@@ -22,6 +22,8 @@ mod kvmtool;
 mod qemu;
 mod stratovirt;
 #[cfg(test)]
+mod tap_bridge_tests;
+#[cfg(test)]
 mod testutil;
 mod virtiofsd;
 

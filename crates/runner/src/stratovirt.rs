@@ -178,7 +178,7 @@ pub(crate) fn plan(
                     name: iface.id.to_string(),
                     vnet_hdr: true,
                     multi_queue,
-                    bridge: None,
+                    bridge: iface.bridge.clone(),
                 });
                 format!("ifname={id}")
             }
