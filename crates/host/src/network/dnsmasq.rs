@@ -30,7 +30,7 @@ pub(super) fn args(config: &NetworkConfig, dir: &Path) -> Vec<String> {
         format!("--domain={d}"),
         format!("--local=/{d}/"),
         "--expand-hosts".into(),
-        format!("--dhcp-range={lo},{hi},{},1h", config.ipv4.netmask()),
+        format!("--dhcp-range={lo},{hi},{},12h", config.ipv4.netmask()),
         "--dhcp-authoritative".into(),
         format!("--dhcp-leasefile={}", dir.join(LEASES).display()),
         format!("--pid-file={}", dir.join(PID).display()),
@@ -139,7 +139,7 @@ mod tests {
         for want in [
             "--interface=net1",
             "--bind-dynamic",
-            "--dhcp-range=10.9.8.10,10.9.8.250,255.255.255.0,1h",
+            "--dhcp-range=10.9.8.10,10.9.8.250,255.255.255.0,12h",
             "--dhcp-leasefile=/s/.networks/net1/leases",
             "--pid-file=/s/.networks/net1/dnsmasq.pid",
             "--domain=microvm",
