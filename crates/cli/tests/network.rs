@@ -304,3 +304,272 @@ fn dhcp_dns_and_nat_between_namespaces_and_nothing_left_after_removal() {
     let out = microvm(&host, &state, &["network", "remove", "net0"]);
     assert!(!out.status.success(), "removing a missing network fails");
 }
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+fn kernel() -> PathBuf {
+    let dir = match std::env::var_os("MICROVM_TEST_KERNELS") {
+        Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
+        Some(d) => workspace().join(d),
+        None => workspace().join("target/test-kernels"),
+    };
+    dir.join("cloud.deb")
+}
+
+/// `target/network-tests`: the busybox root and the store, kept between runs.
+fn work_dir() -> PathBuf {
+    let d = bin()
+        .parent()
+        .and_then(Path::parent)
+        .map(|t| t.join("network-tests"))
+        .unwrap_or_else(|| workspace().join("target/network-tests"));
+    fs::create_dir_all(&d).expect("network-tests dir");
+    d
+}
+
+/// A busybox root (every applet linked) for single-command guests.
+fn busybox_root() -> PathBuf {
+    let dest = work_dir().join("root-v1");
+    if dest.join("bin/busybox").is_file() {
+        return dest;
+    }
+    let tmp = work_dir().join(format!("root.tmp-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    for d in ["bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp"] {
+        fs::create_dir_all(tmp.join(d)).expect("mkdir");
+    }
+    fs::copy("/bin/busybox", tmp.join("bin/busybox")).expect("busybox");
+    let list = ok(&[tmp.join("bin/busybox").to_str().expect("utf-8"), "--list"]);
+    for applet in list.split_whitespace().filter(|a| *a != "busybox") {
+        let _ = std::os::unix::fs::symlink("busybox", tmp.join("bin").join(applet));
+    }
+    if fs::rename(&tmp, &dest).is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    dest
+}
+
+/// A single-command VM with one tap on `bridge`, configured by DHCP.
+fn vm_definition(
+    dir: &Path,
+    name: &str,
+    tap: &str,
+    mac: &str,
+    bridge: &str,
+    script: &str,
+) -> PathBuf {
+    let def = dir.join(format!("{name}.toml"));
+    fs::write(
+        &def,
+        format!(
+            "hostName = \"{name}\"\nvcpu = 1\nmem = 256\nkernel = {kernel:?}\n\
+             command = ['/bin/sh', '-c', '{script}']\n\n[[root]]\ndirectory = {root:?}\n\n\
+             [[interfaces]]\ntype = \"tap\"\nid = \"{tap}\"\nmac = \"{mac}\"\nbridge = \"{bridge}\"\n\n\
+             [[network]]\ninterface = \"{tap}\"\ndhcp = true\n",
+            kernel = kernel(),
+            root = busybox_root(),
+        ),
+    )
+    .expect("definition");
+    def
+}
+
+/// `ip netns exec NS microvm run DEF` with the console in `DIR/NAME.console`.
+fn run_vm(host_ns: &str, dir: &Path, def: &Path, name: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", host_ns])
+        .arg(bin())
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("run")
+        .arg(def)
+        .arg("--store")
+        .arg(work_dir().join("store"))
+        .arg("--workdir")
+        .arg(dir)
+        .arg("--console-log")
+        .arg(dir.join(format!("{name}.console")))
+        .env("PATH", path_var())
+        .stdin(std::process::Stdio::null());
+    c
+}
+
+fn vm_missing() -> Option<String> {
+    if let Some(why) = missing() {
+        return Some(why);
+    }
+    if !which("qemu-system-x86_64") {
+        return Some("qemu-system-x86_64 is not installed".into());
+    }
+    if !kernel().is_file() {
+        return Some(format!(
+            "{} is missing (scripts/fetch-test-kernels.sh)",
+            kernel().display()
+        ));
+    }
+    (!Path::new("/bin/busybox").is_file())
+        .then(|| "/bin/busybox is missing (busybox-static)".into())
+}
+
+/// Two VMs (qemu, TCG here) on one microvm network: both get DHCP leases under their
+/// hostnames, vm-a resolves vm-b through the network's DNS, pings it and pings the
+/// uplink's address through NAT; afterwards no tap, bridge, table, lease or process is left.
+#[test]
+fn two_vms_get_leases_resolve_each_other_and_reach_the_uplink() {
+    if let Some(why) = vm_missing() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "network VM test cannot run in CI: {why}"
+        );
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let tag = format!("i11v{}", std::process::id() % 100000);
+    let dir = tempfile::tempdir_in(work_dir()).expect("tempdir");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let state = dir.path().join("state");
+    let mut ns = Namespaces { names: Vec::new() };
+    let host = ns.add(format!("{tag}-h"));
+    let up = ns.add(format!("{tag}-u"));
+    ok(&[
+        "ip", "-n", &host, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns",
+        &up,
+    ]);
+    ok(&[
+        "ip",
+        "-n",
+        &host,
+        "addr",
+        "add",
+        "172.31.251.1/30",
+        "dev",
+        "up0",
+    ]);
+    ok(&["ip", "-n", &host, "link", "set", "up0", "up"]);
+    ok(&[
+        "ip",
+        "-n",
+        &up,
+        "addr",
+        "add",
+        "172.31.251.2/30",
+        "dev",
+        "eth0",
+    ]);
+    ok(&["ip", "-n", &up, "link", "set", "eth0", "up"]);
+    let bridge = "mvbr1";
+    let out = microvm(
+        &host,
+        &state,
+        &[
+            "network",
+            "create",
+            "net1",
+            "--bridge",
+            bridge,
+            "--subnet",
+            "10.178.0.1/24",
+            "--uplink",
+            "up0",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let tap_b = format!("{tag}b");
+    let def_b = vm_definition(
+        dir.path(),
+        "vm-b",
+        &tap_b,
+        "02:00:00:11:00:02",
+        bridge,
+        "echo vm-b up; sleep 900",
+    );
+    let mut vm_b = run_vm(&host, dir.path(), &def_b, "vm-b")
+        .spawn()
+        .expect("vm-b");
+    let lease_file = state.join(".networks/net1/leases");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    while !fs::read_to_string(&lease_file)
+        .unwrap_or_default()
+        .contains(" vm-b ")
+    {
+        if std::time::Instant::now() > deadline || vm_b.try_wait().expect("wait").is_some() {
+            let _ = vm_b.kill();
+            panic!(
+                "vm-b got no lease: {}\n--- dnsmasq.log\n{}\n--- links\n{}",
+                fs::read_to_string(dir.path().join("vm-b.console")).unwrap_or_default(),
+                fs::read_to_string(state.join(".networks/net1/dnsmasq.log")).unwrap_or_default(),
+                ok(&["ip", "-n", &host, "-o", "link"]),
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+
+    let script = "ip=$(nslookup vm-b 10.178.0.1 | awk \"/^Address/ {a=\\$NF} END {print a}\"); \
+                  echo resolved vm-b as $ip; ping -c 2 -W 10 $ip && ping -c 2 -W 10 172.31.251.2 && echo NET-OK";
+    let tap_a = format!("{tag}a");
+    let def_a = vm_definition(
+        dir.path(),
+        "vm-a",
+        &tap_a,
+        "02:00:00:11:00:01",
+        bridge,
+        script,
+    );
+    let out = run_vm(&host, dir.path(), &def_a, "vm-a")
+        .output()
+        .expect("vm-a");
+    let console_a = fs::read_to_string(dir.path().join("vm-a.console")).unwrap_or_default();
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(vm_b.id() as i32).expect("pid"),
+        rustix::process::Signal::TERM,
+    );
+    let _ = vm_b.wait();
+    assert!(
+        out.status.success() && console_a.contains("NET-OK"),
+        "vm-a: {}\n{console_a}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let leases = fs::read_to_string(&lease_file).expect("leases");
+    assert!(
+        leases.contains(" vm-a ") && leases.contains(" vm-b "),
+        "{leases}"
+    );
+    let ip_b = leases
+        .lines()
+        .find(|l| l.contains(" vm-b "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .expect("vm-b ip");
+    assert!(
+        console_a.contains(&format!("resolved vm-b as {ip_b}")),
+        "{console_a}"
+    );
+
+    let out = microvm(&host, &state, &["network", "remove", "net1"]);
+    assert!(
+        out.status.success(),
+        "remove: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let links = ok(&["ip", "-n", &host, "-o", "link"]);
+    for l in [bridge, tap_a.as_str(), tap_b.as_str()] {
+        assert!(!links.contains(l), "{l} left: {links}");
+    }
+    let rules = ok(&["ip", "netns", "exec", &host, "nft", "list", "ruleset"]);
+    assert!(!rules.contains("microvm-net1"), "table left: {rules}");
+    assert!(!state.join(".networks/net1").exists(), "lease file left");
+    let pids = ok(&["ip", "netns", "pids", &host]);
+    assert!(
+        pids.trim().is_empty(),
+        "processes left in the namespace: {pids}"
+    );
+}

@@ -5,6 +5,9 @@ use std::path::Path;
 use anyhow::Context as _;
 use microvm_host::network::{NetworkConfig, NetworkName, NetworkStatus, Networks, Tools};
 
+use microvm_host::net::{Links, NetHost};
+use microvm_runner::TapSetup;
+
 use crate::cli::{NetworkCommand, NetworkCreateArgs, NetworkListArgs, NetworkRemoveArgs};
 
 pub fn run(state: &Path, cmd: NetworkCommand) -> anyhow::Result<i32> {
@@ -105,4 +108,20 @@ fn remove(nets: &Networks, args: &NetworkRemoveArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(code)
+}
+
+/// The taps of an unmanaged `microvm run FILE`, created as root like a managed VM's (up,
+/// on their bridge, multi-queue as planned) and removed when the returned links drop.
+/// Not root: nothing is created (the hypervisor opens taps the user made beforehand).
+pub fn create_taps(taps: &[TapSetup]) -> anyhow::Result<Option<Links>> {
+    if taps.is_empty() || !rustix::process::geteuid().is_root() {
+        return Ok(None);
+    }
+    let mut links = Links::new(NetHost::system());
+    for tap in taps {
+        links
+            .create_tap(tap, None)
+            .with_context(|| format!("cannot create tap {}", tap.name))?;
+    }
+    Ok(Some(links))
 }

@@ -32,6 +32,7 @@ pub(super) fn args(config: &NetworkConfig, dir: &Path) -> Vec<String> {
         "--expand-hosts".into(),
         format!("--dhcp-range={lo},{hi},{},12h", config.ipv4.netmask()),
         "--dhcp-authoritative".into(),
+        "--log-dhcp".into(),
         format!("--dhcp-leasefile={}", dir.join(LEASES).display()),
         format!("--pid-file={}", dir.join(PID).display()),
         format!("--log-facility={}", dir.join(LOG).display()),
