@@ -554,6 +554,27 @@ fn two_vms_get_leases_resolve_each_other_and_reach_the_uplink() {
         "{console_a}"
     );
 
+    // `list` shows a managed VM's leased address (matched by its interface's MAC).
+    let out = microvm(
+        &host,
+        &state,
+        &["create", "vm-b", "--from", def_b.to_str().expect("utf-8")],
+    );
+    assert!(
+        out.status.success(),
+        "create vm-b: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = microvm(&host, &state, &["list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("list json");
+    assert_eq!(list[0]["addresses"][0], format!("{ip_b} (net1)"), "{list}");
+    let out = microvm(&host, &state, &["remove", "vm-b"]);
+    assert!(
+        out.status.success(),
+        "remove vm-b: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let out = microvm(&host, &state, &["network", "remove", "net1"]);
     assert!(
         out.status.success(),
