@@ -594,3 +594,77 @@ fn two_vms_get_leases_resolve_each_other_and_reach_the_uplink() {
         "processes left in the namespace: {pids}"
     );
 }
+
+/// `host apply` creates the host file's networks, leaves them alone when unchanged,
+/// updates a changed one and removes the ones it created that the file no longer lists.
+#[test]
+fn host_apply_creates_updates_and_removes_its_networks() {
+    if let Some(why) = missing() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "network test cannot run in CI: {why}"
+        );
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let tag = format!("i11a{}", std::process::id() % 100000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let mut ns = Namespaces { names: Vec::new() };
+    let host = ns.add(format!("{tag}-h"));
+    let file = dir.path().join("host.toml");
+    let apply = |text: &str| -> serde_json::Value {
+        fs::write(&file, text).expect("host file");
+        let out = microvm(
+            &host,
+            &state,
+            &["host", "apply", file.to_str().expect("utf-8"), "--json"],
+        );
+        assert!(
+            out.status.success(),
+            "host apply: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("actions")
+    };
+    let one = "[networks.hnet]\nsubnet = \"10.179.0.1/24\"\nbridge = \"mvbr2\"\n";
+    let a = apply(one);
+    assert_eq!(a[0]["action"], "created", "{a}");
+    assert!(
+        ok(&["ip", "-n", &host, "-4", "addr", "show", "dev", "mvbr2"]).contains("10.179.0.1/24")
+    );
+    assert_eq!(apply(one)[0]["action"], "unchanged");
+    let changed =
+        apply("[networks.hnet]\nsubnet = \"10.179.5.1/24\"\nbridge = \"mvbr2\"\nnat = false\n");
+    assert_eq!(changed[0]["action"], "updated", "{changed}");
+    let addrs = ok(&["ip", "-n", &host, "-4", "addr", "show", "dev", "mvbr2"]);
+    assert!(
+        addrs.contains("10.179.5.1/24") && !addrs.contains("10.179.0.1/24"),
+        "{addrs}"
+    );
+    let rules = ok(&["ip", "netns", "exec", &host, "nft", "list", "ruleset"]);
+    assert!(
+        rules.contains("microvm-hnet") && !rules.contains("masquerade"),
+        "{rules}"
+    );
+    let removed = apply("");
+    assert_eq!(removed[0]["action"], "removed", "{removed}");
+    assert!(!ok(&["ip", "-n", &host, "-o", "link"]).contains("mvbr2"));
+    assert!(
+        !ok(&["ip", "netns", "exec", &host, "nft", "list", "ruleset"]).contains("microvm-hnet")
+    );
+    assert!(!state.join(".networks/hnet").exists());
+    let pids = ok(&["ip", "netns", "pids", &host]);
+    assert!(pids.trim().is_empty(), "dnsmasq left: {pids}");
+    fs::write(&file, "[networks.hnet]\nsubnett = \"10.179.0.1/24\"\n").expect("bad file");
+    let out = microvm(
+        &host,
+        &state,
+        &["host", "apply", file.to_str().expect("utf-8")],
+    );
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("unknown key `subnett`")
+    );
+}

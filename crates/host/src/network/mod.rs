@@ -235,6 +235,19 @@ impl Networks {
         })
     }
 
+    /// Records that a host file manages this network (`host apply` removes it when the
+    /// file no longer lists it).
+    pub fn set_managed_by(&self, name: &NetworkName, file: &Path) -> Result<(), NetworkError> {
+        let path = self.dir(name).join("managed-by");
+        fs::write(&path, file.as_os_str().as_encoded_bytes()).map_err(io_err("write", &path))
+    }
+
+    /// The host file that manages this network, if any.
+    pub fn managed_by(&self, name: &NetworkName) -> Option<PathBuf> {
+        let bytes = fs::read(self.dir(name).join("managed-by")).ok()?;
+        Some(PathBuf::from(String::from_utf8(bytes).ok()?))
+    }
+
     /// The leased addresses of a VM whose runner is `runner` (matched by the MAC addresses
     /// of its interfaces in `share/microvm/config.json`), as `ADDRESS (NETWORK)`.
     pub fn addresses_of(&self, runner: &Path) -> Vec<String> {
