@@ -203,6 +203,10 @@ pub struct HostInstallArgs {
     /// Only write the units (no user, no state directory, no systemctl daemon-reload).
     #[arg(long)]
     pub units_only: bool,
+    /// Also create the default network: microvm0, 10.177.0.1/24, NAT, DHCP and DNS
+    /// (docs/network.md).
+    #[arg(long, conflicts_with = "units_only")]
+    pub network: bool,
 }
 
 #[derive(Debug, clap::Args)]

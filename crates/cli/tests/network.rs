@@ -668,3 +668,48 @@ fn host_apply_creates_updates_and_removes_its_networks() {
             && String::from_utf8_lossy(&out.stderr).contains("unknown key `subnett`")
     );
 }
+
+/// `host install --network` makes the default network (microvm0, 10.177.0.1/24) and a
+/// second run changes nothing.
+#[test]
+fn host_install_creates_the_default_network() {
+    if let Some(why) = missing() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "network test cannot run in CI: {why}"
+        );
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let tag = format!("i11i{}", std::process::id() % 100000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let units = dir.path().join("units");
+    let mut ns = Namespaces { names: Vec::new() };
+    let host = ns.add(format!("{tag}-h"));
+    let install = [
+        "host",
+        "install",
+        "--unit-dir",
+        units.to_str().expect("utf-8"),
+        "--network",
+    ];
+    for round in 0..2 {
+        let out = microvm(&host, &state, &install);
+        assert!(
+            out.status.success(),
+            "install (round {round}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        ok(&["ip", "-n", &host, "-4", "addr", "show", "dev", "microvm0"]).contains("10.177.0.1/24")
+    );
+    let out = microvm(&host, &state, &["network", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("list");
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    assert!(list[0]["dnsmasqPid"].is_u64(), "{list}");
+    let out = microvm(&host, &state, &["network", "remove", "microvm0"]);
+    assert!(out.status.success());
+    assert!(!ok(&["ip", "-n", &host, "-o", "link"]).contains("microvm0"));
+}

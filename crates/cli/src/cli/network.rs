@@ -14,10 +14,10 @@ pub enum NetworkCommand {
 #[derive(Debug, clap::Args)]
 pub struct NetworkCreateArgs {
     /// The network's name (also the bridge's, unless --bridge).
-    #[arg(default_value = "microvm0")]
+    #[arg(default_value = microvm_host::network::DEFAULT_NETWORK)]
     pub name: String,
     /// The host's address on the bridge and the prefix; DHCP hands out .10 to .250 of a /24.
-    #[arg(long, default_value = "10.177.0.1/24", value_name = "ADDR/PREFIX")]
+    #[arg(long, default_value = microvm_host::network::DEFAULT_SUBNET, value_name = "ADDR/PREFIX")]
     pub subnet: String,
     /// The bridge's name.
     #[arg(long, value_name = "NAME")]

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use microvm_host::network::{
-    NetworkConfig, NetworkName, NetworkStatus, Networks, Tools, DEFAULT_SUBNET,
+    NetworkConfig, NetworkName, NetworkStatus, Networks, Tools, DEFAULT_NETWORK, DEFAULT_SUBNET,
 };
 
 use microvm_host::net::{Links, NetHost};
@@ -246,4 +246,17 @@ pub fn host_file_networks(text: &str, file: &Path) -> anyhow::Result<Vec<Network
         Some(item) => parse_host_networks(item, file),
         None => Ok(Vec::new()),
     }
+}
+
+/// `host install --network`: the default network, as `network create` makes it.
+pub fn create_default(state: &Path) -> anyhow::Result<()> {
+    let nets = Networks::new(state, Tools::system());
+    let c = NetworkConfig::new(DEFAULT_NETWORK.parse()?, DEFAULT_SUBNET.parse()?);
+    nets.apply(&c)
+        .with_context(|| format!("cannot create network {}", c.name))?;
+    println!(
+        "network {}: bridge {}, {}, NAT, DHCP and DNS",
+        c.name, c.bridge, c.ipv4
+    );
+    Ok(())
 }
