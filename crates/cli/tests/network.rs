@@ -416,11 +416,11 @@ fn vm_missing() -> Option<String> {
         .then(|| "/bin/busybox is missing (busybox-static)".into())
 }
 
-/// Two VMs (qemu, TCG here) on one microvm network: both get DHCP leases under their
-/// hostnames, vm-a resolves vm-b through the network's DNS, pings it and pings the
-/// uplink's address through NAT; afterwards no tap, bridge, table, lease or process is left.
+/// Three VMs (qemu, TCG here) on one microvm network: all get DHCP leases under their
+/// hostnames, vm-a resolves vm-b and vm-c through the network's DNS, pings them and pings
+/// the uplink's address through NAT; afterwards no tap, bridge, table, lease or process is left.
 #[test]
-fn two_vms_get_leases_resolve_each_other_and_reach_the_uplink() {
+fn three_vms_get_leases_resolve_each_other_and_reach_the_uplink() {
     if let Some(why) = vm_missing() {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -484,38 +484,62 @@ fn two_vms_get_leases_resolve_each_other_and_reach_the_uplink() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let tap_b = format!("{tag}b");
-    let def_b = vm_definition(
-        dir.path(),
-        "vm-b",
-        &tap_b,
-        "02:00:00:11:00:02",
-        bridge,
-        "echo vm-b up; sleep 900",
-    );
-    let mut vm_b = run_vm(&host, dir.path(), &def_b, "vm-b")
-        .spawn()
-        .expect("vm-b");
+    // vm-b and vm-c wait on the network; vm-a finds them by name.
     let lease_file = state.join(".networks/net1/leases");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
-    while !fs::read_to_string(&lease_file)
-        .unwrap_or_default()
-        .contains(" vm-b ")
-    {
-        if std::time::Instant::now() > deadline || vm_b.try_wait().expect("wait").is_some() {
-            let _ = vm_b.kill();
-            panic!(
-                "vm-b got no lease: {}\n--- dnsmasq.log\n{}\n--- links\n{}",
-                fs::read_to_string(dir.path().join("vm-b.console")).unwrap_or_default(),
-                fs::read_to_string(state.join(".networks/net1/dnsmasq.log")).unwrap_or_default(),
-                ok(&["ip", "-n", &host, "-o", "link"]),
-            );
+    let mut waiting = Vec::new();
+    let mut taps = Vec::new();
+    let mut def_b = PathBuf::new();
+    for (name, mac) in [("vm-b", "02:00:00:11:00:02"), ("vm-c", "02:00:00:11:00:03")] {
+        let tap = format!("{tag}{}", &name[3..]);
+        let def = vm_definition(
+            dir.path(),
+            name,
+            &tap,
+            mac,
+            bridge,
+            &format!("echo {name} up; sleep 900"),
+        );
+        let child = run_vm(&host, dir.path(), &def, name).spawn().expect(name);
+        if name == "vm-b" {
+            def_b = def;
         }
-        std::thread::sleep(std::time::Duration::from_secs(2));
+        taps.push(tap);
+        waiting.push((name, child));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    let stop_all = |waiting: &mut Vec<(&str, std::process::Child)>| {
+        for (_, c) in waiting.iter_mut() {
+            if let Some(pid) = rustix::process::Pid::from_raw(c.id() as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+            let _ = c.wait();
+        }
+    };
+    for i in 0..waiting.len() {
+        let name = waiting[i].0;
+        while !fs::read_to_string(&lease_file)
+            .unwrap_or_default()
+            .contains(&format!(" {name} "))
+        {
+            if std::time::Instant::now() > deadline
+                || waiting[i].1.try_wait().expect("wait").is_some()
+            {
+                stop_all(&mut waiting);
+                panic!(
+                    "{name} got no lease: {}\n--- dnsmasq.log\n{}",
+                    fs::read_to_string(dir.path().join(format!("{name}.console")))
+                        .unwrap_or_default(),
+                    fs::read_to_string(state.join(".networks/net1/dnsmasq.log"))
+                        .unwrap_or_default(),
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_secs(2));
+        }
     }
 
-    let script = "ip=$(nslookup vm-b 10.178.0.1 | awk \"/^Address/ {a=\\$NF} END {print a}\"); \
-                  echo resolved vm-b as $ip; ping -c 2 -W 10 $ip && ping -c 2 -W 10 172.31.251.2 && echo NET-OK";
+    let script = "for n in vm-b vm-c; do ip=$(nslookup $n 10.178.0.1 | awk \"/^Address/ {a=\\$NF} END {print a}\"); \
+                  echo resolved $n as $ip; ping -c 2 -W 10 $ip || exit 1; done; \
+                  ping -c 2 -W 10 172.31.251.2 && echo NET-OK";
     let tap_a = format!("{tag}a");
     let def_a = vm_definition(
         dir.path(),
@@ -529,30 +553,32 @@ fn two_vms_get_leases_resolve_each_other_and_reach_the_uplink() {
         .output()
         .expect("vm-a");
     let console_a = fs::read_to_string(dir.path().join("vm-a.console")).unwrap_or_default();
-    let _ = rustix::process::kill_process(
-        rustix::process::Pid::from_raw(vm_b.id() as i32).expect("pid"),
-        rustix::process::Signal::TERM,
-    );
-    let _ = vm_b.wait();
+    stop_all(&mut waiting);
+    taps.push(tap_a);
     assert!(
         out.status.success() && console_a.contains("NET-OK"),
         "vm-a: {}\n{console_a}",
         String::from_utf8_lossy(&out.stderr)
     );
     let leases = fs::read_to_string(&lease_file).expect("leases");
-    assert!(
-        leases.contains(" vm-a ") && leases.contains(" vm-b "),
-        "{leases}"
-    );
-    let ip_b = leases
-        .lines()
-        .find(|l| l.contains(" vm-b "))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .expect("vm-b ip");
-    assert!(
-        console_a.contains(&format!("resolved vm-b as {ip_b}")),
-        "{console_a}"
-    );
+    let ip_of = |name: &str| {
+        leases
+            .lines()
+            .find(|l| l.contains(&format!(" {name} ")))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .map(str::to_owned)
+    };
+    let ip_b = ip_of("vm-b").expect("vm-b leased");
+    assert!(ip_of("vm-a").is_some(), "{leases}");
+    for name in ["vm-b", "vm-c"] {
+        let ip = ip_of(name).expect("leased");
+        assert!(
+            console_a
+                .lines()
+                .any(|l| l.trim_end() == format!("resolved {name} as {ip}")),
+            "{console_a}"
+        );
+    }
 
     // `list` shows a managed VM's leased address (matched by its interface's MAC).
     let out = microvm(
@@ -582,7 +608,7 @@ fn two_vms_get_leases_resolve_each_other_and_reach_the_uplink() {
         String::from_utf8_lossy(&out.stderr)
     );
     let links = ok(&["ip", "-n", &host, "-o", "link"]);
-    for l in [bridge, tap_a.as_str(), tap_b.as_str()] {
+    for l in taps.iter().map(String::as_str).chain([bridge]) {
         assert!(!links.contains(l), "{l} left: {links}");
     }
     let rules = ok(&["ip", "netns", "exec", &host, "nft", "list", "ruleset"]);
