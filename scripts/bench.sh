@@ -7,12 +7,18 @@
 #
 # Needs: the hello example's inputs (target/test-kernels/cloud.deb, busybox-static),
 # qemu-system-x86_64, mkfs.erofs, mksquashfs, socat, cpio, gzip. Prints a Markdown table.
+# The microvm-kernel rows need that kernel: $MICROVM_KERNEL (a `microvm kernel build`
+# directory), else target/test-kernels/microvm (scripts/build-test-kernel.sh makes it);
+# the managed-VM rows (4 VMs by one `start`, supervisor RSS) need root.
 set -euo pipefail
 
 RUNS=${1:-${RUNS:-5}}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bin=${MICROVM:-$repo/target/release/microvm}
 kernel_deb=$repo/target/test-kernels/cloud.deb
+mkernel=${MICROVM_KERNEL:-$repo/target/test-kernels/microvm}
+[ -f "$mkernel/vmlinux" ] || { echo "bench: the microvm kernel $mkernel is missing (scripts/build-test-kernel.sh)" >&2; exit 1; }
+mkernel=$(readlink -f "$mkernel")
 
 for tool in qemu-system-x86_64 mkfs.erofs mksquashfs socat cpio gzip; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is not installed" >&2; exit 1; }
@@ -46,6 +52,8 @@ for type in erofs squashfs; do
       "$repo/examples/hello/vm.toml" > "$T/vm/$type.toml"
 done
 vm=$T/vm/erofs.toml
+# The same VM with microvm's kernel: everything else (root, volume, command) is equal.
+sed -e "s|^kernel = .*|kernel = \"$mkernel\"|" "$T/vm/erofs.toml" > "$T/vm/mk.toml"
 
 # mkfs wrappers on PATH: record the argv microvm uses and how long the tool itself takes.
 for tool in mkfs.erofs mksquashfs; do
@@ -76,7 +84,7 @@ boot() { # KEY COMMAND... (runs in $T/work)
     case $line in
       *"microvm-init "*": started at "*) started=${line##*started at }; started=${started%% s*} ;;
       *"microvm-init: ready at "*)
-        ready=$(now); uready=${line##*ready at }; uready=${uready%% s*} ;;
+        ready=$(now); uready=${line##*ready at }; uready=${uready%% s*}; echo "$line" > "$T/ready-line.$key" ;;
     esac
   done < <(cd "$T/work" && if "$@" 2>&1 </dev/null; then echo rc=0 >"$T/rc"; else echo "rc=$?" >"$T/rc"; fi)
   t1=$(now)
@@ -90,8 +98,8 @@ boot() { # KEY COMMAND... (runs in $T/work)
   add "$key.gready" "$uready"
   add "$key.ginit" "$(sub "$uready" "$started")"
 }
-bare() { # the exact argv of bin/microvm-run, with a control-socket reader
-  local inv=$runner/share/microvm/invocation.json
+bare() { # [RUNNER] the exact argv of its bin/microvm-run, with a control-socket reader
+  local inv=${1:-$runner}/share/microvm/invocation.json
   mapfile -t argv < <(jq -r '.program, .args[]' "$inv")
   rm -f hello-ctl.sock
   socat -u UNIX-CONNECT:hello-ctl.sock,retry=1000,interval=0.01 OPEN:/dev/null &
@@ -105,6 +113,8 @@ bare() { # the exact argv of bin/microvm-run, with a control-socket reader
 log "building $vm"
 runner=$("$bin" build "$vm" --store "$T/store")
 "$bin" run "$vm" --store "$T/store" --workdir "$T/work" >/dev/null 2>&1 # warm-up; creates the volume
+mkrunner=$("$bin" build "$T/vm/mk.toml" --store "$T/store")
+"$bin" run "$T/vm/mk.toml" --store "$T/store" --workdir "$T/work" >/dev/null 2>&1 # warm-up
 vmlinux=$(jq -r '.args as $a | $a[($a | index("-kernel")) + 1]' "$runner/share/microvm/invocation.json")
 append=$(jq -r '.args as $a | $a[($a | index("-append")) + 1]' "$runner/share/microvm/invocation.json")
 tsc=$(grep -o 'tsc_early_khz=[0-9]*' <<<"$append" || true)
@@ -127,6 +137,8 @@ for i in $(seq "$RUNS"); do
   boot run "$bin" run "$vm" --store "$T/store" --workdir "$T/work"
   boot bare bare
   boot tiny tiny
+  boot mk "$bin" run "$T/vm/mk.toml" --store "$T/store" --workdir "$T/work"
+  boot mkbare bare "$mkrunner"
 done
 
 # --- 2. no-op rebuild ---------------------------------------------------------------------
@@ -164,6 +176,39 @@ for i in $(seq "$RUNS"); do
     echo "${direct[*]}" > "$T/direct-argv.$type"
   done
 done
+
+# --- 4. managed VMs: one `start` of four against one VM's start (root only) ---------------
+# Four managed VMs of the microvm-kernel definition, with a command that keeps them up;
+# `start A` alone vs `start A B C D` (returns when all four are READY), interleaved; the
+# supervisors' RSS is read while the four run.
+managed=""
+if [ "$(id -u)" = 0 ]; then
+  managed=1
+  export MICROVM_SERVICE_MANAGER=own # microvm's own supervisor, whatever runs as PID 1
+  st=$T/state
+  chmod 755 "$T"
+  mkdir -p "$st" && chmod 755 "$st"
+  sed -e "s|^command = .*|command = [\"/bin/sleep\", \"600\"]|" -e '/^\[\[volumes\]\]/,$d' -e '/^hostName = /d' \
+      -e "s|^directory = .*|directory = \"$T/vm/root\"|" "$T/vm/mk.toml" > "$T/vm/managed.toml"
+  "$bin" --state-dir "$st" host install --unit-dir "$T/units" >/dev/null 2>&1
+  for n in a b c d; do "$bin" --state-dir "$st" create "bench$n" --from "$T/vm/managed.toml" >/dev/null 2>&1; done
+  for i in $(seq "$RUNS"); do
+    log "start round $i/$RUNS (load $(cut -d' ' -f1 /proc/loadavg))"
+    timeit start1 "$bin" --state-dir "$st" start bencha
+    "$bin" --state-dir "$st" stop bencha --timeout 30 >/dev/null 2>&1
+    sleep 1 # status times are in seconds: a start in the second of the last stop reads its record
+    timeit start4 "$bin" --state-dir "$st" start bencha benchb benchc benchd
+    rss=0; nsup=0
+    for pid in $(pgrep -f -- "--state-dir $st supervise" || true); do
+      kb=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)
+      rss=$((rss + kb)); nsup=$((nsup + 1))
+    done
+    [ "$nsup" -gt 0 ] && add rss "$(awk -v r="$rss" -v n="$nsup" 'BEGIN { printf "%.2f", r / n / 1024 }')"
+    "$bin" --state-dir "$st" stop bencha benchb benchc benchd --timeout 30 >/dev/null 2>&1
+    sleep 1
+  done
+  for n in a b c d; do "$bin" --state-dir "$st" remove "bench$n" >/dev/null 2>&1 || true; done
+fi
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- 4. sizes -----------------------------------------------------------------------------
@@ -174,6 +219,9 @@ initrd_raw=$(gzip -dc "$initrd" 2>/dev/null | wc -c || true)
 init_size=$(stat -c %s "$T/ird/init")
 modules_size=$(du -cb "$T/ird"/microvm/modules/*.ko | tail -1 | cut -f1)
 nmod=$(ls "$T/ird"/microvm/modules/*.ko | wc -l)
+mkinitrd=$(jq -r '.args as $a | $a[($a | index("-initrd")) + 1]' "$mkrunner/share/microvm/invocation.json")
+mkinitrd_size=$(stat -c %s "$mkinitrd")
+kvm_reason=$(jq -r 'if .usable then "" else .reason end' /run/microvm/kvm-probe.json 2>/dev/null || echo "no KVM verdict in /run/microvm/kvm-probe.json")
 
 # --- report -------------------------------------------------------------------------------
 row() { printf '| %s | %s | %s | %s |\n' "$@"; }
@@ -195,9 +243,28 @@ for type in erofs squashfs; do
   row "$type: rebuild after a root change (s)" "$(med $type.rebuild)" "$(med noop) (no-op build)" "$(ratio "$(med $type.rebuild)" "$(med noop)")"
   row "$type: the mkfs step inside that rebuild (s)" "$(med $type.inside)" "$(med $type.direct) (direct, same flags)" "$(ratio "$(med $type.inside)" "$(med $type.direct)")"
 done
+row "microvm kernel: spawn → console \`ready\` (s)" "$(med mk.ready)" "$(med run.ready) (Debian cloud kernel, same VM)" "$(ratio "$(med mk.ready)" "$(med run.ready)")"
+row "microvm kernel: whole run, spawn → exit (s)" "$(med mk.wall)" "$(med run.wall) (cloud kernel)" "$(ratio "$(med mk.wall)" "$(med run.wall)")"
+row "microvm kernel: guest uptime at init start / READY (s)" "$(med mk.gstart) / $(med mk.gready)" "$(med run.gstart) / $(med run.gready) (cloud kernel)" "–"
+row "microvm kernel: guest init start → READY (s)" "$(med mk.ginit)" "$(med run.ginit) (cloud kernel)" "$(ratio "$(med mk.ginit)" "$(med run.ginit)")"
+row "microvm kernel: initrd size (gzip)" "$mkinitrd_size B" "$initrd_size B (cloud kernel, its modules)" "$(ratio "$mkinitrd_size" "$initrd_size")"
+if [ -z "$kvm_reason" ]; then
+  row "KVM, microvm kernel: spawn → \`ready\` (s)" "$(med mk.ready)" "$(med mkbare.ready) (bare qemu, same argv)" "$(ratio "$(med mk.ready)" "$(med mkbare.ready)")"
+else
+  row "KVM, microvm kernel: spawn → \`ready\`" "skipped" "KVM cannot run guests here: $kvm_reason" "–"
+  row "TCG, microvm kernel: spawn → \`ready\` (s)" "$(med mk.ready)" "$(med mkbare.ready) (bare qemu, same argv)" "$(ratio "$(med mk.ready)" "$(med mkbare.ready)")"
+fi
+if [ -n "$managed" ]; then
+  row "4 managed VMs by one \`start\`, all READY (s)" "$(med start4)" "$(med start1) (\`start\` of one)" "$(ratio "$(med start4)" "$(med start1)")"
+  row "supervisor RSS per VM (MiB)" "$(med rss)" "–" "–"
+else
+  row "4 managed VMs by one \`start\` / supervisor RSS" "skipped" "needs root (managed VMs run as the microvm user)" "–"
+fi
 row "initrd size (gzip / raw)" "$initrd_size B / $initrd_raw B" "–" "–"
 row "guest init binary (/init) / $nmod modules" "$init_size B / $modules_size B" "–" "–"
 echo
+echo "init steps, microvm kernel (last run, guest uptimes): $(sed 's/.*ready at //' "$T/ready-line.mk" 2>/dev/null)"
+echo "init steps, cloud kernel (last run, guest uptimes): $(sed 's/.*ready at //' "$T/ready-line.run" 2>/dev/null)"
 echo "mkfs argv (direct): $(cat "$T/direct-argv.erofs" | sed "s|$T|\$T|g")"
 echo "mksquashfs argv (direct): $(cat "$T/direct-argv.squashfs" | sed "s|$T|\$T|g")"
 if [ -n "${VERBOSE:-}" ]; then for k in "${!S[@]}"; do echo "$k:${S[$k]}"; done | sort; fi

@@ -12,14 +12,16 @@ if [ -f "$src" ] && ! grep -q 'bookworm-backports' "$src"; then
 fi
 
 need=()
-for pkg in qemu-system-x86 erofs-utils squashfs-tools busybox-static kmod e2fsprogs dosfstools \
+for pkg in qemu-system-x86 qemu-system-arm qemu-utils erofs-utils squashfs-tools busybox-static kmod e2fsprogs dosfstools \
            iproute2 cpio xz-utils zstd lz4 libseccomp-dev libcap-ng-dev pkg-config socat \
-           mmdebstrap dnsmasq-base nftables; do
+           mmdebstrap nix-bin systemd-container jq curl bsdutils dnsmasq-base nftables \
+           linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev \
+           pacemaker corosync crmsh resource-agents; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
   log "installing ${need[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports qemu-system-x86 >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-system-arm qemu-utils >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi

@@ -15,7 +15,8 @@ pub use network::*;
     name = "microvm",
     version,
     propagate_version = true,
-    max_term_width = 100
+    max_term_width = 100,
+    after_long_help = crate::exit::EXIT_CODES_HELP
 )]
 pub struct Cli {
     /// The state directory of managed VMs.
@@ -42,7 +43,12 @@ pub enum Command {
     /// Build the guest (kernel, initrd, root disk) into a runner directory in the store.
     Build(BuildArgs),
     /// Build if needed, then boot the VM in the foreground with its console on the
-    /// terminal; exits with the guest's status when it powers off.
+    /// terminal; exits with the guest's status when it powers off. `run NAME` runs the
+    /// managed VM NAME in the foreground, under its supervisor.
+    #[command(
+        override_usage = "microvm run [OPTIONS] <FILE>\n       microvm run [OPTIONS] <NAME>",
+        after_long_help = crate::exit::EXIT_CODES_HELP
+    )]
     Run(RunArgs),
     /// Create a managed VM in the state directory from a definition, or adopt a runner
     /// directory built elsewhere (including one built by microvm.nix).
@@ -52,9 +58,13 @@ pub enum Command {
     /// List managed VMs and their states (current, outdated, stale, not booted, running, failed).
     List(ListArgs),
     /// Start managed VMs (through systemd when it runs, else microvm's own supervisor).
-    Start(NamesArgs),
+    Start(StartArgs),
     /// Stop managed VMs: graceful shutdown, then force after the timeout.
     Stop(NamesArgs),
+    /// Save a running qemu VM into a file (the VM stops); `start --from-snapshot` resumes it.
+    Snapshot(crate::cmd::SnapshotArgs),
+    /// Live-migrate a running qemu VM to a host that waits for it (`start --incoming`).
+    Migrate(crate::cmd::MigrateArgs),
     /// Stop, then start managed VMs.
     Restart(NamesArgs),
     /// Ask the guests of managed VMs to power off, and wait until they have.
@@ -65,6 +75,9 @@ pub enum Command {
     Logs(LogsArgs),
     /// Attach to the serial console of a running managed VM (detach with Ctrl-] without stopping it).
     Console(NameArgs),
+    /// Set the balloon of a running managed VM to SIZE MiB (memory taken from the guest);
+    /// prints the balloon size the hypervisor reports.
+    Balloon(BalloonArgs),
     /// Remove a managed VM (stopping it first); its volumes are kept with --keep-volumes.
     Remove(RemoveArgs),
     /// Remove store entries that no managed VM references (never current, booted or old).
@@ -80,6 +93,9 @@ pub enum Command {
     Supervise(SuperviseArgs),
     /// Generate the man page or shell completions.
     Generate(GenerateArgs),
+    /// Build microvm's own guest kernel from a Linux source.
+    #[command(subcommand)]
+    Kernel(crate::cmd::kernel::KernelCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -136,9 +152,37 @@ pub struct NamesArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    /// The VMs.
+    #[arg(required_unless_present = "autostart")]
+    pub names: Vec<String>,
+    /// Start every VM listed in `<state>/autostart` (what a host's boot runs where
+    /// systemd does not start `microvms.target`).
+    #[arg(long, conflicts_with = "names")]
+    pub autostart: bool,
+    /// Resume the VM from a file written by `microvm snapshot` instead of booting it (qemu).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["autostart", "incoming"])]
+    pub from_snapshot: Option<PathBuf>,
+    /// Wait for a live migration on tcp:ADDR:PORT instead of booting (qemu; see `migrate`).
+    #[arg(long, value_name = "tcp:ADDR:PORT", conflicts_with = "autostart")]
+    pub incoming: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct NameArgs {
     /// The VM.
     pub name: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BalloonArgs {
+    /// The VM.
+    pub name: String,
+    /// The balloon's size in MiB.
+    pub size: u64,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -238,6 +282,9 @@ pub struct SuperviseArgs {
     /// Seconds the guest may take to report ready before the start counts as failed.
     #[arg(long, default_value_t = 150, value_name = "SECONDS")]
     pub ready_timeout: u64,
+    /// Restore the first start from file:PATH or tcp:ADDR:PORT (qemu `-incoming`).
+    #[arg(long, value_name = "URI")]
+    pub incoming: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -278,6 +325,9 @@ pub struct PlanArgs {
     /// probing this one, so the output is the same everywhere.
     #[arg(long)]
     pub reference_host: bool,
+    /// The store where this definition's built artifacts are looked up (see `build`).
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -295,10 +345,16 @@ pub struct BuildArgs {
     /// came from, last writer wins (`PATH<TAB>SOURCE` lines; with --json, a `root` list).
     #[arg(long)]
     pub list_root: bool,
+    /// Fetch kernel packages and Debian roots again, even when cached (as
+    /// `MICROVM_REFRESH=1`).
+    #[arg(long)]
+    pub refresh: bool,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
+    /// FILE: a definition file (TOML, or JSON with the same schema); NAME: a managed VM
+    /// of the state directory (`create`d), run in the foreground under its supervisor.
     #[command(flatten)]
     pub def: DefinitionArgs,
     /// The store directory for built runners (see `build`).
@@ -311,6 +367,10 @@ pub struct RunArgs {
     /// Seconds to wait for a graceful shutdown on SIGINT/SIGTERM before killing.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub shutdown_timeout: u64,
+    /// Fetch kernel packages and Debian roots again, even when cached (as
+    /// `MICROVM_REFRESH=1`).
+    #[arg(long)]
+    pub refresh: bool,
     /// Write the serial console to this file instead of the terminal.
     #[arg(long, value_name = "FILE")]
     pub console_log: Option<PathBuf>,

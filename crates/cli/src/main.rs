@@ -5,11 +5,13 @@
 mod cli;
 mod cmd;
 mod exit;
+mod log;
 
 use clap::Parser;
 
 fn main() {
     let cli = cli::Cli::parse();
+    log::init();
     let code = match cmd::dispatch(cli) {
         Ok(code) => code,
         Err(err) => exit::report(&err),

@@ -4,6 +4,9 @@
 //! is missing (qemu, the test kernels, busybox-static, virtiofsd, debugfs), and fails
 //! instead when `CI` is set.
 //!
+//! The guests boot microvm's own kernel (`microvm kernel build`, built once by
+//! scripts/test.sh) unless a test says why it needs a Debian kernel.
+//!
 //! Results are read on the host from the guest's ext4 volume with `debugfs`, without
 //! mounting. The busybox root and the store are shared under `<target>/e2e`; at most two
 //! VMs boot at once.
@@ -33,7 +36,7 @@ size = 64
 /// Boots twice, checking `Linux`/`x86_64` each time and whether a file written to `/`
 /// in boot 1 is still there in boot 2 (only with a writable overlay volume).
 fn startup_shutdown(test: &str, disk: &str, overlay: bool) {
-    let Some(env) = require(test, &[Need::CloudKernel]) else {
+    let Some(env) = require(test, &[Need::MicrovmKernel]) else {
         return;
     };
     let mut top = format!("storeDiskType = \"{disk}\"\n{UNAME_AND_MARKER}\n");
@@ -42,7 +45,7 @@ fn startup_shutdown(test: &str, disk: &str, overlay: bool) {
         top.push_str("writableStoreOverlay = \"/overlay\"\n");
         tables.push_str(OVERLAY_VOLUME);
     }
-    let vm = Vm::new(&env, test, Kernel::Cloud, &top, &tables);
+    let vm = Vm::new(&env, test, Kernel::Microvm, &top, &tables);
     for boot in 1..=2 {
         let outcome = vm.run();
         outcome.assert_code(0);
@@ -149,9 +152,11 @@ echo \"written by the guest\" > /share/from-guest; sync']\n"
 
 #[test]
 fn share_9p() {
-    share_both_ways("share_9p", "9p", Kernel::Full, &[Need::FullKernel]);
+    share_both_ways("share_9p", "9p", Kernel::Microvm, &[Need::MicrovmKernel]);
 }
 
+/// Boots the Debian cloud kernel on purpose: virtiofs (and fuse) are modules there, so this
+/// is the test of loading modules from the initrd, which the microvm kernel never does.
 #[test]
 fn share_virtiofs() {
     share_both_ways(
@@ -165,11 +170,11 @@ fn share_virtiofs() {
 #[test]
 fn command_exit_status_is_propagated() {
     let test = "command_exit_status_is_propagated";
-    let Some(env) = require(test, &[Need::CloudKernel]) else {
+    let Some(env) = require(test, &[Need::MicrovmKernel]) else {
         return;
     };
     let top = "command = ['/bin/sh', '-c', 'exit 7']";
-    let vm = Vm::new(&env, test, Kernel::Cloud, top, OUTPUT_VOLUME);
+    let vm = Vm::new(&env, test, Kernel::Microvm, top, OUTPUT_VOLUME);
     let outcome = vm.run();
     outcome.assert_code(7);
     assert!(
@@ -184,11 +189,11 @@ fn command_exit_status_is_propagated() {
 #[test]
 fn handover_guest_powers_off() {
     let test = "handover_guest_powers_off";
-    let Some(env) = require(test, &[Need::CloudKernel]) else {
+    let Some(env) = require(test, &[Need::MicrovmKernel]) else {
         return;
     };
     let top = "init = \"/sbin/init\"\nenvironment = { E2E_POWEROFF = \"1\" }";
-    let vm = Vm::new(&env, test, Kernel::Cloud, top, OUTPUT_VOLUME);
+    let vm = Vm::new(&env, test, Kernel::Microvm, top, OUTPUT_VOLUME);
     let outcome = vm.run();
     outcome.assert_code(0);
     assert_eq!(vm.output("/sysinit", &outcome), "sysinit");
@@ -204,13 +209,13 @@ fn handover_guest_powers_off() {
 #[test]
 fn sigterm_shuts_down_gracefully() {
     let test = "sigterm_shuts_down_gracefully";
-    let Some(env) = require(test, &[Need::CloudKernel]) else {
+    let Some(env) = require(test, &[Need::MicrovmKernel]) else {
         return;
     };
     let vm = Vm::new(
         &env,
         test,
-        Kernel::Cloud,
+        Kernel::Microvm,
         "init = \"/sbin/init\"",
         OUTPUT_VOLUME,
     );
@@ -251,7 +256,8 @@ fn sigterm_shuts_down_gracefully() {
     );
 }
 
-/// A 9p share with a kernel without 9p is refused before anything boots.
+/// A 9p share with a kernel without 9p is refused before anything boots (the cloud
+/// kernel: it lacks 9p, which the microvm kernel has).
 #[test]
 fn nine_p_without_kernel_support_is_refused() {
     let test = "nine_p_without_kernel_support_is_refused";
@@ -300,10 +306,10 @@ fn nine_p_without_kernel_support_is_refused() {
 #[test]
 fn noop_rebuild_reports_the_same_runner() {
     let test = "noop_rebuild_reports_the_same_runner";
-    let Some(env) = require(test, &[Need::CloudKernel]) else {
+    let Some(env) = require(test, &[Need::MicrovmKernel]) else {
         return;
     };
-    let vm = Vm::new(&env, test, Kernel::Cloud, UNAME_AND_MARKER, OUTPUT_VOLUME);
+    let vm = Vm::new(&env, test, Kernel::Microvm, UNAME_AND_MARKER, OUTPUT_VOLUME);
     let _slot = Slot::acquire();
     let (status1, out1, err1, t1) = vm.cli(&["build"]);
     assert!(status1.success(), "first build failed: {err1}");
@@ -324,4 +330,80 @@ fn noop_rebuild_reports_the_same_runner() {
         t1.as_secs_f64(),
         t2.as_secs_f64()
     );
+}
+
+/// README's first example: `kernel = { package = "linux-image-cloud-amd64" }`, fetched
+/// from the Debian archive with the host's apt (following the meta-package), boots, and
+/// the guest runs that package's kernel. Skipped where apt's lists do not know it.
+#[test]
+fn kernel_package_from_apt_boots() {
+    const TEST: &str = "kernel_package_from_apt_boots";
+    const META: &str = "linux-image-cloud-amd64";
+    let Some(env) = require(TEST, &[]) else {
+        return;
+    };
+    let depends = std::process::Command::new("apt-cache")
+        .args(["show", "--no-all-versions", META])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let Some(release) = depends.as_deref().and_then(|text| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("Depends:"))
+            .and_then(|d| {
+                d.split(',')
+                    .find_map(|p| p.trim().strip_prefix("linux-image-"))
+            })
+            .and_then(|p| p.split_whitespace().next())
+            .map(str::to_owned)
+    }) else {
+        eprintln!("skipped {TEST}: apt-cache does not know {META} (not Debian, or no apt lists)");
+        return;
+    };
+    let top = "command = ['/bin/sh', '-c', 'uname -r > /output/release; sync']";
+    let vm = Vm::new(&env, TEST, Kernel::Cloud, top, OUTPUT_VOLUME);
+    let def = std::fs::read_to_string(vm.path("vm.toml")).expect("vm.toml");
+    let def: String = def
+        .lines()
+        .map(|l| {
+            if l.starts_with("kernel = ") {
+                format!("kernel = {{ package = \"{META}\" }}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(vm.path("vm.toml"), def).expect("vm.toml");
+    let outcome = vm.run();
+    outcome.assert_code(0);
+    assert_eq!(
+        vm.output("/release", &outcome),
+        release,
+        "{}",
+        outcome.logs()
+    );
+}
+
+/// `preStart` and `extraArgsScript` run by `microvm run` itself: the marker the former
+/// writes is there, and the `-smp 2` the latter prints reaches qemu (last `-smp` wins),
+/// so the guest sees two CPUs where the definition asks for one.
+#[test]
+fn pre_start_and_extra_args_script_reach_a_real_boot() {
+    const TEST: &str = "pre_start_and_extra_args_script_reach_a_real_boot";
+    let Some(env) = require(TEST, &[Need::CloudKernel]) else {
+        return;
+    };
+    let top = "hypervisor = \"qemu\"\n\
+               preStart = \"echo ran > pre-start-marker\"\n\
+               extraArgsScript = \"echo -smp 2\"\n\
+               command = ['/bin/sh', '-c', 'nproc > /output/nproc; sync']";
+    let vm = Vm::new(&env, TEST, Kernel::Cloud, top, OUTPUT_VOLUME);
+    let outcome = vm.run();
+    outcome.assert_code(0);
+    assert_eq!(
+        std::fs::read_to_string(vm.path("pre-start-marker")).expect("marker"),
+        "ran\n"
+    );
+    assert_eq!(vm.output("/nproc", &outcome), "2", "{}", outcome.logs());
 }

@@ -463,6 +463,99 @@ fn gc_keeps_current_booted_and_old() {
     let out = h.ok(&["gc", "--json"]);
     let report: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(report["removed"].as_array().map(Vec::len), Some(0), "{out}");
+    // The root disk's manifest and defaults stay with the disk `current` uses.
+    let store = h.state().join(".store");
+    let sidecars = fs::read_dir(&store)
+        .expect("store")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".manifest") || n.ends_with(".defaults.json"))
+        .count();
+    assert!(sidecars >= 2, "manifest and defaults kept");
+    let list = h.ok(&[
+        "build",
+        def.to_str().expect("utf8"),
+        "--store",
+        store.to_str().expect("utf8"),
+        "--list-root",
+    ]);
+    assert!(list.contains("/etc/motd"), "{list}");
+}
+
+/// A root disk whose `.manifest`/`.defaults.json` are gone (collected by an older gc) is
+/// built again, not used without them.
+#[test]
+fn a_root_disk_without_its_sidecars_is_rebuilt() {
+    let Some(k) = kernel("a_root_disk_without_its_sidecars_is_rebuilt") else {
+        return;
+    };
+    let h = Host::new(k);
+    let def = h.definition("vm.toml", Some("vm"), 256);
+    let store = h.tmp.path().join("store");
+    let build = || {
+        h.ok(&[
+            "build",
+            def.to_str().expect("utf8"),
+            "--store",
+            store.to_str().expect("utf8"),
+            "--list-root",
+        ])
+    };
+    let first = build();
+    for e in fs::read_dir(&store).expect("store").flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.ends_with(".manifest") || n.ends_with(".defaults.json") {
+            fs::remove_file(e.path()).expect("rm");
+        }
+    }
+    assert_eq!(build(), first, "the same listing after the rebuild");
+    let sidecars = fs::read_dir(&store)
+        .expect("store")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".defaults.json"))
+        .count();
+    assert_eq!(sidecars, 1, "written again");
+}
+
+/// gc waits for what holds the store's lock shared (builds, `run FILE`), as `flock -s`
+/// here, instead of collecting under them.
+#[test]
+fn gc_waits_for_builders_on_the_store_lock() {
+    let Some(k) = kernel("gc_waits_for_builders_on_the_store_lock") else {
+        return;
+    };
+    let h = Host::new(k);
+    let def = h.definition("vm.toml", None, 256);
+    h.ok(&["create", "vm", "--from", def.to_str().expect("utf8")]);
+    let lock = h.state().join(".store/.lock");
+    assert!(lock.is_file(), "the store has its lock file");
+    let mut holder = Command::new("flock")
+        .arg("--shared")
+        .arg(&lock)
+        .args(["sleep", "3"])
+        .spawn()
+        .expect("flock (util-linux)");
+    // Until the holder has it, an exclusive try succeeds; then it fails.
+    let held = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        !Command::new("flock")
+            .args(["--exclusive", "--nonblock"])
+            .arg(&lock)
+            .arg("true")
+            .status()
+            .expect("flock")
+            .success()
+    });
+    assert!(held, "flock holds the store lock");
+    let out = h.run(&["gc"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("waiting for builds"), "{err}");
+    assert!(
+        holder.try_wait().expect("wait").is_some(),
+        "gc ran only after the holder ended"
+    );
+    let _ = holder.wait();
 }
 
 #[test]

@@ -54,29 +54,43 @@ pub fn format_request(method: &str, uri: &str, body: Option<&str>) -> String {
 /// Parses the status code and the body (everything after the blank line, up to
 /// `Content-Length` when given) of a raw response.
 pub fn parse_response(raw: &[u8]) -> Option<Response> {
-    let text = String::from_utf8_lossy(raw);
-    let status_line = text.lines().next()?;
+    // Split and cut on bytes, then decode: slicing a lossily decoded string at a byte
+    // count could fall inside a character and panic.
+    let (head, body) = split_head(raw).unwrap_or((raw, &[]));
+    let head = String::from_utf8_lossy(head);
+    let status_line = head.lines().next()?;
     let mut parts = status_line.split_whitespace();
     if !parts.next()?.starts_with("HTTP/1.") {
         return None;
     }
     let status = parts.next()?.parse().ok()?;
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let len = head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case("content-length")
-            .then(|| v.trim().parse::<usize>().ok())?
-    });
-    let body = match len {
+    let body = match content_length(&head) {
         Some(n) if n <= body.len() => &body[..n],
         _ => body,
     };
     Some(Response {
         status,
-        body: body.to_string(),
+        body: String::from_utf8_lossy(body).into_owned(),
     })
 }
+
+/// The head and the body of a raw response, split at the first blank line.
+fn split_head(raw: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    Some((&raw[..at], &raw[at + 4..]))
+}
+
+fn content_length(head: &str) -> Option<usize> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())?
+    })
+}
+
+/// The largest response read from a hypervisor's API socket.
+const MAX_RESPONSE: usize = 4 << 20;
 
 /// Sends one request and returns the response; a status outside 2xx is an error.
 pub fn request(
@@ -112,6 +126,12 @@ pub fn request(
         stream.set_read_timeout(Some(left)).map_err(io)?;
         match stream.read(&mut buf) {
             Ok(0) => break,
+            Ok(n) if raw.len() + n > MAX_RESPONSE => {
+                return Err(ApiError::Malformed {
+                    path: socket.to_owned(),
+                    line: format!("(a response larger than {} MiB)", MAX_RESPONSE >> 20),
+                })
+            }
             Ok(n) => raw.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -136,14 +156,9 @@ pub fn request(
 /// A response whose headers and `Content-Length` body have fully arrived (servers that
 /// keep the connection open despite `Connection: close` are not waited for).
 fn complete(raw: &[u8]) -> Option<Response> {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let len = head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case("content-length")
-            .then(|| v.trim().parse::<usize>().ok())?
-    });
+    let (head, body) = split_head(raw)?;
+    let head = String::from_utf8_lossy(head);
+    let len = content_length(&head);
     let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
     // 204 and 1xx have no body.
     let len = if status == 204 || status < 200 {
@@ -215,6 +230,22 @@ mod tests {
 
     /// A server that keeps the connection open after answering: the client returns once
     /// the response is complete, without waiting for EOF.
+    /// A `Content-Length` that ends inside a multi-byte character (or invalid UTF-8) once
+    /// panicked: the lossy text was sliced at a byte count.
+    #[test]
+    fn content_length_inside_a_character_does_not_panic() {
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n\xc3\xa9\xc3\xa9")
+            .expect("parses");
+        assert_eq!(r.body, "\u{e9}");
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n\xc3\xa9")
+            .expect("parses");
+        assert_eq!(r.body, "\u{fffd}");
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n\xff\xfeab")
+            .expect("parses");
+        assert_eq!(r.body, "\u{fffd}\u{fffd}a");
+        assert!(complete(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n\xc3\xa9").is_some());
+    }
+
     #[test]
     fn request_against_a_fake_server() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -117,6 +117,8 @@ impl ControlReader {
                     Box::new(move || accept_loop(&listener, &stop2, &sink)),
                 )
             }
+            // Read from the console stream instead (`crate::console_channel`).
+            ControlChannel::Console { .. } => (None, Box::new(|| {})),
         };
         let thread = std::thread::Builder::new()
             .name("control-channel".into())

@@ -111,6 +111,10 @@ pub struct ConsoleConfig {
 
 type Clients = Arc<Mutex<Vec<UnixStream>>>;
 
+/// The most clients attached to one console at once (each costs a thread).
+const MAX_CLIENTS: usize = 8;
+const TOO_MANY: &str = "microvm: too many console clients (8 attached); try again later\r\n";
+
 /// Serves a pty master: log + attached clients. See the module docs.
 #[derive(Debug)]
 pub struct ConsoleServer {
@@ -129,7 +133,7 @@ impl ConsoleServer {
         let listener = UnixListener::bind(&short)?;
         match cfg.socket_owner {
             Some((uid, gid)) => {
-                std::os::unix::fs::chown(&cfg.socket, Some(uid), Some(gid))?;
+                std::os::unix::fs::lchown(&cfg.socket, Some(uid), Some(gid))?;
                 fs::set_permissions(&cfg.socket, fs::Permissions::from_mode(0o660))?;
             }
             None => fs::set_permissions(&cfg.socket, fs::Permissions::from_mode(0o600))?,
@@ -169,7 +173,12 @@ impl ConsoleServer {
             std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     match listener.accept() {
-                        Ok((stream, _)) => {
+                        Ok((mut stream, _)) => {
+                            let full = clients.lock().map_or(true, |l| l.len() >= MAX_CLIENTS);
+                            if full {
+                                let _ = stream.write_all(TOO_MANY.as_bytes());
+                                continue;
+                            }
                             let _ = stream.set_nonblocking(false);
                             let _ = stream.set_write_timeout(Some(Duration::from_millis(500)));
                             let (Ok(theirs), Ok(mut to_guest)) =
@@ -319,6 +328,45 @@ impl Drop for RawMode<'_> {
     }
 }
 
+/// The user's terminal while a VM's console is relayed to it: stdin in raw mode (what
+/// is typed goes to the guest as is). Dropping it restores the saved settings and
+/// switches line wrapping back on (firmware such as SeaBIOS turns it off), so that every
+/// exit of `microvm run` leaves the terminal as it found it.
+#[derive(Debug)]
+pub struct TerminalGuard {
+    fd: OwnedFd,
+    saved: rustix::termios::Termios,
+}
+
+impl TerminalGuard {
+    /// `None` when stdin is not a terminal.
+    pub fn raw_stdin() -> Option<TerminalGuard> {
+        let fd = io::stdin().as_fd().try_clone_to_owned().ok()?;
+        let saved = rustix::termios::tcgetattr(&fd).ok()?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        // Keep output post-processing: the guest's bare newlines still start a line.
+        raw.output_modes = saved.output_modes;
+        rustix::termios::tcsetattr(&fd, rustix::termios::OptionalActions::Now, &raw).ok()?;
+        Some(TerminalGuard { fd, saved })
+    }
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        let _ = rustix::termios::tcsetattr(
+            &self.fd,
+            rustix::termios::OptionalActions::Now,
+            &self.saved,
+        );
+        if rustix::termios::isatty(io::stdout()) {
+            // DECAWM on (line wrapping), default colours.
+            let _ = io::stdout().write_all(b"\x1b[?7h\x1b[0m");
+            let _ = io::stdout().flush();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,6 +409,34 @@ mod tests {
         std::os::unix::fs::symlink(&target, dir.path().join("console.log")).expect("ln");
         assert!(RotatingLog::open(&dir.path().join("console.log"), 10).is_err());
         assert_eq!(fs::read_to_string(&target).expect("r"), "keep");
+    }
+
+    /// At most 8 clients attach at once; the ninth is told so and closed.
+    #[test]
+    fn console_clients_are_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pty = open_pty().expect("pty");
+        let cfg = ConsoleConfig {
+            log: dir.path().join("console.log"),
+            log_limit: DEFAULT_LOG_LIMIT,
+            socket: dir.path().join("console.sock"),
+            socket_owner: None,
+        };
+        let server = ConsoleServer::start(pty.master, &cfg).expect("server");
+        let mut attached = Vec::new();
+        for _ in 0..MAX_CLIENTS {
+            attached.push(UnixStream::connect(&cfg.socket).expect("connect"));
+            std::thread::sleep(Duration::from_millis(80)); // the acceptor polls every 50 ms
+        }
+        let mut ninth = UnixStream::connect(&cfg.socket).expect("connect");
+        ninth
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut text = String::new();
+        let _ = ninth.read_to_string(&mut text);
+        assert_eq!(text, TOO_MANY);
+        drop(pty.slave);
+        server.finish(Duration::from_secs(2));
     }
 
     /// A guest stand-in on the pty slave echoes what a client types; the output reaches

@@ -3,9 +3,12 @@
 //! foreground ([`supervise`]). Synchronous: std threads and processes, no async runtime.
 
 pub mod api;
+pub mod balloon;
 pub mod channel;
 pub mod console;
+pub mod console_channel;
 pub mod kvm;
+pub mod migrate;
 pub mod net;
 pub mod network;
 pub mod privilege;
@@ -13,6 +16,7 @@ pub mod qmp;
 pub mod service;
 pub mod state;
 pub mod supervise;
+pub mod trust;
 pub mod units;
 pub mod unixpath;
 

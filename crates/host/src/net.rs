@@ -52,6 +52,13 @@ impl NetHost {
         self.class_net(name).exists()
     }
 
+    /// The alias of a link (`ip link set NAME alias …`), if it has one.
+    pub fn link_alias(&self, name: &str) -> Option<String> {
+        let text = fs::read_to_string(self.class_net(name).join("ifalias")).ok()?;
+        let alias = text.trim_end();
+        (!alias.is_empty()).then(|| alias.to_string())
+    }
+
     /// The interface index of a link.
     pub fn ifindex(&self, name: &str) -> Result<u32, NetError> {
         let path = self.class_net(name).join("ifindex");
@@ -115,6 +122,12 @@ pub enum NetError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("interface {name} already exists and microvm did not create it for VM {vm} ({why}); refusing to replace it: rename the VM's interface `id` or remove the link yourself")]
+    NotOurs {
+        name: String,
+        vm: String,
+        why: String,
+    },
     #[error("macvtap list line {line:?} is not `ID MAC LINK MODE`")]
     BadMacvtapLine { line: String },
 }
@@ -149,18 +162,69 @@ impl MacvtapSetup {
 }
 
 /// The links this supervisor created; [`Links::remove_all`] deletes them (also on drop).
+///
+/// Every link it creates carries the alias `microvm:<vm>` ([`Links::for_vm`]): a link of
+/// the same name left by a crashed run is replaced only when it is of the same kind and
+/// carries this VM's alias, so an interface `id` that names someone else's link (a veth,
+/// a bridge, another VM's tap) is refused, never deleted.
 #[derive(Debug)]
 pub struct Links {
     host: NetHost,
     created: Vec<String>,
+    vm: String,
 }
 
 impl Links {
+    /// Links of an unnamed VM (alias `microvm:`).
     pub fn new(host: NetHost) -> Links {
+        Links::for_vm(host, "")
+    }
+
+    /// Links of VM `vm`.
+    pub fn for_vm(host: NetHost, vm: &str) -> Links {
         Links {
             host,
             created: Vec::new(),
+            vm: vm.to_string(),
         }
+    }
+
+    fn alias(&self) -> String {
+        format!("microvm:{}", self.vm)
+    }
+
+    /// Deletes a stale link `name` if it is ours (see the type's docs); `kind_file` is a
+    /// sysfs attribute that only links of the expected kind have (`tun_flags` for a tap,
+    /// `macvtap` has `macvtap/` under its device).
+    fn replace_stale(&self, name: &str, is_kind: bool) -> Result<(), NetError> {
+        if !self.host.link_exists(name) {
+            return Ok(());
+        }
+        let alias =
+            fs::read_to_string(self.host.class_net(name).join("ifalias")).unwrap_or_default();
+        let why = if !is_kind {
+            "it is not of the kind the VM asks for".to_string()
+        } else if alias.trim_end() != self.alias() {
+            format!(
+                "its alias is {:?}, not {:?}",
+                alias.trim_end(),
+                self.alias()
+            )
+        } else {
+            return self.host.delete_link(name);
+        };
+        Err(NetError::NotOurs {
+            name: name.to_string(),
+            vm: self.vm.clone(),
+            why,
+        })
+    }
+
+    fn tag(&self, name: &str) -> Result<(), NetError> {
+        self.host.ip(
+            &format!("mark {name} as created by microvm"),
+            &["link", "set", name, "alias", &self.alias()],
+        )
     }
 
     pub fn names(&self) -> &[String] {
@@ -176,9 +240,8 @@ impl Links {
         owner: Option<&Credentials>,
     ) -> Result<(), NetError> {
         let name = tap.name.as_str();
-        if self.host.link_exists(name) {
-            self.host.delete_link(name)?;
-        }
+        let is_tap = self.host.class_net(name).join("tun_flags").exists();
+        self.replace_stale(name, is_tap)?;
         let (uid, gid) = owner
             .map(|c| (c.uid.to_string(), c.gid.to_string()))
             .unzip();
@@ -194,6 +257,7 @@ impl Links {
         }
         self.host.ip(&format!("create tap {name}"), &args)?;
         self.created.push(name.to_string());
+        self.tag(name)?;
         if let Some(bridge) = &tap.bridge {
             // The tap takes the bridge's MTU (a smaller port would lower the bridge's).
             let mtu = fs::read_to_string(self.host.class_net(bridge).join("mtu"));
@@ -222,9 +286,8 @@ impl Links {
         owner: Option<&Credentials>,
     ) -> Result<PathBuf, NetError> {
         let id = m.id.as_str();
-        if self.host.link_exists(id) {
-            self.host.delete_link(id)?;
-        }
+        let is_macvtap = self.host.class_net(id).join("macvtap").exists();
+        self.replace_stale(id, is_macvtap)?;
         self.host.ip(
             &format!("create macvtap {id} on {}", m.link),
             &[
@@ -233,6 +296,7 @@ impl Links {
             ],
         )?;
         self.created.push(id.to_string());
+        self.tag(id)?;
         self.host.ip(
             &format!("enable allmulticast on {id}"),
             &["link", "set", id, "allmulticast", "on"],
@@ -322,10 +386,11 @@ mod tests {
             format!(
                 "#!/bin/sh\necho \"$*\" >> {log}\nnet={sys}/class/net\n\
                  case \"$1 $2\" in\n\
-                 'tuntap add') mkdir -p $net/$4; echo 7 > $net/$4/ifindex ;;\n\
-                 'link add') mkdir -p $net/$6; echo 9 > $net/$6/ifindex; : > {dev}/tap9 ;;\n\
+                 'tuntap add') mkdir -p $net/$4; echo 7 > $net/$4/ifindex; : > $net/$4/tun_flags ;;\n\
+                 'link add') mkdir -p $net/$6/macvtap; echo 9 > $net/$6/ifindex; : > {dev}/tap9 ;;\n\
                  'link delete') rm -rf $net/$3 ;;\n\
-                 'link set') [ \"$4\" = master ] && [ ! -d $net/$5 ] && {{ echo \"no bridge $5\" >&2; exit 2; }} ;;\n\
+                 'link set') [ \"$4\" = alias ] && echo \"$5\" > $net/$3/ifalias\n\
+                 [ \"$4\" = master ] && [ ! -d $net/$5 ] && {{ echo \"no bridge $5\" >&2; exit 2; }} ;;\n\
                  esac\nexit 0\n",
                 log = dir.join("ip.log").display(),
                 sys = sys.display(),
@@ -364,14 +429,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let host = fake_host(dir.path());
         fs::create_dir_all(host.sysfs.join("class/net/br0")).expect("bridge");
-        // A stale tap from a crashed run is replaced.
-        fs::create_dir_all(host.sysfs.join("class/net/vm-a")).expect("stale");
+        // A stale tap from a crashed run of this VM is replaced.
+        let stale = host.sysfs.join("class/net/vm-a");
+        fs::create_dir_all(&stale).expect("stale");
+        fs::write(stale.join("tun_flags"), "0x1002\n").expect("tun_flags");
+        fs::write(stale.join("ifalias"), "microvm:a\n").expect("alias");
         let owner = Credentials {
             user: "microvm".into(),
             uid: 990,
             gid: 991,
         };
-        let mut links = Links::new(host.clone());
+        let mut links = Links::for_vm(host.clone(), "a");
         links
             .create_tap(&tap("vm-a", true, Some("br0")), Some(&owner))
             .expect("tap a");
@@ -383,9 +451,11 @@ mod tests {
             [
                 "link delete vm-a",
                 "tuntap add name vm-a mode tap user 990 group 991 vnet_hdr multi_queue",
+                "link set vm-a alias microvm:a",
                 "link set vm-a master br0",
                 "link set vm-a up",
                 "tuntap add name vm-b mode tap vnet_hdr",
+                "link set vm-b alias microvm:a",
                 "link set vm-b up",
             ]
         );
@@ -393,9 +463,47 @@ mod tests {
         assert!(links.remove_all().is_empty());
         assert!(!host.link_exists("vm-a") && !host.link_exists("vm-b"));
         assert_eq!(
-            log(dir.path())[6..],
+            log(dir.path())[8..],
             ["link delete vm-b", "link delete vm-a"]
         );
+    }
+
+    /// Attack 4 of issue 10: an interface `id` naming a link microvm did not create for
+    /// this VM (a veth, another VM's tap) made root delete it. Now it is refused.
+    #[test]
+    fn links_microvm_did_not_create_for_this_vm_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let host = fake_host(dir.path());
+        let veth = host.sysfs.join("class/net/veth0");
+        fs::create_dir_all(&veth).expect("veth");
+        let other = host.sysfs.join("class/net/vm-o");
+        fs::create_dir_all(&other).expect("tap");
+        fs::write(other.join("tun_flags"), "0x1002\n").expect("tun_flags");
+        fs::write(other.join("ifalias"), "microvm:other\n").expect("alias");
+        let mut links = Links::for_vm(host.clone(), "a");
+        let err = links
+            .create_tap(&tap("veth0", false, None), None)
+            .expect_err("a veth");
+        assert_eq!(
+            err.to_string(),
+            "interface veth0 already exists and microvm did not create it for VM a (it is not of the kind the VM asks for); refusing to replace it: rename the VM's interface `id` or remove the link yourself"
+        );
+        let err = links
+            .create_tap(&tap("vm-o", false, None), None)
+            .expect_err("another VM's tap");
+        assert!(
+            err.to_string()
+                .contains("its alias is \"microvm:other\", not \"microvm:a\""),
+            "{err}"
+        );
+        let m = MacvtapSetup::parse_list("veth0 02:00:00:00:00:09 eth0 bridge\n").expect("parse");
+        assert!(links.create_macvtap(&m[0], None).is_err());
+        assert!(
+            log(dir.path()).is_empty(),
+            "nothing was run: {:?}",
+            log(dir.path())
+        );
+        assert!(host.link_exists("veth0") && host.link_exists("vm-o"));
     }
 
     #[test]
@@ -449,6 +557,7 @@ mod tests {
             log(dir.path()),
             [
                 "link add link eth0 name vm-m address 02:00:00:00:00:09 type macvtap mode bridge",
+                "link set vm-m alias microvm:",
                 "link set vm-m allmulticast on",
                 "link set vm-m up",
             ]

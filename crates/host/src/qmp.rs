@@ -1,12 +1,15 @@
 //! A minimal synchronous QMP client: greeting, `qmp_capabilities`, then commands whose
 //! replies are matched by `id`; asynchronous events in between are collected, not lost.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read as _, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+/// The longest QMP message line read (qemu's replies are a few KiB).
+const MAX_LINE: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
@@ -177,7 +180,8 @@ impl QmpClient {
                     source,
                 })?;
             let mut line = String::new();
-            match self.reader.read_line(&mut line) {
+            // Bounded: a hypervisor that never ends its line cannot grow our memory.
+            match (&mut self.reader).take(MAX_LINE + 1).read_line(&mut line) {
                 Ok(0) => {
                     return Err(QmpError::Closed {
                         path: self.path.clone(),
@@ -207,6 +211,12 @@ impl QmpClient {
                         source,
                     })
                 }
+            }
+            if line.len() as u64 > MAX_LINE {
+                return Err(QmpError::Protocol {
+                    path: self.path.clone(),
+                    message: format!("(a reply line longer than {} KiB)", MAX_LINE >> 10),
+                });
             }
             if line.trim().is_empty() {
                 continue;

@@ -193,3 +193,22 @@ fn real_qemu_quit() {
     );
     assert!(status.success());
 }
+
+/// A reply line without an end is read up to 1 MiB, then refused: it cannot grow the
+/// supervisor's memory without bound.
+#[test]
+fn endless_reply_lines_are_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("qmp.sock");
+    let _server = fake_server(&sock, |req| match req["execute"].as_str() {
+        Some("query-status") => vec!["x".repeat(3 << 20)],
+        _ => vec![ok_reply(req)],
+    });
+    let mut c = QmpClient::connect(&sock, DEFAULT_TIMEOUT).expect("connect");
+    let err = c.execute("query-status", None).expect_err("too long");
+    assert!(
+        err.to_string()
+            .contains("a reply line longer than 1024 KiB"),
+        "{err}"
+    );
+}

@@ -3,11 +3,14 @@
 //! ([`notify`]), PCI passthrough setup ([`pci`]) and the run record ([`record`]).
 //! See docs/host.md ("Supervisor", "Service managers").
 
+pub mod adopted;
 pub mod detach;
+pub mod logpipe;
 pub mod managed;
 pub mod notify;
 pub mod pci;
 pub mod record;
+pub mod recover;
 
 pub use managed::{
     forward_signals, load_runner, supervise, ConsoleMode, ManagedOptions, RestartMode,

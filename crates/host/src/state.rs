@@ -38,6 +38,9 @@ use microvm_spec::types::VmName;
 pub use lock::{HostLock, VmLock};
 pub use status::{now, pid_alive, Status, VmState};
 
+/// The most bytes read of one record of a VM directory (status, paths).
+const MAX_RECORD_BYTES: u64 = 1 << 20;
+
 /// Default time a command waits for another command's lock.
 pub const DEFAULT_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -239,7 +242,8 @@ impl VmDir {
     }
 
     fn link(&self, name: &str) -> Option<PathBuf> {
-        let target = fs::read_link(self.path.join(name)).ok()?;
+        // Only links root wrote: the directory is writable by the hypervisors' group.
+        let target = crate::trust::read_link_owned(&self.path.join(name))?;
         Some(if target.is_absolute() {
             target
         } else {
@@ -343,11 +347,11 @@ impl VmDir {
     /// The recorded status, as written (`None` if the VM never ran).
     pub fn status(&self) -> Result<Option<Status>, StateError> {
         let path = self.status_path();
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
+        match crate::trust::read_owned(&path, MAX_RECORD_BYTES) {
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes)
                 .map(Some)
                 .map_err(|source| StateError::BadStatus { path, source }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Ok(None) => Ok(None),
             Err(e) => Err(io_err("read", &path)(e)),
         }
     }
@@ -371,11 +375,9 @@ impl VmDir {
 
     /// The pid in `supervisor.pid`, if the file exists and parses.
     pub fn supervisor_pid(&self) -> Option<u32> {
-        fs::read_to_string(self.supervisor_pid_path())
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        // Only a file root wrote: a planted pid would be signalled as root.
+        let bytes = crate::trust::read_owned(&self.supervisor_pid_path(), 64).ok()??;
+        String::from_utf8(bytes).ok()?.trim().parse().ok()
     }
 
     /// Writes `supervisor.pid` atomically.
@@ -403,7 +405,8 @@ impl VmDir {
     }
 
     fn read_path(&self, name: &str) -> Option<PathBuf> {
-        let text = fs::read_to_string(self.path.join(name)).ok()?;
+        let bytes = crate::trust::read_owned(&self.path.join(name), MAX_RECORD_BYTES).ok()??;
+        let text = String::from_utf8(bytes).ok()?;
         let line = text.lines().next()?.trim_end();
         (!line.is_empty()).then(|| PathBuf::from(line))
     }
@@ -436,11 +439,13 @@ pub fn absolute(path: &Path) -> Result<PathBuf, StateError> {
     std::path::absolute(path).map_err(io_err("resolve", path))
 }
 
-/// Writes `path` atomically: a temporary sibling, fsync, rename, fsync of the directory.
+/// Writes `path` atomically: a fresh temporary sibling created with
+/// `O_CREAT|O_EXCL|O_NOFOLLOW` (a planted symlink is never followed), fsync, rename, fsync
+/// of the directory. See [`crate::trust`].
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), StateError> {
-    let tmp = temp_sibling(path);
+    let (mut f, tmp) =
+        crate::trust::create_temp_sibling(path, 0o644).map_err(io_err("write", path))?;
     let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
         f.write_all(contents)?;
         f.sync_all()?;
         fs::rename(&tmp, path)

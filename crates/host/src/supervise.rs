@@ -12,8 +12,10 @@ mod helpers;
 mod prepare;
 mod run;
 mod shutdown;
+mod stdio;
 #[cfg(test)]
 mod tests;
+mod user_steps;
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -21,6 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use prepare::{remove_created_sockets, remove_sockets_at};
 pub use run::{run_foreground, run_foreground_with};
 pub use shutdown::{request as request_shutdown, Action as ShutdownAction};
 

@@ -6,7 +6,7 @@ use microvm_init::plan::{
     ControlChannel, DeviceRef, DiskMount, ExecPlan, GuestPlan, MountPlan, NetPlan, OverlayPlan,
     PowerButton, RootPlan, PLAN_VERSION,
 };
-use microvm_spec::config::{Config, ShareProto, StoreDiskType};
+use microvm_spec::config::{Config, ControlTransport, ShareProto, StoreDiskType};
 use microvm_spec::types::Hypervisor;
 
 use crate::kernel::{FsCompression, KernelFeature};
@@ -127,16 +127,17 @@ pub fn plan(config: &Config) -> GuestPlan {
 }
 
 fn control_channel(config: &Config) -> Option<ControlChannel> {
-    match config.hypervisor {
-        Hypervisor::Qemu => Some(ControlChannel::VirtioPort {
+    match config.control_transport() {
+        ControlTransport::VirtioSerial => Some(ControlChannel::VirtioPort {
             name: CONTROL_PORT.into(),
         }),
-        Hypervisor::CloudHypervisor | Hypervisor::Firecracker if config.vsock.cid.is_some() => {
-            Some(ControlChannel::Vsock {
-                port: CONTROL_VSOCK_PORT,
-            })
-        }
-        _ => None,
+        ControlTransport::Vsock => Some(ControlChannel::Vsock {
+            port: CONTROL_VSOCK_PORT,
+        }),
+        ControlTransport::Console => Some(ControlChannel::Console {
+            param: microvm_spec::config::CONSOLE_NONCE_PARAM.into(),
+        }),
+        ControlTransport::None => None,
     }
 }
 

@@ -14,6 +14,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+pub mod build;
 pub mod bzimage;
 pub mod config;
 mod deb;
@@ -196,7 +197,11 @@ impl KernelInfo {
     pub fn ensure_vmlinux(&mut self, cache_dir: &Path) -> Result<&Path, KernelError> {
         if let Some(path) = &self.vmlinux {
             if self.vmlinux_pvh.is_none() {
-                self.vmlinux_pvh = Some(elf::has_pvh_note(&bzimage::read_file(path)?));
+                let pvh = elf::file_has_pvh_note(path).map_err(|source| KernelError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                self.vmlinux_pvh = Some(pvh);
             }
         } else {
             let (path, pvh) =

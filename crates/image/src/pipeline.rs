@@ -29,6 +29,8 @@ pub enum BuildError {
     #[error(transparent)]
     Kernel(#[from] kernel::KernelError),
     #[error(transparent)]
+    KernelBuild(#[from] kernel::build::KernelBuildError),
+    #[error(transparent)]
     Modules(#[from] modules::ModulesError),
     #[error(transparent)]
     Initrd(#[from] initrd::InitrdError),
@@ -76,6 +78,19 @@ pub struct Step {
     pub detail: String,
 }
 
+/// The kernel build a definition's `kernel = { build = … }` asks for.
+pub fn build_request(build: &microvm_spec::config::KernelBuild) -> kernel::build::BuildRequest {
+    use microvm_spec::config::KernelBuildSource as S;
+    kernel::build::BuildRequest {
+        source: match &build.source {
+            S::Package(name) => kernel::build::SourceRef::Package(name.clone()),
+            S::Path(path) => kernel::build::SourceRef::Path(path.clone()),
+        },
+        fragments: build.fragments.clone(),
+        jobs: None,
+    }
+}
+
 /// Builds (or finds) the artifacts of `config` in `store`. `progress` is told about
 /// each step as it starts.
 pub fn build(
@@ -92,6 +107,9 @@ pub fn build(
         Some(KernelRef::Package(name)) => {
             progress(&format!("fetching kernel package {name}"));
             fetch::debian_kernel(name, &store.root().join(".cache/debs"))?
+        }
+        Some(KernelRef::Build(build)) => {
+            kernel::build::build(&build_request(build), store, progress)?.dir
         }
         None => return Err(BuildError::NoKernel),
     };
@@ -379,7 +397,9 @@ fn root_disk(
     let out = store.path(&hash, name);
     let manifest = PathBuf::from(format!("{}.manifest", out.display()));
     let defaults_path = PathBuf::from(format!("{}.defaults.json", out.display()));
-    if out.exists() {
+    // A disk whose manifest or defaults went missing (an old gc) is built again rather
+    // than used without the image's default command.
+    if out.exists() && manifest.exists() && defaults_path.exists() {
         return Ok(RootDisk {
             defaults: rootfs::defaults::RootDefaults::read(&defaults_path).unwrap_or_default(),
             path: out,
@@ -390,6 +410,7 @@ fn root_disk(
     progress("staging the guest root");
     let scratch = store.scratch("root")?;
     let staged = rootfs::stage(&sources, &scratch.join("tree"))?;
+    warn_skipped(&staged.skipped);
     let mut defaults = rootfs::defaults::RootDefaults::default();
     if let Some(closure) = &nix {
         closure.write_info(&staged)?;
@@ -455,4 +476,30 @@ fn root_disk(
         manifest,
         defaults,
     })
+}
+
+/// One warning for what staging had to leave out (device nodes and xattrs an unprivileged
+/// build cannot create): the first few paths, and how to see them all.
+fn warn_skipped(skipped: &[rootfs::Skipped]) {
+    const SHOWN: usize = 5;
+    if skipped.is_empty() {
+        return;
+    }
+    let mut list: Vec<String> = skipped
+        .iter()
+        .take(SHOWN)
+        .map(|s| format!("{} ({})", s.path.display(), s.reason))
+        .collect();
+    if skipped.len() > SHOWN {
+        list.push(format!(
+            "and {} more (RUST_LOG=debug lists them)",
+            skipped.len() - SHOWN
+        ));
+    }
+    tracing::warn!(
+        "the guest root lacks {} entr{} this build could not create (build as root to keep them): {}",
+        skipped.len(),
+        if skipped.len() == 1 { "y" } else { "ies" },
+        list.join(", ")
+    );
 }

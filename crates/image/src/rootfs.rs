@@ -85,6 +85,12 @@ pub enum RootfsError {
     },
     #[error("tarball {}: entry {entry:?} points outside the root", tarball.display())]
     UnsafeEntry { tarball: PathBuf, entry: String },
+    #[error("tarball {}: {what} (at entry {entry:?}); a root image is smaller than that", tarball.display())]
+    TooLarge {
+        tarball: PathBuf,
+        entry: String,
+        what: String,
+    },
     #[error("extracting tarball {} at entry {entry:?}", tarball.display())]
     Tar {
         tarball: PathBuf,
@@ -163,7 +169,8 @@ impl Stage {
             .strip_prefix(&self.canon_root)
             .or_else(|_| path.strip_prefix(&self.root));
         let path = Path::new("/").join(path.unwrap_or(Path::new("?")));
-        tracing::warn!(path = %path.display(), "{reason}");
+        // The build sums them up in one warning; each is listed at debug level.
+        tracing::debug!(path = %path.display(), "{reason}");
         self.skipped.push(Skipped { path, reason });
     }
 }

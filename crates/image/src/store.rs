@@ -12,6 +12,9 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+mod lock;
+pub use lock::{LockKind, StoreLock, LOCK_FILE};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{op} {path}: {source}")]
@@ -35,6 +38,8 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Sto
 pub struct Store {
     root: PathBuf,
     stat_cache: Mutex<StatCache>,
+    /// Shared while the store is open: `gc` (exclusive) waits for it.
+    _lock: StoreLock,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -70,8 +75,17 @@ impl StatKey {
 }
 
 impl Store {
+    /// Opens the store and holds its lock shared until the `Store` is dropped; waits
+    /// (saying so on stderr) while `microvm gc` holds it.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         fs::create_dir_all(root).map_err(io_err("creating store", root))?;
+        let lock = StoreLock::wait(root, LockKind::Shared, &mut || {
+            eprintln!(
+                "microvm: waiting for `microvm gc` to finish with the store {}",
+                root.display()
+            )
+        })?;
+        remove_dead_scratch(&root.join(".tmp"));
         let cache_path = root.join(".stat-cache.json");
         let stat_cache = fs::read(&cache_path)
             .ok()
@@ -80,6 +94,7 @@ impl Store {
         Ok(Store {
             root: root.to_path_buf(),
             stat_cache: Mutex::new(stat_cache),
+            _lock: lock,
         })
     }
 
@@ -106,8 +121,15 @@ impl Store {
     /// Publishes `built` (a file or directory) as `dest` atomically. If `dest` appeared in
     /// the meantime (a concurrent build of the same inputs), the new copy is discarded.
     pub fn publish(&self, built: &Path, dest: &Path) -> Result<(), StoreError> {
+        // Durable before visible: after a power loss a published entry is never empty.
+        sync_tree(built).map_err(io_err("syncing", built))?;
         match fs::rename(built, dest) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if let Some(parent) = dest.parent() {
+                    let _ = fs::File::open(parent).and_then(|d| d.sync_all());
+                }
+                Ok(())
+            }
             Err(_) if dest.exists() => {
                 let _ = if built.is_dir() {
                     fs::remove_dir_all(built)
@@ -209,6 +231,45 @@ impl Store {
     }
 }
 
+/// fsyncs every regular file and directory of the tree at `path` (symlinks are skipped).
+fn sync_tree(path: &Path) -> io::Result<()> {
+    let meta = fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        for e in fs::read_dir(path)? {
+            sync_tree(&e?.path())?;
+        }
+    } else if !meta.is_file() {
+        return Ok(());
+    }
+    fs::File::open(path)?.sync_all()
+}
+
+/// Removes scratch directories (`<name>-<pid>-<unique>`) whose process is gone: a build
+/// killed half-way leaves its copy (80–90 MB for a root) behind; the next run cleans it.
+fn remove_dead_scratch(tmp: &Path) {
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.rsplit('-').nth(1))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let path = e.path();
+            let _ = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+        }
+    }
+}
+
 fn unique() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -230,6 +291,25 @@ pub fn combine(parts: &[(&str, &str)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scratch_of_dead_processes_is_removed_on_open() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("store");
+        let store = Store::open(&root).expect("store");
+        let mine = store.scratch("rootfs").expect("scratch");
+        let dead = {
+            let mut c = std::process::Command::new("true").spawn().expect("true");
+            let pid = c.id();
+            c.wait().expect("wait");
+            pid
+        };
+        let stale = root.join(".tmp").join(format!("store-disk-{dead}-123"));
+        fs::create_dir_all(stale.join("sub")).expect("mkdir");
+        Store::open(&root).expect("reopen");
+        assert!(!stale.exists(), "a dead build's scratch is removed");
+        assert!(mine.exists(), "a live one's is kept");
+    }
 
     #[test]
     fn tree_hash_follows_content_not_time() {

@@ -129,6 +129,7 @@ impl Toolbox {
         cmd.env_clear()
             .env("PATH", &self.search_path)
             .env("LC_ALL", "C");
+        die_with_parent(&mut cmd);
         Ok(cmd)
     }
 
@@ -150,6 +151,20 @@ impl Toolbox {
             argv,
             output: text.lines().take(3).collect::<Vec<_>>().join("\n"),
         })
+    }
+}
+
+/// The tool gets SIGKILL when the thread that started it dies: a `kill -9` of `update`
+/// once left `mkfs.erofs` running as an orphan, writing into a scratch directory.
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and only makes one prctl(2) call,
+    // which is async-signal-safe; it allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)
+        });
     }
 }
 

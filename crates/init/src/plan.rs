@@ -159,6 +159,12 @@ pub enum ControlChannel {
     Vsock { port: u32 },
     /// A serial device node such as `/dev/ttyS1`.
     Serial { device: String },
+    /// The console (`/dev/console`, the init's stdout), every line framed as
+    /// `<nonce> <message>`. The nonce is the value of the kernel parameter `param`
+    /// (fresh for every boot); the init bind-mounts a copy of `/proc/cmdline` without it
+    /// over the new root's `/proc/cmdline` and restricts `dmesg` to root, so that guest
+    /// programs cannot forge a frame. Without the parameter there is no channel.
+    Console { param: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,16 +13,25 @@
 //!   value starting with `id_`: such values are passed through alioth's `-o id_<n>,<value>`
 //!   indirection ([`Aco`]).
 //! - The default console (stdio) needs a terminal (`tcgetattr`): the supervisor runs alioth
-//!   on a pty. `--console log,path=FILE` would work without one, but loses console input.
-//! - alioth 0.12 has `--balloon free_page_reporting=BOOL`, but the balloon stays refused as
-//!   in the original and the capability table: without a control socket it cannot be sized.
+//!   on a pty (the 0.12 release on crates.io has no `--console` option to avoid it).
+//! - The balloon is `--balloon free_page_reporting=true` (the original refused it): the guest
+//!   hands its free pages back. alioth has no control socket, so the balloon cannot be
+//!   inflated at run time; its device always offers deflate-on-oom.
+//! - macvtap (the original refused it) is `--net tap,tap=/dev/fd/N,mac=…,mtu=1500` with one
+//!   queue: alioth opens the character device `tap=` names (its help: "Required for MacVTap
+//!   and IPVTap"), and `/dev/fd/N` reopens the `/dev/tap<ifindex>` the supervisor passed as
+//!   fd N (a [`MacvtapFd`], as for the other hypervisors).
+//! - qcow2 volumes are refused (capability table): alioth reads every disk as raw.
 
 use microvm_spec::config::{Arch, Config, DeviceBus, InterfaceType, ShareProto};
 use microvm_spec::types::Hypervisor;
 
+use crate::argv::Out;
 use crate::common::{cmdline, process_name, program};
 use crate::virtiofsd::virtiofsd_helpers;
-use crate::{Artifacts, Capabilities, HostFacts, Invocation, PlanError, Shutdown, TapSetup};
+#[cfg(doc)]
+use crate::MacvtapFd;
+use crate::{Artifacts, Capabilities, HostFacts, Invocation, PlanError, Shutdown};
 
 const HV: Hypervisor = Hypervisor::Alioth;
 
@@ -39,105 +48,27 @@ pub(crate) fn plan(
         Arch::Aarch64 => "console=ttyAMA0",
     };
     let kernel_cmdline = cmdline([console, "reboot=k", "panic=1"], config);
-    let virtiofs = config
-        .shares
-        .iter()
-        .any(|s| s.proto == ShareProto::Virtiofs);
     let mut aco = Aco::default();
-    let mut args: Vec<String> = vec!["boot".into()];
-
-    let mut memory = format!("size={}M,backend=memfd", config.mem);
-    if virtiofs {
-        memory.push_str(",shared=true");
-    }
-    push(&mut args, "--memory", memory);
-    push(&mut args, "--cpu", format!("count={}", config.vcpu));
-    match (&artifacts.vmlinux, config.arch) {
-        (Some(vmlinux), Arch::X86_64) => push(&mut args, "--pvh", vmlinux.display().to_string()),
-        _ => push(&mut args, "-k", artifacts.kernel.display().to_string()),
-    }
-    push(&mut args, "-i", artifacts.initrd.display().to_string());
-    push(&mut args, "-c", kernel_cmdline.clone());
-    args.push("--entropy".into());
-
-    if config.store_on_disk {
-        let store = artifacts
-            .store_disk
-            .as_ref()
-            .ok_or_else(|| invalid("storeOnDisk is set but no store disk was built".into()))?;
-        let path = aco.value(&store.display().to_string());
-        push(
-            &mut args,
-            "--blk",
-            format!("file,path={path},readonly=true"),
-        );
-    }
-    let mut warnings = Vec::new();
-    for volume in &config.volumes {
-        let path = aco.value(&volume.image);
-        push(
-            &mut args,
-            "--blk",
-            format!("file,path={path},readonly={}", volume.read_only),
-        );
-        // The capability table's wording, so that the warnings are not repeated.
-        for (set, w) in [
-            (
-                volume.serial.is_some(),
-                "Volume serial is not supported for alioth",
-            ),
-            (
-                volume.direct,
-                "Volume direct IO is not supported for alioth",
-            ),
-        ] {
-            if set && !warnings.iter().any(|x| x == w) {
-                warnings.push(w.to_owned());
-            }
-        }
-    }
-    for share in &config.shares {
-        // Only virtiofs reaches here (9p is refused).
-        let socket = share
-            .socket
-            .clone()
-            .unwrap_or_else(|| format!("{}-virtiofs-{}.sock", config.name, share.tag));
-        let socket = aco.value(&socket);
-        let tag = aco.value(&share.tag);
-        push(&mut args, "--fs", format!("vu,socket={socket},tag={tag}"));
-    }
-
-    let multi_queue = config.vcpu > 1;
-    let mut taps = Vec::new();
-    for iface in &config.interfaces {
-        // Only taps reach here. An interface name cannot hold ',' but may hold '='.
-        taps.push(TapSetup {
-            name: iface.id.to_string(),
-            vnet_hdr: true,
-            multi_queue,
-            bridge: iface.bridge.clone(),
-        });
-        let name = aco.value(iface.id.as_str());
-        push(
-            &mut args,
-            "--net",
-            format!(
-                "tap,if={name},mac={},mtu=1500,qp={}",
-                iface.mac, config.vcpu
-            ),
-        );
+    let mut out = Out::new(["boot"]);
+    base(&mut out, config, artifacts, &kernel_cmdline);
+    store_disk(&mut out, &mut aco, config, artifacts)?;
+    volumes(&mut out, &mut aco, config);
+    shares(&mut out, &mut aco, config);
+    interfaces(&mut out, &mut aco, config);
+    if config.balloon {
+        out.opt("--balloon", "free_page_reporting=true");
     }
     if let Some(cid) = config.vsock.cid {
-        push(&mut args, "--vsock", format!("vhost,cid={cid}"));
+        out.opt("--vsock", format!("vhost,cid={cid}"));
     }
     for object in aco.objects {
-        push(&mut args, "-o", object);
+        out.opt("-o", object);
     }
 
     Ok(Invocation {
         hypervisor: HV,
         program: program(config.alioth.package.as_deref(), "alioth"),
-        args,
+        args: out.args,
         process_name: process_name(config),
         env: Vec::new(),
         files: Vec::new(),
@@ -148,17 +79,109 @@ pub(crate) fn plan(
             signal: "SIGTERM".into(),
         },
         control_channel: None,
-        taps,
-        macvtap_fds: Vec::new(),
+        taps: out.taps,
+        macvtap_fds: out.macvtap_fds,
         kernel_cmdline,
         capabilities: Capabilities {
             can_shutdown: false,
             supports_notify_socket: false,
-            tap_multi_queue: multi_queue,
+            tap_multi_queue: config.vcpu > 1,
             readiness: false,
         },
-        warnings,
+        warnings: out.warnings,
     })
+}
+
+/// Memory, CPUs, kernel, command line and entropy.
+fn base(out: &mut Out, config: &Config, artifacts: &Artifacts, kernel_cmdline: &str) {
+    let virtiofs = config
+        .shares
+        .iter()
+        .any(|s| s.proto == ShareProto::Virtiofs);
+    let mut memory = format!("size={}M,backend=memfd", config.mem);
+    if virtiofs {
+        memory.push_str(",shared=true");
+    }
+    out.opt("--memory", memory);
+    out.opt("--cpu", format!("count={}", config.vcpu));
+    match (&artifacts.vmlinux, config.arch) {
+        (Some(vmlinux), Arch::X86_64) => out.opt("--pvh", vmlinux.display().to_string()),
+        _ => out.opt("-k", artifacts.kernel.display().to_string()),
+    }
+    out.opt("-i", artifacts.initrd.display().to_string());
+    out.opt("-c", kernel_cmdline);
+    out.flag("--entropy");
+}
+
+fn store_disk(
+    out: &mut Out,
+    aco: &mut Aco,
+    config: &Config,
+    artifacts: &Artifacts,
+) -> Result<(), PlanError> {
+    if !config.store_on_disk {
+        return Ok(());
+    }
+    let store = artifacts
+        .store_disk
+        .as_ref()
+        .ok_or_else(|| invalid("storeOnDisk is set but no store disk was built".into()))?;
+    let path = aco.value(&store.display().to_string());
+    out.opt("--blk", format!("file,path={path},readonly=true"));
+    Ok(())
+}
+
+fn volumes(out: &mut Out, aco: &mut Aco, config: &Config) {
+    for volume in &config.volumes {
+        let path = aco.value(&volume.image);
+        out.opt(
+            "--blk",
+            format!("file,path={path},readonly={}", volume.read_only),
+        );
+        // The capability table's wording, so that the warnings are not repeated.
+        if volume.serial.is_some() {
+            out.warn_once("Volume serial is not supported for alioth");
+        }
+        if volume.direct {
+            out.warn_once("Volume direct IO is not supported for alioth");
+        }
+    }
+}
+
+fn shares(out: &mut Out, aco: &mut Aco, config: &Config) {
+    for share in &config.shares {
+        // Only virtiofs reaches here (9p is refused).
+        let socket = share
+            .socket
+            .clone()
+            .unwrap_or_else(|| format!("{}-virtiofs-{}.sock", config.name, share.tag));
+        let socket = aco.value(&socket);
+        let tag = aco.value(&share.tag);
+        out.opt("--fs", format!("vu,socket={socket},tag={tag}"));
+    }
+}
+
+fn interfaces(out: &mut Out, aco: &mut Aco, config: &Config) {
+    for iface in &config.interfaces {
+        let net = match iface.kind {
+            InterfaceType::Tap => {
+                // An interface name cannot hold ',' but may hold '='.
+                out.tap(iface, config.vcpu > 1);
+                let name = aco.value(iface.id.as_str());
+                format!(
+                    "tap,if={name},mac={},mtu=1500,qp={}",
+                    iface.mac, config.vcpu
+                )
+            }
+            InterfaceType::Macvtap => {
+                let fd = out.macvtap_fds(iface.id.as_str(), 1)[0];
+                format!("tap,tap=/dev/fd/{fd},mac={},mtu=1500", iface.mac)
+            }
+            // Refused in reject_unsupported.
+            InterfaceType::User | InterfaceType::Bridge => continue,
+        };
+        out.opt("--net", net);
+    }
 }
 
 /// alioth's object indirection: `serde_aco` splits values at `,` and `=`, and reads a value
@@ -181,17 +204,9 @@ impl Aco {
     }
 }
 
-fn push(args: &mut Vec<String>, flag: &str, value: String) {
-    args.push(flag.to_owned());
-    args.push(value);
-}
-
 fn reject_unsupported(config: &Config) -> Result<(), PlanError> {
     if config.user.is_some() {
         return Err(unsupported("`user`", "alioth will not change user"));
-    }
-    if config.balloon {
-        return Err(unsupported("balloon", "balloon not implemented for alioth"));
     }
     for (v, option, reason) in [
         (
@@ -229,13 +244,9 @@ fn reject_unsupported(config: &Config) -> Result<(), PlanError> {
     if let Some(iface) = config
         .interfaces
         .iter()
-        .find(|i| i.kind != InterfaceType::Tap)
+        .find(|i| matches!(i.kind, InterfaceType::User | InterfaceType::Bridge))
     {
-        let kind = match iface.kind {
-            InterfaceType::User => "user",
-            InterfaceType::Macvtap => "macvtap",
-            _ => "bridge",
-        };
+        let kind = iface.kind.name();
         return Err(unsupported(
             &format!("`{kind}` interfaces"),
             &format!(

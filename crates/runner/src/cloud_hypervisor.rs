@@ -14,13 +14,14 @@
 use microvm_spec::config::{Arch, Config, DeviceBus, InterfaceType, ShareProto};
 use microvm_spec::types::Hypervisor;
 
+use crate::argv::Out;
 use crate::common::{cmdline, process_name, program, CONTROL_VSOCK_PORT, NOTIFY_VSOCK};
 use crate::kv::KvList;
 use crate::version::Version;
 use crate::virtiofsd::virtiofsd_helpers;
 use crate::{
-    Artifacts, Capabilities, ControlChannel, Helper, HelperKind, HostFacts, Invocation, MacvtapFd,
-    PlanError, PreStart, Shutdown, TapSetup,
+    Artifacts, Capabilities, ControlChannel, Helper, HelperKind, HostFacts, Invocation, PlanError,
+    PreStart, Shutdown,
 };
 
 const HV: Hypervisor = Hypervisor::CloudHypervisor;
@@ -69,18 +70,10 @@ pub(crate) fn plan(
     host: &HostFacts,
 ) -> Result<Invocation, PlanError> {
     let grouped = grouped_switches(config, host)?;
-    let vcpu = config.vcpu;
-    let mut args: Vec<String> = Vec::new();
-    let mut warnings = Vec::new();
+    let mut out = Out::default();
     let mut pre_start = Vec::new();
     let mut helpers = virtiofsd_helpers(config, host, false);
 
-    let kernel = match config.arch {
-        Arch::X86_64 => artifacts.vmlinux.as_ref().ok_or_else(|| {
-            invalid("cloud-hypervisor boots an uncompressed vmlinux on x86_64, and none was built for this kernel")
-        })?,
-        Arch::Aarch64 => &artifacts.kernel,
-    };
     let console: &[&str] = match config.arch {
         Arch::X86_64 => &["earlyprintk=ttyS0", "console=ttyS0"],
         Arch::Aarch64 => &["console=ttyAMA0"],
@@ -89,25 +82,101 @@ pub(crate) fn plan(
     prefix.extend(["reboot=t", "panic=-1"]);
     let kernel_cmdline = cmdline(prefix, config);
 
-    let mut push = |a: &str, b: String| {
-        args.push(a.to_owned());
-        args.push(b);
+    base(&mut out, config, artifacts, &kernel_cmdline)?;
+    platform(&mut out, config)?;
+    let control_channel = vsock(&mut out, config, &mut pre_start)?;
+    let disks = disks(config, artifacts)?;
+    push_multi(&mut out.args, grouped, "--disk", disks);
+    let fs = shares(config)?;
+    push_multi(&mut out.args, grouped, "--fs", fs);
+    balloon(&mut out, config)?;
+    if config.graphics.enable {
+        helpers.push(graphics(&mut out, config)?);
+    }
+    if let Some(socket) = &config.socket {
+        out.opt("--api-socket", socket.clone());
+        // cloud-hypervisor stumbles over a preexisting socket.
+        pre_start.insert(0, PreStart::RemoveFile(socket.clone()));
+    }
+    let nets = interfaces(&mut out, config)?;
+    push_multi(&mut out.args, grouped, "--net", nets);
+    let devices: Vec<String> = config
+        .devices
+        .iter()
+        .filter(|d| d.bus == DeviceBus::Pci)
+        .map(|d| {
+            build(
+                KvList::cloud_hypervisor().set("path", format!("/sys/bus/pci/devices/{}", d.path)),
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    push_multi(&mut out.args, grouped, "--device", devices);
+    out.args
+        .extend(config.cloud_hypervisor.extra_args.iter().cloned());
+
+    let shutdown = match &config.socket {
+        Some(socket) => Shutdown::Http {
+            socket: socket.clone(),
+            method: "PUT".into(),
+            path: "/api/v1/vm.power-button".into(),
+            body: None,
+        },
+        None => Shutdown::Signal {
+            signal: "SIGTERM".into(),
+        },
     };
-    push(
+    Ok(Invocation {
+        hypervisor: HV,
+        program: program(
+            config.cloud_hypervisor.package.as_deref(),
+            "cloud-hypervisor",
+        ),
+        args: out.args,
+        process_name: process_name(config),
+        env: Vec::new(),
+        files: Vec::new(),
+        helpers,
+        pre_start,
+        control_socket: config.socket.clone(),
+        shutdown,
+        capabilities: Capabilities {
+            can_shutdown: config.socket.is_some(),
+            supports_notify_socket: config.vsock.cid.is_some(),
+            tap_multi_queue: config.vcpu > 1,
+            readiness: control_channel.is_some(),
+        },
+        control_channel,
+        taps: out.taps,
+        macvtap_fds: out.macvtap_fds,
+        kernel_cmdline,
+        warnings: out.warnings,
+    })
+}
+
+/// CPUs, watchdog, consoles, kernel, command line, seccomp and memory.
+fn base(
+    out: &mut Out,
+    config: &Config,
+    artifacts: &Artifacts,
+    kernel_cmdline: &str,
+) -> Result<(), PlanError> {
+    let kernel = match config.arch {
+        Arch::X86_64 => artifacts.vmlinux.as_ref().ok_or_else(|| {
+            invalid("cloud-hypervisor boots an uncompressed vmlinux on x86_64, and none was built for this kernel")
+        })?,
+        Arch::Aarch64 => &artifacts.kernel,
+    };
+    out.opt(
         "--cpus",
-        build(KvList::cloud_hypervisor().set("boot", vcpu))?,
+        build(KvList::cloud_hypervisor().set("boot", config.vcpu))?,
     );
-    args.push("--watchdog".into());
-    args.extend([
-        "--console".into(),
-        "null".into(),
-        "--serial".into(),
-        "tty".into(),
-    ]);
-    args.extend(["--kernel".into(), kernel.display().to_string()]);
-    args.extend(["--initramfs".into(), artifacts.initrd.display().to_string()]);
-    args.extend(["--cmdline".into(), kernel_cmdline.clone()]);
-    args.extend(["--seccomp".into(), "true".into()]);
+    out.flag("--watchdog");
+    out.opt("--console", "null");
+    out.opt("--serial", "tty");
+    out.opt("--kernel", kernel.display().to_string());
+    out.opt("--initramfs", artifacts.initrd.display().to_string());
+    out.opt("--cmdline", kernel_cmdline);
+    out.opt("--seccomp", "true");
 
     let shared = config.graphics.enable
         || config
@@ -126,45 +195,60 @@ pub(crate) fn plan(
             .set("hotplug_size", format!("{}M", config.hotplug_mem))
             .set("hotplugged_size", format!("{}M", config.hotplugged_mem));
     }
-    args.extend(["--memory".into(), build(memory)?]);
+    out.opt("--memory", build(memory)?);
+    Ok(())
+}
 
+/// OEM strings, among them systemd's notify socket credential when there is vsock.
+fn platform(out: &mut Out, config: &Config) -> Result<(), PlanError> {
     let mut oem: Vec<String> = Vec::new();
     if config.vsock.cid.is_some() {
         oem.push("io.systemd.credential:vmm.notify_socket=vsock-stream:2:8888".into());
     }
     oem.extend(config.cloud_hypervisor.platform_oem_strings.iter().cloned());
     if !oem.is_empty() {
-        args.extend([
-            "--platform".into(),
+        out.opt(
+            "--platform",
             build(KvList::cloud_hypervisor().list("oem_strings", oem))?,
-        ]);
+        );
     }
-    let control_channel = if let Some(cid) = config.vsock.cid {
-        args.extend([
-            "--vsock".into(),
-            build(
-                KvList::cloud_hypervisor()
-                    .set("cid", cid)
-                    .set("socket", NOTIFY_VSOCK),
-            )?,
-        ]);
-        pre_start.push(PreStart::RemoveFile(NOTIFY_VSOCK.into()));
-        pre_start.push(PreStart::RemoveFile(format!("{NOTIFY_VSOCK}_8888")));
-        if config.uses_own_initrd() {
-            pre_start.push(PreStart::RemoveFile(format!(
-                "{NOTIFY_VSOCK}_{CONTROL_VSOCK_PORT}"
-            )));
-            Some(ControlChannel::HybridVsock {
-                socket: NOTIFY_VSOCK.into(),
-                port: CONTROL_VSOCK_PORT,
-            })
-        } else {
-            None
-        }
-    } else {
-        None
-    };
+    Ok(())
+}
 
+/// vsock, and over it the control channel with microvm's init.
+fn vsock(
+    out: &mut Out,
+    config: &Config,
+    pre_start: &mut Vec<PreStart>,
+) -> Result<Option<ControlChannel>, PlanError> {
+    let Some(cid) = config.vsock.cid else {
+        return Ok(None);
+    };
+    out.opt(
+        "--vsock",
+        build(
+            KvList::cloud_hypervisor()
+                .set("cid", cid)
+                .set("socket", NOTIFY_VSOCK),
+        )?,
+    );
+    pre_start.push(PreStart::RemoveFile(NOTIFY_VSOCK.into()));
+    pre_start.push(PreStart::RemoveFile(format!("{NOTIFY_VSOCK}_8888")));
+    if !config.uses_own_initrd() {
+        return Ok(None);
+    }
+    pre_start.push(PreStart::RemoveFile(format!(
+        "{NOTIFY_VSOCK}_{CONTROL_VSOCK_PORT}"
+    )));
+    Ok(Some(ControlChannel::HybridVsock {
+        socket: NOTIFY_VSOCK.into(),
+        port: CONTROL_VSOCK_PORT,
+    }))
+}
+
+/// The store disk and the volumes, one `--disk` value each.
+fn disks(config: &Config, artifacts: &Artifacts) -> Result<Vec<String>, PlanError> {
+    let vcpu = config.vcpu;
     let mut disks = Vec::new();
     if config.store_on_disk {
         if let Some(store) = &artifacts.store_disk {
@@ -188,71 +272,72 @@ pub(crate) fn plan(
             .set("image_type", v.image_type.name());
         disks.push(build(kv)?);
     }
-    push_multi(&mut args, grouped, "--disk", disks);
+    Ok(disks)
+}
 
-    let mut fs = Vec::new();
-    for s in config
+fn shares(config: &Config) -> Result<Vec<String>, PlanError> {
+    config
         .shares
         .iter()
         .filter(|s| s.proto == ShareProto::Virtiofs)
-    {
-        let socket = s
-            .socket
-            .clone()
-            .unwrap_or_else(|| format!("{}-virtiofs-{}.sock", config.name, s.tag));
-        fs.push(build(
-            KvList::cloud_hypervisor()
-                .sorted()
-                .set("socket", socket)
-                .set("tag", &s.tag),
-        )?);
-    }
-    push_multi(&mut args, grouped, "--fs", fs);
+        .map(|s| {
+            let socket = s
+                .socket
+                .clone()
+                .unwrap_or_else(|| format!("{}-virtiofs-{}.sock", config.name, s.tag));
+            build(
+                KvList::cloud_hypervisor()
+                    .sorted()
+                    .set("socket", socket)
+                    .set("tag", &s.tag),
+            )
+        })
+        .collect()
+}
 
-    if config.balloon {
-        let kv = KvList::cloud_hypervisor()
-            .sorted()
-            .set_if(config.deflate_on_oom, "deflate_on_oom", "on")
-            .on_off("free_page_reporting", true)
-            .set("size", format!("{}M", config.initial_balloon_mem));
-        args.extend(["--balloon".into(), build(kv)?]);
+fn balloon(out: &mut Out, config: &Config) -> Result<(), PlanError> {
+    if !config.balloon {
+        return Ok(());
     }
+    let kv = KvList::cloud_hypervisor()
+        .sorted()
+        .set_if(config.deflate_on_oom, "deflate_on_oom", "on")
+        .on_off("free_page_reporting", true)
+        .set("size", format!("{}M", config.initial_balloon_mem));
+    out.opt("--balloon", build(kv)?);
+    Ok(())
+}
 
-    if config.graphics.enable {
-        let socket = config.graphics.socket.clone();
-        helpers.push(Helper {
-            name: "gpu".into(),
-            kind: HelperKind::GpuDevice,
-            program: program(config.graphics.crosvm_package.as_deref(), "crosvm"),
-            args: vec![
-                "device".into(),
-                "gpu".into(),
-                "--socket".into(),
-                socket.clone(),
-                "--wayland-sock".into(),
-                "$XDG_RUNTIME_DIR/$WAYLAND_DISPLAY".into(),
-                "--params".into(),
-                r#"{"context-types":"virgl:virgl2:cross-domain","displays":[{"hidden":true}],"egl":true,"vulkan":true}"#.into(),
-            ],
-            socket: Some(socket.clone()),
-        });
-        args.extend([
-            "--gpu".into(),
-            build(KvList::cloud_hypervisor().set("socket", socket))?,
-        ]);
-        warnings.push("cloud-hypervisor graphics needs a build with GPU support (spectrum-os's cloud-hypervisor-graphics)".to_owned());
-    }
+/// The vhost-user GPU and its helper (`crosvm device gpu`).
+fn graphics(out: &mut Out, config: &Config) -> Result<Helper, PlanError> {
+    let socket = config.graphics.socket.clone();
+    out.opt(
+        "--gpu",
+        build(KvList::cloud_hypervisor().set("socket", &socket))?,
+    );
+    out.warn_once("cloud-hypervisor graphics needs a build with GPU support (spectrum-os's cloud-hypervisor-graphics)");
+    Ok(Helper {
+        name: "gpu".into(),
+        kind: HelperKind::GpuDevice,
+        program: program(config.graphics.crosvm_package.as_deref(), "crosvm"),
+        args: vec![
+            "device".into(),
+            "gpu".into(),
+            "--socket".into(),
+            socket.clone(),
+            "--wayland-sock".into(),
+            "$XDG_RUNTIME_DIR/$WAYLAND_DISPLAY".into(),
+            "--params".into(),
+            r#"{"context-types":"virgl:virgl2:cross-domain","displays":[{"hidden":true}],"egl":true,"vulkan":true}"#.into(),
+        ],
+        socket: Some(socket),
+    })
+}
 
-    if let Some(socket) = &config.socket {
-        args.extend(["--api-socket".into(), socket.clone()]);
-        // cloud-hypervisor stumbles over a preexisting socket.
-        pre_start.insert(0, PreStart::RemoveFile(socket.clone()));
-    }
-
+/// One `--net` value per interface.
+fn interfaces(out: &mut Out, config: &Config) -> Result<Vec<String>, PlanError> {
+    let vcpu = config.vcpu;
     let mut nets = Vec::new();
-    let mut taps = Vec::new();
-    let mut macvtap_fds = Vec::new();
-    let mut macvtap_index = 0u32;
     for iface in &config.interfaces {
         let id = iface.id.as_str();
         let kv = KvList::cloud_hypervisor()
@@ -261,25 +346,15 @@ pub(crate) fn plan(
             .set_if(vcpu > 1, "num_queues", 2 * vcpu);
         let kv = match iface.kind {
             InterfaceType::Tap => {
-                taps.push(TapSetup {
-                    name: id.to_owned(),
-                    vnet_hdr: true,
-                    multi_queue: vcpu > 1,
-                    bridge: iface.bridge.clone(),
-                });
+                out.tap(iface, vcpu > 1);
                 kv.set("tap", id)
             }
             InterfaceType::Macvtap => {
-                let fds: Vec<u32> = (0..vcpu).map(|q| 3 + macvtap_index * vcpu + q).collect();
-                for (q, fd) in fds.iter().enumerate() {
-                    macvtap_fds.push(MacvtapFd {
-                        interface: id.to_owned(),
-                        queue: q as u32,
-                        fd: *fd,
-                    });
-                }
-                macvtap_index += 1;
-                let list: Vec<String> = fds.iter().map(u32::to_string).collect();
+                let list: Vec<String> = out
+                    .macvtap_fds(id, vcpu)
+                    .iter()
+                    .map(u32::to_string)
+                    .collect();
                 kv.set("fd", format!("[{}]", list.join(",")))
             }
             // Refused by the capability table.
@@ -292,58 +367,7 @@ pub(crate) fn plan(
         };
         nets.push(build(kv)?);
     }
-    push_multi(&mut args, grouped, "--net", nets);
-
-    let devices: Vec<String> = config
-        .devices
-        .iter()
-        .filter(|d| d.bus == DeviceBus::Pci)
-        .map(|d| {
-            build(
-                KvList::cloud_hypervisor().set("path", format!("/sys/bus/pci/devices/{}", d.path)),
-            )
-        })
-        .collect::<Result<_, _>>()?;
-    push_multi(&mut args, grouped, "--device", devices);
-    args.extend(config.cloud_hypervisor.extra_args.iter().cloned());
-
-    let shutdown = match &config.socket {
-        Some(socket) => Shutdown::Http {
-            socket: socket.clone(),
-            method: "PUT".into(),
-            path: "/api/v1/vm.power-button".into(),
-            body: None,
-        },
-        None => Shutdown::Signal {
-            signal: "SIGTERM".into(),
-        },
-    };
-    Ok(Invocation {
-        hypervisor: HV,
-        program: program(
-            config.cloud_hypervisor.package.as_deref(),
-            "cloud-hypervisor",
-        ),
-        args,
-        process_name: process_name(config),
-        env: Vec::new(),
-        files: Vec::new(),
-        helpers,
-        pre_start,
-        control_socket: config.socket.clone(),
-        shutdown,
-        capabilities: Capabilities {
-            can_shutdown: config.socket.is_some(),
-            supports_notify_socket: config.vsock.cid.is_some(),
-            tap_multi_queue: vcpu > 1,
-            readiness: control_channel.is_some(),
-        },
-        control_channel,
-        taps,
-        macvtap_fds,
-        kernel_cmdline,
-        warnings,
-    })
+    Ok(nets)
 }
 
 #[cfg(test)]

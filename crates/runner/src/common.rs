@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use microvm_spec::config::Config;
+use microvm_spec::config::{Config, ControlTransport, CONSOLE_NONCE_PARAM};
+
+use crate::{ControlChannel, Invocation, NONCE_PLACEHOLDER};
 
 /// The binary to run: `<package>/bin/<name>` for a configured package directory, the
 /// configured path itself when it already names the binary (its file name starts with
@@ -25,6 +27,17 @@ pub(crate) fn program(package: Option<&Path>, name: &str) -> String {
     }
 }
 
+/// The console channel for a guest that reports there (see [`cmdline`], which puts the
+/// nonce on the command line): every hypervisor without a channel of its own.
+pub(crate) fn console_channel(config: &Config, inv: &mut Invocation) {
+    if inv.control_channel.is_none() && config.control_transport() == ControlTransport::Console {
+        inv.control_channel = Some(ControlChannel::Console {
+            param: CONSOLE_NONCE_PARAM.into(),
+        });
+        inv.capabilities.readiness = true;
+    }
+}
+
 /// `microvm@<name>` when `prettyProcnames`.
 pub(crate) fn process_name(config: &Config) -> Option<String> {
     config
@@ -32,12 +45,16 @@ pub(crate) fn process_name(config: &Config) -> Option<String> {
         .then(|| format!("microvm@{}", config.name))
 }
 
-/// A kernel command line: the hypervisor's prefix, then `kernelParams`.
+/// A kernel command line: the hypervisor's prefix, then `kernelParams`, then the console
+/// channel's nonce placeholder when the guest reports on the console.
 pub(crate) fn cmdline<'a>(prefix: impl IntoIterator<Item = &'a str>, config: &Config) -> String {
+    let nonce = (config.control_transport() == ControlTransport::Console)
+        .then(|| format!("{CONSOLE_NONCE_PARAM}={NONCE_PLACEHOLDER}"));
     prefix
         .into_iter()
         .map(str::to_owned)
         .chain(config.kernel_params.iter().cloned())
+        .chain(nonce)
         .filter(|s| !s.is_empty())
         .collect::<Vec<_>>()
         .join(" ")

@@ -1,7 +1,7 @@
 //! crosvm (`crosvm run …`, inventory §2.4) in the syntax of current crosvm (checked against
 //! `src/crosvm/cmdline.rs` of google/crosvm, 2026-08):
 //!
-//! - the store disk is `--block <store>,ro=true,root=true`, the non-deprecated spelling of
+//! - the store disk is `--block path=<store>,ro=true,root=true`, the non-deprecated spelling of
 //!   the original's `-r <store>` (crosvm warns "Deprecated disk flags such as --[rw]disk or
 //!   --[rw]root are passed"); `root=true` still makes crosvm add `root=/dev/vda ro` itself;
 //! - vsock is `--vsock cid=<cid>` (the `--vsock` key-value form exists since 2023-02 and also
@@ -14,18 +14,25 @@
 //!   `--version` prints its crate version `0.1.0`, which says nothing about the release, so
 //!   versions below 1.0 count as unknown (= newest).
 //!
+//! - Every `--block` starts `path=`: crosvm reads a bare first value as an option name when
+//!   the file name starts with one (`ro.img,…` → `expected '=' at position 2`; likewise
+//!   `root.img`, `sparse.img`, `lock.img`, `id.img`).
+//! - `/var/empty` (or `crosvm.pivotRoot`) is created before start: the sandbox pivots into
+//!   it and crosvm refuses to start without it (`cannot create jail`).
+//!
 //! Values inside `k=v` options are read by crosvm's `serde_keyvalue`: a value with `,`,
 //! `[`, `]` or a quote is double-quoted with `\"` and `\\` escapes ([`kv_value`]).
 
 use microvm_spec::config::{Arch, Config, DeviceBus, InterfaceType, ShareProto};
 use microvm_spec::types::Hypervisor;
 
+use crate::argv::Out;
 use crate::common::{cmdline, process_name, program};
 use crate::version::Version;
 use crate::virtiofsd::virtiofsd_helpers;
 use crate::{
-    Artifacts, Capabilities, Helper, HelperKind, HostFacts, Invocation, MacvtapFd, PlanError,
-    PreStart, Shutdown, TapSetup,
+    Artifacts, Capabilities, Helper, HelperKind, HostFacts, Invocation, PlanError, PreStart,
+    Shutdown,
 };
 
 const HV: Hypervisor = Hypervisor::Crosvm;
@@ -33,6 +40,10 @@ const HV: Hypervisor = Hypervisor::Crosvm;
 /// The first release without a working seccomp policy for microvm's use (the original's
 /// `lib.versionOlder crosvm.version "107.1"`).
 const SECCOMP_FIXED: Version = Version::new(107, 1, 0);
+
+/// Where crosvm's sandboxed devices pivot without `--pivot-root`: every plan fails with
+/// `"/var/empty" is not a directory, cannot create jail` on a host without it.
+const DEFAULT_PIVOT_ROOT: &str = "/var/empty";
 
 /// crosvm's `DISK_ID_LEN`: a `--block id=` is at most 20 bytes.
 const DISK_ID_LEN: usize = 20;
@@ -57,36 +68,17 @@ pub(crate) fn plan(
         Arch::Aarch64 => artifacts.kernel.clone(),
     };
 
-    let mut args: Vec<String> = vec!["run".into()];
-    let push = |a: &mut Vec<String>, flag: &str, value: String| {
-        a.push(flag.to_owned());
-        a.push(value);
-    };
-    push(&mut args, "-m", config.mem.to_string());
-    push(&mut args, "-c", config.vcpu.to_string());
-    push(
-        &mut args,
-        "--serial",
-        "type=stdout,console=true,stdin=true".into(),
-    );
-    push(&mut args, "-p", kernel_cmdline.clone());
-    args.push(
-        if config.balloon {
-            "--balloon-page-reporting"
-        } else {
-            "--no-balloon"
-        }
-        .into(),
-    );
-
-    if config.store_on_disk {
-        let store = artifacts
-            .store_disk
-            .as_ref()
-            .ok_or_else(|| invalid("storeOnDisk is set but no store disk was built".into()))?;
-        let path = kv_value("store disk path", &store.display().to_string())?;
-        push(&mut args, "--block", format!("{path},ro=true,root=true"));
-    }
+    let mut out = Out::new(["run"]);
+    out.opt("-m", config.mem.to_string());
+    out.opt("-c", config.vcpu.to_string());
+    out.opt("--serial", "type=stdout,console=true,stdin=true");
+    out.opt("-p", kernel_cmdline.clone());
+    out.flag(if config.balloon {
+        "--balloon-page-reporting"
+    } else {
+        "--no-balloon"
+    });
+    store_disk(&mut out, config, artifacts)?;
 
     let mut helpers = Vec::new();
     let mut pre_start = Vec::new();
@@ -94,149 +86,27 @@ pub(crate) fn plan(
         pre_start.push(PreStart::RemoveFile(socket.to_owned()));
     }
     if config.graphics.enable {
-        let socket = &config.graphics.socket;
-        pre_start.push(PreStart::RemoveFile(socket.clone()));
-        let gpu_bin = match &config.graphics.crosvm_package {
-            Some(p) => program(Some(p), "crosvm"),
-            None => bin.clone(),
-        };
-        helpers.push(Helper {
-            name: "gpu".into(),
-            kind: HelperKind::GpuDevice,
-            program: gpu_bin,
-            args: [
-                "device",
-                "gpu",
-                "--socket",
-                socket,
-                "--wayland-sock",
-                "$XDG_RUNTIME_DIR/$WAYLAND_DISPLAY",
-                "--params",
-                GPU_PARAMS,
-            ]
-            .map(str::to_owned)
-            .to_vec(),
-            socket: Some(socket.clone()),
-        });
-        push(
-            &mut args,
-            "--vhost-user",
-            format!("type=gpu,socket={}", kv_value("graphics.socket", socket)?),
-        );
+        pre_start.push(PreStart::RemoveFile(config.graphics.socket.clone()));
+        helpers.push(graphics(&mut out, config, &bin)?);
     }
-
     if seccomp_logs_failures(config, host)? {
-        args.push("--seccomp-log-failures".into());
+        out.flag("--seccomp-log-failures");
     }
-    if let Some(dir) = &config.crosvm.pivot_root {
-        push(&mut args, "--pivot-root", dir.clone());
-        pre_start.push(PreStart::CreateDir(dir.clone()));
-    }
+    jail(&mut out, config, &mut pre_start);
     if let Some(socket) = config.socket() {
-        push(&mut args, "-s", socket.to_owned());
+        out.opt("-s", socket);
     }
-
-    for volume in &config.volumes {
-        let mut opt = format!(
-            "{},o_direct={},ro={}",
-            kv_value("volume image", &volume.image)?,
-            volume.direct,
-            volume.read_only
-        );
-        if let Some(serial) = &volume.serial {
-            if serial.len() > DISK_ID_LEN {
-                return Err(invalid(format!(
-                    "volume {} has serial {serial:?}, longer than crosvm's limit of {DISK_ID_LEN} bytes",
-                    volume.image
-                )));
-            }
-            opt.push_str(&format!(",id={}", kv_value("volume serial", serial)?));
-        }
-        push(&mut args, "--block", opt);
-    }
-
-    for share in &config.shares {
-        match share.proto {
-            ShareProto::Virtiofs => {
-                let socket = share
-                    .socket
-                    .clone()
-                    .unwrap_or_else(|| format!("{}-virtiofs-{}.sock", config.name, share.tag));
-                push(
-                    &mut args,
-                    "--vhost-user",
-                    format!("type=fs,socket={}", kv_value("share socket", &socket)?),
-                );
-            }
-            ShareProto::NineP => {
-                // `--shared-dir` splits at every ':' with no escape.
-                for (what, value) in [("source", &share.source), ("tag", &share.tag)] {
-                    if value.contains(':') {
-                        return Err(invalid(format!(
-                            "9p share {}: crosvm's --shared-dir cannot take a {what} containing ':' ({value:?})",
-                            share.tag
-                        )));
-                    }
-                }
-                push(
-                    &mut args,
-                    "--shared-dir",
-                    format!("{}:{}:type=p9", share.source, share.tag),
-                );
-            }
-        }
-    }
+    volumes(&mut out, config)?;
+    shares(&mut out, config)?;
     helpers.splice(0..0, virtiofsd_helpers(config, host, true));
-
-    let mut taps = Vec::new();
-    let mut macvtap_fds = Vec::new();
-    let mut next_fd = 3;
-    for iface in &config.interfaces {
-        let backend = match iface.kind {
-            InterfaceType::Tap => {
-                taps.push(TapSetup {
-                    name: iface.id.to_string(),
-                    vnet_hdr: true,
-                    multi_queue: false,
-                    bridge: iface.bridge.clone(),
-                });
-                format!("tap-name={}", kv_value("interface id", iface.id.as_str())?)
-            }
-            InterfaceType::Macvtap => {
-                // One queue: crosvm is not a multi-queue tap user (§2.0).
-                macvtap_fds.push(MacvtapFd {
-                    interface: iface.id.to_string(),
-                    queue: 0,
-                    fd: next_fd,
-                });
-                next_fd += 1;
-                format!("tap-fd={}", next_fd - 1)
-            }
-            // Refused in reject_unsupported.
-            InterfaceType::User | InterfaceType::Bridge => continue,
-        };
-        push(&mut args, "--net", format!("{backend},mac={}", iface.mac));
-    }
-
+    interfaces(&mut out, config)?;
     if let Some(cid) = config.vsock.cid {
-        push(&mut args, "--vsock", format!("cid={cid}"));
+        out.opt("--vsock", format!("cid={cid}"));
     }
-    for device in &config.devices {
-        if device.bus == DeviceBus::Pci {
-            let path = kv_value(
-                "PCI device",
-                &format!("/sys/bus/pci/devices/{}", device.path),
-            )?;
-            push(&mut args, "--vfio", format!("{path},iommu=viommu"));
-        }
-    }
-    push(
-        &mut args,
-        "--initrd",
-        artifacts.initrd.display().to_string(),
-    );
-    args.push(kernel.display().to_string());
-    args.extend(config.crosvm.extra_args.iter().cloned());
+    passthrough(&mut out, config)?;
+    out.opt("--initrd", artifacts.initrd.display().to_string());
+    out.args.push(kernel.display().to_string());
+    out.args.extend(config.crosvm.extra_args.iter().cloned());
 
     // aarch64 crosvm has no power button to press; microvm.nix [later] falls back to
     // `crosvm stop`, which is no more graceful than SIGTERM.
@@ -253,7 +123,7 @@ pub(crate) fn plan(
     Ok(Invocation {
         hypervisor: HV,
         program: bin,
-        args,
+        args: out.args,
         process_name: process_name(config),
         env: Vec::new(),
         files: Vec::new(),
@@ -262,8 +132,8 @@ pub(crate) fn plan(
         control_socket: config.socket.clone(),
         shutdown,
         control_channel: None,
-        taps,
-        macvtap_fds,
+        taps: out.taps,
+        macvtap_fds: out.macvtap_fds,
         kernel_cmdline,
         capabilities: Capabilities {
             can_shutdown,
@@ -271,8 +141,158 @@ pub(crate) fn plan(
             tap_multi_queue: false,
             readiness: false,
         },
-        warnings: Vec::new(),
+        warnings: out.warnings,
     })
+}
+
+/// The sandbox's pivot directory: `crosvm.pivotRoot`, or crosvm's default, which must
+/// exist (without it crosvm fails at once: `cannot create jail`).
+fn jail(out: &mut Out, config: &Config, pre_start: &mut Vec<PreStart>) {
+    match &config.crosvm.pivot_root {
+        Some(dir) => {
+            out.opt("--pivot-root", dir.clone());
+            pre_start.push(PreStart::CreateDir(dir.clone()));
+        }
+        None if !config
+            .crosvm
+            .extra_args
+            .iter()
+            .any(|a| a == "--disable-sandbox") =>
+        {
+            pre_start.push(PreStart::CreateDir(DEFAULT_PIVOT_ROOT.into()))
+        }
+        None => {}
+    }
+}
+
+fn store_disk(out: &mut Out, config: &Config, artifacts: &Artifacts) -> Result<(), PlanError> {
+    if !config.store_on_disk {
+        return Ok(());
+    }
+    let store = artifacts
+        .store_disk
+        .as_ref()
+        .ok_or_else(|| invalid("storeOnDisk is set but no store disk was built".into()))?;
+    let path = kv_value("store disk path", &store.display().to_string())?;
+    out.opt("--block", format!("path={path},ro=true,root=true"));
+    Ok(())
+}
+
+/// The vhost-user GPU device and its helper (`crosvm device gpu`).
+fn graphics(out: &mut Out, config: &Config, bin: &str) -> Result<Helper, PlanError> {
+    let socket = &config.graphics.socket;
+    let gpu_bin = match &config.graphics.crosvm_package {
+        Some(p) => program(Some(p), "crosvm"),
+        None => bin.to_owned(),
+    };
+    out.opt(
+        "--vhost-user",
+        format!("type=gpu,socket={}", kv_value("graphics.socket", socket)?),
+    );
+    Ok(Helper {
+        name: "gpu".into(),
+        kind: HelperKind::GpuDevice,
+        program: gpu_bin,
+        args: [
+            "device",
+            "gpu",
+            "--socket",
+            socket,
+            "--wayland-sock",
+            "$XDG_RUNTIME_DIR/$WAYLAND_DISPLAY",
+            "--params",
+            GPU_PARAMS,
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        socket: Some(socket.clone()),
+    })
+}
+
+fn volumes(out: &mut Out, config: &Config) -> Result<(), PlanError> {
+    for volume in &config.volumes {
+        let mut opt = format!(
+            "path={},o_direct={},ro={}",
+            kv_value("volume image", &volume.image)?,
+            volume.direct,
+            volume.read_only
+        );
+        if let Some(serial) = &volume.serial {
+            if serial.len() > DISK_ID_LEN {
+                return Err(invalid(format!(
+                    "volume {} has serial {serial:?}, longer than crosvm's limit of {DISK_ID_LEN} bytes",
+                    volume.image
+                )));
+            }
+            opt.push_str(&format!(",id={}", kv_value("volume serial", serial)?));
+        }
+        out.opt("--block", opt);
+    }
+    Ok(())
+}
+
+fn shares(out: &mut Out, config: &Config) -> Result<(), PlanError> {
+    for share in &config.shares {
+        match share.proto {
+            ShareProto::Virtiofs => {
+                let socket = share
+                    .socket
+                    .clone()
+                    .unwrap_or_else(|| format!("{}-virtiofs-{}.sock", config.name, share.tag));
+                out.opt(
+                    "--vhost-user",
+                    format!("type=fs,socket={}", kv_value("share socket", &socket)?),
+                );
+            }
+            ShareProto::NineP => {
+                // `--shared-dir` splits at every ':' with no escape.
+                for (what, value) in [("source", &share.source), ("tag", &share.tag)] {
+                    if value.contains(':') {
+                        return Err(invalid(format!(
+                            "9p share {}: crosvm's --shared-dir cannot take a {what} containing ':' ({value:?})",
+                            share.tag
+                        )));
+                    }
+                }
+                out.opt(
+                    "--shared-dir",
+                    format!("{}:{}:type=p9", share.source, share.tag),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn interfaces(out: &mut Out, config: &Config) -> Result<(), PlanError> {
+    for iface in &config.interfaces {
+        let backend = match iface.kind {
+            InterfaceType::Tap => {
+                out.tap(iface, false);
+                format!("tap-name={}", kv_value("interface id", iface.id.as_str())?)
+            }
+            InterfaceType::Macvtap => {
+                // One queue: crosvm is not a multi-queue tap user (§2.0).
+                let fd = out.macvtap_fds(iface.id.as_str(), 1)[0];
+                format!("tap-fd={fd}")
+            }
+            // Refused in reject_unsupported.
+            InterfaceType::User | InterfaceType::Bridge => continue,
+        };
+        out.opt("--net", format!("{backend},mac={}", iface.mac));
+    }
+    Ok(())
+}
+
+fn passthrough(out: &mut Out, config: &Config) -> Result<(), PlanError> {
+    for device in config.devices.iter().filter(|d| d.bus == DeviceBus::Pci) {
+        let path = kv_value(
+            "PCI device",
+            &format!("/sys/bus/pci/devices/{}", device.path),
+        )?;
+        out.opt("--vfio", format!("{path},iommu=viommu"));
+    }
+    Ok(())
 }
 
 fn reject_unsupported(config: &Config) -> Result<(), PlanError> {

@@ -6,7 +6,10 @@
 //!   `machine-config`, `drives`, `network-interfaces`, `vsock`, and `cpu-config` when
 //!   `firecracker.cpu` is set: that template is written to `<name>-firecracker-cpu.json`);
 //!   `extraConfig` is merged into it recursively (objects key by key, anything else
-//!   replaced). No `balloon`: the capability table refuses it, as the original does.
+//!   replaced). With `balloon` (refused by the original) the file has a `balloon` section
+//!   (`amount_mib` = `initialBalloonMem`, `deflate_on_oom`, `free_page_reporting`), which
+//!   firecracker 1.16 accepts and resizes at run time with `PATCH /balloon`.
+//! - qcow2 volumes are refused (capability table): firecracker reads every disk as raw.
 //! - `drive_id` and `iface_id`: firecracker's API only accepts ids made of ASCII letters,
 //!   digits and `_` (its `checked_id`); the original's ids (`var.img`, `vm-vm1`) would
 //!   make later API calls on them fail. So other characters become `_`, and an id that
@@ -20,11 +23,12 @@ use microvm_spec::config::{Arch, Config, DriveIoEngine, InterfaceType};
 use microvm_spec::types::Hypervisor;
 use serde_json::{json, Value};
 
+use crate::argv::Out;
 use crate::common::{cmdline, process_name, program, CONTROL_VSOCK_PORT, NOTIFY_VSOCK};
 use crate::version::Version;
 use crate::{
     Artifacts, Capabilities, ControlChannel, GeneratedFile, HostFacts, Invocation, PlanError,
-    PreStart, Shutdown, TapSetup,
+    PreStart, Shutdown,
 };
 
 const HV: Hypervisor = Hypervisor::Firecracker;
@@ -94,12 +98,6 @@ pub(crate) fn plan(
         None => host.version_of(HV).copied(),
     };
     let x86 = config.arch == Arch::X86_64;
-    let kernel = match config.arch {
-        Arch::X86_64 => artifacts.vmlinux.as_ref().ok_or_else(|| {
-            invalid("firecracker boots an uncompressed vmlinux on x86_64, and none was built for this kernel")
-        })?,
-        Arch::Aarch64 => &artifacts.kernel,
-    };
     let kernel_cmdline = cmdline(
         [
             "console=ttyS0,115200",
@@ -112,88 +110,17 @@ pub(crate) fn plan(
         ],
         config,
     );
-    let io_engine = match config.firecracker.drive_io_engine {
-        DriveIoEngine::Async => "Async",
-        DriveIoEngine::Sync => "Sync",
-    };
-
-    let mut taken = vec!["store".to_owned()];
-    let mut drives = Vec::new();
-    if let Some(store) = &artifacts.store_disk {
-        drives.push(json!({
-            "drive_id": "store",
-            "path_on_host": store.display().to_string(),
-            "is_root_device": false,
-            "is_read_only": true,
-            "io_engine": io_engine,
-        }));
+    let mut out = Out::default();
+    if config.balloon && config.initial_balloon_mem >= config.mem {
+        return Err(invalid(format!(
+            "initialBalloonMem ({} MiB) must be below mem ({} MiB): the balloon would take all guest memory",
+            config.initial_balloon_mem, config.mem
+        )));
     }
-    for v in &config.volumes {
-        drives.push(json!({
-            "drive_id": api_id(&v.image, &mut taken),
-            "path_on_host": v.image,
-            "is_root_device": false,
-            "is_read_only": v.read_only,
-            "io_engine": io_engine,
-        }));
+    if !config.balloon && config.initial_balloon_mem > 0 {
+        out.warn_once("`initialBalloonMem` does nothing without `balloon = true`; ignored");
     }
-    let mut taps = Vec::new();
-    let mut ifaces = Vec::new();
-    let mut taken_ifaces = Vec::new();
-    for iface in &config.interfaces {
-        if iface.kind != InterfaceType::Tap {
-            // Refused by the capability table.
-            return Err(invalid(format!(
-                "Network interface type {} not implemented for Firecracker",
-                iface.kind.name()
-            )));
-        }
-        taps.push(TapSetup {
-            name: iface.id.to_string(),
-            vnet_hdr: true,
-            multi_queue: false,
-            bridge: iface.bridge.clone(),
-        });
-        ifaces.push(json!({
-            "iface_id": api_id(iface.id.as_str(), &mut taken_ifaces),
-            "host_dev_name": iface.id.as_str(),
-            "guest_mac": iface.mac.to_string(),
-        }));
-    }
-    let vsock = match config.vsock.cid {
-        Some(cid) => json!({ "guest_cid": cid.0, "uds_path": NOTIFY_VSOCK }),
-        None => Value::Null,
-    };
-    let mut doc = json!({
-        "boot-source": {
-            "kernel_image_path": kernel.display().to_string(),
-            "initrd_path": artifacts.initrd.display().to_string(),
-            "boot_args": kernel_cmdline,
-        },
-        "machine-config": {
-            "vcpu_count": config.vcpu,
-            "mem_size_mib": config.mem,
-            "smt": x86 && (config.vcpu == 1 || config.vcpu & 1 == 0),
-        },
-        "drives": drives,
-        "network-interfaces": ifaces,
-        "vsock": vsock,
-    });
-    let mut files = Vec::new();
-    if let Some(cpu) = &config.firecracker.cpu {
-        let path = format!("{}-firecracker-cpu.json", config.name);
-        files.push(GeneratedFile {
-            path: path.clone(),
-            contents: pretty(cpu)?,
-            mode: 0o644,
-        });
-        if let Value::Object(m) = &mut doc {
-            m.insert("cpu-config".into(), Value::String(path));
-        }
-    }
-    if let Some(extra) = &config.firecracker.extra_config {
-        merge(&mut doc, extra);
-    }
+    let (doc, mut files) = config_file(&mut out, config, artifacts, &kernel_cmdline)?;
     let config_file = format!("{}-firecracker.json", config.name);
     files.insert(
         0,
@@ -216,35 +143,8 @@ pub(crate) fn plan(
     args.extend(config.firecracker.extra_args.iter().cloned());
 
     let mut pre_start = vec![PreStart::MoveAside(socket.clone())];
-    let control_channel = match (config.vsock.cid, config.uses_own_initrd()) {
-        (Some(_), true) => {
-            pre_start.push(PreStart::RemoveFile(NOTIFY_VSOCK.into()));
-            pre_start.push(PreStart::RemoveFile(format!(
-                "{NOTIFY_VSOCK}_{CONTROL_VSOCK_PORT}"
-            )));
-            Some(ControlChannel::HybridVsock {
-                socket: NOTIFY_VSOCK.into(),
-                port: CONTROL_VSOCK_PORT,
-            })
-        }
-        (Some(_), false) => {
-            pre_start.push(PreStart::RemoveFile(NOTIFY_VSOCK.into()));
-            None
-        }
-        _ => None,
-    };
-    let shutdown = if x86 {
-        Shutdown::Http {
-            socket: socket.clone(),
-            method: "PUT".into(),
-            path: "/actions".into(),
-            body: Some(r#"{"action_type": "SendCtrlAltDel"}"#.into()),
-        }
-    } else {
-        Shutdown::Signal {
-            signal: "SIGTERM".into(),
-        }
-    };
+    let control_channel = control_channel(config, &mut pre_start);
+    let shutdown = shutdown(x86, &socket);
     Ok(Invocation {
         hypervisor: HV,
         program: program(config.firecracker.package.as_deref(), "firecracker"),
@@ -263,14 +163,172 @@ pub(crate) fn plan(
             readiness: control_channel.is_some(),
         },
         control_channel,
-        taps,
+        taps: out.taps,
         macvtap_fds: Vec::new(),
         kernel_cmdline: doc["boot-source"]["boot_args"]
             .as_str()
             .unwrap_or_default()
             .to_owned(),
-        warnings: Vec::new(),
+        warnings: out.warnings,
     })
+}
+
+/// The config file (with `extraConfig` merged in) and the CPU template file, if any.
+fn config_file(
+    out: &mut Out,
+    config: &Config,
+    artifacts: &Artifacts,
+    kernel_cmdline: &str,
+) -> Result<(Value, Vec<GeneratedFile>), PlanError> {
+    let x86 = config.arch == Arch::X86_64;
+    let kernel = match config.arch {
+        Arch::X86_64 => artifacts.vmlinux.as_ref().ok_or_else(|| {
+            invalid("firecracker boots an uncompressed vmlinux on x86_64, and none was built for this kernel")
+        })?,
+        Arch::Aarch64 => &artifacts.kernel,
+    };
+    let mut doc = json!({
+        "boot-source": {
+            "kernel_image_path": kernel.display().to_string(),
+            "initrd_path": artifacts.initrd.display().to_string(),
+            "boot_args": kernel_cmdline,
+        },
+        "machine-config": {
+            "vcpu_count": config.vcpu,
+            "mem_size_mib": config.mem,
+            "smt": x86 && (config.vcpu == 1 || config.vcpu & 1 == 0),
+        },
+        "drives": drives(config, artifacts),
+        "network-interfaces": interfaces(out, config)?,
+        "vsock": vsock(config),
+    });
+    if config.balloon {
+        if let Value::Object(m) = &mut doc {
+            m.insert("balloon".into(), balloon(config));
+        }
+    }
+    let mut files = Vec::new();
+    if let Some(cpu) = &config.firecracker.cpu {
+        let path = format!("{}-firecracker-cpu.json", config.name);
+        files.push(GeneratedFile {
+            path: path.clone(),
+            contents: pretty(cpu)?,
+            mode: 0o644,
+        });
+        if let Value::Object(m) = &mut doc {
+            m.insert("cpu-config".into(), Value::String(path));
+        }
+    }
+    if let Some(extra) = &config.firecracker.extra_config {
+        merge(&mut doc, extra);
+    }
+    Ok((doc, files))
+}
+
+/// `SendCtrlAltDel`, which firecracker implements on x86_64 only.
+fn shutdown(x86: bool, socket: &str) -> Shutdown {
+    if x86 {
+        Shutdown::Http {
+            socket: socket.to_owned(),
+            method: "PUT".into(),
+            path: "/actions".into(),
+            body: Some(r#"{"action_type": "SendCtrlAltDel"}"#.into()),
+        }
+    } else {
+        Shutdown::Signal {
+            signal: "SIGTERM".into(),
+        }
+    }
+}
+
+fn io_engine(config: &Config) -> &'static str {
+    match config.firecracker.drive_io_engine {
+        DriveIoEngine::Async => "Async",
+        DriveIoEngine::Sync => "Sync",
+    }
+}
+
+/// The store disk and the volumes.
+fn drives(config: &Config, artifacts: &Artifacts) -> Vec<Value> {
+    let io_engine = io_engine(config);
+    let mut taken = vec!["store".to_owned()];
+    let mut drives = Vec::new();
+    if let Some(store) = &artifacts.store_disk {
+        drives.push(json!({
+            "drive_id": "store",
+            "path_on_host": store.display().to_string(),
+            "is_root_device": false,
+            "is_read_only": true,
+            "io_engine": io_engine,
+        }));
+    }
+    for v in &config.volumes {
+        drives.push(json!({
+            "drive_id": api_id(&v.image, &mut taken),
+            "path_on_host": v.image,
+            "is_root_device": false,
+            "is_read_only": v.read_only,
+            "io_engine": io_engine,
+        }));
+    }
+    drives
+}
+
+fn interfaces(out: &mut Out, config: &Config) -> Result<Vec<Value>, PlanError> {
+    let mut ifaces = Vec::new();
+    let mut taken = Vec::new();
+    for iface in &config.interfaces {
+        if iface.kind != InterfaceType::Tap {
+            // Refused by the capability table.
+            return Err(invalid(format!(
+                "Network interface type {} not implemented for Firecracker",
+                iface.kind.name()
+            )));
+        }
+        out.tap(iface, false);
+        ifaces.push(json!({
+            "iface_id": api_id(iface.id.as_str(), &mut taken),
+            "host_dev_name": iface.id.as_str(),
+            "guest_mac": iface.mac.to_string(),
+        }));
+    }
+    Ok(ifaces)
+}
+
+fn vsock(config: &Config) -> Value {
+    match config.vsock.cid {
+        Some(cid) => json!({ "guest_cid": cid.0, "uds_path": NOTIFY_VSOCK }),
+        None => Value::Null,
+    }
+}
+
+fn balloon(config: &Config) -> Value {
+    json!({
+        "amount_mib": config.initial_balloon_mem,
+        "deflate_on_oom": config.deflate_on_oom,
+        "free_page_reporting": true,
+    })
+}
+
+/// The hybrid-vsock control channel with microvm's init, and the stale sockets it removes.
+fn control_channel(config: &Config, pre_start: &mut Vec<PreStart>) -> Option<ControlChannel> {
+    match (config.vsock.cid, config.uses_own_initrd()) {
+        (Some(_), true) => {
+            pre_start.push(PreStart::RemoveFile(NOTIFY_VSOCK.into()));
+            pre_start.push(PreStart::RemoveFile(format!(
+                "{NOTIFY_VSOCK}_{CONTROL_VSOCK_PORT}"
+            )));
+            Some(ControlChannel::HybridVsock {
+                socket: NOTIFY_VSOCK.into(),
+                port: CONTROL_VSOCK_PORT,
+            })
+        }
+        (Some(_), false) => {
+            pre_start.push(PreStart::RemoveFile(NOTIFY_VSOCK.into()));
+            None
+        }
+        _ => None,
+    }
 }
 
 fn pretty(v: &Value) -> Result<String, PlanError> {
@@ -338,6 +396,54 @@ mod tests {
         assert_eq!(doc["vsock"]["guest_cid"], 9);
         assert_eq!(doc["cpu-config"], "vm1-firecracker-cpu.json");
         assert_eq!(inv.files[1].path, "vm1-firecracker-cpu.json");
+    }
+
+    /// firecracker 1.16 takes a `balloon` section (hypervisor-cli-notes, second round);
+    /// `initialBalloonMem` is its starting size.
+    #[test]
+    fn balloon_section() {
+        let mut c = fc_example();
+        c.balloon = true;
+        c.deflate_on_oom = true;
+        c.initial_balloon_mem = 128;
+        crate::caps::check(HV, &c).expect("balloon is supported");
+        let inv = plan(&c, &Artifacts::placeholders(), &HostFacts::reference()).expect("plan");
+        let doc: Value = serde_json::from_str(&inv.files[0].contents).expect("json");
+        assert_eq!(
+            doc["balloon"],
+            json!({"amount_mib": 128, "deflate_on_oom": true, "free_page_reporting": true})
+        );
+        assert!(plan_doc_has_no_balloon(), "no balloon unless asked");
+        c.initial_balloon_mem = c.mem;
+        let e = plan(&c, &Artifacts::placeholders(), &HostFacts::reference()).expect_err("too big");
+        assert!(e.to_string().contains("must be below mem"), "{e}");
+        c.balloon = false;
+        let inv = plan(&c, &Artifacts::placeholders(), &HostFacts::reference()).expect("plan");
+        assert_eq!(
+            inv.warnings,
+            ["`initialBalloonMem` does nothing without `balloon = true`; ignored"]
+        );
+    }
+
+    fn plan_doc_has_no_balloon() -> bool {
+        let inv = plan(
+            &fc_example(),
+            &Artifacts::placeholders(),
+            &HostFacts::reference(),
+        )
+        .expect("plan");
+        let doc: Value = serde_json::from_str(&inv.files[0].contents).expect("json");
+        doc.get("balloon").is_none()
+    }
+
+    /// firecracker reads every disk as raw.
+    #[test]
+    fn qcow2_is_refused() {
+        let mut c = fc_example();
+        c.volumes[0].image_type = microvm_spec::config::ImageType::Qcow2;
+        let e = crate::plan_for(HV, &c, &Artifacts::placeholders(), &HostFacts::reference())
+            .expect_err("qcow2");
+        assert!(e.to_string().contains("opens every disk as raw"), "{e}");
     }
 
     #[test]

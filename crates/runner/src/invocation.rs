@@ -140,6 +140,12 @@ pub enum PreStart {
     MoveAside(String),
     /// Create a directory (`mkdir -p`).
     CreateDir(String),
+    /// The definition's `preStart`: shell lines (here in `path`) run with `bash -eu` in
+    /// the working directory; a failure stops the start.
+    Shell(String),
+    /// The definition's `extraArgsScript`: a command run with `sh -c` in the working
+    /// directory; the words of its output are appended to the hypervisor's arguments.
+    ExtraArgs(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,6 +174,32 @@ pub enum ControlChannel {
     /// Hybrid vsock: the guest connects to CID 2 `port`; the host listens on
     /// `<socket>_<port>` (cloud-hypervisor, firecracker).
     HybridVsock { socket: String, port: u32 },
+    /// The serial console: the guest init frames its lines with a per-boot nonce, passed
+    /// as kernel parameter `param`. The plan carries [`NONCE_PLACEHOLDER`] in its place;
+    /// the supervisor puts a fresh nonce there in the argv and generated files
+    /// ([`Invocation::with_nonce`]) and reads the hypervisor's console output.
+    Console { param: String },
+}
+
+/// What stands for the console channel's nonce in a plan (not a valid nonce: a copied
+/// plan boots without the channel).
+pub const NONCE_PLACEHOLDER: &str = "@MICROVM_NONCE@";
+
+impl Invocation {
+    /// This plan with `nonce` in place of [`NONCE_PLACEHOLDER`] (argv, generated files,
+    /// the displayed kernel command line).
+    pub fn with_nonce(&self, nonce: &str) -> Invocation {
+        let mut inv = self.clone();
+        let put = |s: &mut String| {
+            if s.contains(NONCE_PLACEHOLDER) {
+                *s = s.replace(NONCE_PLACEHOLDER, nonce);
+            }
+        };
+        inv.args.iter_mut().for_each(put);
+        inv.files.iter_mut().for_each(|f| put(&mut f.contents));
+        put(&mut inv.kernel_cmdline);
+        inv
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

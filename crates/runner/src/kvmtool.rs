@@ -11,6 +11,8 @@
 //!   crosvm and qemu) and lkvm gets `tapif=/dev/fd/N,fd=N`: with `fd=` set lkvm uses that
 //!   descriptor and opens nothing, and the `/`-prefixed `tapif` marks it as a macvtap, so
 //!   lkvm neither asks for a tun device (`TUNSETIFF`) nor configures host addresses on it.
+//! - A VM without interfaces gets `-n mode=none`: without any `-n`, lkvm adds its default
+//!   user-mode virtio-net device.
 //! - lkvm keeps its state under `$HOME/.lkvm` and `realpath()`s it at start (`kvm.c`), so
 //!   `HOME=.` (the working directory the hypervisor runs in) is the original's
 //!   `export HOME=$PWD`.
@@ -18,10 +20,9 @@
 use microvm_spec::config::{Config, DeviceBus, InterfaceType, ShareProto};
 use microvm_spec::types::Hypervisor;
 
+use crate::argv::Out;
 use crate::common::{cmdline, process_name, program};
-use crate::{
-    Artifacts, Capabilities, HostFacts, Invocation, MacvtapFd, PlanError, Shutdown, TapSetup,
-};
+use crate::{Artifacts, Capabilities, HostFacts, Invocation, PlanError, Shutdown};
 
 const HV: Hypervisor = Hypervisor::Kvmtool;
 
@@ -35,107 +36,32 @@ pub(crate) fn plan(
 ) -> Result<Invocation, PlanError> {
     reject_unsupported(config)?;
     let kernel_cmdline = cmdline(["console=ttyS0", "reboot=k", "panic=1"], config);
-    let mut args: Vec<String> = vec!["run".into(), "--name".into(), config.name.to_string()];
-    push(&mut args, "-m", config.mem.to_string());
-    push(&mut args, "-c", config.vcpu.to_string());
-    push(&mut args, "--console", "serial".into());
-    args.push("--rng".into());
-    push(&mut args, "-k", artifacts.kernel.display().to_string());
-    push(&mut args, "-i", artifacts.initrd.display().to_string());
-    push(&mut args, "-p", kernel_cmdline.clone());
-
-    let disks = usize::from(config.store_on_disk) + config.volumes.len();
-    if disks > MAX_DISKS {
-        return Err(invalid(format!(
-            "kvmtool attaches at most {MAX_DISKS} disks (the store disk counts), and this VM has {disks}"
-        )));
-    }
-    if config.store_on_disk {
-        let store = artifacts
-            .store_disk
-            .as_ref()
-            .ok_or_else(|| invalid("storeOnDisk is set but no store disk was built".into()))?;
-        push(
-            &mut args,
-            "-d",
-            format!(
-                "{},ro",
-                disk_path("store disk", &store.display().to_string())?
-            ),
-        );
-    }
+    let mut out = Out::new(["run", "--name", config.name.as_str()]);
+    out.opt("-m", config.mem.to_string());
+    out.opt("-c", config.vcpu.to_string());
+    out.opt("--console", "serial");
+    out.flag("--rng");
+    out.opt("-k", artifacts.kernel.display().to_string());
+    out.opt("-i", artifacts.initrd.display().to_string());
+    out.opt("-p", kernel_cmdline.clone());
+    store_disk(&mut out, config, artifacts)?;
     if config.balloon {
-        args.push("--balloon".into());
+        out.flag("--balloon");
     }
-
-    let mut warnings = Vec::new();
-    for volume in &config.volumes {
-        let mut d = disk_path("volume image", &volume.image)?;
-        if volume.direct {
-            d.push_str(",direct");
-        }
-        if volume.read_only {
-            d.push_str(",ro");
-        }
-        if volume.serial.is_some() {
-            // The capability table's wording, so that the warning is not repeated.
-            let w = "Volume serial is not supported for kvmtool".to_owned();
-            if !warnings.contains(&w) {
-                warnings.push(w);
-            }
-        }
-        push(&mut args, "-d", d);
-    }
-
-    for share in &config.shares {
-        // Only 9p reaches here (virtiofs is refused); `--9p` cuts at the first ','.
-        no_chars("9p share source", &share.source, &[','])?;
-        push(&mut args, "--9p", format!("{},{}", share.source, share.tag));
-    }
-
-    let mut taps = Vec::new();
-    let mut macvtap_fds = Vec::new();
-    let mut next_fd = 3;
-    for iface in &config.interfaces {
-        let mac = iface.mac;
-        let net = match iface.kind {
-            InterfaceType::User => format!("mode=user,guest_mac={mac}"),
-            InterfaceType::Tap => {
-                no_chars("interface id", iface.id.as_str(), &[',', '='])?;
-                taps.push(TapSetup {
-                    name: iface.id.to_string(),
-                    vnet_hdr: true,
-                    multi_queue: false,
-                    bridge: iface.bridge.clone(),
-                });
-                format!("mode=tap,tapif={},guest_mac={mac}", iface.id)
-            }
-            InterfaceType::Macvtap => {
-                let fd = next_fd;
-                next_fd += 1;
-                macvtap_fds.push(MacvtapFd {
-                    interface: iface.id.to_string(),
-                    queue: 0,
-                    fd,
-                });
-                format!("mode=tap,tapif=/dev/fd/{fd},fd={fd},guest_mac={mac}")
-            }
-            InterfaceType::Bridge => continue, // refused in reject_unsupported
-        };
-        push(&mut args, "-n", net);
-    }
-
+    volumes(&mut out, config)?;
+    shares(&mut out, config)?;
+    interfaces(&mut out, config)?;
     for device in config.devices.iter().filter(|d| d.bus == DeviceBus::Pci) {
-        push(&mut args, "--vfio-pci", device.path.clone());
+        out.opt("--vfio-pci", device.path.clone());
     }
     if let Some(cid) = config.vsock.cid {
-        push(&mut args, "--vsock", cid.to_string());
+        out.opt("--vsock", cid.to_string());
     }
 
     Ok(Invocation {
         hypervisor: HV,
         program: program(config.kvmtool.package.as_deref(), "lkvm"),
-        args,
+        args: out.args,
         process_name: process_name(config),
         env: vec![("HOME".into(), ".".into())],
         files: Vec::new(),
@@ -147,8 +73,8 @@ pub(crate) fn plan(
             signal: "SIGTERM".into(),
         },
         control_channel: None,
-        taps,
-        macvtap_fds,
+        taps: out.taps,
+        macvtap_fds: out.macvtap_fds,
         kernel_cmdline,
         capabilities: Capabilities {
             can_shutdown: false,
@@ -156,13 +82,79 @@ pub(crate) fn plan(
             tap_multi_queue: false,
             readiness: false,
         },
-        warnings,
+        warnings: out.warnings,
     })
 }
 
-fn push(args: &mut Vec<String>, flag: &str, value: String) {
-    args.push(flag.to_owned());
-    args.push(value);
+fn store_disk(out: &mut Out, config: &Config, artifacts: &Artifacts) -> Result<(), PlanError> {
+    let disks = usize::from(config.store_on_disk) + config.volumes.len();
+    if disks > MAX_DISKS {
+        return Err(invalid(format!(
+            "kvmtool attaches at most {MAX_DISKS} disks (the store disk counts), and this VM has {disks}"
+        )));
+    }
+    if !config.store_on_disk {
+        return Ok(());
+    }
+    let store = artifacts
+        .store_disk
+        .as_ref()
+        .ok_or_else(|| invalid("storeOnDisk is set but no store disk was built".into()))?;
+    let path = disk_path("store disk", &store.display().to_string())?;
+    out.opt("-d", format!("{path},ro"));
+    Ok(())
+}
+
+fn volumes(out: &mut Out, config: &Config) -> Result<(), PlanError> {
+    for volume in &config.volumes {
+        let mut d = disk_path("volume image", &volume.image)?;
+        if volume.direct {
+            d.push_str(",direct");
+        }
+        if volume.read_only {
+            d.push_str(",ro");
+        }
+        if volume.serial.is_some() {
+            // The capability table's wording, so that the warning is not repeated.
+            out.warn_once("Volume serial is not supported for kvmtool");
+        }
+        out.opt("-d", d);
+    }
+    Ok(())
+}
+
+fn shares(out: &mut Out, config: &Config) -> Result<(), PlanError> {
+    for share in &config.shares {
+        // Only 9p reaches here (virtiofs is refused); `--9p` cuts at the first ','.
+        no_chars("9p share source", &share.source, &[','])?;
+        out.opt("--9p", format!("{},{}", share.source, share.tag));
+    }
+    Ok(())
+}
+
+fn interfaces(out: &mut Out, config: &Config) -> Result<(), PlanError> {
+    if config.interfaces.is_empty() {
+        // Without any `-n`, lkvm adds a user-mode NIC of its own.
+        out.opt("-n", "mode=none");
+    }
+    for iface in &config.interfaces {
+        let mac = iface.mac;
+        let net = match iface.kind {
+            InterfaceType::User => format!("mode=user,guest_mac={mac}"),
+            InterfaceType::Tap => {
+                no_chars("interface id", iface.id.as_str(), &[',', '='])?;
+                out.tap(iface, false);
+                format!("mode=tap,tapif={},guest_mac={mac}", iface.id)
+            }
+            InterfaceType::Macvtap => {
+                let fd = out.macvtap_fds(iface.id.as_str(), 1)[0];
+                format!("mode=tap,tapif=/dev/fd/{fd},fd={fd},guest_mac={mac}")
+            }
+            InterfaceType::Bridge => continue, // refused in reject_unsupported
+        };
+        out.opt("-n", net);
+    }
+    Ok(())
 }
 
 fn reject_unsupported(config: &Config) -> Result<(), PlanError> {

@@ -3,9 +3,20 @@
 //! and argv (never a shell string), generated files, helper daemons, the control socket
 //! and how to shut the guest down. Unsupported features are typed errors raised here,
 //! before anything starts.
+//!
+//! Each planner renders one device kind per function (`store_disk`, `volumes`, `shares`,
+//! `interfaces`, `vsock`, `balloon`, `passthrough`, …) into an `argv::Out`, and `plan`
+//! only calls them in the order the hypervisor wants. A new device kind is a row in
+//! [`caps::TABLE`] (refused or ignored where a hypervisor lacks it) and one function per
+//! planner that has it; a new hypervisor is a column in that table, a module with its
+//! `plan`, an arm in [`plan_for`], and its binary and version argument in [`detect`].
+//! Hypervisor versions are host facts ([`HostFacts::versions`]): [`detect`] finds them at
+//! the edge, so planning stays pure.
 #![forbid(unsafe_code)]
 
 pub mod caps;
+pub mod detect;
+pub mod host_scripts;
 pub mod invocation;
 pub mod kv;
 pub mod package;
@@ -14,6 +25,7 @@ pub mod render;
 pub mod version;
 
 mod alioth;
+mod argv;
 mod cloud_hypervisor;
 mod common;
 mod crosvm;
@@ -71,6 +83,7 @@ pub fn plan_for(
             reason: "vfkit runs on macOS only".into(),
         }),
     }?;
+    common::console_channel(config, &mut invocation);
     // The capability table's warnings (ignored features) come first, then the planner's
     // own; a planner may repeat one of the table's without it appearing twice.
     let mut warnings = caps::warnings(hypervisor, config);
@@ -80,5 +93,14 @@ pub fn plan_for(
         }
     }
     invocation.warnings = warnings;
+    // The definition's own steps: `preStart` before the planner's (as `microvm-run`
+    // always ran it), `extraArgsScript` last, right before the hypervisor starts.
+    if !config.pre_start.is_empty() {
+        let script = config.pre_start.clone();
+        invocation.pre_start.insert(0, PreStart::Shell(script));
+    }
+    if let Some(cmd) = &config.extra_args_script {
+        invocation.pre_start.push(PreStart::ExtraArgs(cmd.clone()));
+    }
     Ok(invocation)
 }

@@ -7,9 +7,13 @@
 //! bin/microvm-shutdown   graceful shutdown, waiting until the hypervisor is gone (if it can)
 //! bin/virtiofsd-run      one virtiofsd per virtiofs share (if any)
 //! bin/tap-up, tap-down   tap interfaces (if any)
+//! bin/<name>             the definition's `binScripts` (replacing a generated one)
+//! bin/macvtap-up, -down  macvtap interfaces (if any), bin/pci-setup (PCI devices),
+//!                        bin/microvm-balloon (balloon); see [`crate::host_scripts`]
 //! share/microvm/         metadata: hypervisor, tap-interfaces, tap-flags, macvtap-interfaces,
 //!                        virtiofs/<tag>/{socket,source}, pci-devices, usb-devices, vsock-cid,
-//!                        and microvm's invocation.json and config.json
+//!                        system (with `systemSymlink`), and microvm's invocation.json
+//!                        and config.json
 //! ```
 
 use std::fmt::Write as _;
@@ -84,6 +88,10 @@ pub fn files(config: &Config, inv: &Invocation) -> Vec<PackageFile> {
         out.push(script("bin/tap-up", &up));
         out.push(script("bin/tap-down", &down));
     }
+    for (path, body) in crate::host_scripts::scripts(config, inv) {
+        out.push(script(path, &body));
+    }
+    add_bin_scripts(config, &mut out);
     let meta = |path: &str, contents: String| PackageFile {
         path: format!("share/microvm/{path}"),
         contents,
@@ -147,6 +155,10 @@ pub fn files(config: &Config, inv: &Invocation) -> Vec<PackageFile> {
     if let Some(cid) = config.vsock.cid {
         out.push(meta("vsock-cid", format!("{cid}\n")));
     }
+    if let Some(c) = crate::host_scripts::balloon_control(config, inv) {
+        let json = serde_json::to_string(&c).unwrap_or_default();
+        out.push(meta("balloon.json", json + "\n"));
+    }
     out.push(meta(
         "invocation.json",
         render::to_json(inv).unwrap_or_default() + "\n",
@@ -156,6 +168,23 @@ pub fn files(config: &Config, inv: &Invocation) -> Vec<PackageFile> {
         serde_json::to_string_pretty(config).unwrap_or_default() + "\n",
     ));
     out
+}
+
+/// The definition's `binScripts`, as microvm.nix's `writeShellScript`s: each is the whole
+/// `bin/<name>` (a microvm.nix evaluation exports the merged scripts, generated lines
+/// included), replacing a generated script of that name or adding a new entry.
+fn add_bin_scripts(config: &Config, out: &mut Vec<PackageFile>) {
+    for (name, body) in &config.bin_scripts {
+        let path = format!("bin/{name}");
+        let mut contents = header(config, name) + body;
+        if !contents.ends_with('\n') {
+            contents.push('\n');
+        }
+        match out.iter_mut().find(|f| f.path == path) {
+            Some(f) => f.contents = contents,
+            None => out.push(script(&path, &contents)),
+        }
+    }
 }
 
 /// Writes the package into `dir` (which must not exist yet).
@@ -197,12 +226,7 @@ fn render_argv(program: &str, args: &[String]) -> String {
 
 fn microvm_run(config: &Config, inv: &Invocation) -> String {
     let mut s = header(config, "microvm-run");
-    if !config.pre_start.is_empty() {
-        s.push_str(&config.pre_start);
-        if !config.pre_start.ends_with('\n') {
-            s.push('\n');
-        }
-    }
+    let mut runtime_args = false;
     for step in &inv.pre_start {
         let _ = writeln!(
             s,
@@ -215,6 +239,11 @@ fn microvm_run(config: &Config, inv: &Invocation) -> String {
                     shell_quote(&format!("{p}.old"))
                 ),
                 PreStart::CreateDir(p) => format!("mkdir -p {}", shell_quote(p)),
+                PreStart::Shell(script) => script.trim_end_matches('\n').to_owned(),
+                PreStart::ExtraArgs(cmd) => {
+                    runtime_args = true;
+                    format!("runtime_args=$({cmd})")
+                }
             }
         );
     }
@@ -261,6 +290,10 @@ fn microvm_run(config: &Config, inv: &Invocation) -> String {
         let _ = writeln!(s, "export {}={}", k, shell_quote(v));
     }
     s.push_str(&render::command_line(inv));
+    if runtime_args {
+        // Unquoted: its words become arguments, as in microvm.nix.
+        s.push_str(" $runtime_args");
+    }
     s.push('\n');
     s
 }

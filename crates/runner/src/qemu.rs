@@ -16,6 +16,8 @@
 //! - Bridge interfaces leave `helper=` to qemu's built-in default path; the original's
 //!   `/run/wrappers/bin/qemu-bridge-helper` exists on NixOS only.
 //! - A volume's `imageType` sets the drive `format=` (`vhd` is qemu's `vpc`).
+//! - `qemu.extraArgs` that add a PCI device (a `-device` driver named `…pci…`) give the VM
+//!   PCI (`pcie=on`): on `pcie=off` qemu refuses them (`No 'PCI' bus found`).
 
 mod devices;
 #[cfg(test)]
@@ -28,7 +30,7 @@ use crate::common::{cmdline, process_name, program};
 use crate::kv::KvList;
 use crate::version::Version;
 use crate::virtiofsd::virtiofsd_helpers;
-use crate::{Artifacts, Capabilities, ControlChannel, HostFacts, Invocation, PlanError, Shutdown};
+use crate::{Artifacts, Capabilities, HostFacts, Invocation, PlanError, Shutdown};
 
 const HV: Hypervisor = Hypervisor::Qemu;
 
@@ -109,30 +111,18 @@ fn machine_opts(config: &Config, tcg: bool, pci: bool) -> KvList {
     kv
 }
 
-pub(crate) fn plan(
-    config: &Config,
-    artifacts: &Artifacts,
-    host: &HostFacts,
-) -> Result<Invocation, PlanError> {
-    let tcg = use_tcg(config, host)?;
-    let x86 = config.arch == Arch::X86_64;
-    let pci = config.graphics.enable
-        || !config.qemu.machine.starts_with("microvm")
-        || !config.shares.is_empty()
-        || config.devices.iter().any(|d| d.bus == DeviceBus::Pci);
-    let ctx = Ctx {
-        config,
-        dt: if pci { "pci" } else { "device" },
-        pci,
-    };
-    let mut warnings = Vec::new();
-    let mut a = Args::default();
+/// Whether `qemu.extraArgs` adds a PCI device (`-device virtio-keyboard-pci`, `vfio-pci`,
+/// `pcie-root-port`, …): on the microvm machine with `pcie=off` qemu refuses it with
+/// `No 'PCI' bus found for device …`, so such a VM gets PCI.
+fn extra_args_need_pci(extra: &[String]) -> bool {
+    extra.windows(2).any(|w| {
+        let driver = w[1].split(',').next().unwrap_or_default();
+        matches!(w[0].as_str(), "-device" | "--device") && driver.contains("pci")
+    })
+}
 
-    // Kernel and command line.
-    let kernel = match (&artifacts.vmlinux, tcg && x86) {
-        (Some(vmlinux), true) => vmlinux,
-        _ => &artifacts.kernel,
-    };
+/// The console, reboot and panic settings, `kernelParams`, and the TSC frequency under TCG.
+fn kernel_cmdline(config: &Config, host: &HostFacts, tcg: bool) -> String {
     let console: &[&str] = match (config.qemu.serial_console, config.arch) {
         (false, _) => &[],
         (true, Arch::X86_64) => &["earlyprintk=ttyS0", "console=ttyS0"],
@@ -141,13 +131,28 @@ pub(crate) fn plan(
     let mut prefix: Vec<&str> = console.to_vec();
     prefix.extend(["reboot=t", "panic=-1"]);
     let mut kernel_cmdline = cmdline(prefix, config);
-    if let (true, true, Some(khz)) = (tcg, x86, host.tsc_khz) {
+    if let (true, Arch::X86_64, Some(khz)) = (tcg, config.arch, host.tsc_khz) {
         kernel_cmdline.push_str(&format!(" tsc_early_khz={khz}"));
     }
+    kernel_cmdline
+}
 
-    // Base.
+/// Machine, memory, CPUs, kernel, consoles, entropy, early PCI devices and SMBIOS.
+fn base(
+    a: &mut Args,
+    ctx: &Ctx<'_>,
+    artifacts: &Artifacts,
+    tcg: bool,
+    kernel_cmdline: &str,
+) -> Result<(), PlanError> {
+    let config = ctx.config;
+    let x86 = config.arch == Arch::X86_64;
+    let kernel = match (&artifacts.vmlinux, tcg && x86) {
+        (Some(vmlinux), true) => vmlinux,
+        _ => &artifacts.kernel,
+    };
     a.opt("-name", config.name.to_string());
-    a.kv("-M", machine_opts(config, tcg, pci))?;
+    a.kv("-M", machine_opts(config, tcg, ctx.pci))?;
     a.opt("-m", format!("{}M", config.mem));
     a.opt("-smp", config.vcpu.to_string());
     for f in ["-nodefaults", "-no-user-config", "-no-reboot"] {
@@ -163,8 +168,8 @@ pub(crate) fn plan(
     )?;
     a.opt("-device", format!("virtio-rng-{}", ctx.dt));
     // [later]: PCIe root ports, then the VFIO devices, come before the serial console.
-    devices::pcie_root_ports(&mut a, config)?;
-    devices::vfio(&mut a, config)?;
+    devices::pcie_root_ports(a, config)?;
+    devices::vfio(a, config)?;
     if config.qemu.serial_console {
         a.opt("-serial", "chardev:stdio");
     }
@@ -181,13 +186,37 @@ pub(crate) fn plan(
     if x86 {
         a.opt("-device", "i8042");
     }
-    a.opt("-append", kernel_cmdline.clone());
+    a.opt("-append", kernel_cmdline);
     a.kv(
         "-smbios",
         KvList::qemu_plain()
             .set("type", 1)
             .set("uuid", &config.machine_id),
     )?;
+
+    Ok(())
+}
+
+pub(crate) fn plan(
+    config: &Config,
+    artifacts: &Artifacts,
+    host: &HostFacts,
+) -> Result<Invocation, PlanError> {
+    let tcg = use_tcg(config, host)?;
+    let pci = config.graphics.enable
+        || !config.qemu.machine.starts_with("microvm")
+        || !config.shares.is_empty()
+        || config.devices.iter().any(|d| d.bus == DeviceBus::Pci)
+        || extra_args_need_pci(&config.qemu.extra_args);
+    let ctx = Ctx {
+        config,
+        dt: if pci { "pci" } else { "device" },
+        pci,
+    };
+    let mut a = Args::default();
+
+    let kernel_cmdline = kernel_cmdline(config, host, tcg);
+    base(&mut a, &ctx, artifacts, tcg, &kernel_cmdline)?;
 
     if config.store_on_disk {
         if let Some(store) = &artifacts.store_disk {
@@ -214,71 +243,18 @@ pub(crate) fn plan(
             .on_off("wait", false);
         a.kv("-qmp", qmp)?;
     }
-    let control_channel = if config.uses_own_initrd() {
-        let socket = config.control_channel_socket();
-        a.opt("-device", format!("virtio-serial-{}", ctx.dt));
-        let chardev = KvList::qemu("socket")
-            .set("id", "microvm-ctl")
-            .set("path", &socket)
-            .on_off("server", true)
-            .on_off("wait", false);
-        a.kv("-chardev", chardev)?;
-        a.kv(
-            "-device",
-            KvList::qemu("virtserialport")
-                .set("chardev", "microvm-ctl")
-                .set("name", "microvm.ctl"),
-        )?;
-        Some(ControlChannel::VirtioSerial {
-            socket,
-            port: "microvm.ctl".into(),
-        })
-    } else {
-        None
-    };
+    let control_channel = devices::control_channel(&mut a, &ctx)?;
 
     devices::volumes(&mut a, &ctx)?;
     devices::shares(&mut a, &ctx)?;
     let net = devices::interfaces(&mut a, &ctx)?;
-    if let Some(cid) = config.vsock.cid {
-        a.kv(
-            "-device",
-            KvList::qemu(format!("vhost-vsock-{}", ctx.dt)).set("guest-cid", cid),
-        )?;
-    }
-    if config.balloon {
-        let balloon = KvList::qemu(format!("virtio-balloon-{}", ctx.dt))
-            .on_off("free-page-reporting", true)
-            .set("id", "balloon0")
-            .set_if(config.deflate_on_oom, "deflate-on-oom", "on");
-        a.kv("-device", balloon)?;
-    }
+    devices::vsock(&mut a, &ctx)?;
+    devices::balloon(&mut a, &ctx)?;
     devices::usb(&mut a, config)?;
-    for (name, path) in &config.credential_files {
-        let fw = KvList::qemu_plain()
-            .set("name", format!("opt/io.systemd.credentials/{name}"))
-            .set("file", path.display());
-        a.kv("-fw_cfg", fw)?;
-    }
+    devices::credential_files(&mut a, config)?;
     a.0.extend(config.qemu.extra_args.iter().cloned());
 
-    if config.mem == 2048 {
-        warnings.push("QEMU hangs if memory is exactly 2GB <https://github.com/microvm-nix/microvm.nix/issues/171>".to_owned());
-    }
-    if !config.forward_ports.is_empty()
-        && !config
-            .interfaces
-            .iter()
-            .any(|i| i.kind == InterfaceType::User)
-    {
-        warnings.push(format!(
-            "{}: forwardPortsOptions only running with user network",
-            config.name
-        ));
-    }
-    if tcg && config.kvm == KvmMode::Auto && config.cpu.is_none() {
-        warnings.push("KVM is not usable on this host: qemu runs the guest under TCG (software emulation), which is much slower".to_owned());
-    }
+    let warnings = warnings(config, tcg);
 
     let shutdown = match &config.socket {
         Some(socket) => Shutdown::Qmp {
@@ -313,6 +289,30 @@ pub(crate) fn plan(
         },
         warnings,
     })
+}
+
+/// The original's warnings about this configuration.
+fn warnings(config: &Config, tcg: bool) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if config.mem == 2048 {
+        warnings.push("QEMU hangs if memory is exactly 2GB <https://github.com/microvm-nix/microvm.nix/issues/171>".to_owned());
+    }
+    if !config.forward_ports.is_empty()
+        && !config
+            .interfaces
+            .iter()
+            .any(|i| i.kind == InterfaceType::User)
+    {
+        warnings.push(format!(
+            "{}: forwardPortsOptions only running with user network",
+            config.name
+        ));
+    }
+    if tcg && config.kvm == KvmMode::Auto && config.cpu.is_none() {
+        warnings.push("KVM is not usable on this host: qemu runs the guest under TCG (software emulation), which is much slower".to_owned());
+    }
+
+    warnings
 }
 
 fn graphics(a: &mut Args, ctx: &Ctx<'_>) -> Result<(), PlanError> {

@@ -47,6 +47,10 @@ fn pre_start_line(step: &PreStart) -> String {
             )
         }
         PreStart::CreateDir(p) => format!("mkdir -p {}", shell_quote(p)),
+        PreStart::Shell(script) => script.trim_end().replace('\n', "\n  "),
+        PreStart::ExtraArgs(cmd) => {
+            format!("runtime_args=$({cmd})  # its words are appended to the command")
+        }
     }
 }
 
@@ -156,6 +160,9 @@ pub fn render(inv: &Invocation) -> String {
         }
         Some(ControlChannel::HybridVsock { socket, port }) => {
             format!("hybrid vsock port {port} on {socket}_{port}")
+        }
+        Some(ControlChannel::Console { param }) => {
+            format!("serial console, lines framed by the nonce in {param}=")
         }
     };
     let _ = writeln!(out, "control channel: {channel}");

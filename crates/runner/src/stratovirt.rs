@@ -20,18 +20,24 @@
 //!   the guest sees no power button. SIGTERM it is, as in the original.
 //! - USB passthrough is refused: `usb-host` attaches to an `nec-usb-xhci` controller, a PCI
 //!   device the microvm machine cannot have (`add_usb_device`).
+//! - No entropy device: `virtio-rng-device` exists only in a stratovirt built with the
+//!   optional `virtio_rng` cargo feature (off by default and in its build guide); a stock
+//!   binary refuses every plan that has one (`Unsupported device: "virtio-rng-device"`).
+//!   The guest kernel seeds itself (RDRAND, jitter entropy).
+//! - The balloon (refused by the original) is `-device virtio-balloon-device,id=balloon0,
+//!   deflate-on-oom=…,free-page-reporting=true` (`id=` is mandatory), sized at run time
+//!   with QMP `balloon`.
+//! - qcow2 volumes are refused (capability table): the microvm machine takes raw disks only.
 //! - Option values are split at every `,` and `=` with no escape (`str_slip_to_clap`);
 //!   values containing them are refused.
 
 use microvm_spec::config::{Arch, Config, DeviceBus, InterfaceType, ShareProto};
 use microvm_spec::types::Hypervisor;
 
+use crate::argv::Out;
 use crate::common::{cmdline, drive_letter, process_name, program};
 use crate::virtiofsd::virtiofsd_helpers;
-use crate::{
-    Artifacts, Capabilities, HostFacts, Invocation, MacvtapFd, PlanError, PreStart, Shutdown,
-    TapSetup,
-};
+use crate::{Artifacts, Capabilities, HostFacts, Invocation, PlanError, PreStart, Shutdown};
 
 const HV: Hypervisor = Hypervisor::Stratovirt;
 
@@ -55,80 +61,115 @@ pub(crate) fn plan(
         Arch::Aarch64 => "console=ttyAMA0",
     };
     let kernel_cmdline = cmdline([console, "edd=off", "reboot=t", "panic=-1"], config);
-    let mut warnings = Vec::new();
-    if config.user.is_some() {
-        warnings.push("stratovirt ignores `user`: it does not change user".to_owned());
+    let mut out = Out::default();
+    for (set, w) in [
+        (
+            config.user.is_some(),
+            "stratovirt ignores `user`: it does not change user",
+        ),
+        (config.vsock.cid.is_some(), "stratovirt ignores `vsock.cid`"),
+        (
+            config.graphics.enable,
+            "stratovirt ignores `graphics.enable`",
+        ),
+    ] {
+        if set {
+            out.warn_once(w);
+        }
     }
-    if config.vsock.cid.is_some() {
-        warnings.push("stratovirt ignores `vsock.cid`".to_owned());
-    }
-    if config.graphics.enable {
-        warnings.push("stratovirt ignores `graphics.enable`".to_owned());
+    base(&mut out, config, artifacts, &kernel_cmdline);
+    store_disk(&mut out, config, artifacts)?;
+    out.opt(
+        "-qmp",
+        format!("unix:{},server,nowait", value("socket", socket)?),
+    );
+    volumes(&mut out, config)?;
+    shares(&mut out, config)?;
+    interfaces(&mut out, config)?;
+    if config.balloon {
+        out.opt(
+            "-device",
+            format!(
+                "virtio-balloon-device,id=balloon0,deflate-on-oom={},free-page-reporting=true",
+                config.deflate_on_oom
+            ),
+        );
     }
 
+    let multi_queue = config.vcpu > 1;
+    Ok(Invocation {
+        hypervisor: HV,
+        program: program(config.stratovirt.package.as_deref(), "stratovirt"),
+        args: out.args,
+        process_name: process_name(config),
+        env: Vec::new(),
+        files: Vec::new(),
+        helpers: virtiofsd_helpers(config, host, false),
+        // stratovirt deletes its QMP socket on exit, but not after a crash.
+        pre_start: vec![PreStart::RemoveFile(socket.to_owned())],
+        control_socket: Some(socket.to_owned()),
+        shutdown: Shutdown::Signal {
+            signal: "SIGTERM".into(),
+        },
+        control_channel: None,
+        taps: out.taps,
+        macvtap_fds: out.macvtap_fds,
+        kernel_cmdline,
+        capabilities: Capabilities {
+            can_shutdown: false,
+            supports_notify_socket: false,
+            tap_multi_queue: multi_queue,
+            readiness: false,
+        },
+        warnings: out.warnings,
+    })
+}
+
+/// Machine, memory, CPUs, kernel and console.
+fn base(out: &mut Out, config: &Config, artifacts: &Artifacts, kernel_cmdline: &str) {
     let virtiofs = config
         .shares
         .iter()
         .any(|s| s.proto == ShareProto::Virtiofs);
-    let mut args = Vec::new();
-    push(&mut args, "-name", config.name.to_string());
-    push(
-        &mut args,
+    out.opt("-name", config.name.to_string());
+    out.opt(
         "-machine",
         if virtiofs {
             "microvm,mem-share=on"
         } else {
             "microvm"
-        }
-        .into(),
+        },
     );
-    push(&mut args, "-m", config.mem.to_string());
-    push(&mut args, "-smp", config.vcpu.to_string());
-    push(&mut args, "-kernel", artifacts.kernel.display().to_string());
-    push(&mut args, "-initrd", artifacts.initrd.display().to_string());
-    push(&mut args, "-append", kernel_cmdline.clone());
-    push(&mut args, "-serial", "stdio".into());
-    push(
-        &mut args,
-        "-object",
-        "rng-random,id=rng,filename=/dev/random".into(),
-    );
-    push(
-        &mut args,
-        "-device",
-        "virtio-rng-device,rng=rng,id=rng_dev".into(),
-    );
+    out.opt("-m", config.mem.to_string());
+    out.opt("-smp", config.vcpu.to_string());
+    out.opt("-kernel", artifacts.kernel.display().to_string());
+    out.opt("-initrd", artifacts.initrd.display().to_string());
+    out.opt("-append", kernel_cmdline);
+    out.opt("-serial", "stdio");
+}
 
-    if config.store_on_disk {
-        let store = artifacts
-            .store_disk
-            .as_ref()
-            .ok_or_else(|| invalid("storeOnDisk is set but no store disk was built".into()))?;
-        let store = store.display().to_string();
-        let file = value("store disk path", &store)?;
-        push(
-            &mut args,
-            "-drive",
-            format!(
-                "id=store,format=raw,readonly=on,file={file},if=none,aio=io_uring,direct=false"
-            ),
-        );
-        push(
-            &mut args,
-            "-device",
-            "virtio-blk-device,drive=store,id=blk_store".into(),
-        );
+fn store_disk(out: &mut Out, config: &Config, artifacts: &Artifacts) -> Result<(), PlanError> {
+    if !config.store_on_disk {
+        return Ok(());
     }
-    push(
-        &mut args,
-        "-qmp",
-        format!("unix:{},server,nowait", value("socket", socket)?),
+    let store = artifacts
+        .store_disk
+        .as_ref()
+        .ok_or_else(|| invalid("storeOnDisk is set but no store disk was built".into()))?;
+    let store = store.display().to_string();
+    let file = value("store disk path", &store)?;
+    out.opt(
+        "-drive",
+        format!("id=store,format=raw,readonly=on,file={file},if=none,aio=io_uring,direct=false"),
     );
+    out.opt("-device", "virtio-blk-device,drive=store,id=blk_store");
+    Ok(())
+}
 
+fn volumes(out: &mut Out, config: &Config) -> Result<(), PlanError> {
     for (i, volume) in config.volumes.iter().enumerate() {
         let id = format!("vd{}", drive_letter(i));
-        push(
-            &mut args,
+        out.opt(
             "-drive",
             format!(
                 "id={id},format=raw,if=none,aio=io_uring,file={},direct={},readonly={}",
@@ -141,22 +182,23 @@ pub(crate) fn plan(
         if let Some(serial) = &volume.serial {
             device.push_str(&format!(",serial={}", value("volume serial", serial)?));
         }
-        push(&mut args, "-device", device);
+        out.opt("-device", device);
     }
+    Ok(())
+}
 
+fn shares(out: &mut Out, config: &Config) -> Result<(), PlanError> {
     for (i, share) in config.shares.iter().enumerate() {
         // Only virtiofs reaches here (9p is refused).
         let socket = share
             .socket
             .clone()
             .unwrap_or_else(|| format!("{}-virtiofs-{}.sock", config.name, share.tag));
-        push(
-            &mut args,
+        out.opt(
             "-chardev",
             format!("socket,id=fs{i},path={}", value("share socket", &socket)?),
         );
-        push(
-            &mut args,
+        out.opt(
             "-device",
             format!(
                 "vhost-user-fs-device,chardev=fs{i},tag={},id=fs{i}",
@@ -164,49 +206,30 @@ pub(crate) fn plan(
             ),
         );
     }
+    Ok(())
+}
 
+fn interfaces(out: &mut Out, config: &Config) -> Result<(), PlanError> {
     let multi_queue = config.vcpu > 1;
     let queues = config.vcpu.clamp(1, MAX_QUEUE_PAIRS);
-    let mut taps = Vec::new();
-    let mut macvtap_fds = Vec::new();
-    let mut next_fd = 3;
     for iface in &config.interfaces {
         let id = value("interface id", iface.id.as_str())?;
         let backend = match iface.kind {
             InterfaceType::Tap => {
-                taps.push(TapSetup {
-                    name: iface.id.to_string(),
-                    vnet_hdr: true,
-                    multi_queue,
-                    bridge: iface.bridge.clone(),
-                });
+                out.tap(iface, multi_queue);
                 format!("ifname={id}")
             }
             InterfaceType::Macvtap => {
-                let fds: Vec<String> = (0..queues)
-                    .map(|queue| {
-                        macvtap_fds.push(MacvtapFd {
-                            interface: iface.id.to_string(),
-                            queue,
-                            fd: next_fd,
-                        });
-                        next_fd += 1;
-                        (next_fd - 1).to_string()
-                    })
-                    .collect();
+                let fds = out.macvtap_fds(iface.id.as_str(), queues);
+                let fds: Vec<String> = fds.iter().map(u32::to_string).collect();
                 let key = if fds.len() == 1 { "fd" } else { "fds" };
                 format!("{key}={}", fds.join(":"))
             }
             // Refused in reject_unsupported.
             InterfaceType::User | InterfaceType::Bridge => continue,
         };
-        push(
-            &mut args,
-            "-netdev",
-            format!("tap,id={id},{backend},queues={queues}"),
-        );
-        push(
-            &mut args,
+        out.opt("-netdev", format!("tap,id={id},{backend},queues={queues}"));
+        out.opt(
             "-device",
             format!(
                 "virtio-net-device,id=net_{id},netdev={id},mac={},mq={}",
@@ -215,38 +238,7 @@ pub(crate) fn plan(
             ),
         );
     }
-
-    Ok(Invocation {
-        hypervisor: HV,
-        program: program(config.stratovirt.package.as_deref(), "stratovirt"),
-        args,
-        process_name: process_name(config),
-        env: Vec::new(),
-        files: Vec::new(),
-        helpers: virtiofsd_helpers(config, host, false),
-        // stratovirt deletes its QMP socket on exit, but not after a crash.
-        pre_start: vec![PreStart::RemoveFile(socket.to_owned())],
-        control_socket: Some(socket.to_owned()),
-        shutdown: Shutdown::Signal {
-            signal: "SIGTERM".into(),
-        },
-        control_channel: None,
-        taps,
-        macvtap_fds,
-        kernel_cmdline,
-        capabilities: Capabilities {
-            can_shutdown: false,
-            supports_notify_socket: false,
-            tap_multi_queue: multi_queue,
-            readiness: false,
-        },
-        warnings,
-    })
-}
-
-fn push(args: &mut Vec<String>, flag: &str, value: String) {
-    args.push(flag.to_owned());
-    args.push(value);
+    Ok(())
 }
 
 fn on_off(b: bool) -> &'static str {
@@ -258,12 +250,6 @@ fn on_off(b: bool) -> &'static str {
 }
 
 fn reject_unsupported(config: &Config) -> Result<(), PlanError> {
-    if config.balloon {
-        return Err(unsupported(
-            "balloon",
-            "balloon not implemented for stratovirt",
-        ));
-    }
     for (v, option, reason) in [
         (
             config.initial_balloon_mem,

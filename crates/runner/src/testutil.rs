@@ -132,6 +132,7 @@ pub(crate) fn example() -> Config {
         pre_start: String::new(),
         socket: Some("vm1.sock".into()),
         pretty_procnames: true,
+        control_channel: ControlChannelMode::Auto,
         bin_scripts: BTreeMap::new(),
         extra_args_script: None,
         register_with_machined: false,

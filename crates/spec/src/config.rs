@@ -14,9 +14,9 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 pub use crate::schema::{
-    DeviceBus, DriveIoEngine, ForwardFrom, ForwardProto, GraphicsBackend, ImageType,
-    InodeFileHandles, InterfaceType, KvmMode, MacvtapMode, SecurityModel, ShareCache, ShareProto,
-    StoreDiskType,
+    ControlChannelMode, DeviceBus, DriveIoEngine, ForwardFrom, ForwardProto, GraphicsBackend,
+    ImageType, InodeFileHandles, InterfaceType, KvmMode, MacvtapMode, SecurityModel, ShareCache,
+    ShareProto, StoreDiskType,
 };
 use crate::types::{Hypervisor, IfName, MacAddr, VmName, VsockCid};
 
@@ -67,6 +67,7 @@ pub struct Config {
     pub kernel_params: Vec<String>,
     pub cpu: Option<String>,
     pub kvm: KvmMode,
+    pub control_channel: ControlChannelMode,
 
     pub store_on_disk: bool,
     /// A prebuilt root/store image; `None`: microvm builds it.
@@ -119,6 +120,25 @@ pub enum KernelRef {
     Path(PathBuf),
     /// A Debian package name, fetched with `apt-get download`.
     Package(String),
+    /// microvm's guest kernel, built from a Linux source.
+    Build(KernelBuild),
+}
+
+/// `kernel = { build = "microvm", source = …, fragments = [ … ] }`, resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KernelBuild {
+    /// A Debian `linux-source-X.Y` package name, or an absolute tarball or tree path.
+    pub source: KernelBuildSource,
+    /// Absolute paths of Kconfig fragments merged after the project's configuration.
+    pub fragments: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "kind", content = "value")]
+pub enum KernelBuildSource {
+    Package(String),
+    Path(PathBuf),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
@@ -364,8 +384,44 @@ impl Config {
         self.socket.as_deref()
     }
 
+    /// Which channel carries the guest init's `READY`/`EXIT`/`FAIL` (one place for the
+    /// image's guest plan and the runner's invocation to agree on).
+    pub fn control_transport(&self) -> ControlTransport {
+        use crate::types::Hypervisor as H;
+        if !self.uses_own_initrd() {
+            return ControlTransport::None;
+        }
+        if self.control_channel == ControlChannelMode::Console {
+            return ControlTransport::Console;
+        }
+        match self.hypervisor {
+            H::Qemu => ControlTransport::VirtioSerial,
+            H::CloudHypervisor | H::Firecracker if self.vsock.cid.is_some() => {
+                ControlTransport::Vsock
+            }
+            _ => ControlTransport::Console,
+        }
+    }
+
     /// Name of the readiness/exit-status channel socket (see `microvm_init::plan`).
     pub fn control_channel_socket(&self) -> String {
         format!("{}-ctl.sock", self.name)
     }
+}
+
+/// The kernel parameter that carries the console channel's per-boot nonce.
+pub const CONSOLE_NONCE_PARAM: &str = "microvm.nonce";
+
+/// The channel of the guest init's control protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ControlTransport {
+    /// A virtio-serial port (qemu).
+    VirtioSerial,
+    /// Hybrid vsock (cloud-hypervisor, firecracker with `vsock.cid`).
+    Vsock,
+    /// Lines framed by a per-boot nonce on the serial console (every other case).
+    Console,
+    /// A foreign initrd: no protocol.
+    None,
 }

@@ -59,8 +59,23 @@ pub struct UnknownKey {
     pub message: String,
 }
 
+/// The longest unknown key quoted in full and compared with the schema's keys.
+const MAX_KEY_SHOWN: usize = 64;
+
 /// The message for an unknown key, with the closest valid spelling when one is close.
 pub fn unknown_key_message(field: &str, expected: &[&str]) -> String {
+    // No schema key is this long: neither compare it (quadratic) nor echo it whole.
+    if field.len() > MAX_KEY_SHOWN {
+        let cut = (0..=MAX_KEY_SHOWN)
+            .rev()
+            .find(|&i| field.is_char_boundary(i))
+            .unwrap_or(0);
+        return format!(
+            "unknown key `{}…` ({} bytes long)",
+            &field[..cut],
+            field.len()
+        );
+    }
     let best = expected
         .iter()
         .map(|cand| {

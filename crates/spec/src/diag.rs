@@ -80,9 +80,28 @@ pub struct DiagnosticJson {
     pub notes: Vec<String>,
 }
 
+/// The longest source line (bytes) quoted under a message.
+const MAX_QUOTED_LINE: usize = 1000;
+
 impl SourceMap {
     /// Renders diagnostics as a compiler would: message, `--> file:line:col`, the
     /// source line with the key underlined, related places and notes.
+    /// Whether the lines `span` touches are too long to quote in a message.
+    fn too_long(&self, span: &Span) -> bool {
+        let text = self.file(span.file).text.as_bytes();
+        let end = span.range.end.min(text.len());
+        let start = span.range.start.min(end);
+        let line_start = text[..start]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let line_end = text[end..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(text.len(), |i| end + i);
+        line_end - line_start > MAX_QUOTED_LINE
+    }
+
     pub fn render(&self, diagnostics: &[Diagnostic]) -> String {
         let mut files = SimpleFiles::new();
         let ids: Vec<usize> = self
@@ -98,18 +117,27 @@ impl SourceMap {
             }
             .with_message(&d.message);
             let mut labels = Vec::new();
-            if let Some(span) = &d.span {
+            let mut notes = Vec::new();
+            // A line too long to show is named by its place only (a 2 MB key once
+            // printed 21 MB of diagnostics).
+            if let Some(span) = d.span.as_ref().filter(|s| self.too_long(s)) {
+                notes.push(format!(
+                    "at {} (the line is too long to show)",
+                    self.location(span)
+                ));
+            } else if let Some(span) = &d.span {
                 let label = Label::primary(ids[span.file.0], span.range.clone());
                 labels.push(match &d.path {
-                    Some(p) if !p.0.is_empty() => label.with_message(p.to_string()),
+                    Some(p) if !p.0.is_empty() => label.with_message(shortened(p.to_string())),
                     _ => label,
                 });
             }
-            for (span, msg) in &d.related {
+            for (span, msg) in d.related.iter().filter(|(s, _)| !self.too_long(s)) {
                 labels
                     .push(Label::secondary(ids[span.file.0], span.range.clone()).with_message(msg));
             }
-            cs = cs.with_labels(labels).with_notes(d.notes.clone());
+            notes.extend(d.notes.iter().cloned());
+            cs = cs.with_labels(labels).with_notes(notes);
             match term::emit_into_string(&config, &files, &cs) {
                 Ok(s) => out.push_str(&s),
                 Err(_) => out.push_str(&format!("{}: {}\n", severity_word(d.severity), d.message)),
@@ -133,13 +161,26 @@ impl SourceMap {
         DiagnosticJson {
             severity: d.severity,
             message: d.message.clone(),
-            path: d.path.as_ref().map(|p| p.to_string()),
+            path: d.path.as_ref().map(|p| shortened(p.to_string())),
             file,
             line,
             column,
             notes: d.notes.clone(),
         }
     }
+}
+
+/// `text` cut to [`MAX_QUOTED_LINE`] bytes (at a character boundary), marked with `…`.
+fn shortened(mut text: String) -> String {
+    if text.len() > MAX_QUOTED_LINE {
+        let cut = (0..=MAX_QUOTED_LINE)
+            .rev()
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
 }
 
 fn severity_word(s: Severity) -> &'static str {

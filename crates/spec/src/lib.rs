@@ -8,6 +8,7 @@ pub mod de;
 pub mod diag;
 pub mod load;
 pub mod node;
+pub mod ranges;
 pub mod resolve;
 pub mod schema;
 pub mod source;

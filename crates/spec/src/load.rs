@@ -37,6 +37,57 @@ pub struct Loaded {
     pub sources: SourceMap,
     /// The merged value tree (for locating keys in later diagnostics).
     pub tree: Node,
+    /// The host files and directories the definition names.
+    pub inputs: Vec<resolve::Input>,
+}
+
+impl Loaded {
+    /// An error for every input (kernel, initrd, root directory, …) that is not there or
+    /// is not of its kind, located at the key that names it. `check`, `build` and `run`
+    /// report them; `plan` does not need them.
+    pub fn missing_inputs(&self) -> Vec<Diagnostic> {
+        let mut missing: Vec<Diagnostic> = self
+            .inputs
+            .iter()
+            .filter_map(|input| {
+                let problem = input_problem(&input.path, input.kind)?;
+                let span = self.tree.span_of(&input.key).clone();
+                Some(Diagnostic::error(problem).at(input.key.clone(), span))
+            })
+            .collect();
+        // In the order of the definition's text.
+        missing.sort_by_key(|d| d.span.as_ref().map(|s| (s.file.0, s.range.start)));
+        missing
+    }
+}
+
+/// What is wrong with an input, if anything: not there, of the other kind, or not
+/// readable by this user.
+fn input_problem(path: &Path, kind: resolve::InputKind) -> Option<String> {
+    use resolve::InputKind;
+    let shown = display_path(path);
+    let meta = match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Some(format!("{shown} does not exist"))
+        }
+        Err(e) => return Some(format!("cannot read {shown}: {e}")),
+        Ok(m) => m,
+    };
+    match kind {
+        InputKind::File if meta.is_dir() => {
+            return Some(format!("{shown} is a directory, not a file"))
+        }
+        InputKind::Directory if !meta.is_dir() => {
+            return Some(format!("{shown} is not a directory"))
+        }
+        _ => {}
+    }
+    let readable = if meta.is_dir() {
+        std::fs::read_dir(path).map(drop)
+    } else {
+        std::fs::File::open(path).map(drop)
+    };
+    readable.err().map(|e| format!("cannot read {shown}: {e}"))
 }
 
 /// A definition that did not load; `diagnostics` holds every error and warning found.
@@ -77,37 +128,35 @@ pub fn load_with(path: &Path, options: &LoadOptions) -> Result<Loaded, LoadFailu
     let mut diagnostics = Vec::new();
     let mut stack = Vec::new();
     let tree = read_tree(path, None, &mut stack, &mut sources, &mut diagnostics);
-    let Some(tree) = tree else {
-        return Err(LoadFailure {
+    let fail = |diagnostics, sources| {
+        Err(LoadFailure {
             diagnostics,
             sources,
-        });
+        })
     };
-    if diagnostics.iter().any(Diagnostic::is_error) {
-        return Err(LoadFailure {
-            diagnostics,
-            sources,
-        });
-    }
+    // Every stage runs on what is left once the values in error are taken out (a merge
+    // conflict, then a value of the wrong type); only what a later stage says about a
+    // taken-out key, or inside one, is dropped, as it cannot be computed. A file that
+    // cannot be read or parsed stops the load.
+    let Some(mut tree) = tree else {
+        return fail(diagnostics, sources);
+    };
+    let Some(mut removed) = take_out_conflicts(&mut tree, &diagnostics) else {
+        return fail(diagnostics, sources);
+    };
     let (spec, unknown) = de::from_node::<Spec>(&tree);
     for u in unknown {
         diagnostics.push(Diagnostic::error(u.message).at(u.path, u.span));
     }
-    let spec = match spec {
-        Ok(spec) => spec,
-        Err(e) => {
-            for e in type_errors(&tree, e) {
-                let mut d = Diagnostic::error(e.message);
-                if let (Some(path), Some(span)) = (e.path, e.span) {
-                    d = d.at(path, span);
-                }
-                diagnostics.push(d);
+    let (spec, tree) = match spec {
+        Ok(spec) => (spec, tree),
+        Err(e) => match type_errors(&tree, e, &mut diagnostics) {
+            Some((spec, pruned, more)) => {
+                removed.extend(more);
+                (spec, pruned)
             }
-            return Err(LoadFailure {
-                diagnostics,
-                sources,
-            });
-        }
+            None => return fail(diagnostics, sources),
+        },
     };
     let ctx = resolve::Context {
         tree: &tree,
@@ -116,52 +165,84 @@ pub fn load_with(path: &Path, options: &LoadOptions) -> Result<Loaded, LoadFailu
         name: options.name.clone(),
         arch: options.arch.unwrap_or_else(Arch::host),
     };
-    let (config, mut found) = resolve::resolve(&spec, &ctx);
-    diagnostics.append(&mut found);
+    let (config, found, inputs) = resolve::resolve(&spec, &ctx);
+    diagnostics.extend(found.into_iter().filter(|d| {
+        d.path
+            .as_ref()
+            .is_none_or(|p| !removed.iter().any(|r| p.0.starts_with(&r.0)))
+    }));
     match config {
         Some(config) if !diagnostics.iter().any(Diagnostic::is_error) => Ok(Loaded {
             config,
             warnings: diagnostics,
             sources,
             tree,
+            inputs,
         }),
-        _ => Err(LoadFailure {
-            diagnostics,
-            sources,
-        }),
+        _ => fail(diagnostics, sources),
     }
 }
 
-/// Every type error of the tree, not only the first: serde stops at the first one, so
-/// the offending value is taken out of a copy of the tree (every key of the schema is
-/// optional) and deserialisation is tried again, until it succeeds or an error cannot
-/// be taken out. The rules of `resolve` are not run on such a mutilated tree.
-fn type_errors(tree: &Node, first: de::DeError) -> Vec<de::DeError> {
-    const MAX: usize = 100;
-    let mut errors = vec![first];
-    let mut tree = tree.clone();
-    while errors.len() < MAX {
-        let Some(path) = errors.last().and_then(|e| e.path.clone()) else {
-            break;
-        };
-        if !remove(&mut tree, &path) {
-            break;
+/// Takes the keys of the merge conflicts out of the tree; `None` when an error of
+/// reading the files has no key in the tree (an import that cannot be read or parsed).
+fn take_out_conflicts(tree: &mut Node, diags: &[Diagnostic]) -> Option<Vec<KeyPath>> {
+    let mut removed: Vec<KeyPath> = Vec::new();
+    for d in diags.iter().filter(|d| d.is_error()) {
+        let path = d.path.as_ref()?;
+        if removed.iter().any(|r| path.0.starts_with(&r.0)) {
+            continue; // a third definition of a key already taken out
         }
-        match de::from_node::<Spec>(&tree).0 {
-            Ok(_) => break,
-            Err(e) => errors.push(e),
+        removed.push(remove(tree, path)?);
+    }
+    Some(removed)
+}
+
+/// Every type error of the tree, not only the first, pushed onto `diags` with the unknown
+/// keys that the first pass never reached: serde stops at the first error, so the
+/// offending value is taken out of a copy of the tree (every key of the schema is
+/// optional) and deserialisation is tried again, until it succeeds or an error cannot be
+/// taken out. Returns the spec of the pruned tree, that tree and the paths taken out,
+/// when the pruning ended in a spec.
+fn type_errors(
+    tree: &Node,
+    first: de::DeError,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<(Spec, Node, Vec<KeyPath>)> {
+    const MAX: usize = 100;
+    let mut seen: Vec<KeyPath> = diags.iter().filter_map(|d| d.path.clone()).collect();
+    let mut tree = tree.clone();
+    let mut removed = Vec::new();
+    let mut error = first;
+    for _ in 0..MAX {
+        let mut d = Diagnostic::error(error.message.clone());
+        if let (Some(path), Some(span)) = (error.path.clone(), error.span.clone()) {
+            d = d.at(path, span);
+        }
+        diags.push(d);
+        let path = error.path.clone()?;
+        let taken = remove(&mut tree, &path)?;
+        removed.push(taken);
+        let (spec, unknown) = de::from_node::<Spec>(&tree);
+        for u in unknown {
+            if !seen.contains(&u.path) {
+                seen.push(u.path.clone());
+                diags.push(Diagnostic::error(u.message).at(u.path, u.span));
+            }
+        }
+        match spec {
+            Ok(spec) => return Some((spec, tree, removed)),
+            Err(e) => error = e,
         }
     }
-    errors
+    None
 }
 
 /// Removes the entry at `path` from the tree: the table key it ends in, or, for a list
 /// element, the whole list (removing one element would shift the indices of the others).
-fn remove(tree: &mut Node, path: &KeyPath) -> bool {
+/// Returns the path taken out.
+fn remove(tree: &mut Node, path: &KeyPath) -> Option<KeyPath> {
     use crate::node::Seg;
-    let Some(last_key) = path.0.iter().rposition(|s| matches!(s, Seg::Key(_))) else {
-        return false;
-    };
+    let last_key = path.0.iter().rposition(|s| matches!(s, Seg::Key(_)))?;
     let mut node = tree;
     for seg in &path.0[..last_key] {
         let next = match (seg, &mut node.value) {
@@ -172,17 +253,34 @@ fn remove(tree: &mut Node, path: &KeyPath) -> bool {
             (Seg::Index(i), Value::Array(items)) => items.get_mut(*i),
             _ => None,
         };
-        match next {
-            Some(n) => node = n,
-            None => return false,
-        }
+        node = next?;
     }
     let (Seg::Key(key), Value::Table(entries)) = (&path.0[last_key], &mut node.value) else {
-        return false;
+        return None;
     };
     let before = entries.len();
     entries.retain(|e| &e.key != key);
-    entries.len() < before
+    (entries.len() < before).then(|| KeyPath(path.0[..=last_key].to_vec()))
+}
+
+/// The largest definition file read (a definition is a few kilobytes; this bounds the
+/// memory and time an accidental or hostile input costs).
+pub const MAX_FILE_BYTES: u64 = 4 << 20;
+
+/// Reads at most [`MAX_FILE_BYTES`] of `path`; a longer file is an error.
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {} MiB, the most a definition may be",
+            MAX_FILE_BYTES >> 20
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Reads `path` and its imports into one merged tree.
@@ -219,7 +317,7 @@ fn read_tree(
         ))));
         return None;
     }
-    let bytes = match std::fs::read(path) {
+    let bytes = match read_bounded(path) {
         Ok(b) => b,
         Err(e) => {
             diags.push(located(Diagnostic::error(format!(

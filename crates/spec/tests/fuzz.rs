@@ -232,6 +232,7 @@ const TOP: &[&str] = &[
     "workingDirectory",
     "environment",
     "kvm",
+    "controlChannel",
     "vcpu",
     "mem",
     "hugepageMem",

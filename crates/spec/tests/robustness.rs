@@ -346,7 +346,10 @@ fn numbers_out_of_range() {
             "vsock.cid = -3\n",
             "expected a non-negative integer, found -3",
         ),
-        ("vcpu = 4294967296\n", "4294967296 is too large"),
+        (
+            "vcpu = 4294967296\n",
+            "4294967296 is more than 255, the most a supported hypervisor boots (x86 APIC ids)",
+        ),
         ("vcpu = 1.0\n", "expected an integer, found a float"),
         ("vcpu = inf\n", "expected an integer, found a float"),
         ("vcpu = nan\n", "expected an integer, found a float"),
@@ -504,6 +507,7 @@ pub const TOP_KEYS: &[&str] = &[
     "environment",
     "network",
     "kvm",
+    "controlChannel",
     "vcpu",
     "mem",
     "hugepageMem",
@@ -566,4 +570,42 @@ fn top_keys_match_the_schema() {
     let dir = Dir::new();
     let found = try_load(&dir, "vm1.toml", b"zzzzzzzzzzzz = 1\n");
     assert_eq!(first_error(&found).message, message);
+}
+
+/// A 2 MB unknown key is neither compared with the schema's keys nor echoed: the
+/// message quotes its first 64 bytes and the rendering stays short.
+#[test]
+fn huge_keys_and_files_are_bounded() {
+    let dir = Dir::new();
+    let key = "k".repeat(2_000_000);
+    let path = dir.write("vm1.toml", &format!("{key} = 1\n"));
+    let failure = load_file(&path).expect_err("an unknown key");
+    let message = &failure.errors().next().expect("an error").message;
+    assert_eq!(
+        message,
+        &format!("unknown key `{}…` (2000000 bytes long)", &key[..64])
+    );
+    let rendered = failure.render();
+    assert!(rendered.len() < 2000, "{} bytes rendered", rendered.len());
+    assert!(
+        rendered.contains("(the line is too long to show)"),
+        "{rendered}"
+    );
+    let json = failure
+        .sources
+        .to_json(failure.errors().next().expect("an error"));
+    assert!(json.path.expect("a path").len() < 1100);
+
+    let path = dir.write(
+        "big.toml",
+        &format!("# {}\nvcpu = 1\n", "x".repeat(5 << 20)),
+    );
+    let failure = load_file(&path).expect_err("too large");
+    assert_eq!(
+        failure.errors().next().expect("an error").message,
+        format!(
+            "cannot read {}: larger than 4 MiB, the most a definition may be",
+            path.display()
+        )
+    );
 }

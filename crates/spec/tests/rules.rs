@@ -203,12 +203,12 @@ fn forward_port_values() {
     let base = "[[interfaces]]\ntype = \"user\"\nid = \"qemu\"\nmac = \"02:00:00:00:00:01\"\n";
     one_error(
         &format!("{base}[[forwardPorts]]\nhost.port = 0\nguest.port = 22\n"),
-        "0 is not a port (1 to 65535)",
+        "must be at least 1, found 0",
         6,
     );
     one_error(
         &format!("{base}[[forwardPorts]]\nhost.port = 70000\nguest.port = 22\n"),
-        "70000 is not a port (1 to 65535)",
+        "70000 is more than 65535, the most a TCP or UDP port can be",
         6,
     );
     one_error(
@@ -395,12 +395,12 @@ fn volume_size_is_required_with_auto_create() {
 fn volume_sizes() {
     one_error(
         "[[volumes]]\nimage = \"a.img\"\nsize = 0\n",
-        "a volume size must be at least 1 (MiB)",
+        "must be at least 1 MiB, found 0",
         3,
     );
     one_error(
         "[[volumes]]\nimage = \"a.img\"\nsize = 9223372036854775807\n",
-        "9223372036854775807 MiB is too large",
+        "9223372036854775807 MiB is more than 67108864 MiB, the most a volume image may hold here",
         3,
     );
     one_error(

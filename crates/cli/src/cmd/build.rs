@@ -24,6 +24,7 @@ pub struct Runner {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Report<'a> {
     runner: &'a Path,
     cached: bool,
@@ -59,7 +60,8 @@ fn root_manifest(built: &Built) -> anyhow::Result<Vec<RootEntry>> {
 }
 
 pub fn run(args: &BuildArgs, state_dir: &Path) -> anyhow::Result<i32> {
-    let loaded = common::load(&args.def, false)?;
+    common::refresh(args.refresh);
+    let loaded = common::load_with_inputs(&args.def, false)?;
     let start = Instant::now();
     let store = open_store(args.store.as_deref(), state_dir)?;
     let host = common::host_facts()?;
@@ -94,7 +96,13 @@ pub fn run(args: &BuildArgs, state_dir: &Path) -> anyhow::Result<i32> {
 /// managed VMs, `/var/lib/microvms/.store` by default), else `$XDG_CACHE_HOME/microvm/store`
 /// (or `~/.cache/microvm/store`).
 pub fn open_store(flag: Option<&Path>, state_dir: &Path) -> anyhow::Result<Store> {
-    let root = match (flag, std::env::var_os("MICROVM_STORE")) {
+    let root = store_root(flag, state_dir)?;
+    Store::open(&root).with_context(|| format!("opening the store {}", root.display()))
+}
+
+/// Where the store is (see [`open_store`]), without creating it.
+pub fn store_root(flag: Option<&Path>, state_dir: &Path) -> anyhow::Result<PathBuf> {
+    Ok(match (flag, std::env::var_os("MICROVM_STORE")) {
         (Some(p), _) => p.to_path_buf(),
         (None, Some(p)) => PathBuf::from(p),
         (None, None) if common::is_root() => state_dir.join(".store"),
@@ -105,8 +113,7 @@ pub fn open_store(flag: Option<&Path>, state_dir: &Path) -> anyhow::Result<Store
                 .context("neither XDG_CACHE_HOME nor HOME is set; pass --store")?;
             cache.join("microvm/store")
         }
-    };
-    Store::open(&root).with_context(|| format!("opening the store {}", root.display()))
+    })
 }
 
 /// Builds (or finds) the artifacts and the runner directory of a loaded definition.
@@ -120,24 +127,26 @@ pub fn build_runner(loaded: &Loaded, store: &Store, host: &HostFacts) -> anyhow:
     };
     let built = pipeline::build(config, store, &mut progress)
         .with_context(|| format!("building {}", config.name))?;
-    // The root's own kernel parameters (`regInfo=` of a Nix closure) follow the
-    // definition's, as in microvm.nix.
-    let extended;
-    let config = if built.kernel_params.is_empty() {
-        config
-    } else {
-        let mut c = config.clone();
-        c.kernel_params.extend(built.kernel_params.iter().cloned());
-        extended = c;
-        &extended
-    };
+    let extended = with_root_params(config, &built.kernel_params);
+    let config = extended.as_ref().unwrap_or(config);
     let artifacts = Artifacts {
         kernel: built.kernel.clone(),
         vmlinux: built.vmlinux.clone(),
         initrd: built.initrd.clone(),
         store_disk: built.store_disk.clone(),
     };
-    let invocation = microvm_runner::plan(config, &artifacts, host)
+    let mut host = host.clone();
+    let detection = common::detect_version(config.hypervisor, config, &mut host);
+    progress(&format!(
+        "version: {}",
+        detection.describe(config.hypervisor)
+    ));
+    let added = match &extended {
+        Some(_) => &built.kernel_params[..],
+        None => &[],
+    };
+    super::built::record(store.root(), loaded, &artifacts, added);
+    let invocation = microvm_runner::plan(config, &artifacts, &host)
         .with_context(|| format!("planning {} for {}", config.name, config.hypervisor))?;
     let files = package::files(config, &invocation);
     let parts: Vec<(String, String)> = files
@@ -159,11 +168,13 @@ pub fn build_runner(loaded: &Loaded, store: &Store, host: &HostFacts) -> anyhow:
         let tmp = scratch.join("out");
         package::write(&tmp, &files).with_context(|| format!("writing {}", tmp.display()))?;
         let share = tmp.join("share/microvm");
+        let system = system_target(config, &built);
         for (name, target) in [
             ("kernel", Some(&built.kernel)),
             ("vmlinux", built.vmlinux.as_ref()),
             ("initrd", Some(&built.initrd)),
             ("store-disk", built.store_disk.as_ref()),
+            ("system", system.as_ref()),
         ] {
             if let Some(target) = target {
                 std::os::unix::fs::symlink(target, share.join(name))
@@ -179,4 +190,58 @@ pub fn build_runner(loaded: &Loaded, store: &Store, host: &HostFacts) -> anyhow:
         built,
         cached,
     })
+}
+
+/// What `share/microvm/system` points at with `systemSymlink` (microvm.nix: the guest's
+/// toplevel, which `microvm -l` compares with the booted one): the Nix root's store path,
+/// else the root disk built for the guest.
+fn system_target(config: &microvm_spec::config::Config, built: &Built) -> Option<PathBuf> {
+    use microvm_spec::config::RootSource;
+    if !config.system_symlink {
+        return None;
+    }
+    let nix = config.guest.root.iter().rev().find_map(|s| match s {
+        RootSource::Nix { path } => Some(path.clone()),
+        _ => None,
+    });
+    nix.or_else(|| built.store_disk.clone())
+}
+
+/// The config with the root's own kernel parameters (`regInfo=` of a Nix closure) after
+/// the definition's, as in microvm.nix; `None` when there are none to add, or when
+/// `registerClosure = false` leaves `regInfo=` out (the guest then does not load the
+/// closure's registration into its Nix database).
+fn with_root_params(
+    config: &microvm_spec::config::Config,
+    params: &[String],
+) -> Option<microvm_spec::config::Config> {
+    if params.is_empty() || !config.register_closure {
+        return None;
+    }
+    let mut c = config.clone();
+    c.kernel_params.extend(params.iter().cloned());
+    Some(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> microvm_spec::config::Config {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("vm1.toml");
+        std::fs::write(&path, text).expect("write");
+        microvm_spec::load_file(&path).expect("loads").config
+    }
+
+    #[test]
+    fn register_closure_gates_reg_info() {
+        let reg = ["regInfo=/nix/store/x-closure-info/registration".to_owned()];
+        let on = with_root_params(&config("vcpu = 1\n"), &reg).expect("added");
+        assert_eq!(on.kernel_params.last(), Some(&reg[0]));
+        assert!(with_root_params(&config("registerClosure = false\n"), &reg).is_none());
+        // guest.enable = false turns registerClosure's default off, as in microvm.nix.
+        let off = config("[guest]\nenable = false\n");
+        assert!(with_root_params(&off, &reg).is_none());
+    }
 }

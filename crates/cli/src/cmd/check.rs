@@ -20,6 +20,8 @@ struct Report {
 struct HypervisorReport {
     hypervisor: Hypervisor,
     supported: bool,
+    /// Which version the plan is for, and where that came from.
+    version: String,
     errors: Vec<String>,
     warnings: Vec<String>,
 }
@@ -29,7 +31,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<i32> {
     if args.json {
         return json(args, wanted);
     }
-    let loaded = common::load(&args.def, false)?;
+    let loaded = common::load_with_inputs(&args.def, false)?;
     let config = &loaded.config;
     let targets: Vec<Hypervisor> = if args.all {
         Hypervisor::LINUX.to_vec()
@@ -51,6 +53,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<i32> {
             all_ok = false;
             println!("  {:<16} no", h.name());
         }
+        println!("    version: {}", report.version);
         for e in &report.errors {
             println!("    - {e}");
         }
@@ -73,9 +76,10 @@ fn hypervisor_report(h: Hypervisor, config: &microvm_spec::config::Config) -> Hy
         .map(ToString::to_string)
         .collect();
     let mut warnings = Vec::new();
+    let mut host = microvm_runner::HostFacts::reference();
+    let version = common::detect_version(h, config, &mut host).describe(h);
     if errors.is_empty() {
         // The planner knows a few more rules than the table (e.g. a missing socket).
-        let host = microvm_runner::HostFacts::reference();
         match microvm_runner::plan_for(h, config, &microvm_runner::Artifacts::placeholders(), &host)
         {
             Ok(inv) => warnings = inv.warnings,
@@ -85,6 +89,7 @@ fn hypervisor_report(h: Hypervisor, config: &microvm_spec::config::Config) -> Hy
     HypervisorReport {
         hypervisor: h,
         supported: errors.is_empty(),
+        version,
         errors,
         warnings,
     }
@@ -99,62 +104,76 @@ fn json(args: &CheckArgs, wanted: Option<Hypervisor>) -> anyhow::Result<i32> {
         .transpose()
         .ok()
         .flatten();
+    common::readable(&args.def.file)?;
     let options = microvm_spec::LoadOptions { name, arch: None };
     let (report, code) = match microvm_spec::load_with(&args.def.file, &options) {
         Ok(loaded) => {
-            let config = &loaded.config;
-            let targets: Vec<Hypervisor> = if args.all {
-                Hypervisor::LINUX.to_vec()
+            let missing = loaded.missing_inputs();
+            if missing.is_empty() {
+                valid_report(args, wanted, &loaded)
             } else {
-                vec![wanted.unwrap_or(config.hypervisor)]
-            };
-            let hypervisors: Vec<HypervisorReport> = targets
-                .iter()
-                .map(|h| hypervisor_report(*h, config))
-                .collect();
-            let own = wanted.unwrap_or(config.hypervisor);
-            let ok = if args.all {
-                hypervisor_report(own, config).supported
-            } else {
-                hypervisors.iter().all(|h| h.supported)
-            };
-            let diagnostics = loaded
-                .warnings
-                .iter()
-                .map(|d| loaded.sources.to_json(d))
-                .collect();
-            (
-                Report {
-                    file: args.def.file.display().to_string(),
-                    valid: true,
-                    diagnostics,
-                    hypervisors,
-                },
-                if ok { OK } else { UNSUPPORTED },
-            )
+                let all: Vec<_> = loaded.warnings.iter().chain(&missing).cloned().collect();
+                (invalid_report(args, &loaded.sources, &all), INVALID)
+            }
         }
-        Err(failure) => {
-            let diagnostics = failure
-                .diagnostics
-                .iter()
-                .map(|d| failure.sources.to_json(d))
-                .collect();
-            (
-                Report {
-                    file: args.def.file.display().to_string(),
-                    valid: false,
-                    diagnostics,
-                    hypervisors: Vec::new(),
-                },
-                INVALID,
-            )
-        }
+        Err(failure) => (
+            invalid_report(args, &failure.sources, &failure.diagnostics),
+            INVALID,
+        ),
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     if code == OK {
         Ok(OK)
     } else {
         Err(Reported(code).into())
+    }
+}
+
+fn valid_report(
+    args: &CheckArgs,
+    wanted: Option<Hypervisor>,
+    loaded: &microvm_spec::Loaded,
+) -> (Report, i32) {
+    let config = &loaded.config;
+    let targets: Vec<Hypervisor> = if args.all {
+        Hypervisor::LINUX.to_vec()
+    } else {
+        vec![wanted.unwrap_or(config.hypervisor)]
+    };
+    let hypervisors: Vec<HypervisorReport> = targets
+        .iter()
+        .map(|h| hypervisor_report(*h, config))
+        .collect();
+    let own = wanted.unwrap_or(config.hypervisor);
+    let ok = if args.all {
+        hypervisor_report(own, config).supported
+    } else {
+        hypervisors.iter().all(|h| h.supported)
+    };
+    let diagnostics = loaded
+        .warnings
+        .iter()
+        .map(|d| loaded.sources.to_json(d))
+        .collect();
+    let report = Report {
+        file: args.def.file.display().to_string(),
+        valid: true,
+        diagnostics,
+        hypervisors,
+    };
+    (report, if ok { OK } else { UNSUPPORTED })
+}
+
+fn invalid_report(
+    args: &CheckArgs,
+    sources: &microvm_spec::source::SourceMap,
+    diagnostics: &[microvm_spec::diag::Diagnostic],
+) -> Report {
+    Report {
+        file: args.def.file.display().to_string(),
+        valid: false,
+        diagnostics: diagnostics.iter().map(|d| sources.to_json(d)).collect(),
+        hypervisors: Vec::new(),
     }
 }
 

@@ -7,8 +7,10 @@ use crate::cli::DefinitionArgs;
 use crate::exit::{Reported, Usage, INVALID};
 
 /// Loads the definition; on failure prints every diagnostic and fails with exit code 3.
-/// Warnings are printed to stderr unless `quiet`.
+/// Warnings are printed to stderr unless `quiet`. A definition file that cannot be read
+/// at all is an operational error (exit code 1), not an invalid definition.
 pub fn load(def: &DefinitionArgs, quiet: bool) -> anyhow::Result<Loaded> {
+    readable(&def.file)?;
     let name = def
         .name
         .as_deref()
@@ -33,6 +35,41 @@ pub fn load(def: &DefinitionArgs, quiet: bool) -> anyhow::Result<Loaded> {
             Err(Reported(INVALID).into())
         }
     }
+}
+
+/// [`load`], and every input the definition names (kernel, initrd, root sources, a
+/// prebuilt store disk) must be there: what `check`, `build` and `run` need.
+pub fn load_with_inputs(def: &DefinitionArgs, quiet: bool) -> anyhow::Result<Loaded> {
+    let loaded = load(def, quiet)?;
+    let missing = loaded.missing_inputs();
+    if missing.is_empty() {
+        return Ok(loaded);
+    }
+    if !quiet {
+        eprint!("{}", loaded.sources.render(&missing));
+        let n = missing.len();
+        eprintln!(
+            "error: {}: {n} input{} cannot be used",
+            def.file.display(),
+            if n == 1 { "" } else { "s" }
+        );
+    }
+    Err(Reported(INVALID).into())
+}
+
+/// `--refresh`: the image library's fetchers read `MICROVM_REFRESH` (set before any
+/// thread starts).
+pub fn refresh(requested: bool) {
+    if requested {
+        std::env::set_var("MICROVM_REFRESH", "1");
+    }
+}
+
+/// Fails (exit code 1) when the definition file itself cannot be read.
+pub fn readable(file: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::File::open(file)
+        .map(drop)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))
 }
 
 pub fn parse_hypervisor(name: Option<&str>) -> anyhow::Result<Option<Hypervisor>> {
@@ -63,6 +100,35 @@ pub fn probe_host() -> (microvm_runner::HostFacts, microvm_host::kvm::KvmProbe) 
         versions: Vec::new(),
     };
     (facts, kvm)
+}
+
+/// Detects which version of `hypervisor` a plan is for (its configured `version`, or its
+/// binary's `--version`, cached), and records it in `host` for the planner.
+pub fn detect_version(
+    hypervisor: Hypervisor,
+    config: &microvm_spec::config::Config,
+    host: &mut microvm_runner::HostFacts,
+) -> microvm_runner::detect::Detection {
+    let detection =
+        microvm_runner::detect::detect(hypervisor, config, version_cache_file().as_deref());
+    host.versions.retain(|(h, _)| *h != hypervisor);
+    if let Some(v) = detection.version() {
+        host.versions.push((hypervisor, v));
+    }
+    detection
+}
+
+/// `$XDG_CACHE_HOME/microvm/hypervisor-versions.json`; without `XDG_CACHE_HOME`,
+/// `/var/cache/microvm/…` for root and `~/.cache/microvm/…` for others; `None` (no cache)
+/// when none is known.
+fn version_cache_file() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    let dir = match std::env::var_os("XDG_CACHE_HOME") {
+        Some(d) => PathBuf::from(d),
+        None if is_root() => PathBuf::from("/var/cache"),
+        None => PathBuf::from(std::env::var_os("HOME")?).join(".cache"),
+    };
+    Some(dir.join("microvm/hypervisor-versions.json"))
 }
 
 /// Whether this process may raise its open-files limit to 1048576 (virtiofsd's

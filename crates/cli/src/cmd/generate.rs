@@ -10,7 +10,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<i32> {
     match &args.what {
         Generate::Man { dir } => {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            clap_mangen::generate_to(Cli::command(), dir)
+            clap_mangen::generate_to(with_exit_codes(Cli::command()), dir)
                 .with_context(|| format!("writing man pages to {}", dir.display()))?;
         }
         Generate::Completions { shell } => {
@@ -30,4 +30,16 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(OK)
+}
+
+/// Every page ends with the exit-code table (the top-level and `run` help have it too).
+fn with_exit_codes(cmd: clap::Command) -> clap::Command {
+    cmd.mut_subcommands(|sub| {
+        let sub = with_exit_codes(sub);
+        if sub.get_after_long_help().is_some() {
+            sub
+        } else {
+            sub.after_long_help(crate::exit::EXIT_CODES_HELP)
+        }
+    })
 }

@@ -1,24 +1,30 @@
 //! One module per verb.
 
+mod balloon;
 mod build;
+mod built;
 mod check;
 mod common;
 mod generate;
+pub mod kernel;
 mod manage;
 mod network;
 mod plan;
 mod run;
 mod service;
 
+pub use service::migrate::{MigrateArgs, SnapshotArgs};
+
 use crate::cli::{Cli, Command, HostCommand};
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Check(args) => check::run(&args),
-        Command::Plan(args) => plan::run(&args),
+        Command::Plan(args) => plan::run(&args, &cli.state_dir),
         Command::Build(args) => build::run(&args, &cli.state_dir),
         Command::Run(args) => run::run(&args, &cli.state_dir),
         Command::Generate(args) => generate::run(&args),
+        Command::Kernel(cmd) => kernel::run(&cmd, &cli.state_dir),
         Command::Create(args) => manage::create(&cli.state_dir, &args),
         Command::Update(args) => manage::update(&cli.state_dir, &args),
         Command::List(args) => manage::list(&cli.state_dir, &args),
@@ -28,12 +34,15 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Host(HostCommand::Install(args)) => service::host_install(&cli.state_dir, &args),
         Command::Start(args) => service::start(&cli.state_dir, &args),
         Command::Stop(args) => service::stop(&cli.state_dir, &args),
+        Command::Snapshot(args) => service::migrate::snapshot(&cli.state_dir, &args),
+        Command::Migrate(args) => service::migrate::migrate(&cli.state_dir, &args),
         Command::Restart(args) => service::restart(&cli.state_dir, &args),
         Command::Shutdown(args) => service::shutdown(&cli.state_dir, &args),
         Command::Status(args) => service::status(&cli.state_dir, &args),
         Command::Logs(args) => service::logs(&cli.state_dir, &args),
         Command::Console(args) => service::console(&cli.state_dir, &args),
         Command::Network(cmd) => network::run(&cli.state_dir, cmd),
+        Command::Balloon(args) => balloon::run(&cli.state_dir, &args),
         Command::Supervise(args) => service::supervise(&cli.state_dir, &args),
     }
 }

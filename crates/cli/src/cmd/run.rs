@@ -16,7 +16,8 @@ pub fn run(args: &RunArgs, state_dir: &Path) -> anyhow::Result<i32> {
     if let Some(result) = super::service::run_managed(state_dir, &args.def.file, timeout) {
         return result;
     }
-    let loaded = common::load(&args.def, false)?;
+    common::refresh(args.refresh);
+    let loaded = common::load_with_inputs(&args.def, false)?;
     let config = &loaded.config;
     let store = build::open_store(args.store.as_deref(), state_dir)?;
     let (host, kvm) = common::probe_host();

@@ -12,6 +12,8 @@
 
 mod control;
 mod install;
+pub mod migrate;
+mod ocf;
 mod show;
 mod supervise;
 
@@ -22,10 +24,11 @@ use anyhow::Context as _;
 use microvm_host::state::{StateDir, VmDir};
 use microvm_spec::types::VmName;
 
-use crate::cli::{HostInstallArgs, LogsArgs, NameArgs, NamesArgs, SuperviseArgs};
+use crate::cli::{HostInstallArgs, LogsArgs, NameArgs, NamesArgs, StartArgs, SuperviseArgs};
 use crate::exit::{FAILURE, OK};
 
 pub use control::{restart_one, shutdown_one, start_one, stop_one};
+pub use install::sync_target;
 pub use supervise::run_managed;
 
 /// How long `start` waits for the guest to be ready (the unit's TimeoutStartSec).
@@ -59,8 +62,59 @@ fn each(
     Ok(code)
 }
 
-pub fn start(state: &Path, args: &NamesArgs) -> anyhow::Result<i32> {
-    each(state, &args.names, start_one)
+/// Like [`each`], but up to the host's cores at a time: each VM's start waits for its own
+/// guest, so starting four one by one waits four boots. Each start reports its VM's
+/// readiness (or failure) as it comes; names are deduplicated so a VM starts once.
+fn each_parallel(
+    state_root: &Path,
+    names: &[String],
+    f: impl Fn(&StateDir, &VmName) -> anyhow::Result<()> + Sync,
+) -> anyhow::Result<i32> {
+    let mut unique: Vec<&String> = Vec::new();
+    for n in names {
+        if !unique.contains(&n) {
+            unique.push(n);
+        }
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = cores.min(unique.len()).max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(n) = unique.get(i) else { break };
+                let result = vm_dir(state_root, n).and_then(|(state, name, _)| f(&state, &name));
+                if let Err(e) = result {
+                    crate::exit::report(&e);
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    Ok(if failed.into_inner() { FAILURE } else { OK })
+}
+
+pub fn start(state: &Path, args: &StartArgs) -> anyhow::Result<i32> {
+    if args.from_snapshot.is_some() || args.incoming.is_some() {
+        return migrate::start_incoming(state, args);
+    }
+    if !args.autostart {
+        return each_parallel(state, &args.names, start_one);
+    }
+    let names: Vec<String> = StateDir::new(state)
+        .autostart()?
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    if names.is_empty() {
+        eprintln!(
+            "microvm: no VM to autostart ({} is empty or missing)",
+            StateDir::new(state).autostart_path().display()
+        );
+    }
+    each_parallel(state, &names, start_one)
 }
 
 pub fn stop(state: &Path, args: &NamesArgs) -> anyhow::Result<i32> {
@@ -99,4 +153,49 @@ pub fn supervise(state: &Path, args: &SuperviseArgs) -> anyhow::Result<i32> {
 
 pub fn host_install(state: &Path, args: &HostInstallArgs) -> anyhow::Result<i32> {
     install::host_install(state, args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    #[test]
+    fn each_parallel_runs_every_vm_once_up_to_the_cores_and_reports_failures() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let names: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
+        for n in &names {
+            let vm = tmp.path().join(n);
+            std::fs::create_dir_all(vm.join("runner")).expect("mkdir");
+            std::os::unix::fs::symlink("runner", vm.join("current")).expect("current");
+        }
+        let mut asked = names.clone();
+        asked.push("a".into()); // a duplicate starts once
+        asked.push("missing".into()); // an unknown VM fails, the others still start
+        let (running, peak) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let seen = Mutex::new(Vec::new());
+        let code = each_parallel(tmp.path(), &asked, |_, name| {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(50));
+            seen.lock().expect("lock").push(name.to_string());
+            running.fetch_sub(1, Ordering::SeqCst);
+            if name.as_str() == "c" {
+                anyhow::bail!("c failed");
+            }
+            Ok(())
+        })
+        .expect("runs");
+        assert_eq!(code, FAILURE);
+        let mut seen = seen.into_inner().expect("lock");
+        seen.sort();
+        assert_eq!(seen, names);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let peak = peak.into_inner();
+        assert!(peak <= cores, "{peak} at once on {cores} cores");
+        if cores >= 2 {
+            assert!(peak >= 2, "never two at once on {cores} cores");
+        }
+    }
 }

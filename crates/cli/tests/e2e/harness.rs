@@ -32,8 +32,9 @@ pub enum Need {
     Qemu,
     /// `cloud.deb`: the Debian cloud kernel (no 9p).
     CloudKernel,
-    /// `full.deb`: the full Debian kernel (with 9p).
-    FullKernel,
+    /// microvm's own kernel (`microvm kernel build`, which scripts/test.sh runs once):
+    /// `$MICROVM_TEST_MICROVM_KERNEL`, else `microvm` beside the test kernels.
+    MicrovmKernel,
     /// A static busybox at /bin/busybox (busybox-static).
     Busybox,
     Virtiofsd,
@@ -45,7 +46,8 @@ pub enum Need {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
     Cloud,
-    Full,
+    /// Everything built in, no modules: the fast boot.
+    Microvm,
 }
 
 /// What the tests share: the binary, the store, the root, the kernels, `PATH`.
@@ -76,6 +78,15 @@ fn target_dir() -> PathBuf {
 /// Where this harness keeps what it shares between tests and runs.
 fn e2e_dir() -> PathBuf {
     target_dir().join("e2e")
+}
+
+/// The directory `microvm kernel build` printed (`bzImage`, `vmlinux`, `.config`).
+pub fn microvm_kernel_dir() -> PathBuf {
+    match std::env::var_os("MICROVM_TEST_MICROVM_KERNEL") {
+        Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
+        Some(d) => workspace().join(d),
+        None => kernels_dir().join("microvm"),
+    }
 }
 
 fn kernels_dir() -> PathBuf {
@@ -129,7 +140,15 @@ fn check(need: Need, path: &std::ffi::OsStr) -> Option<String> {
     match need {
         Need::Qemu => program("qemu-system-x86_64", "qemu-system-x86"),
         Need::CloudKernel => kernel("cloud.deb"),
-        Need::FullKernel => kernel("full.deb"),
+        Need::MicrovmKernel => {
+            let dir = microvm_kernel_dir();
+            (!dir.join("vmlinux").is_file()).then(|| {
+                format!(
+                    "the microvm kernel {} is missing (scripts/test.sh builds it: `microvm kernel build`)",
+                    dir.display()
+                )
+            })
+        }
         Need::Virtiofsd => program("virtiofsd", "scripts/install-virtiofsd.sh"),
         Need::Debugfs => program("debugfs", "e2fsprogs"),
         Need::Busybox => match fs::read("/bin/busybox") {
@@ -342,10 +361,10 @@ impl<'e> Vm<'e> {
             .prefix(&format!("{name}-"))
             .tempdir_in(e2e_dir())
             .expect("temporary directory");
-        let deb = env.kernels.join(match kernel {
-            Kernel::Cloud => "cloud.deb",
-            Kernel::Full => "full.deb",
-        });
+        let deb = match kernel {
+            Kernel::Cloud => env.kernels.join("cloud.deb"),
+            Kernel::Microvm => microvm_kernel_dir(),
+        };
         let text = format!(
             "hostName = \"{name}\"\nvcpu = 1\nmem = 256\nkernel = {deb:?}\n{top}\n\n[[root]]\ndirectory = {root:?}\n{tables}\n",
             root = env.root,

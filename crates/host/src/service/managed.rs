@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use microvm_runner::Invocation;
 
 use super::record::{ExitRecord, HelperRecord, RunRecord};
-use super::{notify, pci, record};
+use super::{adopted, notify, pci, record};
 use crate::console::{self, ConsoleConfig, ConsoleServer};
 use crate::net::{self, Links, MacvtapSetup, NetHost};
 use crate::privilege::Credentials;
@@ -95,12 +95,17 @@ pub struct ManagedOptions {
     pub path_var: Option<OsString>,
     /// Fed by the caller's signal handling: one request = graceful stop, two = force.
     pub stop: StopHandle,
+    /// The first attempt restores this state instead of booting (qemu `-incoming`).
+    pub incoming: Option<crate::migrate::Incoming>,
 }
 
 /// A runner directory, as the supervisor needs it.
 #[derive(Debug, Clone)]
 pub struct Runner {
     pub dir: PathBuf,
+    /// Built elsewhere (no `invocation.json`): run through its `bin/` scripts
+    /// ([`adopted`]).
+    pub adopted: bool,
     pub invocation: Invocation,
     pub macvtaps: Vec<MacvtapSetup>,
     pub pci_devices: Vec<String>,
@@ -142,15 +147,32 @@ pub enum ServiceError {
 pub fn load_runner(dir: &Path) -> Result<Runner, ServiceError> {
     let share = dir.join("share/microvm");
     let path = share.join("invocation.json");
-    let bytes = std::fs::read(&path).map_err(|source| ServiceError::Read {
-        path: path.clone(),
+    let adopted = adopted::is_adopted(dir);
+    // The plan root acts on (or the adopted runner's scripts root runs): only from a path
+    // the hypervisors' group cannot replace.
+    let trusted = if adopted {
+        dir.join("bin")
+    } else {
+        path.clone()
+    };
+    crate::trust::check_trusted_path(&trusted).map_err(|source| ServiceError::Read {
+        path: trusted.clone(),
         source,
     })?;
-    let invocation = serde_json::from_slice(&bytes)
-        .map_err(|source| ServiceError::Invocation { path, source })?;
+    let invocation = if adopted {
+        adopted::invocation(dir)
+    } else {
+        let bytes = std::fs::read(&path).map_err(|source| ServiceError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes)
+            .map_err(|source| ServiceError::Invocation { path, source })?
+    };
     let optional = |name: &str| std::fs::read_to_string(share.join(name)).unwrap_or_default();
     Ok(Runner {
         dir: dir.to_path_buf(),
+        adopted,
         invocation,
         macvtaps: MacvtapSetup::parse_list(&optional("macvtap-interfaces"))?,
         pci_devices: optional("pci-devices")
@@ -184,6 +206,12 @@ pub fn supervise(
 ) -> Result<i32, ServiceError> {
     let name = vm.name().to_string();
     let me = std::process::id();
+    if let Some(root) = vm.path().parent() {
+        crate::trust::check_state_root(root).map_err(|source| ServiceError::Read {
+            path: root.to_path_buf(),
+            source,
+        })?;
+    }
     if let Some(pid) = vm.supervisor_pid() {
         if pid != me && super::detach::is_supervisor_of(pid, &name) {
             return Err(ServiceError::AlreadySupervised { name, pid });
@@ -352,7 +380,7 @@ fn attempt(
         },
         runner: Some(runner.dir.clone()),
     });
-    let mut links = Links::new(opts.net.clone());
+    let mut links = Links::for_vm(opts.net.clone(), vm.name().as_str());
     let result = match vm.set_booted(&runner.dir) {
         Ok(()) => run(vm, runner, opts, rec, notified, prepare, report, &mut links),
         Err(e) => Err(e.into()),
@@ -361,11 +389,23 @@ fn attempt(
     for e in links.remove_all() {
         report(&format!("warning: {}", chain(&e)));
     }
+    if runner.adopted {
+        for script in ["tap-down", "macvtap-down"] {
+            if let Err(e) = adopted::script(&runner.dir, script, vm.path()) {
+                report(&format!("warning: {e}"));
+            }
+        }
+    }
     rec.interfaces.clear();
     if let Err(e) = vm.clear_booted() {
         report(&format!("warning: {}", chain(&e)));
     }
     match result {
+        Ok(outcome) if clean_stop(&outcome) => End {
+            code: 0,
+            reason: "stopped on request".into(),
+            requested: true,
+        },
         Ok(outcome) => End {
             code: outcome.exit_code(),
             reason: describe(&outcome),
@@ -408,26 +448,27 @@ fn run(
             check_tun(&opts.net.dev.join("net/tun"), c)?;
         }
     }
+    if runner.adopted {
+        for script in ["tap-up", "macvtap-up", "pci-setup"] {
+            adopted::script(&runner.dir, script, vm.path()).map_err(ServiceError::Prepare)?;
+        }
+    }
     for tap in &inv.taps {
         links.create_tap(tap, creds)?;
     }
-    let mut pass = Vec::new();
-    for m in &runner.macvtaps {
-        let dev = links.create_macvtap(m, creds)?;
-        let mut fds: Vec<_> = inv
-            .macvtap_fds
-            .iter()
-            .filter(|f| f.interface == m.id)
-            .collect();
-        fds.sort_by_key(|f| f.queue);
-        let opened = net::open_macvtap_queues(&dev, fds.len())?;
-        for (f, fd) in fds.into_iter().zip(opened) {
-            pass.push(PassFd {
-                fd: SharedFd(std::sync::Arc::new(fd)),
-                target: f.fd as i32,
-            });
+    let mut pass = open_macvtaps(runner, links, creds)?;
+    let restored;
+    let (inv, incoming) = match (&opts.incoming, rec.attempt) {
+        (Some(i), 1) => {
+            let (with, fd) = crate::migrate::incoming_invocation(inv, &runner.pci_devices, i)
+                .map_err(|e| ServiceError::Prepare(chain(&e)))?;
+            pass.extend(fd);
+            restored = with;
+            report(&format!("restoring from {}", i.qemu_uri()));
+            (&restored, true)
         }
-    }
+        _ => (inv, false),
+    };
     rec.interfaces = links.names().to_vec();
     pci::bind_vfio(
         &opts.net.sysfs,
@@ -440,12 +481,14 @@ fn run(
 
     let mut ro = RunOptions::new(vm.path());
     ro.handle_signals = false;
-    ro.stop = opts.stop.clone();
+    let (stop, _graceful) = stop_handle(vm, runner, opts, creds);
+    ro.stop = stop;
     ro.shutdown_timeout = opts.shutdown_timeout;
-    ro.ready_timeout = opts.ready_timeout;
+    ro.ready_timeout = if incoming { None } else { opts.ready_timeout };
     ro.path_var = opts.path_var.clone();
     ro.credentials = opts.run_user.clone();
-    ro.umask = Some(0o007);
+    // Its sockets (QMP, API) for root only: the group gets nothing of the VM's.
+    ro.umask = Some(0o077);
     ro.pass_fds = pass;
     ro.restart_helpers = Some(Default::default());
     let server = match opts.console {
@@ -456,7 +499,12 @@ fn run(
                 log: vm.console_log_path(),
                 log_limit: opts.console_log_limit,
                 socket: vm.path().join("console.sock"),
-                socket_owner: creds.map(|c| (0, c.gid)),
+                // Only root, unless the admin named a group (`<state>/console-group`).
+                socket_owner: vm
+                    .path()
+                    .parent()
+                    .and_then(crate::trust::console_group)
+                    .map(|g| (0, g)),
             };
             let server = ConsoleServer::start(pty.master, &cfg).map_err(ServiceError::Console)?;
             ro.console = Console::Pty(SharedFd(std::sync::Arc::new(pty.slave)));
@@ -465,7 +513,8 @@ fn run(
     };
     let me = std::process::id();
     let runner_dir = runner.dir.clone();
-    let has_channel = inv.control_channel.is_some();
+    // A restored guest reported READY before its snapshot: it runs once qemu does.
+    let has_channel = inv.control_channel.is_some() && !incoming;
     let result = supervise::run_foreground_with(inv, &ro, |p| {
         let running = |rec: &RunRecord| Status {
             state: VmState::Running {
@@ -543,6 +592,67 @@ fn run(
         s.finish(Duration::from_secs(2));
     }
     Ok(result?)
+}
+
+/// Creates the runner's macvtaps and opens their queues; the fds the hypervisor inherits.
+fn open_macvtaps(
+    runner: &Runner,
+    links: &mut Links,
+    creds: Option<&Credentials>,
+) -> Result<Vec<PassFd>, ServiceError> {
+    let mut pass = Vec::new();
+    for m in &runner.macvtaps {
+        let dev = links.create_macvtap(m, creds)?;
+        let mut fds: Vec<_> = runner
+            .invocation
+            .macvtap_fds
+            .iter()
+            .filter(|f| f.interface == m.id)
+            .collect();
+        fds.sort_by_key(|f| f.queue);
+        let opened = net::open_macvtap_queues(&dev, fds.len())?;
+        for (f, fd) in fds.into_iter().zip(opened) {
+            pass.push(PassFd {
+                fd: SharedFd(std::sync::Arc::new(fd)),
+                target: f.fd as i32,
+            });
+        }
+    }
+    Ok(pass)
+}
+
+/// The stop handle the run obeys: `opts.stop`, or for an adopted runner with
+/// `bin/microvm-shutdown` a handle of its own that the [`adopted::GracefulStop`] watcher
+/// feeds only when the script did not end the VM in time.
+fn stop_handle(
+    vm: &VmDir,
+    runner: &Runner,
+    opts: &ManagedOptions,
+    creds: Option<&Credentials>,
+) -> (StopHandle, Option<adopted::GracefulStop>) {
+    let script = runner.dir.join("bin/microvm-shutdown");
+    if !(runner.adopted && script.is_file()) {
+        return (opts.stop.clone(), None);
+    }
+    let inner = StopHandle::default();
+    let name = vm.name().to_string();
+    let watcher = adopted::GracefulStop::start(
+        script,
+        vm.path().to_path_buf(),
+        creds.map(|c| (c.uid, c.gid)),
+        opts.stop.clone(),
+        inner.clone(),
+        opts.shutdown_timeout,
+        move |line| eprintln!("microvm: {name}: {line}"),
+    );
+    (inner, Some(watcher))
+}
+
+/// A stop the host asked for that ended the VM in time is a clean stop, whatever the
+/// guest's status (a single-command guest's command dies of the SIGTERM its init sends
+/// at power-off: 143).
+fn clean_stop(o: &RunOutcome) -> bool {
+    o.shutdown_requested && !o.forced && o.helper_failure.is_none()
 }
 
 /// The VM directory: group of the hypervisor's user, group-writable (its sockets), and

@@ -67,6 +67,23 @@ impl std::fmt::Debug for Supervised {
     }
 }
 
+/// Least privilege for a child that changes user (the hypervisor): `no_new_privs`, so
+/// no setuid binary or file capability can give back what the switch from root took (with
+/// the uid change the kernel empties its permitted, effective and ambient capability
+/// sets; `no_new_privs` keeps them empty across every later `execve`).
+pub(crate) fn least_privilege(cmd: &mut Command) {
+    // SAFETY: the closure runs between fork and exec and makes one async-signal-safe
+    // prctl(2) call on the child itself.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 impl Supervised {
     /// Spawns `cmd` (whose stdin/stdout the caller set) with stderr piped to `sink`.
     /// `own_group`: put it in a new process group (a terminal's Ctrl-C then reaches only
@@ -271,4 +288,38 @@ pub(crate) fn install_hint(program: &str) -> String {
         other => other,
     };
     format!("install {pkg}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hypervisor as another user: no capabilities at all, and `no_new_privs`.
+    #[test]
+    fn a_child_that_changes_user_has_no_capabilities_and_no_new_privs() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: needs root (to change user)");
+            return;
+        }
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30").uid(65534).gid(65534);
+        least_privilege(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()));
+        let _ = child.kill();
+        let _ = child.wait();
+        let status = status.expect("status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+        for caps in ["CapInh:", "CapPrm:", "CapEff:", "CapAmb:"] {
+            assert_eq!(field(caps), "0000000000000000", "{caps} {status}");
+        }
+    }
 }

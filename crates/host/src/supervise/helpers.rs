@@ -156,7 +156,7 @@ fn group_exists(group: &str) -> bool {
 }
 
 /// Starts one helper and waits for its socket. With [`RunOptions::credentials`], the
-/// socket is then handed to that user (mode 0660) so the hypervisor can connect.
+/// socket is then handed to that user (mode 0600: not its group) so the hypervisor can connect.
 fn start_one(
     h: &Helper,
     path: &Path,
@@ -182,13 +182,10 @@ fn start_one(
     let socket = opts.workdir.join(socket);
     let end = Instant::now() + opts.helper_timeout;
     loop {
-        if socket.exists() {
+        // lstat: a planted symlink "exists" too, and must not be followed.
+        if std::fs::symlink_metadata(&socket).is_ok() {
             if let Some(c) = &opts.credentials {
-                use std::os::unix::fs::PermissionsExt;
-                let handed =
-                    std::os::unix::fs::chown(&socket, Some(c.uid), Some(c.gid)).and_then(|()| {
-                        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))
-                    });
+                let handed = crate::trust::hand_over_socket(&socket, c.uid, c.gid, 0o600);
                 if let Err(source) = handed {
                     child.terminate(opts.helper_grace);
                     return Err(RunError::PreStart {

@@ -2,22 +2,46 @@
 //! working directory; after exit: removing the sockets our children left behind.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use microvm_runner::{Invocation, PreStart};
 
 use super::RunError;
+use crate::privilege::Credentials;
 
-/// Runs `pre_start` in order: `rm -f`, `mv P P.old`, `mkdir -p`.
-pub(crate) fn run_pre_start(steps: &[PreStart], workdir: &Path) -> Result<(), RunError> {
+/// Runs `pre_start` in order: `rm -f`, `mv P P.old`, `mkdir -p`, the definition's
+/// `preStart` and `extraArgsScript` (as the hypervisor's user, `as_user`, when it has
+/// one); returns the arguments the latter adds.
+pub(crate) fn run_pre_start(
+    steps: &[PreStart],
+    workdir: &Path,
+    as_user: Option<&Credentials>,
+) -> Result<Vec<String>, RunError> {
+    let mut extra_args = Vec::new();
     for step in steps {
         let (what, rel) = match step {
             PreStart::RemoveFile(p) => ("remove", p),
             PreStart::MoveAside(p) => ("move aside", p),
             PreStart::CreateDir(p) => ("create directory", p),
+            PreStart::Shell(script) => {
+                super::user_steps::pre_start(script, workdir, as_user)?;
+                continue;
+            }
+            PreStart::ExtraArgs(cmd) => {
+                extra_args.extend(super::user_steps::extra_args(cmd, workdir, as_user)?);
+                continue;
+            }
         };
-        let path = workdir.join(rel);
+        let path = match step_path(workdir, Path::new(rel)) {
+            Ok(p) => p,
+            Err(source) => {
+                return Err(RunError::PreStart {
+                    step: what,
+                    path: workdir.join(rel),
+                    source,
+                })
+            }
+        };
         let result = match step {
             PreStart::RemoveFile(_) => match std::fs::remove_file(&path) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -32,6 +56,7 @@ pub(crate) fn run_pre_start(steps: &[PreStart], workdir: &Path) -> Result<(), Ru
                 }
             }
             PreStart::CreateDir(_) => std::fs::create_dir_all(&path),
+            PreStart::Shell(_) | PreStart::ExtraArgs(_) => Ok(()),
         };
         result.map_err(|source| RunError::PreStart {
             step: what,
@@ -39,31 +64,60 @@ pub(crate) fn run_pre_start(steps: &[PreStart], workdir: &Path) -> Result<(), Ru
             source,
         })?;
     }
-    Ok(())
+    Ok(extra_args)
 }
 
-/// Writes the generated files (parents created, mode applied even to existing files).
+/// Where a pre-start step acts: a relative path inside the working directory (see
+/// [`crate::trust::confined`]); an absolute one (a configured `socket`, crosvm's
+/// `pivotRoot`) only without `..` and below directories nobody but root can write.
+fn step_path(workdir: &Path, rel: &Path) -> std::io::Result<PathBuf> {
+    if !rel.is_absolute() {
+        return crate::trust::confined(workdir, rel);
+    }
+    if rel
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{}: a path with `..`", rel.display()),
+        ));
+    }
+    let existing = rel
+        .ancestors()
+        .skip(1)
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("/"));
+    crate::trust::check_trusted_path(existing)?;
+    Ok(rel.to_path_buf())
+}
+
+/// Writes the generated files: confined to the working directory, each created new under
+/// a temporary name (`O_EXCL|O_NOFOLLOW`: a planted symlink is never followed), fsynced,
+/// given its mode and renamed over the old one.
 pub(crate) fn write_files(inv: &Invocation, workdir: &Path) -> Result<(), RunError> {
     use std::os::unix::fs::PermissionsExt;
     for file in &inv.files {
-        let path = workdir.join(&file.path);
-        let err = |source| RunError::WriteFile {
-            path: path.clone(),
-            source,
+        let err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| RunError::WriteFile { path, source }
         };
+        let path = crate::trust::confined(workdir, Path::new(&file.path))
+            .map_err(err(&workdir.join(&file.path)))?;
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(err)?;
+            std::fs::create_dir_all(parent).map_err(err(&path))?;
         }
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(file.mode)
-            .open(&path)
-            .map_err(err)?;
-        f.write_all(file.contents.as_bytes()).map_err(err)?;
-        f.set_permissions(std::fs::Permissions::from_mode(file.mode))
-            .map_err(err)?;
+        let (mut f, tmp) =
+            crate::trust::create_temp_sibling(&path, file.mode).map_err(err(&path))?;
+        let written = f
+            .write_all(file.contents.as_bytes())
+            .and_then(|()| f.set_permissions(std::fs::Permissions::from_mode(file.mode)))
+            .and_then(|()| f.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(err(&path)(e));
+        }
     }
     Ok(())
 }
@@ -93,6 +147,16 @@ pub(crate) fn remove_sockets(paths: &[PathBuf]) {
             let _ = std::fs::remove_file(p);
         }
     }
+}
+
+/// Removes the sockets `inv`'s processes create in `workdir` (after their supervisor died).
+pub fn remove_created_sockets(inv: &Invocation, workdir: &Path) {
+    remove_sockets(&created_sockets(inv, workdir));
+}
+
+/// Removes each of `paths` that is a socket.
+pub fn remove_sockets_at(paths: &[PathBuf]) {
+    remove_sockets(paths);
 }
 
 /// Parses `SIGTERM`, `TERM` or `15`.
@@ -125,7 +189,7 @@ mod tests {
             PreStart::MoveAside("absent2".into()),
             PreStart::CreateDir("a/b".into()),
         ];
-        run_pre_start(&steps, d).expect("pre-start");
+        run_pre_start(&steps, d, None).expect("pre-start");
         assert!(!d.join("stale.sock").exists());
         assert_eq!(
             std::fs::read_to_string(d.join("vm.img.old")).expect("r"),
@@ -133,8 +197,58 @@ mod tests {
         );
         assert!(d.join("a/b").is_dir());
         std::fs::write(d.join("file"), "").expect("w");
-        let err = run_pre_start(&[PreStart::CreateDir("file/x".into())], d).expect_err("fails");
+        let err =
+            run_pre_start(&[PreStart::CreateDir("file/x".into())], d, None).expect_err("fails");
         assert!(err.to_string().contains("file/x"), "{err}");
+    }
+
+    /// Attack 2 of issue 10: a symlink planted at a generated file's name (firecracker's
+    /// config) made root truncate its target. Paths outside the directory are refused.
+    #[test]
+    fn generated_files_never_follow_planted_links_or_leave_the_directory() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let victim = d.join("victim");
+        std::fs::write(&victim, "root's").expect("w");
+        symlink(&victim, d.join("firecracker.json")).expect("symlink");
+        symlink("/etc", d.join("link")).expect("symlink");
+        let mut inv = super::super::tests::sh("");
+        inv.files.push(microvm_runner::GeneratedFile {
+            path: "firecracker.json".into(),
+            contents: "{}".into(),
+            mode: 0o600,
+        });
+        write_files(&inv, d).expect("write");
+        assert_eq!(std::fs::read_to_string(&victim).expect("r"), "root's");
+        assert_eq!(
+            std::fs::read_to_string(d.join("firecracker.json")).expect("r"),
+            "{}"
+        );
+        assert!(!std::fs::symlink_metadata(d.join("firecracker.json"))
+            .expect("stat")
+            .file_type()
+            .is_symlink());
+        for bad in ["/etc/x", "../x"] {
+            inv.files[0].path = bad.into();
+            assert!(write_files(&inv, d).is_err(), "{bad}");
+        }
+        for bad in ["../x", "/a/../x", "link/x"] {
+            let step = PreStart::CreateDir(bad.into());
+            assert!(run_pre_start(&[step], d, None).is_err(), "{bad}");
+        }
+        // An absolute step path below root's directories (a configured socket) is fine.
+        let abs = d.join("abs.sock");
+        std::fs::write(&abs, "").expect("w");
+        let step = PreStart::RemoveFile(abs.display().to_string());
+        run_pre_start(&[step], d, None).expect("absolute, trusted");
+        assert!(!abs.exists());
+        let leftovers: Vec<_> = std::fs::read_dir(d)
+            .expect("ls")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
     #[test]

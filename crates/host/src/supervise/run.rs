@@ -2,19 +2,21 @@
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc::{self, Sender};
 use std::time::Instant;
 
-use microvm_runner::Invocation;
+use microvm_runner::{ControlChannel, Invocation};
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use super::child::{install_hint, locate, StderrSink, Supervised};
+use super::child::{install_hint, locate, Supervised};
 use super::events::{event_loop, Event, State, Stops};
 use super::helpers::Helpers;
-use super::{prepare, Console, PassFd, Progress, RunError, RunOptions, RunOutcome};
+use super::user_steps;
+use super::{prepare, stdio, PassFd, Progress, RunError, RunOptions, RunOutcome};
 use crate::channel::{ControlReader, DEFAULT_CONNECT_TIMEOUT};
+use crate::console_channel::new_nonce;
 
 /// qemu's messages when KVM cannot run the guest (it then pauses forever).
 const KVM_FAILURE_MARKERS: &[&str] = &["KVM internal error", "kvm run failed"];
@@ -32,6 +34,18 @@ pub fn run_foreground_with(
     opts: &RunOptions,
     mut on: impl FnMut(&Progress),
 ) -> Result<RunOutcome, RunError> {
+    // The console channel's nonce: fresh for this boot, on the kernel command line.
+    let nonce = match &inv.control_channel {
+        Some(ControlChannel::Console { .. }) => {
+            Some(new_nonce().map_err(|source| RunError::Spawn {
+                program: "the console channel's nonce (/dev/urandom)".into(),
+                source,
+            })?)
+        }
+        _ => None,
+    };
+    let with_nonce = nonce.as_deref().map(|n| inv.with_nonce(n));
+    let inv = with_nonce.as_ref().unwrap_or(inv);
     let workdir = opts.workdir.as_path();
     if !workdir.is_dir() {
         let source = std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory");
@@ -67,7 +81,14 @@ pub fn run_foreground_with(
         .map(|h| find(&h.program))
         .collect::<Result<Vec<_>, _>>()?;
 
-    prepare::run_pre_start(&inv.pre_start, workdir)?;
+    let extra_args = prepare::run_pre_start(&inv.pre_start, workdir, opts.credentials.as_ref())?;
+    let with_extra;
+    let inv = if extra_args.is_empty() {
+        inv
+    } else {
+        with_extra = user_steps::with_args(inv, extra_args);
+        &with_extra
+    };
     prepare::write_files(inv, workdir)?;
     let sockets = prepare::created_sockets(inv, workdir);
 
@@ -82,6 +103,7 @@ pub fn run_foreground_with(
 
     let (tx, rx) = mpsc::channel();
     let mut reader = match &inv.control_channel {
+        Some(ControlChannel::Console { .. }) | None => None,
         Some(ch) => {
             let tx = tx.clone();
             let sink = move |e| drop(tx.send(Event::Channel(e)));
@@ -92,10 +114,9 @@ pub fn run_foreground_with(
                 sink,
             )?)
         }
-        None => None,
     };
 
-    let mut hv = match spawn_hypervisor(inv, &hv_path, opts, tx.clone()) {
+    let mut hv = match spawn_hypervisor(inv, &hv_path, opts, nonce.as_deref(), tx.clone()) {
         Ok(hv) => hv,
         Err(e) => {
             drop(reader.take());
@@ -120,10 +141,11 @@ pub fn run_foreground_with(
         &mut state,
         &mut on,
     );
-    // Let the reader flush what the guest wrote before poweroff.
+    // Let the reader and the console flush what the guest wrote before poweroff.
     if let Some(mut r) = reader.take() {
         r.stop();
     }
+    hv.console.finish();
     while let Ok(ev) = rx.try_recv() {
         if let Event::Channel(c) = ev {
             state.channel(c, spawned, &mut on);
@@ -161,56 +183,46 @@ fn spawn_hypervisor(
     inv: &Invocation,
     path: &Path,
     opts: &RunOptions,
+    nonce: Option<&str>,
     tx: Sender<Event>,
-) -> Result<Supervised, RunError> {
+) -> Result<Hypervisor, RunError> {
     let mut cmd = Command::new(path);
     cmd.arg0(inv.process_name.as_deref().unwrap_or(&inv.program));
     cmd.args(&inv.args).current_dir(&opts.workdir);
     cmd.envs(inv.env.iter().map(|(k, v)| (k, v)));
     if let Some(c) = &opts.credentials {
         cmd.uid(c.uid).gid(c.gid);
+        super::child::least_privilege(&mut cmd);
     }
     apply_umask(&mut cmd, opts.umask);
     let _held = pass_fds(&mut cmd, &opts.pass_fds)?;
-    let (sink, own_group) = match &opts.console {
-        Console::Inherit => {
-            cmd.stdin(Stdio::inherit()).stdout(Stdio::inherit());
-            // SAFETY: isatty only inspects fd 0.
-            let tty = unsafe { libc::isatty(0) } == 1;
-            // On a terminal the hypervisor must stay in the foreground process group to
-            // read the console; elsewhere its own group keeps stray signals away from it.
-            (StderrSink::Plain, !tty)
-        }
-        Console::Log(log) => {
-            let err = |source| RunError::WriteFile {
-                path: log.clone(),
-                source,
-            };
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-                .map_err(err)?;
-            cmd.stdin(Stdio::null())
-                .stdout(file.try_clone().map_err(err)?);
-            (StderrSink::File(file), true)
-        }
-        Console::Pty(slave) => {
-            let err = |source| RunError::Spawn {
-                program: "the console terminal".into(),
-                source,
-            };
-            cmd.stdin(Stdio::from(slave.0.try_clone().map_err(err)?))
-                .stdout(Stdio::from(slave.0.try_clone().map_err(err)?));
-            (StderrSink::Plain, true)
-        }
-    };
+    let (sink, own_group, console) = stdio::route(&mut cmd, opts, nonce, &tx)?;
     let hook = Box::new(move |line: &str| {
         if KVM_FAILURE_MARKERS.iter().any(|m| line.contains(m)) {
             let _ = tx.send(Event::KvmFailure(line.trim().to_string()));
         }
     });
-    Supervised::spawn(cmd, &inv.program, own_group, sink, Some(hook))
+    let child = Supervised::spawn(cmd, &inv.program, own_group, sink, Some(hook))?;
+    Ok(Hypervisor { child, console })
+}
+
+/// The hypervisor process and its console.
+struct Hypervisor {
+    child: Supervised,
+    console: stdio::ConsoleRoute,
+}
+
+impl std::ops::Deref for Hypervisor {
+    type Target = Supervised;
+    fn deref(&self) -> &Supervised {
+        &self.child
+    }
+}
+
+impl std::ops::DerefMut for Hypervisor {
+    fn deref_mut(&mut self) -> &mut Supervised {
+        &mut self.child
+    }
 }
 
 /// Sets the child's umask between fork and exec.

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use microvm_runner::{
@@ -13,7 +13,7 @@ use microvm_spec::types::Hypervisor;
 use super::child::{StderrSink, Supervised};
 use super::*;
 
-fn sh(script: &str) -> Invocation {
+pub(super) fn sh(script: &str) -> Invocation {
     Invocation {
         hypervisor: Hypervisor::Qemu,
         program: "sh".into(),
@@ -435,30 +435,29 @@ fn real_qemu_powerdown_without_guest_hits_the_deadline() {
 
 /// Where KVM is broken (`kvm::probe` says unusable), booting a real kernel with
 /// `-accel kvm` makes qemu print "KVM internal error" and pause; the supervisor must
-/// stop it with [`RunError::KvmFailed`] instead of hanging. Needs a kernel image in
-/// `MICROVM_TEST_KERNEL`.
+/// stop it with [`RunError::KvmFailed`] instead of hanging. Needs a kernel: the cloud
+/// kernel package in `MICROVM_TEST_KERNELS` (as scripts/test.sh sets it).
 #[test]
 fn real_qemu_with_broken_kvm_fails_fast() {
-    let Some(kernel) = std::env::var_os("MICROVM_TEST_KERNEL") else {
-        eprintln!("skipped: MICROVM_TEST_KERNEL (a kernel image) is not set");
-        return;
-    };
     if !qemu_available() {
         return;
     }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(kernel) = test_kernel_image(dir.path()) else {
+        return;
+    };
     let probe = crate::kvm::probe();
     if probe.status.is_usable() {
         eprintln!("skipped: KVM works on this host, the failure path cannot be exercised");
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
     let mut inv = firmware_qemu("quit");
     inv.args[1] = "kvm".into();
     // With 256 MiB the kvm_pvm host reports "KVM internal error" and pauses; with 64 MiB
     // the same kernel stalls silently (only `ready_timeout` catches that).
     inv.args[5] = "256".into();
     inv.args
-        .extend(["-kernel".into(), kernel.to_string_lossy().into_owned()]);
+        .extend(["-kernel".into(), kernel.display().to_string()]);
     inv.args
         .extend(["-append".into(), "console=ttyS0 earlyprintk=ttyS0".into()]);
     let mut o = opts(dir.path());
@@ -471,4 +470,113 @@ fn real_qemu_with_broken_kvm_fails_fast() {
         Err(RunError::KvmFailed { line, .. }) => assert!(line.contains("KVM")),
         other => panic!("expected a KVM failure, got {other:?}"),
     }
+}
+
+/// The bzImage of the cloud kernel package in `MICROVM_TEST_KERNELS`, unpacked under
+/// `dir` with dpkg-deb and tar; None (and why) where there is none.
+fn test_kernel_image(dir: &Path) -> Option<PathBuf> {
+    use std::process::{Command, Stdio};
+    let Some(kernels) = std::env::var_os("MICROVM_TEST_KERNELS") else {
+        eprintln!("skipped: MICROVM_TEST_KERNELS (a directory with cloud.deb) is not set");
+        return None;
+    };
+    let deb = Path::new(&kernels).join("cloud.deb");
+    if !deb.exists() {
+        eprintln!("skipped: {} does not exist", deb.display());
+        return None;
+    }
+    let mut dpkg = Command::new("dpkg-deb")
+        .arg("--fsys-tarfile")
+        .arg(&deb)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("dpkg-deb");
+    let tar = Command::new("tar")
+        .args(["-x", "-C"])
+        .arg(dir)
+        .args(["--wildcards", "./boot/vmlinuz-*"])
+        .stdin(dpkg.stdout.take().expect("pipe"))
+        .status()
+        .expect("tar");
+    assert!(dpkg.wait().expect("dpkg-deb").success() && tar.success());
+    let image = std::fs::read_dir(dir.join("boot"))
+        .expect("boot")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().contains("vmlinuz"));
+    Some(image.expect("a vmlinuz in the package"))
+}
+
+/// The console channel end to end with a stand-in hypervisor: the supervisor puts a fresh
+/// nonce where the plan has the placeholder (argv and a generated file), the stand-in
+/// frames READY and EXIT with it on its console; a forged EXIT without the nonce counts
+/// for nothing, the frames stay out of the console log, the escape codes too.
+#[test]
+fn ready_and_exit_over_the_console_channel() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = r#"n=${0#*microvm.nonce=}; n=${n%% *}
+grep -q "nonce=$n" boot.json || exit 9
+printf '\033c\033[?7lfirmware\r\n'
+echo 'EXIT 0'
+printf '\n%s READY 0.100 0.200\r\n' "$n"
+echo 'guest says hi'
+printf '\n%s EXIT 42\r\n' "$n"
+"#;
+    let mut inv = sh(script);
+    inv.args.push(format!(
+        "console=ttyS0 microvm.nonce={}",
+        microvm_runner::NONCE_PLACEHOLDER
+    ));
+    inv.files.push(GeneratedFile {
+        path: "boot.json".into(),
+        contents: format!(
+            "{{\"boot_args\": \"microvm.nonce={}\"}}",
+            microvm_runner::NONCE_PLACEHOLDER
+        ),
+        mode: 0o600,
+    });
+    inv.control_channel = Some(ControlChannel::Console {
+        param: "microvm.nonce".into(),
+    });
+    let mut o = opts(dir.path());
+    o.ready_timeout = Some(Duration::from_secs(30));
+    let out = run_foreground(&inv, &o).expect("run");
+    assert_eq!(out.guest_exit, Some(42));
+    assert_eq!(out.exit_code(), 42);
+    assert!(out.ready_after.is_some());
+    assert_eq!(out.guest_init_time, Some((0.1, 0.2)));
+    let log = std::fs::read_to_string(dir.path().join("console.log")).expect("log");
+    assert!(
+        log.contains("firmware") && log.contains("guest says hi"),
+        "{log}"
+    );
+    assert!(!log.contains("READY") && !log.contains('\x1b'), "{log}");
+    assert!(
+        log.contains("EXIT 0"),
+        "the forged line is shown as output: {log}"
+    );
+    assert!(!log.contains(microvm_runner::NONCE_PLACEHOLDER));
+}
+
+/// Two runs of one plan get different nonces.
+#[test]
+fn every_boot_gets_its_own_nonce() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut inv = sh(r#"n=${0#*microvm.nonce=}; echo "$n" >> nonces"#);
+    inv.args.push(format!(
+        "microvm.nonce={}",
+        microvm_runner::NONCE_PLACEHOLDER
+    ));
+    inv.control_channel = Some(ControlChannel::Console {
+        param: "microvm.nonce".into(),
+    });
+    let mut o = opts(dir.path());
+    o.ready_timeout = None;
+    run_foreground(&inv, &o).expect("run 1");
+    run_foreground(&inv, &o).expect("run 2");
+    let text = std::fs::read_to_string(dir.path().join("nonces")).expect("nonces");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_ne!(lines[0], lines[1]);
+    assert_eq!(lines[0].len(), 32, "{text}");
 }

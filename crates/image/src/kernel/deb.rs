@@ -28,11 +28,12 @@ pub fn unpack_deb(deb: &Path, cache_dir: &Path) -> Result<PathBuf, KernelError> 
             )
         })?;
     let out = cache_dir.join(stem);
+    super::layout::remove_stale_scratch(cache_dir);
     if out.join(COMPLETE).is_file() {
         return Ok(out);
     }
     fs::create_dir_all(cache_dir).map_err(|source| io_error(cache_dir, source))?;
-    let tmp = cache_dir.join(format!(".{stem}.tmp-{}", std::process::id()));
+    let tmp = super::layout::scratch_path(cache_dir, stem);
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(|source| io_error(&tmp, source))?;
     }
@@ -59,6 +60,25 @@ fn io_error(path: &Path, source: std::io::Error) -> KernelError {
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// `e` and its root cause (tar's unpack error hides the one that matters, e.g. "No
+/// space left on device", in its sources), said once.
+fn causes(e: &std::io::Error) -> String {
+    let mut text = e.to_string();
+    let mut root: Option<&(dyn std::error::Error + 'static)> = None;
+    let mut next = e.get_ref().and_then(|inner| inner.source());
+    while let Some(cause) = next {
+        root = Some(cause);
+        next = cause.source();
+    }
+    if let Some(line) = root.map(ToString::to_string) {
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+    }
+    text
 }
 
 fn deb_error(deb: &Path, reason: &str) -> KernelError {
@@ -129,9 +149,12 @@ fn unpack_tar(deb: &Path, reader: impl Read, dest: &Path) -> Result<(), KernelEr
         if !wanted(&path) {
             continue;
         }
-        entry
-            .unpack_in(dest)
-            .map_err(|e| deb_error(deb, &format!("unpacking {}: {e}", path.display())))?;
+        entry.unpack_in(dest).map_err(|e| {
+            deb_error(
+                deb,
+                &format!("unpacking {}: {}", path.display(), causes(&e)),
+            )
+        })?;
     }
     Ok(())
 }

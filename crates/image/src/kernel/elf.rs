@@ -58,6 +58,21 @@ pub fn notes(bytes: &[u8]) -> Vec<Note<'_>> {
 }
 
 fn notes_inner(bytes: &[u8]) -> Option<Vec<Note<'_>>> {
+    let (little, ranges) = note_segments(bytes)?;
+    let r = Reader { bytes, little };
+    let mut out = Vec::new();
+    for (offset, size) in ranges {
+        let Some(segment) = bytes.get(offset..offset.checked_add(size)?) else {
+            continue;
+        };
+        parse_notes(&r, segment, offset, &mut out);
+    }
+    Some(out)
+}
+
+/// The byte order and the (offset, size) of every `PT_NOTE` segment, from the ELF header
+/// and the program headers (which `bytes` must hold; the segments need not be there).
+fn note_segments(bytes: &[u8]) -> Option<(bool, Vec<(usize, usize)>)> {
     if !bytes.starts_with(MAGIC) {
         return None;
     }
@@ -70,28 +85,83 @@ fn notes_inner(bytes: &[u8]) -> Option<Vec<Note<'_>>> {
         bytes,
         little: *bytes.get(5)? == 1,
     };
+    let (phoff, phentsize, phnum) = program_headers(&r, is64)?;
+    let mut out = Vec::new();
+    for i in 0..phnum {
+        let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
+        if r.u32(ph)? != PT_NOTE {
+            continue;
+        }
+        out.push(if is64 {
+            (r.u64(ph + 0x08)? as usize, r.u64(ph + 0x20)? as usize)
+        } else {
+            (r.u32(ph + 0x04)? as usize, r.u32(ph + 0x10)? as usize)
+        });
+    }
+    Some((r.little, out))
+}
+
+fn program_headers(r: &Reader<'_>, is64: bool) -> Option<(usize, usize, usize)> {
     let (phoff, phentsize, phnum) = if is64 {
         (r.u64(0x20)? as usize, r.u16(0x36)?, r.u16(0x38)?)
     } else {
         (r.u32(0x1c)? as usize, r.u16(0x2a)?, r.u16(0x2c)?)
     };
-    let mut out = Vec::new();
-    for i in 0..phnum as usize {
-        let ph = phoff.checked_add(i.checked_mul(phentsize as usize)?)?;
-        if r.u32(ph)? != PT_NOTE {
+    Some((phoff, phentsize as usize, phnum as usize))
+}
+
+/// Like [`has_pvh_note`], reading only the headers and the note segments of the file (a
+/// `vmlinux` is tens of MiB; its notes a few hundred bytes). Headers or segments larger
+/// than 1 MiB count as malformed: no note.
+pub fn file_has_pvh_note(path: &std::path::Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    const LIMIT: usize = 1 << 20;
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len() as usize;
+    let read = |offset: usize, size: usize| -> std::io::Result<Vec<u8>> {
+        let size = size.min(len.saturating_sub(offset));
+        let mut buf = vec![0u8; size];
+        file.read_exact_at(&mut buf, offset as u64)?;
+        Ok(buf)
+    };
+    let header = read(0, 64)?;
+    let Some(is64) = header.starts_with(MAGIC).then(|| header.get(4) == Some(&2)) else {
+        return Ok(false);
+    };
+    let r = Reader {
+        bytes: &header,
+        little: header.get(5) == Some(&1),
+    };
+    let Some((phoff, phentsize, phnum)) = program_headers(&r, is64) else {
+        return Ok(false);
+    };
+    let end = phoff.saturating_add(phentsize.saturating_mul(phnum));
+    if end > LIMIT {
+        return Ok(false);
+    }
+    let head = read(0, end)?;
+    let Some((little, ranges)) = note_segments(&head) else {
+        return Ok(false);
+    };
+    for (offset, size) in ranges {
+        if size > LIMIT || offset >= len {
             continue;
         }
-        let (offset, size) = if is64 {
-            (r.u64(ph + 0x08)? as usize, r.u64(ph + 0x20)? as usize)
-        } else {
-            (r.u32(ph + 0x04)? as usize, r.u32(ph + 0x10)? as usize)
+        let segment = read(offset, size)?;
+        let r = Reader {
+            bytes: &segment,
+            little,
         };
-        let Some(segment) = bytes.get(offset..offset.checked_add(size)?) else {
-            continue;
-        };
-        parse_notes(&r, segment, offset, &mut out);
+        let mut found = Vec::new();
+        parse_notes(&r, &segment, 0, &mut found);
+        if found
+            .iter()
+            .any(|n| n.name == b"Xen" && n.kind == XEN_ELFNOTE_PHYS32_ENTRY)
+        {
+            return Ok(true);
+        }
     }
-    Some(out)
+    Ok(false)
 }
 
 fn parse_notes<'a>(r: &Reader<'a>, segment: &'a [u8], base: usize, out: &mut Vec<Note<'a>>) {
@@ -170,6 +240,28 @@ mod tests {
         assert_eq!(found.len(), 2);
         assert_eq!(found[0].name, b"GNU");
         assert!(has_pvh_note(&elf));
+    }
+
+    #[test]
+    fn the_file_reader_agrees_with_the_byte_reader() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, elf) in [
+            (
+                "pvh",
+                synthetic_elf(&[("GNU", 3, b"abcd"), ("Xen", 18, &[0, 0, 0, 1])]),
+            ),
+            ("other", synthetic_elf(&[("Xen", 5, b"x")])),
+            ("short", b"\x7fELF\x02\x01".to_vec()),
+            ("text", b"not an elf".to_vec()),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, &elf).expect("write");
+            assert_eq!(
+                file_has_pvh_note(&path).expect("read"),
+                has_pvh_note(&elf),
+                "{name}"
+            );
+        }
     }
 
     #[test]

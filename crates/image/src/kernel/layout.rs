@@ -208,16 +208,65 @@ pub(super) fn extract_cached(
         mtime
     );
     let out = cache_dir.join(name);
+    remove_stale_scratch(cache_dir);
     if out.is_file() {
-        let elf = bzimage::read_file(&out)?;
-        return Ok((out, elf::has_pvh_note(&elf)));
+        let pvh = elf::file_has_pvh_note(&out).map_err(io(&out))?;
+        return Ok((out, pvh));
     }
     let vmlinux = bzimage::extract_vmlinux(image, &bzimage::read_file(image)?)?;
     fs::create_dir_all(cache_dir).map_err(io(cache_dir))?;
-    let tmp = cache_dir.join(format!(".vmlinux.tmp-{}", std::process::id()));
-    fs::write(&tmp, &vmlinux.elf).map_err(io(&tmp))?;
-    fs::rename(&tmp, &out).map_err(io(&out))?;
+    let tmp = scratch_path(cache_dir, "vmlinux");
+    let written = write_synced(&tmp, &vmlinux.elf).and_then(|()| fs::rename(&tmp, &out));
+    if let Err(e) = written {
+        // A full disk must not leave a half-written copy behind (95 MB after 3 failures).
+        let _ = fs::remove_file(&tmp);
+        return Err(io(&out)(e));
+    }
     Ok((out, vmlinux.has_pvh_note))
+}
+
+/// Writes `bytes` to `path` and fsyncs it (before a rename publishes it).
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut f = fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// A scratch path in the kernel cache, `.STEM.tmp-<pid>-<seq>`: unique per call, since two
+/// threads of one process may write the same entry at once.
+pub(super) fn scratch_path(cache_dir: &Path, stem: &str) -> PathBuf {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    cache_dir.join(format!(".{stem}.tmp-{}-{seq}", std::process::id()))
+}
+
+/// Removes scratch entries of the kernel cache (`.NAME.tmp-<pid>-<seq>`: a vmlinux being
+/// written, a package being unpacked) whose process is gone: a build killed half-way
+/// leaves them (95 MB each) and nothing else would.
+pub fn remove_stale_scratch(cache_dir: &Path) {
+    let Ok(entries) = fs::read_dir(cache_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.starts_with('.'))
+            .and_then(|n| n.rsplit_once(".tmp-"))
+            .and_then(|(_, p)| p.split('-').next()?.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let path = e.path();
+            let _ = if e.file_type().is_ok_and(|t| t.is_dir()) {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+        }
+    }
 }
 
 #[cfg(test)]

@@ -146,3 +146,25 @@ fn errors_name_the_path() {
         .to_string();
     assert!(msg.starts_with("no kernel image in"), "{msg}");
 }
+
+#[test]
+fn stale_vmlinux_scratch_of_dead_processes_is_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dead = {
+        let mut c = std::process::Command::new("true").spawn().expect("true");
+        let pid = c.id();
+        c.wait().expect("wait");
+        pid
+    };
+    let stale = dir.path().join(format!(".vmlinux.tmp-{dead}"));
+    let live = dir
+        .path()
+        .join(format!(".vmlinux.tmp-{}", std::process::id()));
+    let unpacking = dir.path().join(format!(".cloud.tmp-{dead}"));
+    fs::create_dir_all(unpacking.join("boot")).expect("mkdir");
+    fs::write(&stale, "half").expect("write");
+    fs::write(&live, "mine").expect("write");
+    remove_stale_scratch(dir.path());
+    assert!(!stale.exists() && !unpacking.exists());
+    assert!(live.exists());
+}

@@ -63,10 +63,12 @@ pub fn apply(tarball: &Path, stage: &mut Stage) -> Result<(), RootfsError> {
     archive.set_unpack_xattrs(true);
     archive.set_overwrite(true);
 
+    let mut budget = Budget::default();
     for entry in archive.entries().map_err(|e| tar_err("", e))? {
         let mut entry = entry.map_err(|e| tar_err("<header>", e))?;
         let name = entry.path().map_err(|e| tar_err("<path>", e))?.into_owned();
         let shown = name.display().to_string();
+        budget.take(tarball, &shown, entry.size())?;
         let Some(rel) = fsops::relative_in_root(&name) else {
             return Err(RootfsError::UnsafeEntry {
                 tarball: tarball.to_owned(),
@@ -153,4 +155,67 @@ pub(super) fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<u
         }
     }
     Ok(n)
+}
+
+/// The most entries and bytes one tarball (or OCI layer) may unpack: a decompression bomb
+/// or an endless stream stops with an error instead of filling the disk.
+pub(crate) const MAX_ENTRIES: u64 = 2_000_000;
+pub(crate) const MAX_BYTES: u64 = 64 << 30;
+
+/// What a tarball has unpacked so far.
+#[derive(Debug, Default)]
+pub(crate) struct Budget {
+    entries: u64,
+    bytes: u64,
+}
+
+impl Budget {
+    /// Counts one entry of `size` bytes; an error past [`MAX_ENTRIES`] or [`MAX_BYTES`].
+    pub(crate) fn take(
+        &mut self,
+        tarball: &Path,
+        entry: &str,
+        size: u64,
+    ) -> Result<(), RootfsError> {
+        self.entries += 1;
+        self.bytes = self.bytes.saturating_add(size);
+        let what = if self.entries > MAX_ENTRIES {
+            format!("more than {MAX_ENTRIES} entries")
+        } else if self.bytes > MAX_BYTES {
+            format!("more than {} GiB of contents", MAX_BYTES >> 30)
+        } else {
+            return Ok(());
+        };
+        Err(RootfsError::TooLarge {
+            tarball: tarball.to_owned(),
+            entry: entry.to_owned(),
+            what,
+        })
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn entries_and_bytes_are_bounded() {
+        let tar = Path::new("/x.tar");
+        let mut b = Budget::default();
+        b.take(tar, "a", MAX_BYTES).expect("exactly the limit");
+        let err = b.take(tar, "b", 1).expect_err("one byte more");
+        assert_eq!(
+            err.to_string(),
+            "tarball /x.tar: more than 64 GiB of contents (at entry \"b\"); a root image is smaller than that"
+        );
+        let mut b = Budget::default();
+        for _ in 0..MAX_ENTRIES {
+            b.take(tar, "e", 0).expect("within");
+        }
+        let err = b.take(tar, "last", 0).expect_err("too many");
+        assert!(
+            err.to_string().contains("more than 2000000 entries"),
+            "{err}"
+        );
+    }
 }

@@ -1,7 +1,9 @@
 //! The control channel to the host: one ASCII line per message (`READY`, `EXIT`, `FAIL`).
 //! Writes never block for long: a host that is not listening loses the message after a
-//! few seconds rather than hanging the guest.
+//! few seconds rather than hanging the guest. On the console, each line is framed by the
+//! boot's nonce (see [`ControlChannel::Console`]).
 
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -12,13 +14,24 @@ use rustix::io::Errno;
 
 use super::devices;
 
-static CHANNEL: Mutex<Option<OwnedFd>> = Mutex::new(None);
+/// The open channel: its descriptor and what precedes every line (`\n<nonce> ` on the
+/// console, nothing elsewhere).
+struct Open {
+    fd: OwnedFd,
+    prefix: String,
+}
+
+static CHANNEL: Mutex<Option<Open>> = Mutex::new(None);
+
+/// The copy of the kernel command line, without the nonce, shown to the guest.
+const SCRUBBED_CMDLINE: &str = "/run/microvm/cmdline";
 
 /// How long one message may wait for the host to read it.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Opens the channel, waiting up to `timeout` for its device to appear.
 pub fn open(spec: &ControlChannel, timeout: Duration) -> Result<(), String> {
+    let mut prefix = String::new();
     let fd = match spec {
         ControlChannel::VirtioPort { name } => {
             let node = devices::wait_for(timeout, || virtio_port(name))
@@ -48,11 +61,63 @@ pub fn open(spec: &ControlChannel, timeout: Duration) -> Result<(), String> {
             })
             .ok_or_else(|| format!("vsock connect to host port {port}: {last}"))?
         }
+        ControlChannel::Console { param } => {
+            let cmdline = std::fs::read_to_string("/proc/cmdline")
+                .map_err(|e| format!("read /proc/cmdline: {e}"))?;
+            let Some(nonce) = nonce_from_cmdline(&cmdline, param) else {
+                super::console::say(&format!(
+                    "microvm-init: no valid {param}= on the kernel command line; \
+                     not reporting to the host"
+                ));
+                return Ok(());
+            };
+            hide_nonce(&cmdline, param)?;
+            prefix = format!("\n{nonce} ");
+            open_node("/dev/console")?
+        }
     };
     if let Ok(mut slot) = CHANNEL.lock() {
-        *slot = Some(fd);
+        *slot = Some(Open { fd, prefix });
     }
     Ok(())
+}
+
+/// The value of `param=` on `cmdline` when it looks like a nonce the host made (16 to 64
+/// lowercase hex digits); anything else (a copied plan's placeholder) is no nonce.
+pub fn nonce_from_cmdline<'a>(cmdline: &'a str, param: &str) -> Option<&'a str> {
+    let value = cmdline
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix(param)?.strip_prefix('='))
+        .next_back()?;
+    let hex = value
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    (hex && (16..=64).contains(&value.len())).then_some(value)
+}
+
+/// `cmdline` without any `param=` word.
+pub fn scrub_cmdline(cmdline: &str, param: &str) -> String {
+    let kept: Vec<&str> = cmdline
+        .split_whitespace()
+        .filter(|w| !w.strip_prefix(param).is_some_and(|r| r.starts_with('=')))
+        .collect();
+    format!("{}\n", kept.join(" "))
+}
+
+/// Keeps the nonce from guest programs: `/proc/cmdline` is covered by a copy without it
+/// (the bind mount moves with `/proc` at the switch) and the kernel log, which echoes the
+/// command line, is readable by root only.
+fn hide_nonce(cmdline: &str, param: &str) -> Result<(), String> {
+    let dir = Path::new(SCRUBBED_CMDLINE)
+        .parent()
+        .unwrap_or(Path::new("/run"));
+    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    std::fs::write(SCRUBBED_CMDLINE, scrub_cmdline(cmdline, param))
+        .map_err(|e| format!("write {SCRUBBED_CMDLINE}: {e}"))?;
+    rustix::mount::mount_bind(SCRUBBED_CMDLINE, "/proc/cmdline")
+        .map_err(|e| format!("cover /proc/cmdline: {e}"))?;
+    std::fs::write("/proc/sys/kernel/dmesg_restrict", "1")
+        .map_err(|e| format!("restrict dmesg: {e}"))
 }
 
 pub fn is_open() -> bool {
@@ -69,8 +134,10 @@ pub fn close() {
 /// Sends one line; a missing channel or a host that does not read is not an error.
 pub fn send(line: &str) {
     let Ok(slot) = CHANNEL.try_lock() else { return };
-    let Some(fd) = slot.as_ref() else { return };
-    let message = format!("{line}\n");
+    let Some(Open { fd, prefix }) = slot.as_ref() else {
+        return;
+    };
+    let message = format!("{prefix}{line}\n");
     let mut rest = message.as_bytes();
     let deadline = Instant::now() + SEND_TIMEOUT;
     while !rest.is_empty() {
@@ -96,7 +163,7 @@ fn virtio_port(name: &str) -> Option<String> {
             return None;
         }
         let node = format!("/dev/{port}");
-        if !std::path::Path::new(&node).exists() {
+        if !Path::new(&node).exists() {
             let dev = std::fs::read_to_string(format!("{sys}/dev")).ok()?;
             let (major, minor) = dev.trim().split_once(':')?;
             let dev = rustix::fs::makedev(major.parse().ok()?, minor.parse().ok()?);
@@ -149,4 +216,36 @@ fn vsock_connect(port: u32) -> std::io::Result<OwnedFd> {
     }
     rustix::fs::fcntl_setfl(&fd, OFlags::NONBLOCK)?;
     Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nonce_is_read_and_scrubbed() {
+        let line = "console=ttyS0 microvm.nonce=0123456789abcdef0123 quiet\n";
+        assert_eq!(
+            nonce_from_cmdline(line, "microvm.nonce"),
+            Some("0123456789abcdef0123")
+        );
+        assert_eq!(
+            scrub_cmdline(line, "microvm.nonce"),
+            "console=ttyS0 quiet\n"
+        );
+        // A placeholder, a short or upper-case value, another parameter: no nonce.
+        for bad in [
+            "microvm.nonce=@MICROVM_NONCE@",
+            "microvm.nonce=abc",
+            "microvm.nonce=0123456789ABCDEF",
+            "microvm.noncex=0123456789abcdef",
+            "",
+        ] {
+            assert_eq!(nonce_from_cmdline(bad, "microvm.nonce"), None, "{bad}");
+        }
+        assert_eq!(
+            scrub_cmdline("microvm.noncex=1 a", "microvm.nonce"),
+            "microvm.noncex=1 a\n"
+        );
+    }
 }

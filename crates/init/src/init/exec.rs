@@ -11,6 +11,7 @@ const POWEROFF_REQUESTS: u32 = 10;
 const POWEROFF_REPEAT: Duration = Duration::from_secs(3);
 
 use microvm_init::plan::{ExecPlan, GuestPlan, PowerButton};
+use rustix::fd::OwnedFd;
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 use rustix::process::{Pid, Signal, WaitOptions};
@@ -184,13 +185,20 @@ fn supervise(
             Ok(())
         });
     }
+    // The button is opened before READY: a press right after it (a stop as soon as the
+    // VM is up) must not be lost.
+    let button = plan
+        .power_button
+        .as_ref()
+        .map(|b| (power::buttons(), b.clone()));
+    console::mark("button");
     ready(started);
     let child = command
         .spawn()
         .ctx(|| format!("start the command {program}"))?;
     let pid = Pid::from_child(&child);
-    if let Some(button) = &plan.power_button {
-        watch_power_button(pid, button.clone());
+    if let Some((buttons, button)) = button {
+        watch_power_button(pid, buttons, button);
     }
     loop {
         match rustix::process::wait(WaitOptions::empty()) {
@@ -216,9 +224,8 @@ fn parse_user(user: &str) -> Result<(u32, u32), Failure> {
 
 /// In command mode a power-button press stops the command's process group: SIGTERM,
 /// then SIGKILL after the grace period. The reaper then takes the normal exit path.
-fn watch_power_button(pid: Pid, button: PowerButton) {
+fn watch_power_button(pid: Pid, buttons: Vec<OwnedFd>, button: PowerButton) {
     std::thread::spawn(move || {
-        let buttons = power::buttons();
         if buttons.is_empty() {
             say("microvm-init: warning: no power button device; presses will be ignored");
             return;

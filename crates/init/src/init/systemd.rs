@@ -44,7 +44,8 @@ pub fn install_ready_unit(channel: &ControlChannel, started: f64) -> Result<bool
             name = shell_quote(name)
         ),
         ControlChannel::Serial { device } => format!("dev={}\n", shell_quote(device)),
-        ControlChannel::Vsock { .. } => return Ok(false),
+        // The console's nonce must not be written where guest programs can read it.
+        ControlChannel::Vsock { .. } | ControlChannel::Console { .. } => return Ok(false),
     };
     let script = format!(
         "#!/bin/sh\n# Written by microvm-init: tells the host that the guest is up.\n\

@@ -1,6 +1,6 @@
 use super::*;
 use crate::crosvm::tests::{artifacts, load, EXAMPLE};
-use crate::HostFacts;
+use crate::{HostFacts, MacvtapFd};
 
 fn plan_of(toml: &str) -> Result<Invocation, PlanError> {
     plan(&load(toml), &artifacts(), &HostFacts::reference())
@@ -69,10 +69,6 @@ fn bzimage_objects_vsock_warnings() {
 fn rejections() {
     for (toml, message) in [
         (
-            format!("balloon = true\n{EXAMPLE}"),
-            "balloon not implemented for alioth",
-        ),
-        (
             EXAMPLE.replace("proto = \"virtiofs\"", "proto = \"9p\""),
             "9p shares not implemented for alioth",
         ),
@@ -88,4 +84,43 @@ fn rejections() {
         let e = plan_of(&toml).expect_err(message);
         assert!(e.to_string().contains(message), "{e}");
     }
+}
+
+/// alioth 0.12 takes `--balloon free_page_reporting=true` and a macvtap as `tap=<char
+/// device>` (hypervisor-cli-notes, second round); the original refused both.
+#[test]
+fn balloon_and_macvtap() {
+    let toml = format!(
+        "balloon = true\n{EXAMPLE}\n[[interfaces]]\ntype = \"macvtap\"\nid = \"mvt1\"\nmac = \"02:00:00:00:00:02\"\nmacvtap.link = \"eth0\"\nmacvtap.mode = \"bridge\"\n"
+    );
+    let inv =
+        crate::plan_for(HV, &load(&toml), &artifacts(), &HostFacts::reference()).expect("plans");
+    let args = inv.args.join(" ");
+    assert!(
+        args.contains(
+            "qp=2 --net tap,tap=/dev/fd/3,mac=02:00:00:00:00:02,mtu=1500 --balloon free_page_reporting=true"
+        ),
+        "{args}"
+    );
+    assert_eq!(
+        inv.macvtap_fds,
+        [MacvtapFd {
+            interface: "mvt1".into(),
+            queue: 0,
+            fd: 3
+        }]
+    );
+    assert_eq!(inv.taps.len(), 1);
+}
+
+/// alioth reads every disk as raw: a qcow2 volume would show the guest qcow2 bytes.
+#[test]
+fn qcow2_is_refused() {
+    let toml = EXAMPLE.replace("size = 1024", "size = 1024\nimageType = \"qcow2\"");
+    let e = crate::plan_for(HV, &load(&toml), &artifacts(), &HostFacts::reference())
+        .expect_err("qcow2");
+    assert!(
+        e.to_string().contains("alioth opens every disk as raw"),
+        "{e}"
+    );
 }

@@ -4,6 +4,7 @@ use microvm_spec::config::{Arch, Config};
 use microvm_spec::{load_with, LoadOptions};
 
 use super::*;
+use crate::MacvtapFd;
 use crate::{Artifacts, HostFacts, Shutdown};
 
 /// The inventory's example VM (§2.0); shared with the kvmtool, stratovirt and alioth tests.
@@ -71,7 +72,7 @@ fn example_vm() {
     assert_eq!(inv.program, "crosvm");
     let args = inv.args.join(" ");
     assert!(args.starts_with("run -m 512 -c 2 --serial type=stdout,console=true,stdin=true -p console=ttyS0 reboot=k panic=1"), "{args}");
-    assert!(args.contains(" --no-balloon --block /s/store.img,ro=true,root=true -s vm1.sock --block var.img,o_direct=false,ro=false --vhost-user type=fs,socket=vm1-virtiofs-home.sock --net tap-name=vm-vm1,mac=02:00:00:00:00:01 --initrd /i/initrd /k/vmlinux"), "{args}");
+    assert!(args.contains(" --no-balloon --block path=/s/store.img,ro=true,root=true -s vm1.sock --block path=var.img,o_direct=false,ro=false --vhost-user type=fs,socket=vm1-virtiofs-home.sock --net tap-name=vm-vm1,mac=02:00:00:00:00:01 --initrd /i/initrd /k/vmlinux"), "{args}");
     assert!(!args.contains("--seccomp-log-failures"));
     assert_eq!(
         inv.shutdown,
@@ -80,7 +81,13 @@ fn example_vm() {
         }
     );
     assert!(inv.capabilities.can_shutdown);
-    assert_eq!(inv.pre_start, vec![PreStart::RemoveFile("vm1.sock".into())]);
+    assert_eq!(
+        inv.pre_start,
+        vec![
+            PreStart::RemoveFile("vm1.sock".into()),
+            PreStart::CreateDir("/var/empty".into())
+        ]
+    );
     assert_eq!(inv.helpers.len(), 1);
     assert!(inv.helpers[0].args.contains(&"--tag=home".to_owned()));
     assert_eq!(inv.taps.len(), 1);
@@ -218,4 +225,47 @@ fn kv_quoting() {
     );
     assert_eq!(kv_value("x", "").expect("valid"), "\"\"");
     assert!(kv_value("x", "a\0").is_err());
+}
+
+/// crosvm reads a bare first `--block` value as an option when the file name starts with
+/// one of its option names (`ro.img,…` → `expected '=' at position 2`): always `path=`.
+#[test]
+fn block_paths_are_named() {
+    for name in ["ro.img", "root.img", "sparse.img", "lock.img", "id.img"] {
+        let toml = EXAMPLE.replace("var.img", name);
+        let inv = plan(&load(&toml), &artifacts(), &HostFacts::reference()).expect("plans");
+        assert!(
+            inv.args
+                .iter()
+                .any(|a| a.starts_with(&format!("path={name},o_direct=false"))),
+            "{:?}",
+            inv.args
+        );
+        assert!(
+            inv.args.iter().all(|a| !a.starts_with(name)),
+            "{:?}",
+            inv.args
+        );
+    }
+}
+
+/// The sandbox pivots into `/var/empty` (`cannot create jail` without it), or into
+/// `crosvm.pivotRoot`: the one used is created before start.
+#[test]
+fn jail_directory_is_created() {
+    let inv = plan(&load(EXAMPLE), &artifacts(), &HostFacts::reference()).expect("plans");
+    assert!(inv
+        .pre_start
+        .contains(&PreStart::CreateDir("/var/empty".into())));
+    let toml = EXAMPLE.replace(
+        "socket = \"vm1.sock\"",
+        "socket = \"vm1.sock\"\ncrosvm.pivotRoot = \"/run/vm1-jail\"",
+    );
+    let inv = plan(&load(&toml), &artifacts(), &HostFacts::reference()).expect("plans");
+    assert!(inv
+        .pre_start
+        .contains(&PreStart::CreateDir("/run/vm1-jail".into())));
+    assert!(!inv
+        .pre_start
+        .contains(&PreStart::CreateDir("/var/empty".into())));
 }

@@ -1,6 +1,6 @@
 use super::*;
 use crate::crosvm::tests::{artifacts, load, EXAMPLE};
-use crate::HostFacts;
+use crate::{HostFacts, MacvtapFd};
 
 /// The example VM without its virtiofs share, which kvmtool refuses.
 fn example() -> String {
@@ -99,4 +99,21 @@ fn rejections() {
     }
     let e = plan_of(&too_many).expect_err("disks");
     assert!(e.to_string().contains("at most 4 disks"), "{e}");
+}
+
+/// Without any `-n`, lkvm adds a user-mode NIC of its own: `-n mode=none` when the VM has
+/// no interfaces.
+#[test]
+fn no_interfaces_means_no_nic() {
+    let toml = example();
+    let start = toml.find("[[interfaces]]").expect("iface");
+    let inv = plan_of(&toml[..start]).expect("plans");
+    assert_eq!(inv.args.iter().filter(|a| *a == "-n").count(), 1);
+    assert!(
+        inv.args.join(" ").contains("-n mode=none"),
+        "{:?}",
+        inv.args
+    );
+    let inv = plan_of(&toml).expect("plans");
+    assert!(!inv.args.iter().any(|a| a == "mode=none"));
 }

@@ -1,11 +1,12 @@
 //! qemu devices: disks, shares, network, passthrough.
 
+use microvm_spec::config::ControlTransport;
 use microvm_spec::config::{Config, DeviceBus, ForwardFrom, ImageType, InterfaceType, ShareProto};
 
 use super::{Args, Ctx};
 use crate::common::drive_letter;
 use crate::kv::KvList;
-use crate::{MacvtapFd, PlanError, TapSetup};
+use crate::{ControlChannel, MacvtapFd, PlanError, TapSetup};
 
 pub(super) fn store_disk(a: &mut Args, ctx: &Ctx<'_>, store: &str) -> Result<(), PlanError> {
     let drive = KvList::qemu_plain()
@@ -239,6 +240,67 @@ pub(super) fn usb(a: &mut Args, c: &Config) -> Result<(), PlanError> {
     for d in usb {
         // `path` is qemu option syntax (`vendorid=0x…,productid=0x…`): appended as is.
         a.opt("-device", format!("usb-host,{}", d.path));
+    }
+    Ok(())
+}
+
+/// The virtio-serial control channel with microvm's own init.
+pub(super) fn control_channel(
+    a: &mut Args,
+    ctx: &Ctx<'_>,
+) -> Result<Option<ControlChannel>, PlanError> {
+    // Elsewhere `common::console_channel` sets the console channel (or there is none).
+    if ctx.config.control_transport() != ControlTransport::VirtioSerial {
+        return Ok(None);
+    }
+    let socket = ctx.config.control_channel_socket();
+    a.opt("-device", format!("virtio-serial-{}", ctx.dt));
+    let chardev = KvList::qemu("socket")
+        .set("id", "microvm-ctl")
+        .set("path", &socket)
+        .on_off("server", true)
+        .on_off("wait", false);
+    a.kv("-chardev", chardev)?;
+    a.kv(
+        "-device",
+        KvList::qemu("virtserialport")
+            .set("chardev", "microvm-ctl")
+            .set("name", "microvm.ctl"),
+    )?;
+    Ok(Some(ControlChannel::VirtioSerial {
+        socket,
+        port: "microvm.ctl".into(),
+    }))
+}
+
+pub(super) fn vsock(a: &mut Args, ctx: &Ctx<'_>) -> Result<(), PlanError> {
+    let Some(cid) = ctx.config.vsock.cid else {
+        return Ok(());
+    };
+    a.kv(
+        "-device",
+        KvList::qemu(format!("vhost-vsock-{}", ctx.dt)).set("guest-cid", cid),
+    )
+}
+
+pub(super) fn balloon(a: &mut Args, ctx: &Ctx<'_>) -> Result<(), PlanError> {
+    if !ctx.config.balloon {
+        return Ok(());
+    }
+    let balloon = KvList::qemu(format!("virtio-balloon-{}", ctx.dt))
+        .on_off("free-page-reporting", true)
+        .set("id", "balloon0")
+        .set_if(ctx.config.deflate_on_oom, "deflate-on-oom", "on");
+    a.kv("-device", balloon)
+}
+
+/// `credentialFiles` as fw_cfg entries systemd reads as credentials.
+pub(super) fn credential_files(a: &mut Args, c: &Config) -> Result<(), PlanError> {
+    for (name, path) in &c.credential_files {
+        let fw = KvList::qemu_plain()
+            .set("name", format!("opt/io.systemd.credentials/{name}"))
+            .set("file", path.display());
+        a.kv("-fw_cfg", fw)?;
     }
     Ok(())
 }

@@ -77,6 +77,21 @@ fn mmio_without_shares() {
     assert!(!line.contains("memfd"));
 }
 
+/// `-device virtio-keyboard-pci` from extraArgs fails on `pcie=off` (`No 'PCI' bus found
+/// for device 'virtio-keyboard-pci'`, hypervisor-cli-notes): such a VM gets PCI.
+#[test]
+fn extra_args_with_pci_devices_get_pci() {
+    let mut c = example();
+    c.shares.clear();
+    c.qemu.extra_args = vec!["-device".into(), "virtio-keyboard-pci".into()];
+    let line = args(&c, &HostFacts::reference()).join(" ");
+    assert!(line.contains("pcie=on"), "{line}");
+    assert!(line.ends_with("-device virtio-keyboard-pci"), "{line}");
+    c.qemu.extra_args = vec!["-device".into(), "virtio-keyboard-device".into()];
+    let line = args(&c, &HostFacts::reference()).join(" ");
+    assert!(line.contains("pcie=off"), "{line}");
+}
+
 #[test]
 fn tcg_fallback() {
     let host = HostFacts {

@@ -39,7 +39,7 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec, interfaces: &[Interface
         }
         let source = if let Some(d) = &s.directory {
             RootSource::Directory {
-                path: r.file_input(&p.key("directory"), d),
+                path: r.input(&p.key("directory"), d, super::InputKind::Directory),
                 target,
             }
         } else if let Some(t) = &s.tarball {
@@ -49,13 +49,13 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec, interfaces: &[Interface
             }
         } else if let Some(o) = &s.oci {
             RootSource::Oci {
-                path: r.file_input(&p.key("oci"), o),
+                path: r.input(&p.key("oci"), o, super::InputKind::Any),
                 reference: s.oci_ref.clone(),
                 target,
             }
         } else if let Some(n) = &s.nix {
             RootSource::Nix {
-                path: std::path::PathBuf::from(n),
+                path: r.input(&p.key("nix"), n, super::InputKind::Any),
             }
         } else if let Some(d) = &s.debian {
             let Some(suite) = r.required(&d.suite, p.key("debian").key("suite")) else {
@@ -130,16 +130,11 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec, interfaces: &[Interface
                 }
             }
         }
-        let mtu = n.mtu.and_then(|m| match u32::try_from(m) {
-            Ok(m) if (68..=65535).contains(&m) => Some(m),
-            _ => {
-                r.error(
-                    p.key("mtu"),
-                    format!("MTU {m} is out of range (68 to 65535)"),
-                );
-                None
-            }
-        });
+        // Out of range is reported by `ranges::check`.
+        let mtu = n
+            .mtu
+            .filter(|&m| crate::ranges::within("network[].mtu", crate::types::Hypervisor::Qemu, m))
+            .map(|m| m as u32);
         if let Some(mac) = mac {
             network.push(StaticNetwork {
                 mac,
@@ -171,4 +166,26 @@ fn is_cidr(s: &str) -> bool {
         (Ok(IpAddr::V6(_)), Ok(p)) => p <= 128,
         _ => false,
     }
+}
+
+/// `kernel = { build = "microvm", … }`: a `source` with a `/` is a tarball or tree path
+/// (relative to the file), anything else a Debian package name; fragments are files.
+pub(crate) fn kernel_build(
+    r: &Resolver<'_>,
+    at: &KeyPath,
+    source: Option<&str>,
+    fragments: &[String],
+) -> crate::config::KernelRef {
+    use crate::config::{KernelBuild, KernelBuildSource, KernelRef};
+    let source = match source {
+        Some(s) if s.contains('/') => KernelBuildSource::Path(r.file_input(&at.key("source"), s)),
+        Some(s) => KernelBuildSource::Package(s.to_owned()),
+        None => KernelBuildSource::Package("linux-source-6.1".to_owned()),
+    };
+    let fragments = fragments
+        .iter()
+        .enumerate()
+        .map(|(i, f)| r.file_input(&at.key("fragments").index(i), f))
+        .collect();
+    KernelRef::Build(KernelBuild { source, fragments })
 }

@@ -29,6 +29,8 @@ pub struct Context<'a> {
 pub(crate) struct Resolver<'a> {
     ctx: &'a Context<'a>,
     diags: Vec<Diagnostic>,
+    /// Every file or directory of the host that the definition names.
+    inputs: std::cell::RefCell<Vec<Input>>,
     /// The VM name for messages ("MicroVM <n>: …").
     vm: String,
 }
@@ -64,7 +66,24 @@ impl<'a> Resolver<'a> {
     }
 
     /// A path naming a file input of the definition: relative to the file that wrote it.
+    /// It is recorded as an input that must exist (a file, or a directory for
+    /// `InputKind::Directory`).
     pub(crate) fn file_input(&self, path: &KeyPath, value: &str) -> PathBuf {
+        self.input(path, value, InputKind::File)
+    }
+
+    pub(crate) fn input(&self, path: &KeyPath, value: &str, kind: InputKind) -> PathBuf {
+        let file = self.input_path(path, value);
+        self.inputs.borrow_mut().push(Input {
+            key: path.clone(),
+            path: file.clone(),
+            kind,
+        });
+        file
+    }
+
+    /// A host path of the definition, relative to the file that wrote it.
+    pub(crate) fn input_path(&self, path: &KeyPath, value: &str) -> PathBuf {
         let p = Path::new(value);
         if p.is_absolute() {
             return p.to_path_buf();
@@ -94,34 +113,48 @@ impl<'a> Resolver<'a> {
             false
         }
     }
-
-    fn int_u32(&mut self, value: Option<u64>, default: u32, path: KeyPath, min: u32) -> u32 {
-        match value {
-            None => default,
-            Some(v) if v < u64::from(min) => {
-                self.error(path, format!("must be at least {min}, found {v}"));
-                default
-            }
-            Some(v) => u32::try_from(v).unwrap_or_else(|_| {
-                self.error(path, format!("{v} is too large"));
-                default
-            }),
-        }
-    }
 }
 
-/// Resolves a spec; returns the config (when every required piece was there) and all
-/// diagnostics found.
-pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnostic>) {
+/// A file or directory of the host that the definition names, which the build reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Input {
+    /// Where the definition names it.
+    pub key: KeyPath,
+    /// The absolute path.
+    pub path: PathBuf,
+    pub kind: InputKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    File,
+    Directory,
+    /// A file or a directory (an OCI layout or archive, a Nix store path).
+    Any,
+}
+
+/// Resolves a spec; returns the config (when every required piece was there), all
+/// diagnostics found, and the host paths the definition names (for
+/// [`crate::Loaded::missing_inputs`]).
+pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnostic>, Vec<Input>) {
     let root = KeyPath::root();
     let mut r = Resolver {
         ctx,
+        inputs: Default::default(),
         diags: Vec::new(),
         vm: String::new(),
     };
 
     let name = resolve_name(&mut r, spec);
-    r.vm = name.as_ref().map_or_else(|| "?".into(), |n| n.to_string());
+    // Without a valid name, messages name the VM as the user wrote it.
+    r.vm = match (&name, &spec.host_name) {
+        (Some(n), _) => n.to_string(),
+        (None, Some(h)) => h.clone(),
+        (None, None) => ctx.file.file_stem().map_or_else(
+            || ctx.file.display().to_string(),
+            |s| s.to_string_lossy().into_owned(),
+        ),
+    };
     let hypervisor = spec.hypervisor.unwrap_or(Hypervisor::Qemu);
 
     if spec.balloon_mem.is_some() {
@@ -130,37 +163,33 @@ pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnosti
             "The balloonMem option has been removed and replaced by the boolean option balloon",
         );
     }
-    let vcpu = r.int_u32(spec.vcpu, 1, root.key("vcpu"), 1);
-    let mem = match spec.mem {
-        None => 512,
-        Some(0) => {
-            r.error(root.key("mem"), "must be at least 1 (MB), found 0");
-            512
-        }
-        Some(m) if m > (1 << 32) => {
-            r.error(
-                root.key("mem"),
-                format!("{m} MB is more memory than any host has"),
-            );
-            512
-        }
-        Some(m) => m,
-    };
+    for (path, message) in crate::ranges::check(spec, hypervisor) {
+        r.error(path, message);
+    }
+    let in_range = |key, v: &Option<u64>| v.filter(|&v| crate::ranges::within(key, hypervisor, v));
+    let vcpu = in_range("vcpu", &spec.vcpu).map_or(1, |v| v as u32);
+    let mem = in_range("mem", &spec.mem).unwrap_or(512);
     if mem < 32 {
         r.warn(
             root.key("mem"),
             format!("MicroVM {}: {mem} MB of RAM is uncomfortably narrow.", r.vm),
         );
     }
-    let hotplug_mem = spec.hotplug_mem.unwrap_or(0);
+    let hotplug_mem = in_range("hotplugMem", &spec.hotplug_mem).unwrap_or(0);
 
     let storage = storage::resolve(&mut r, spec);
     let net = net::resolve(&mut r, spec, hypervisor);
     let guest = guest::resolve(&mut r, spec, &net.interfaces);
 
     let kernel = spec.kernel.as_ref().map(|k| match k {
-        crate::schema::KernelSpec::Path(p) => KernelRef::Path(r.file_input(&root.key("kernel"), p)),
+        // A bzImage, vmlinux or .deb, or a package directory.
+        crate::schema::KernelSpec::Path(p) => {
+            KernelRef::Path(r.input(&root.key("kernel"), p, InputKind::Any))
+        }
         crate::schema::KernelSpec::Package(p) => KernelRef::Package(p.clone()),
+        crate::schema::KernelSpec::Build {
+            source, fragments, ..
+        } => guest::kernel_build(&r, &root.key("kernel"), source.as_deref(), fragments),
     });
     let initrd_path = spec
         .initrd_path
@@ -184,12 +213,15 @@ pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnosti
         .map(|(k, v)| {
             (
                 k.clone(),
-                r.file_input(&root.key("credentialFiles").key(k), v),
+                // Read when the VM starts, not at build: they may not be there yet.
+                r.input_path(&root.key("credentialFiles").key(k), v),
             )
         })
         .collect();
     let virtiofsd = resolve_virtiofsd(&mut r, spec);
     check_extra_args(&mut r, spec);
+    check_bin_scripts(&mut r, spec);
+    warn_without_effect(&mut r, spec);
 
     let config = name.map(|name| {
         let n = name.to_string();
@@ -200,9 +232,10 @@ pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnosti
             mem,
             hugepage_mem: spec.hugepage_mem.unwrap_or(false),
             hotplug_mem,
-            hotplugged_mem: spec.hotplugged_mem.unwrap_or(hotplug_mem),
+            hotplugged_mem: in_range("hotpluggedMem", &spec.hotplugged_mem).unwrap_or(hotplug_mem),
             balloon: spec.balloon.unwrap_or(false),
-            initial_balloon_mem: spec.initial_balloon_mem.unwrap_or(0),
+            initial_balloon_mem: in_range("initialBalloonMem", &spec.initial_balloon_mem)
+                .unwrap_or(0),
             deflate_on_oom: spec.deflate_on_oom.unwrap_or(true),
             kernel,
             initrd_path,
@@ -213,6 +246,7 @@ pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnosti
                 .unwrap_or_else(|| vec!["loglevel=4".into()]),
             cpu: spec.cpu.clone(),
             kvm: spec.kvm.unwrap_or(KvmMode::Auto),
+            control_channel: spec.control_channel.unwrap_or(ControlChannelMode::Auto),
             store_on_disk: storage.store_on_disk,
             store_disk: spec
                 .store_disk
@@ -317,7 +351,7 @@ pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnosti
             name,
         }
     });
-    (config, r.diags)
+    (config, r.diags, r.inputs.into_inner())
 }
 
 fn package_only(spec: &crate::schema::PackageOnlySpec) -> PackageOnly {
@@ -391,7 +425,15 @@ fn resolve_virtiofsd(r: &mut Resolver<'_>, spec: &Spec) -> Virtiofsd {
             ThreadPool::Nproc
         }
         Some(ThreadPoolSize::Expr(s)) => match s.trim().parse() {
-            Ok(n) => ThreadPool::Count(n),
+            Ok(n) => match crate::ranges::range("virtiofsd.threadPoolSize")
+                .complaint(Hypervisor::Qemu, n)
+            {
+                None => ThreadPool::Count(n),
+                Some(message) => {
+                    r.error(path, message);
+                    ThreadPool::Nproc
+                }
+            },
             Err(_) => {
                 r.error(path, format!("{s:?} is neither a number nor \"`nproc`\""));
                 ThreadPool::Nproc
@@ -435,5 +477,60 @@ fn check_extra_args(r: &mut Resolver<'_>, spec: &Spec) {
                 format!("MicroVM {}: `config.microvm.cloud-hypervisor.platformOEMStrings` items must not contain `oem_strings`", r.vm),
             );
         }
+    }
+}
+
+/// `binScripts` names are file names of the runner's `bin/`; the two scripts that start
+/// and stop the VM are microvm's own (`preStart` and `extraArgsScript` add to the start).
+fn check_bin_scripts(r: &mut Resolver<'_>, spec: &Spec) {
+    for name in spec.bin_scripts.keys() {
+        let p = KeyPath::root().key("binScripts").key(name);
+        let plain = !name.is_empty()
+            && name != "."
+            && name != ".."
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+'));
+        if !plain {
+            r.error(
+                p,
+                format!("{name:?} is not a script name (letters, digits, `-`, `_`, `.`, `+`)"),
+            );
+        } else if name == "microvm-run" || name == "microvm-shutdown" {
+            r.error(
+                p,
+                format!("bin/{name} is generated by microvm; use `preStart` or `extraArgsScript` to add to the start"),
+            );
+        }
+    }
+}
+
+/// Options of microvm.nix that have nothing to act on here: a warning when they are set
+/// to what would need it (docs/schema.md lists them).
+fn warn_without_effect(r: &mut Resolver<'_>, spec: &Spec) {
+    let root = KeyPath::root();
+    if spec.guest.enable == Some(false) {
+        r.warn(
+            root.key("guest").key("enable"),
+            "guest.enable = false has no effect: the guest is always microvm's own (kernel, initrd with its init, root disk); only its default for `registerClosure` follows",
+        );
+    }
+    if spec.optimize.enable == Some(false) {
+        r.warn(
+            root.key("optimize").key("enable"),
+            "optimize.enable = false has no effect: the NixOS defaults it turns off (documentation, tpm2, swraid, …) are not in microvm's guest",
+        );
+    }
+    if spec.register_with_machined == Some(true) {
+        r.warn(
+            root.key("registerWithMachined"),
+            "registerWithMachined is not implemented yet: the VM is not registered with systemd-machined and does not appear in `machinectl list`",
+        );
+    }
+    if spec.vsock.ssh.enable == Some(true) {
+        r.warn(
+            root.key("vsock").key("ssh").key("enable"),
+            "vsock.ssh.enable is not implemented yet: microvm's guest runs no sshd on vsock, and there is no `microvm ssh`",
+        );
     }
 }

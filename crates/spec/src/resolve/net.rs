@@ -47,7 +47,7 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec, hypervisor: Hypervisor)
         });
         let shown = id
             .as_ref()
-            .map_or_else(|| "?".to_string(), ToString::to_string);
+            .map_or_else(|| p.to_string(), ToString::to_string);
         match (kind, &s.bridge) {
             (Some(InterfaceType::Bridge), None) => r.error(p.clone(), format!("MicroVM {}: interface {shown} is of type \"bridge\" but doesn't have a bridge to attach to defined.", r.vm)),
             // A tap may name a bridge to join (an extension: microvm.nix refuses it, #247).
@@ -161,14 +161,9 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec, hypervisor: Hypervisor)
 }
 
 fn port(r: &mut Resolver<'_>, value: Option<u64>, path: KeyPath) -> Option<u16> {
-    let v = r.required(&value, path.clone())?;
-    match u16::try_from(v) {
-        Ok(p) if p > 0 => Some(p),
-        _ => {
-            r.error(path, format!("{v} is not a port (1 to 65535)"));
-            None
-        }
-    }
+    // Out of range is reported by `ranges::check`.
+    let v = r.required(&value, path)?;
+    u16::try_from(v).ok().filter(|&p| p > 0)
 }
 
 fn ipv4(r: &mut Resolver<'_>, value: &Option<String>, path: KeyPath) -> String {

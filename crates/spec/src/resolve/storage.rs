@@ -27,8 +27,6 @@ impl PendingShare {
 }
 
 const LABELLED_FS: [&str; 6] = ["ext2", "ext3", "ext4", "xfs", "btrfs", "vfat"];
-/// Largest volume size in MiB whose byte size fits in an i64 (what `truncate` takes).
-const MAX_SIZE_MIB: u64 = (i64::MAX as u64) >> 20;
 
 pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec) -> Storage {
     let root = KeyPath::root();
@@ -48,14 +46,9 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec) -> Storage {
                 format!(
                     "MicroVM {}: volume {} needs a `size` (MiB) to be created automatically",
                     r.vm,
-                    image.as_deref().unwrap_or("?")
+                    image.clone().unwrap_or_else(|| p.to_string())
                 ),
             );
-        }
-        match v.size {
-            Some(0) => r.error(p.key("size"), "a volume size must be at least 1 (MiB)"),
-            Some(s) if s > MAX_SIZE_MIB => r.error(p.key("size"), format!("{s} MiB is too large")),
-            _ => {}
         }
         if let Some(label) = &v.label {
             if !auto_create {
@@ -114,7 +107,7 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec) -> Storage {
                 format!(
                     "MicroVM {}: virtiofs share with tag \"{}\" is missing a `socket` path.",
                     r.vm,
-                    tag.as_deref().unwrap_or("?")
+                    tag.clone().unwrap_or_else(|| p.to_string())
                 ),
             );
         }
@@ -128,7 +121,7 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec) -> Storage {
                 .chain(&global)
                 .any(|a| a.contains("--translate-uid") || a.contains("--translate-gid"))
         {
-            r.error(p.key("posixAcl"), format!("MicroVM {}: virtiofs share \"{}\" has posixAcl=true but extraArgs contains --translate-uid/--translate-gid; virtiofsd refuses both together, set posixAcl = false", r.vm, tag.as_deref().unwrap_or("?")));
+            r.error(p.key("posixAcl"), format!("MicroVM {}: virtiofs share \"{}\" has posixAcl=true but extraArgs contains --translate-uid/--translate-gid; virtiofsd refuses both together, set posixAcl = false", r.vm, tag.clone().unwrap_or_else(|| p.to_string())));
         }
         if let (Some(tag), Some(source), Some(mount_point)) = (tag, source, mount_point) {
             let explicit_socket = matches!(s.socket, Some(Some(_)));

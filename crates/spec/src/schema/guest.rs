@@ -12,12 +12,23 @@ use serde::{Deserialize, Deserializer};
 ///   (Nix `linux-*` output or an extracted tree with `boot/` and `lib/modules/`) or a `.deb`;
 /// - `{ path = "…" }`: the same, as a table;
 /// - `{ package = "linux-image-cloud-amd64" }`: a Debian kernel package, fetched with
-///   `apt-get download` and cached.
+///   `apt-get download` and cached;
+/// - `{ build = "microvm" }`: microvm's own guest kernel, built from a Linux source
+///   (`source`: a Debian `linux-source-X.Y` package, default `linux-source-6.1`, or a
+///   tarball or tree path) with the project's configuration plus `fragments`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelSpec {
     Path(String),
     Package(String),
+    Build {
+        /// The configuration's name: only `microvm` exists.
+        config: String,
+        source: Option<String>,
+        fragments: Vec<String>,
+    },
 }
+
+const KERNEL_KEYS: &[&str] = &["path", "package", "build", "source", "fragments"];
 
 impl<'de> Deserialize<'de> for KernelSpec {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -25,27 +36,59 @@ impl<'de> Deserialize<'de> for KernelSpec {
         impl<'de> Visitor<'de> for KernelVisitor {
             type Value = KernelSpec;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a kernel path, or a table with `path` or `package`")
+                f.write_str("a kernel path, or a table with `path`, `package` or `build`")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<KernelSpec, E> {
                 Ok(KernelSpec::Path(v.to_owned()))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KernelSpec, A::Error> {
-                let mut out = None;
+                let mut kinds = Vec::new();
+                let (mut source, mut fragments) = (None, None);
                 while let Some(key) = map.next_key::<String>()? {
-                    let value: String = map.next_value()?;
-                    let spec = match key.as_str() {
-                        "path" => KernelSpec::Path(value),
-                        "package" => KernelSpec::Package(value),
-                        other => return Err(de::Error::unknown_field(other, &["path", "package"])),
-                    };
-                    if out.replace(spec).is_some() {
-                        return Err(de::Error::custom(
-                            "a kernel is either a `path` or a `package`, not both",
-                        ));
+                    match key.as_str() {
+                        "path" => kinds.push(KernelSpec::Path(map.next_value()?)),
+                        "package" => kinds.push(KernelSpec::Package(map.next_value()?)),
+                        "build" => kinds.push(KernelSpec::Build {
+                            config: map.next_value()?,
+                            source: None,
+                            fragments: Vec::new(),
+                        }),
+                        "source" => source = Some(map.next_value::<String>()?),
+                        "fragments" => fragments = Some(map.next_value::<Vec<String>>()?),
+                        other => return Err(de::Error::unknown_field(other, KERNEL_KEYS)),
                     }
                 }
-                out.ok_or_else(|| de::Error::custom("a kernel table needs `path` or `package`"))
+                let spec = match kinds.len() {
+                    0 => {
+                        return Err(de::Error::custom(
+                            "a kernel table needs `path`, `package` or `build`",
+                        ))
+                    }
+                    1 => kinds.remove(0),
+                    _ => {
+                        return Err(de::Error::custom(
+                            "a kernel is one of `path`, `package` or `build`, not several",
+                        ))
+                    }
+                };
+                match spec {
+                    KernelSpec::Build { config, .. } => {
+                        if config != "microvm" {
+                            return Err(de::Error::custom(format!(
+                                "unknown kernel configuration {config:?}: the one microvm builds is \"microvm\""
+                            )));
+                        }
+                        Ok(KernelSpec::Build {
+                            config,
+                            source,
+                            fragments: fragments.unwrap_or_default(),
+                        })
+                    }
+                    _ if source.is_some() || fragments.is_some() => Err(de::Error::custom(
+                        "`source` and `fragments` go with `build`",
+                    )),
+                    other => Ok(other),
+                }
             }
         }
         deserializer.deserialize_any(KernelVisitor)

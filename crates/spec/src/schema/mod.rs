@@ -59,6 +59,9 @@ pub struct Spec {
     /// KVM use: `auto` (use it when it works, else fall back to TCG with a warning),
     /// `required` (fail when unusable), `disabled` (always TCG).
     pub kvm: Option<KvmMode>,
+    /// Where the guest init reports readiness and exit status: `auto` (the hypervisor's
+    /// own channel where it has one, else the serial console) or `console`.
+    pub control_channel: Option<ControlChannelMode>,
 
     // --- resources (inventory §1.1) -------------------------------------------------
     pub vcpu: Option<u64>,
@@ -159,6 +162,14 @@ pub enum KvmMode {
     Auto,
     Required,
     Disabled,
+}
+
+/// `controlChannel`: see [`crate::config::ControlTransport`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlChannelMode {
+    Auto,
+    Console,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]

@@ -192,6 +192,9 @@ pub fn host_apply(state_root: &Path, args: &HostApplyArgs) -> anyhow::Result<i32
     }
     if !args.dry_run {
         write_autostart(&ctx, &file, &desired)?;
+        if let Some(target) = crate::cmd::service::sync_target(&ctx.state)? {
+            eprintln!("microvm: {} wants the autostart VMs", target.display());
+        }
     }
     let failed = actions
         .iter()

@@ -24,6 +24,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context as _};
 use serde::Serialize;
 
+use microvm_image::store::{LockKind, StoreLock};
+
 use super::{Ctx, LOCK_TIMEOUT};
 use crate::cli::GcArgs;
 use crate::exit::OK;
@@ -32,6 +34,9 @@ use crate::exit::OK;
 const TMP_AGE: Duration = Duration::from_secs(3600);
 /// Files larger than this are artifacts (images), not text that names other entries.
 const SCAN_LIMIT: u64 = 1 << 20;
+/// Files the pipeline writes beside a root disk (`<disk>.manifest`, `<disk>.defaults.json`):
+/// `build --list-root` and the image's default command need them as long as the disk.
+const SIDECARS: [&str; 2] = [".manifest", ".defaults.json"];
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -56,6 +61,7 @@ pub fn gc(state_root: &Path, args: &GcArgs) -> anyhow::Result<i32> {
     }
     let _host = ctx.state.lock(LOCK_TIMEOUT)?;
     let store = ctx.state.store_root();
+    let _store = lock_store(&store)?;
     let roots = roots(ctx.state.root())?;
     let live = reachable(&store, &roots);
     let (candidates, aside) = candidates(ctx.state.root(), &store)?;
@@ -63,7 +69,7 @@ pub fn gc(state_root: &Path, args: &GcArgs) -> anyhow::Result<i32> {
     let mut freed = 0;
     let mut kept = 0;
     for c in candidates {
-        if live.contains(&c) {
+        if unit_of(&store, &c).is_some_and(|u| live.contains(&u)) {
             kept += 1;
             continue;
         }
@@ -119,6 +125,29 @@ pub fn gc(state_root: &Path, args: &GcArgs) -> anyhow::Result<i32> {
     Ok(OK)
 }
 
+/// The store's lock, exclusively: builds and `run FILE` hold it shared while they use the
+/// store, so gc waits for them (at most [`LOCK_TIMEOUT`]).
+fn lock_store(store: &Path) -> anyhow::Result<Option<StoreLock>> {
+    if !store.is_dir() {
+        return Ok(None);
+    }
+    let lock = StoreLock::acquire(store, LockKind::Exclusive, Some(LOCK_TIMEOUT), &mut || {
+        eprintln!(
+            "microvm: waiting for builds and `microvm run FILE` using {} to finish",
+            store.display()
+        )
+    })?;
+    match lock {
+        Some(l) => Ok(Some(l)),
+        None => bail!(
+            "the store {} is still in use by a build or a running `microvm run FILE` after {} s; \
+             run gc again when they are done",
+            store.display(),
+            LOCK_TIMEOUT.as_secs()
+        ),
+    }
+}
+
 /// The targets of `current`, `booted` and `old` in every directory of the state dir
 /// (including `.tmp-<name>-*` of a `create` in progress).
 fn roots(state: &Path) -> anyhow::Result<Vec<PathBuf>> {
@@ -159,12 +188,21 @@ fn unit_of(store: &Path, path: &Path) -> Option<PathBuf> {
         })
         .collect();
     match comps.as_slice() {
-        [first, ..] if !first.starts_with('.') => Some(store.join(first)),
+        [first, ..] if !first.starts_with('.') => Some(store.join(owner(first))),
         [cache, kernels, hash, ..] if cache == ".cache" && kernels == "kernels" => {
             Some(store.join(cache).join(kernels).join(hash))
         }
         _ => None,
     }
+}
+
+/// The store entry a top-level name belongs to: a root disk's `.manifest` and
+/// `.defaults.json` (written beside it by the build pipeline) belong to the disk.
+fn owner(name: &str) -> &str {
+    SIDECARS
+        .iter()
+        .find_map(|s| name.strip_suffix(s).filter(|n| !n.is_empty()))
+        .unwrap_or(name)
 }
 
 /// Every unit reachable from the roots.
@@ -315,6 +353,14 @@ mod tests {
         assert_eq!(
             unit_of(s, Path::new("/st/.cache/kernels/h/vmlinuz")),
             Some(PathBuf::from("/st/.cache/kernels/h"))
+        );
+        assert_eq!(
+            unit_of(s, Path::new("/st/abc-root.erofs.manifest")),
+            Some(PathBuf::from("/st/abc-root.erofs"))
+        );
+        assert_eq!(
+            unit_of(s, Path::new("/st/abc-root.erofs.defaults.json")),
+            Some(PathBuf::from("/st/abc-root.erofs"))
         );
         assert_eq!(unit_of(s, Path::new("/st/.cache/debs/x.deb")), None);
         assert_eq!(unit_of(s, Path::new("/elsewhere/x")), None);

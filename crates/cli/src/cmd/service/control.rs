@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use microvm_host::service::{detach, load_runner, record};
+use microvm_host::service::{adopted, detach, load_runner, record};
 use microvm_host::state::{StateDir, VmDir, VmState};
 use microvm_host::supervise::{request_shutdown, ShutdownAction};
 use microvm_spec::types::VmName;
@@ -41,23 +41,51 @@ pub(super) fn supervisor(vm: &VmDir) -> Option<u32> {
     detach::is_supervisor_of(pid, vm.name().as_str()).then_some(pid)
 }
 
+/// Cleans up after a supervisor of `vm` that died without doing it (`kill -9`), and says so.
+pub(super) fn recover_dead(vm: &VmDir) {
+    if let Some(r) =
+        microvm_host::service::recover::recover(vm, &microvm_host::net::NetHost::system())
+    {
+        eprintln!("microvm: {}", r.describe(vm.name().as_str()));
+    }
+}
+
 /// Starts the VM and waits until the guest is ready (or the start failed: then the log
 /// tail is printed and the supervisor stopped). Starting a running VM does nothing.
 pub fn start_one(state: &StateDir, name: &VmName) -> anyhow::Result<()> {
+    start_with(state, name, &[])
+}
+
+/// [`start_one`] with `extra` arguments for `microvm supervise` (`--incoming URI`).
+pub(super) fn start_with(
+    state: &StateDir,
+    name: &VmName,
+    extra: &[OsString],
+) -> anyhow::Result<()> {
     let vm = state.vm(name);
     vm.require()?;
+    if systemd() && !extra.is_empty() {
+        bail!("restoring or receiving a VM runs under microvm's own supervisor: set MICROVM_SERVICE_MANAGER=own");
+    }
     if systemd() {
         return systemctl("start", name);
     }
     let _lock = vm.lock(LOCK_TIMEOUT)?;
+    recover_dead(&vm);
     if let Some(pid) = supervisor(&vm) {
+        if !extra.is_empty() {
+            bail!("{name} is already running (supervisor pid {pid}); stop it first");
+        }
         eprintln!("microvm: {name} is already running (supervisor pid {pid})");
         return Ok(());
     }
     let log = vm.supervisor_log_path();
     let offset = std::fs::metadata(&log).map_or(0, |m| m.len());
+    // The status the last run left: a `failed` written in this same second by the run
+    // that was just stopped (restart) is not this start's failure.
+    let previous = vm.status().ok().flatten();
     let exe = std::env::current_exe().context("locating the microvm binary")?;
-    let args: Vec<OsString> = vec![
+    let mut args: Vec<OsString> = vec![
         "--state-dir".into(),
         state.root().into(),
         "supervise".into(),
@@ -65,24 +93,29 @@ pub fn start_one(state: &StateDir, name: &VmName) -> anyhow::Result<()> {
         "--restart".into(),
         "on-failure".into(),
     ];
+    args.extend_from_slice(extra);
     let mut child = detach::spawn_detached(&exe, &args, &log, vm.path())
         .with_context(|| format!("starting the supervisor of {name}"))?;
     let pid = child.id();
     let started = microvm_host::state::now();
     let end = Instant::now() + START_TIMEOUT;
+    let mut ours = false; // seen a state written by this supervisor
     let failure = loop {
         if let Ok(Some(status)) = child.try_wait() {
             break format!("its supervisor exited with {status}");
         }
-        match vm.status().ok().flatten().map(|s| s.state) {
+        let now = vm.status().ok().flatten();
+        let fresh = now != previous;
+        match now.map(|s| s.state) {
             Some(VmState::Running { supervisor_pid, .. }) if supervisor_pid == pid => {
                 eprintln!("microvm: {name} is running (supervisor pid {pid})");
                 return Ok(());
             }
-            Some(VmState::Failed { since, reason, .. }) if since >= started => {
+            Some(VmState::Failed { since, reason, .. }) if since >= started && (ours || fresh) => {
                 break reason;
             }
-            _ => {}
+            Some(s) => ours |= s.supervisor_pid() == Some(pid),
+            None => {}
         }
         if Instant::now() >= end {
             break format!(
@@ -110,6 +143,7 @@ pub fn stop_one(state: &StateDir, name: &VmName, timeout: Duration) -> anyhow::R
         return systemctl("stop", name);
     }
     let _lock = vm.lock(LOCK_TIMEOUT)?;
+    recover_dead(&vm);
     let Some(pid) = supervisor(&vm) else {
         return Ok(());
     };
@@ -148,16 +182,7 @@ pub fn shutdown_one(state: &StateDir, name: &VmName, timeout: Duration) -> anyho
         .booted()
         .or(rec.runner.clone())
         .context("no booted runner")?;
-    let inv = load_runner(&runner)?.invocation;
-    match request_shutdown(&inv.shutdown, vm.path(), &inv.program) {
-        Ok(ShutdownAction::Requested) => {}
-        Ok(ShutdownAction::Signal(sig)) => {
-            if let Some(hv) = rec.hypervisor_pid {
-                detach::signal(hv as i32, sig);
-            }
-        }
-        Err(e) => bail!("cannot ask {name} to power off: {e}"),
-    }
+    request_power_off(name, &vm, &runner, &rec, timeout)?;
     if detach::wait_gone(alive, timeout) {
         Ok(())
     } else {
@@ -165,6 +190,43 @@ pub fn shutdown_one(state: &StateDir, name: &VmName, timeout: Duration) -> anyho
             "{name} did not power off within {} s (still running; `microvm stop` forces)",
             timeout.as_secs()
         )
+    }
+}
+
+/// Asks the guest of `runner` to power off: the hypervisor's graceful method, or an
+/// adopted runner's own `bin/microvm-shutdown` (as the user the hypervisor runs as).
+fn request_power_off(
+    name: &VmName,
+    vm: &VmDir,
+    runner: &Path,
+    rec: &record::RunRecord,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    if adopted::is_adopted(runner) {
+        let user = microvm_host::privilege::lookup_user(&rec.user)
+            .ok()
+            .flatten()
+            .filter(|c| c.uid != 0)
+            .map(|c| (c.uid, c.gid));
+        return match adopted::shutdown(runner, vm.path(), user, timeout) {
+            Ok(true) => Ok(()),
+            Ok(false) => bail!(
+                "{name} runs an adopted runner without bin/microvm-shutdown: it has no graceful \
+                 way to power off (`microvm stop {name}` sends SIGTERM)"
+            ),
+            Err(e) => bail!("cannot ask {name} to power off: {e}"),
+        };
+    }
+    let inv = load_runner(runner)?.invocation;
+    match request_shutdown(&inv.shutdown, vm.path(), &inv.program) {
+        Ok(ShutdownAction::Requested) => Ok(()),
+        Ok(ShutdownAction::Signal(sig)) => {
+            if let Some(hv) = rec.hypervisor_pid {
+                detach::signal(hv as i32, sig);
+            }
+            Ok(())
+        }
+        Err(e) => bail!("cannot ask {name} to power off: {e}"),
     }
 }
 

@@ -25,6 +25,9 @@ struct Report<'a> {
 }
 
 pub fn status(vm: &VmDir, json: bool) -> anyhow::Result<i32> {
+    if microvm_host::privilege::is_root() {
+        super::control::recover_dead(vm);
+    }
     let status = vm.live_status()?;
     let rec = record::read(vm);
     let live = status.as_ref().is_some_and(|s| s.state.is_live());
@@ -117,8 +120,9 @@ pub fn logs(vm: &VmDir, follow: bool, lines: Option<usize>) -> anyhow::Result<i3
     let mut offsets = Vec::new();
     let mut out = std::io::stdout().lock();
     for f in &files {
-        let text = std::fs::read(f).unwrap_or_default();
-        offsets.push(text.len() as u64);
+        // The tail only: a log is never read whole into memory.
+        let (text, len) = tail_of(f, n);
+        offsets.push(len);
         if text.is_empty() {
             continue;
         }
@@ -153,6 +157,29 @@ pub fn logs(vm: &VmDir, follow: bool, lines: Option<usize>) -> anyhow::Result<i3
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The last bytes of `path`, enough for `lines` lines of up to 4 KiB (at most 16 MiB),
+/// starting at a line; and the offset it read up to.
+fn tail_of(path: &Path, lines: usize) -> (Vec<u8>, u64) {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return (Vec::new(), 0);
+    };
+    let len = f.metadata().map_or(0, |m| m.len());
+    let want = (lines as u64)
+        .saturating_mul(4096)
+        .clamp(64 << 10, 16 << 20);
+    let start = len.saturating_sub(want);
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(start)).is_ok() {
+        let _ = f.take(want).read_to_end(&mut buf);
+    }
+    let end = start + buf.len() as u64;
+    if start > 0 {
+        let cut = buf.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+        buf.drain(..cut);
+    }
+    (buf, end)
 }
 
 fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {

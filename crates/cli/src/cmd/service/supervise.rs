@@ -15,18 +15,38 @@ use crate::cli::SuperviseArgs;
 
 pub fn supervise(state_root: &Path, args: &SuperviseArgs) -> anyhow::Result<i32> {
     let (_, _, vm) = super::vm_dir(state_root, &args.name)?;
+    // Detached (`microvm start`): our output is supervisor.log; rotate it like console.log.
+    let output = service::logpipe::rotate_own_output(
+        &vm.supervisor_log_path(),
+        microvm_host::console::DEFAULT_LOG_LIMIT,
+    )
+    .ok()
+    .flatten();
     let mode: RestartMode = args
         .restart
         .parse()
         .map_err(|e: String| anyhow::anyhow!(e))?;
-    run(
+    let incoming = match &args.incoming {
+        Some(uri) => Some(uri.parse().map_err(anyhow::Error::new)?),
+        None => None,
+    };
+    let result = run(
         &vm,
         &args.user,
         RestartPolicy::new(mode),
         ConsoleMode::Pty,
         Duration::from_secs(args.shutdown_timeout),
-        Duration::from_secs(args.ready_timeout),
-    )
+        (Duration::from_secs(args.ready_timeout), incoming),
+    );
+    match (result, output) {
+        // The error must reach the log before the pipe closes.
+        (Err(e), Some(output)) => {
+            let code = crate::exit::report(&e);
+            drop(output);
+            Err(crate::exit::Reported(code).into())
+        }
+        (result, _) => result,
+    }
 }
 
 /// `microvm run NAME`: `Some` when `arg` is not a file but names a managed VM.
@@ -50,7 +70,7 @@ pub fn run_managed(
         RestartPolicy::new(RestartMode::No),
         ConsoleMode::Inherit,
         shutdown_timeout,
-        Duration::from_secs(150),
+        (Duration::from_secs(150), None),
     ))
 }
 
@@ -60,9 +80,10 @@ fn run(
     restart: RestartPolicy,
     console: ConsoleMode,
     shutdown_timeout: Duration,
-    ready_timeout: Duration,
+    (ready_timeout, incoming): (Duration, Option<microvm_host::migrate::Incoming>),
 ) -> anyhow::Result<i32> {
-    let run_user = privilege::resolve_run_user(Some(user))?;
+    let user = run_user_name(user, vm);
+    let run_user = privilege::resolve_run_user(Some(&user))?;
     let stop = StopHandle::default();
     service::forward_signals(&stop).context("installing the SIGINT/SIGTERM handlers")?;
     let opts = ManagedOptions {
@@ -75,6 +96,7 @@ fn run(
         console_log_limit: microvm_host::console::DEFAULT_LOG_LIMIT,
         path_var: std::env::var_os("PATH"),
         stop,
+        incoming,
     };
     let name = vm.name().to_string();
     let dir = vm.path().to_path_buf();
@@ -84,6 +106,25 @@ fn run(
     let mut report = |line: &str| eprintln!("{} microvm: {name}: {line}", clock());
     let code = service::supervise(vm, &opts, &mut prepare, &mut report)?;
     Ok(code)
+}
+
+/// The user the hypervisor runs as: `--user`/`$MICROVM_USER` when it names someone other
+/// than the default, else the definition's `user` (microvm.nix's `microvm.user`; one user
+/// per VM keeps a compromised hypervisor away from the other VMs' disks), else the default.
+fn run_user_name(cli: &str, vm: &VmDir) -> String {
+    if cli != privilege::DEFAULT_USER {
+        return cli.to_string();
+    }
+    definition_user(vm).unwrap_or_else(|| cli.to_string())
+}
+
+fn definition_user(vm: &VmDir) -> Option<String> {
+    #[derive(Deserialize)]
+    struct UserView {
+        user: Option<String>,
+    }
+    let bytes = std::fs::read(vm.current()?.join("share/microvm/config.json")).ok()?;
+    serde_json::from_slice::<UserView>(&bytes).ok()?.user
 }
 
 /// `HH:MM:SS` (UTC) for log lines.
@@ -122,4 +163,27 @@ fn ensure_volumes(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_definitions_user_wins_over_the_default_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runner = dir.path().join("runner");
+        std::fs::create_dir_all(runner.join("share/microvm")).expect("mkdir");
+        let name = "u1".parse().expect("name");
+        let vm = VmDir::at(&name, dir.path().join("u1"));
+        std::fs::create_dir_all(vm.path()).expect("mkdir");
+        vm.set_current(&runner).expect("current");
+        let config = runner.join("share/microvm/config.json");
+        std::fs::write(&config, r#"{"user": null, "volumes": []}"#).expect("w");
+        assert_eq!(run_user_name("microvm", &vm), "microvm");
+        std::fs::write(&config, r#"{"user": "vm-u1", "volumes": []}"#).expect("w");
+        assert_eq!(run_user_name("microvm", &vm), "vm-u1");
+        assert_eq!(run_user_name("root", &vm), "root");
+        assert_eq!(run_user_name("other", &vm), "other");
+    }
 }

@@ -221,10 +221,12 @@ pub(super) fn apply(
 
     let root = stage.canon_root.clone();
     let mut created: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut budget = tarball::Budget::default();
     for entry in archive.entries().map_err(|e| tar_err("", e))? {
         let mut entry = entry.map_err(|e| tar_err("<header>", e))?;
         let name = entry.path().map_err(|e| tar_err("<path>", e))?.into_owned();
         let shown = name.display().to_string();
+        budget.take(blob, &shown, entry.size())?;
         let unsafe_entry = || RootfsError::UnsafeEntry {
             tarball: blob.to_owned(),
             entry: shown.clone(),

@@ -1,0 +1,453 @@
+//! MicroVMs across hosts (docs/cluster.md), with real qemu (TCG) guests:
+//! `microvm snapshot` + `start --from-snapshot` on one host, `microvm migrate` between two
+//! "hosts" (two network namespaces joined by a veth pair, each with its own state
+//! directory; the store and the volume image are shared storage both see), and qemu's
+//! image lock refusing a second writer.
+//!
+//! The guest is the service tests' busybox root: its rcS appends `booted` to
+//! `/data/boots`, its shutdown script writes `clean` to `/data/shutdown`. One `booted`
+//! line after restore/migration and a clean stop on the far side = the guest never
+//! rebooted and its volume kept working. Prerequisites as in tests/service.rs.
+
+mod service_harness;
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Instant;
+
+use service_harness::*;
+
+/// A second "host": its own state directory (the VM's `current` points at the same
+/// store path, its `data.img` at the first host's image: shared storage) and netns.
+struct Peer {
+    state: tempfile::TempDir,
+    netns: String,
+    name: String,
+}
+
+impl Peer {
+    fn new(vm: &Vm, tag: &str) -> Peer {
+        let state = tempfile::Builder::new()
+            .prefix("i13-peer-")
+            .tempdir_in(work_dir())
+            .expect("tempdir");
+        let dir = state.path().join(&vm.name);
+        fs::create_dir_all(&dir).expect("vm dir");
+        let runner = fs::read_link(vm.vmdir().join("current")).expect("current");
+        std::os::unix::fs::symlink(runner, dir.join("current")).expect("current");
+        std::os::unix::fs::symlink(vm.vmdir().join("data.img"), dir.join("data.img"))
+            .expect("shared volume");
+        let netns = format!("mvt-{}-{tag}", std::process::id());
+        assert!(sh(&["ip", "netns", "add", &netns]).status.success());
+        let _ = sh(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
+        Peer {
+            state,
+            netns,
+            name: vm.name.clone(),
+        }
+    }
+
+    fn microvm(&self, args: &[&str]) -> Output {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.netns])
+            .arg(bin())
+            .arg("--state-dir")
+            .arg(self.state.path())
+            .args(args)
+            .env("PATH", path_var())
+            .env("MICROVM_SERVICE_MANAGER", "own")
+            .stdin(Stdio::null())
+            .output()
+            .expect("microvm");
+        eprintln!(
+            "$ [peer] microvm {} → {}\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn log(&self) -> String {
+        let d: PathBuf = self.state.path().join(&self.name);
+        fs::read_to_string(d.join("supervisor.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.microvm(&["stop", &self.name, "--timeout", "5"]);
+        let _ = sh(&["ip", "netns", "del", &self.netns]);
+    }
+}
+
+fn state_of(out: &Output) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["status"]["state"].as_str().unwrap_or("").to_string()
+}
+
+/// Cold boot → snapshot (the VM stops) → start from the snapshot (the guest resumes, no
+/// second boot) → graceful stop still works and reaches the volume.
+#[test]
+fn snapshot_then_restore_resumes_the_guest_without_a_reboot() {
+    let test = "snapshot_then_restore_resumes_the_guest_without_a_reboot";
+    if require(test, false).is_none() {
+        return;
+    }
+    let vm = Vm::new(test, "i13-snap", "");
+    let t = Instant::now();
+    vm.start();
+    let cold = t.elapsed();
+    let snap = vm.dir.path().join("vm.snapshot");
+    let out = vm.microvm(&[
+        "snapshot",
+        &vm.name,
+        snap.to_str().expect("utf-8 path"),
+        "--json",
+    ]);
+    assert!(out.status.success(), "snapshot\n{}", vm.logs());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["action"], "saved");
+    assert!(fs::metadata(&snap).expect("snapshot file").len() > 1024);
+    assert_ne!(vm.status_json()["status"]["state"], "running");
+
+    let t = Instant::now();
+    let out = vm.microvm(&[
+        "start",
+        &vm.name,
+        "--from-snapshot",
+        snap.to_str().expect("utf-8 path"),
+    ]);
+    let restore = t.elapsed();
+    assert!(out.status.success(), "restore\n{}", vm.logs());
+    assert_eq!(vm.status_json()["status"]["state"], "running");
+    eprintln!(
+        "MEASURED cold boot to ready {:.2} s, restore from snapshot {:.2} s ({:.2}x)",
+        cold.as_secs_f64(),
+        restore.as_secs_f64(),
+        restore.as_secs_f64() / cold.as_secs_f64()
+    );
+    // A snapshot onto an existing file is refused (nothing is overwritten).
+    let again = vm.microvm(&["snapshot", &vm.name, snap.to_str().expect("utf-8 path")]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && err.contains("cannot create"),
+        "{err}"
+    );
+    let out = vm.microvm(&["stop", &vm.name]);
+    assert!(out.status.success(), "stop\n{}", vm.logs());
+    assert_eq!(vm.volume_file("/shutdown").as_deref(), Some("clean"));
+    assert_eq!(
+        vm.volume_file("/boots").as_deref(),
+        Some("booted"),
+        "the guest booted once, the restore resumed it\n{}",
+        vm.logs()
+    );
+}
+
+/// Refusals that need no guest: a missing snapshot file, a bad target, a VM that is not
+/// running.
+#[test]
+fn snapshot_and_migrate_refuse_clearly() {
+    let test = "snapshot_and_migrate_refuse_clearly";
+    if require(test, false).is_none() {
+        return;
+    }
+    let vm = Vm::new(test, "i13-refuse", "");
+    let missing = vm.dir.path().join("none.snapshot");
+    let out = vm.microvm(&[
+        "start",
+        &vm.name,
+        "--from-snapshot",
+        missing.to_str().expect("utf-8 path"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("cannot open the snapshot"),
+        "{err}"
+    );
+    let out = vm.microvm(&["migrate", &vm.name, "--to", "nohost"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not a migration target"),
+        "{err}"
+    );
+    let out = vm.microvm(&["snapshot", &vm.name, missing.to_str().expect("utf-8 path")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is not running"),
+        "{err}"
+    );
+    let out = vm.microvm(&["start", &vm.name, "--incoming", "exec:sh"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not an incoming source"),
+        "{err}"
+    );
+}
+
+/// What cannot migrate is refused before anything starts: a virtiofs share (qemu 10's
+/// vhost-user-fs-device has no migration support). Other hypervisors cannot be built
+/// on this host without KVM; their refusal is a unit test in microvm-host's migrate.rs.
+#[test]
+fn restore_is_refused_for_a_virtiofs_share() {
+    let test = "restore_is_refused_for_a_virtiofs_share";
+    if require(test, false).is_none() {
+        return;
+    }
+    let share = work_dir().join("i13-share");
+    fs::create_dir_all(&share).expect("share dir");
+    let cases = [
+        (
+            "i13-fs",
+            String::new(),
+            format!("\n[[shares]]\nproto = \"virtiofs\"\ntag = \"i13share\"\nsource = {share:?}\nmountPoint = \"/share\"\n"),
+            "virtiofs share i13share cannot migrate",
+        ),
+    ];
+    for (name, top, tables, expect) in cases {
+        let vm = Vm::with_top(test, name, &top, &tables);
+        let snap = vm.dir.path().join("some.snapshot");
+        fs::write(&snap, b"x").expect("file");
+        let snap = snap.to_str().expect("utf-8 path");
+        let out = vm.microvm(&["start", &vm.name, "--from-snapshot", snap]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(expect),
+            "{name}: {err}"
+        );
+        assert!(vm.microvm(&["status", &vm.name, "--json"]).status.success());
+        assert_ne!(vm.status_json()["status"]["state"], "running");
+    }
+    let _ = fs::remove_dir(&share);
+}
+
+/// Host A runs the VM; host B (shared store and volume) cannot start it too (qemu's
+/// image lock); B waits with `--incoming`, A migrates over TCP between the namespaces,
+/// and the guest runs on B without having rebooted.
+#[test]
+fn migrate_between_two_hosts_and_refuse_a_second_writer() {
+    let test = "migrate_between_two_hosts_and_refuse_a_second_writer";
+    if require(test, false).is_none() {
+        return;
+    }
+    let vm = Vm::new(test, "i13-mig", "");
+    let peer = Peer::new(&vm, "i13b");
+    // veth between the two hosts' namespaces.
+    let (a, b) = ("i13va", "i13vb");
+    assert!(sh(&[
+        "ip",
+        "-n",
+        &vm.netns,
+        "link",
+        "add",
+        a,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b,
+        "netns",
+        &peer.netns
+    ])
+    .status
+    .success());
+    for (ns, dev, addr) in [
+        (&vm.netns, a, "10.213.0.1/24"),
+        (&peer.netns, b, "10.213.0.2/24"),
+    ] {
+        assert!(sh(&["ip", "-n", ns, "addr", "add", addr, "dev", dev])
+            .status
+            .success());
+        assert!(sh(&["ip", "-n", ns, "link", "set", dev, "up"])
+            .status
+            .success());
+    }
+    vm.start();
+
+    // Never two writers: B's qemu cannot take the image's write lock.
+    let out = peer.microvm(&["start", &vm.name]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a second writer started\n{}",
+        peer.log()
+    );
+    assert!(err.contains("lock"), "the refusal names the lock: {err}");
+    assert_eq!(
+        state_of(&vm.microvm(&["status", &vm.name, "--json"])),
+        "running"
+    );
+
+    let out = peer.microvm(&["start", &vm.name, "--incoming", "tcp:10.213.0.2:4713"]);
+    assert!(out.status.success(), "incoming\n{}", peer.log());
+    let t = Instant::now();
+    let out = vm.microvm(&["migrate", &vm.name, "--to", "10.213.0.2:4713", "--json"]);
+    assert!(
+        out.status.success(),
+        "migrate\n{}\n{}",
+        vm.logs(),
+        peer.log()
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    eprintln!(
+        "MEASURED migration of a 256 MiB guest: total {} ms, downtime {} ms (command {:.2} s)",
+        report["migration"]["totalMs"],
+        report["migration"]["downtimeMs"],
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(report["action"], "migrated");
+    assert_ne!(
+        state_of(&vm.microvm(&["status", &vm.name, "--json"])),
+        "running"
+    );
+    assert_eq!(
+        state_of(&peer.microvm(&["status", &vm.name, "--json"])),
+        "running"
+    );
+
+    let out = peer.microvm(&["stop", &vm.name]);
+    assert!(out.status.success(), "stop on B\n{}", peer.log());
+    assert_eq!(
+        vm.volume_file("/shutdown").as_deref(),
+        Some("clean"),
+        "{}",
+        peer.log()
+    );
+    assert_eq!(
+        vm.volume_file("/boots").as_deref(),
+        Some("booted"),
+        "{}",
+        peer.log()
+    );
+}
+
+/// Runs the OCF agent (scripts/ocf/microvm-vm) as Pacemaker would, with `OCF_RESKEY_*`
+/// parameters, inside the VM's namespace; returns its exit code and stdout.
+fn agent(vm: &Vm, action: &str, params: &[(&str, &str)]) -> (i32, String) {
+    let script = workspace().join("scripts/ocf/microvm-vm");
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &vm.netns])
+        .arg(&script)
+        .arg(action)
+        .env("PATH", path_var())
+        .env("MICROVM_SERVICE_MANAGER", "own")
+        .env("OCF_RESKEY_name", &vm.name)
+        .env("OCF_RESKEY_state_dir", vm.state())
+        .env("OCF_RESKEY_binary", bin())
+        .env("OCF_RESKEY_snapshot_dir", vm.dir.path())
+        .stdin(Stdio::null());
+    for (k, v) in params {
+        cmd.env(format!("OCF_RESKEY_{k}"), v);
+    }
+    let out = cmd.output().expect("agent");
+    let code = out.status.code().unwrap_or(-1);
+    eprintln!(
+        "$ ocf:microvm:vm {action} {params:?} → {code}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (code, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The resource agent's actions on a real VM: meta-data and validation, start/monitor
+/// (ready), migrate_to (snapshot on the shared directory; the VM stops), the no-op stop
+/// that follows a migration, migrate_from (resumed, no reboot), stop.
+#[test]
+fn ocf_agent_runs_starts_migrates_and_stops_a_vm() {
+    let test = "ocf_agent_runs_starts_migrates_and_stops_a_vm";
+    if require(test, false).is_none() {
+        return;
+    }
+    let vm = Vm::new(test, "i13-ocf", "");
+    let (code, xml) = agent(&vm, "meta-data", &[]);
+    assert_eq!(code, 0);
+    assert!(xml.contains("<resource-agent name=\"vm\"") && xml.contains("migrate_from"));
+    assert_eq!(agent(&vm, "validate-all", &[]).0, 0);
+    assert_eq!(agent(&vm, "validate-all", &[("name", "")]).0, 6);
+    assert_eq!(
+        agent(&vm, "validate-all", &[("binary", "/nonexistent/microvm")]).0,
+        5
+    );
+    assert_eq!(agent(&vm, "frobnicate", &[]).0, 3);
+
+    assert_eq!(agent(&vm, "monitor", &[]).0, 7, "not running yet");
+    assert_eq!(agent(&vm, "start", &[]).0, 0, "{}", vm.logs());
+    assert_eq!(agent(&vm, "monitor", &[]).0, 0);
+    assert_eq!(agent(&vm, "start", &[]).0, 0, "start is idempotent");
+    assert_eq!(agent(&vm, "migrate_to", &[]).0, 0, "{}", vm.logs());
+    assert_eq!(agent(&vm, "monitor", &[]).0, 7, "stopped after migrate_to");
+    assert_eq!(
+        agent(&vm, "stop", &[]).0,
+        0,
+        "stop after a migration is a no-op"
+    );
+    assert_eq!(agent(&vm, "migrate_from", &[]).0, 0, "{}", vm.logs());
+    assert_eq!(agent(&vm, "monitor", &[]).0, 0);
+    assert!(
+        !vm.dir.path().join("i13-ocf.snapshot").exists(),
+        "the snapshot is consumed"
+    );
+    assert_eq!(agent(&vm, "stop", &[]).0, 0, "{}", vm.logs());
+    assert_eq!(agent(&vm, "monitor", &[]).0, 7);
+    assert_eq!(agent(&vm, "stop", &[]).0, 0, "stop is idempotent");
+    assert_eq!(vm.volume_file("/shutdown").as_deref(), Some("clean"));
+    assert_eq!(vm.volume_file("/boots").as_deref(), Some("booted"));
+}
+
+/// A 3-node Pacemaker/Corosync cluster in namespaces (tests/cluster/pacemaker.sh) with
+/// the VM as an `ocf:microvm:vm` resource: it starts and is ready, a second node's start
+/// is refused by the image lock, `crm resource move` migrates it without a reboot, and
+/// after `kill -9` of every process of its node it is ready on another node.
+#[test]
+fn pacemaker_cluster_moves_and_fails_over_the_vm() {
+    let test = "pacemaker_cluster_moves_and_fails_over_the_vm";
+    if require(test, false).is_none() {
+        return;
+    }
+    let missing: Vec<&str> = [
+        "corosync",
+        "pacemakerd",
+        "crm",
+        "crm_resource",
+        "nsenter",
+        "unshare",
+    ]
+    .into_iter()
+    .filter(|p| find(p).is_none())
+    .collect();
+    if !missing.is_empty() || !std::path::Path::new("/usr/lib/ocf/resource.d").is_dir() {
+        let why = format!("pacemaker, corosync, crmsh or resource-agents missing ({missing:?})");
+        if std::env::var_os("CI").is_some() {
+            panic!("{test}: {why}");
+        }
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    let vm = Vm::new(test, "i13-pcmk", "");
+    vm.start(); // creates the volume image the nodes share
+    assert!(vm.microvm(&["stop", &vm.name]).status.success());
+    let runner = fs::read_link(vm.vmdir().join("current")).expect("current");
+    let work = vm.dir.path().join("cluster");
+    fs::create_dir_all(&work).expect("work dir");
+    let out = Command::new("bash")
+        .arg(workspace().join("crates/cli/tests/cluster/pacemaker.sh"))
+        .env("PATH", path_var())
+        .env("MICROVM", bin())
+        .env("AGENT", workspace().join("scripts/ocf/microvm-vm"))
+        .env("RUNNER", &runner)
+        .env("IMAGE", vm.vmdir().join("data.img"))
+        .env("VM", &vm.name)
+        .env("WORK", &work)
+        .env("TAG", format!("i13p{}", std::process::id() % 10000))
+        .stdin(Stdio::null())
+        .output()
+        .expect("pacemaker.sh");
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{err}");
+    assert!(
+        out.status.success() && err.contains("[cluster] PASS"),
+        "cluster test failed"
+    );
+}

@@ -1,0 +1,218 @@
+//! The generated units under a real systemd: a container whose PID 1 is systemd
+//! (`systemd-nspawn -D / --volatile=yes -b`: the host's own /usr, an empty /etc and /var
+//! on a tmpfs, the workspace bound at the same path, a private network), so it runs the
+//! same on hosts with and without systemd as PID 1 and changes nothing on the host.
+//! Inside it, `microvm host install` writes the units and creates the user;
+//! `systemctl start microvm@NAME` returns only once the guest is ready (`Type=notify`,
+//! the supervisor's `READY=1`), `systemctl stop` shuts the guest down gracefully (its
+//! shutdown marker is on its volume), `host apply` keeps `microvms.target`'s wants in
+//! step and starting the target starts the VM, and the journal has the supervisor's log.
+//!
+//! Prerequisites: those of tests/service.rs plus systemd-nspawn (systemd-container) and
+//! nsenter (util-linux); a missing one skips the test with a printed reason.
+
+mod service_harness;
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use service_harness::*;
+
+/// A booted container; powered off and reaped on drop.
+struct Container {
+    nspawn: Child,
+    init: u32,
+}
+
+impl Container {
+    fn boot(name: &str, binds: &[&Path]) -> Option<Container> {
+        let binds = binds.iter().map(|b| {
+            let mut arg = std::ffi::OsString::from("--bind=");
+            arg.push(b);
+            arg
+        });
+        let nspawn = Command::new("systemd-nspawn")
+            .args([
+                "-q",
+                "-D",
+                "/",
+                "--volatile=yes",
+                "--register=no",
+                "--keep-unit",
+            ])
+            .args(["-M", name, "--private-network", "--bind=/dev/net/tun"])
+            .args(binds)
+            .args(["--console=read-only", "-b"])
+            .args(["systemd.unit=basic.target", "systemd.firstboot=off"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("systemd-nspawn");
+        let mut c = Container { nspawn, init: 0 };
+        let found = wait_for("the container's init", Duration::from_secs(30), || {
+            c.init = child_of(c.nspawn.id()).unwrap_or(0);
+            c.init != 0
+        });
+        let running = found
+            && wait_for("systemd to be running", Duration::from_secs(60), || {
+                let out = c.exec(&["systemctl", "is-system-running"]);
+                let state = String::from_utf8_lossy(&out.stdout);
+                matches!(state.trim(), "running" | "degraded")
+            });
+        running.then_some(c)
+    }
+
+    /// `nsenter -t INIT -a ARGV…` (machinectl needs a host systemd).
+    fn exec(&self, argv: &[&str]) -> Output {
+        let out = Command::new("nsenter")
+            .args(["-t", &self.init.to_string(), "-a"])
+            .args(argv)
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::null())
+            .output()
+            .expect("nsenter");
+        eprintln!(
+            "[container] $ {} → {}\n{}{}",
+            argv.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn show(&self, unit: &str, property: &str) -> String {
+        let out = self.exec(&["systemctl", "show", "-P", property, unit]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.nspawn.id().to_string())
+            .status();
+        let _ = self.nspawn.wait();
+    }
+}
+
+/// The first child of `pid` (the container's PID 1 under nspawn).
+fn child_of(pid: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+#[test]
+fn systemd_units_start_notify_stop_and_log() {
+    let test = "systemd_units_start_notify_stop_and_log";
+    if require(test, false).is_none() {
+        return;
+    }
+    let absent: Vec<&str> = ["systemd-nspawn", "nsenter"]
+        .into_iter()
+        .filter(|p| find(p).is_none())
+        .collect();
+    if !absent.is_empty() || !Path::new("/usr/lib/systemd/systemd").is_file() {
+        eprintln!("SKIPPED {test}: missing {absent:?} or /usr/lib/systemd/systemd (systemd-container, util-linux)");
+        return;
+    }
+    let vm = Vm::new(test, "svc-sd", "");
+    let state = vm.state();
+    let state = state.to_string_lossy();
+    // The workspace, and the test kernels where they live (links may leave the workspace).
+    let kernels = kernel().canonicalize().expect("kernel");
+    let kernels = kernels.parent().expect("kernel dir");
+    let name = format!("mvt-{}", std::process::id());
+    let Some(ct) = Container::boot(&name, &[&workspace(), kernels]) else {
+        panic!("{test}: the container did not boot");
+    };
+    let microvm = bin().to_string_lossy().into_owned();
+    let out = ct.exec(&[&microvm, "--state-dir", &state, "host", "install"]);
+    assert!(out.status.success(), "host install in the container");
+    let unit = "microvm@svc-sd.service";
+    assert_eq!(ct.show(unit, "Type"), "notify");
+
+    // `host apply` keeps microvms.target's wants in step (and reloads systemd).
+    let def = vm.dir.path().join("vm.toml");
+    std::fs::write(vm.vmdir().join("source"), def.to_string_lossy().as_bytes()).expect("source");
+    let host = vm.dir.path().join("host.toml");
+    std::fs::write(&host, "[vms.svc-sd]\ndefinition = \"vm.toml\"\n").expect("host.toml");
+    let host = host.to_string_lossy();
+    let out = ct.exec(&[&microvm, "--state-dir", &state, "host", "apply", &host]);
+    assert!(out.status.success(), "host apply in the container");
+    assert!(
+        ct.show("microvms.target", "Wants").contains(unit),
+        "the target wants the VM"
+    );
+
+    // Type=notify: `systemctl start` returns once the supervisor said READY=1.
+    let out = ct.exec(&["systemctl", "start", unit]);
+    assert!(out.status.success(), "systemctl start\n{}", vm.logs());
+    assert_eq!(ct.show(unit, "ActiveState"), "active");
+    let st = ct.exec(&[
+        &microvm,
+        "--state-dir",
+        &state,
+        "status",
+        "svc-sd",
+        "--json",
+    ]);
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).expect("status json");
+    assert_eq!(st["status"]["state"], "running", "{st}");
+    assert_eq!(
+        ct.show(unit, "MainPID"),
+        st["status"]["supervisorPid"].to_string(),
+        "the unit's main process is the supervisor"
+    );
+    assert!(
+        wait_for("the guest's boot marker", Duration::from_secs(60), || vm
+            .volume_file("/boots")
+            .is_some()),
+        "{}",
+        vm.logs()
+    );
+
+    let out = ct.exec(&["systemctl", "stop", unit]);
+    assert!(out.status.success(), "systemctl stop");
+    assert_eq!(ct.show(unit, "ActiveState"), "inactive");
+    assert_eq!(
+        vm.volume_file("/shutdown").as_deref(),
+        Some("clean"),
+        "graceful stop\n{}",
+        vm.logs()
+    );
+    let st = ct.exec(&[
+        &microvm,
+        "--state-dir",
+        &state,
+        "status",
+        "svc-sd",
+        "--json",
+    ]);
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).expect("status json");
+    assert_eq!(st["status"]["state"], "stopped", "{st}");
+
+    // The target starts what it wants (what the boot does once it is enabled).
+    let out = ct.exec(&["systemctl", "start", "microvms.target"]);
+    assert!(out.status.success(), "systemctl start microvms.target");
+    assert!(
+        wait_for(
+            "the target to start the VM",
+            Duration::from_secs(150),
+            || { ct.show(unit, "ActiveState") == "active" }
+        ),
+        "{}",
+        vm.logs()
+    );
+    let out = ct.exec(&["systemctl", "stop", unit]);
+    assert!(out.status.success(), "systemctl stop");
+
+    let journal = ct.exec(&["journalctl", "-u", unit, "--no-pager", "-o", "cat"]);
+    let journal = String::from_utf8_lossy(&journal.stdout);
+    assert!(
+        journal.contains("ready") && journal.contains("ended: stopped on request"),
+        "journal: {journal}"
+    );
+}
