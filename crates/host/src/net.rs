@@ -517,7 +517,7 @@ mod tests {
             .create_tap(&tap("vm-j", false, Some("br9")), None)
             .expect("tap");
         assert_eq!(
-            log(dir.path())[1..],
+            log(dir.path())[2..],
             [
                 "link set vm-j mtu 9000",
                 "link set vm-j master br9",
