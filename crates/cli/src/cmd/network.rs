@@ -115,11 +115,11 @@ fn remove(nets: &Networks, args: &NetworkRemoveArgs) -> anyhow::Result<i32> {
 /// The taps of an unmanaged `microvm run FILE`, created as root like a managed VM's (up,
 /// on their bridge, multi-queue as planned) and removed when the returned links drop.
 /// Not root: nothing is created (the hypervisor opens taps the user made beforehand).
-pub fn create_taps(taps: &[TapSetup]) -> anyhow::Result<Option<Links>> {
+pub fn create_taps(vm: &str, taps: &[TapSetup]) -> anyhow::Result<Option<Links>> {
     if taps.is_empty() || !rustix::process::geteuid().is_root() {
         return Ok(None);
     }
-    let mut links = Links::new(NetHost::system());
+    let mut links = Links::for_vm(NetHost::system(), vm);
     for tap in taps {
         links
             .create_tap(tap, None)
