@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod network;
+pub use network::*;
+
 /// Declarative MicroVMs: validate a definition, see exactly how each hypervisor would run
 /// it, build its guest and boot it.
 #[derive(Debug, Parser)]
@@ -82,6 +85,9 @@ pub enum Command {
     /// Host-level setup: systemd units, and declarative hosts.
     #[command(subcommand)]
     Host(HostCommand),
+    /// Host networks for VMs' taps: bridge, NAT, DHCP and DNS.
+    #[command(subcommand)]
+    Network(NetworkCommand),
     /// Run a managed VM's supervisor in the foreground (what the service manager runs).
     #[command(hide = true)]
     Supervise(SuperviseArgs),
@@ -241,6 +247,10 @@ pub struct HostInstallArgs {
     /// Only write the units (no user, no state directory, no systemctl daemon-reload).
     #[arg(long)]
     pub units_only: bool,
+    /// Also create the default network: microvm0, 10.177.0.1/24, NAT, DHCP and DNS
+    /// (docs/network.md).
+    #[arg(long, conflicts_with = "units_only")]
+    pub network: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -10,6 +10,7 @@ pub mod console_channel;
 pub mod kvm;
 pub mod migrate;
 pub mod net;
+pub mod network;
 pub mod privilege;
 pub mod qmp;
 pub mod service;

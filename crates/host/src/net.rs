@@ -259,6 +259,14 @@ impl Links {
         self.created.push(name.to_string());
         self.tag(name)?;
         if let Some(bridge) = &tap.bridge {
+            // The tap takes the bridge's MTU (a smaller port would lower the bridge's).
+            let mtu = fs::read_to_string(self.host.class_net(bridge).join("mtu"));
+            if let Some(mtu) = mtu.ok().and_then(|m| m.trim().parse::<u32>().ok()) {
+                self.host.ip(
+                    &format!("set the MTU of tap {name} to bridge {bridge}'s"),
+                    &["link", "set", name, "mtu", &mtu.to_string()],
+                )?;
+            }
             self.host.ip(
                 &format!("attach tap {name} to bridge {bridge}"),
                 &["link", "set", name, "master", bridge],
@@ -496,6 +504,26 @@ mod tests {
             log(dir.path())
         );
         assert!(host.link_exists("veth0") && host.link_exists("vm-o"));
+    }
+
+    #[test]
+    fn a_bridged_tap_takes_the_bridges_mtu() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let host = fake_host(dir.path());
+        fs::create_dir_all(host.sysfs.join("class/net/br9")).expect("bridge");
+        fs::write(host.sysfs.join("class/net/br9/mtu"), "9000\n").expect("mtu");
+        let mut links = Links::new(host);
+        links
+            .create_tap(&tap("vm-j", false, Some("br9")), None)
+            .expect("tap");
+        assert_eq!(
+            log(dir.path())[2..],
+            [
+                "link set vm-j mtu 9000",
+                "link set vm-j master br9",
+                "link set vm-j up"
+            ]
+        );
     }
 
     #[test]

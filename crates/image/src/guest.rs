@@ -105,6 +105,7 @@ pub fn plan(config: &Config) -> GuestPlan {
                 gateways: n.gateways.clone(),
                 dns: n.dns.clone(),
                 mtu: n.mtu,
+                dhcp: n.dhcp,
             })
             .collect(),
         machine_id: Some(config.machine_id.replace('-', "")),

@@ -3,6 +3,7 @@
 //! on the host: the plan, superblock label probing, rtnetlink message encoding.
 #![forbid(unsafe_code)]
 
+pub mod dhcp;
 pub mod label;
 pub mod plan;
 pub mod rtnl;

@@ -137,6 +137,9 @@ pub struct NetPlan {
     /// Written to `/etc/resolv.conf` of the new root when not empty.
     pub dns: Vec<String>,
     pub mtu: Option<u32>,
+    /// Ask a DHCP server for an address, routes and name servers (the init's own client).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dhcp: bool,
 }
 
 /// The host channel. Lines of ASCII, one message each:

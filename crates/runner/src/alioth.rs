@@ -150,7 +150,7 @@ fn interfaces(out: &mut Out, aco: &mut Aco, config: &Config) {
         let net = match iface.kind {
             InterfaceType::Tap => {
                 // An interface name cannot hold ',' but may hold '='.
-                out.tap(iface.id.as_str(), config.vcpu > 1);
+                out.tap(iface, config.vcpu > 1);
                 let name = aco.value(iface.id.as_str());
                 format!(
                     "tap,if={name},mac={},mtu=1500,qp={}",

@@ -3,6 +3,8 @@
 //! renders every device kind in one function of its own (`store_disk`, `volumes`,
 //! `shares`, `interfaces`, `vsock`, `balloon`, `passthrough`) that writes into an [`Out`].
 
+use microvm_spec::config::Interface;
+
 use crate::{MacvtapFd, TapSetup};
 
 #[derive(Debug, Default)]
@@ -38,13 +40,14 @@ impl Out {
         }
     }
 
-    /// A tap the host creates before start (with `IFF_VNET_HDR`, not on a bridge).
-    pub(crate) fn tap(&mut self, name: &str, multi_queue: bool) {
+    /// A tap the host creates before start (with `IFF_VNET_HDR`, on the interface's
+    /// bridge when it names one).
+    pub(crate) fn tap(&mut self, iface: &Interface, multi_queue: bool) {
         self.taps.push(TapSetup {
-            name: name.to_owned(),
+            name: iface.id.to_string(),
             vnet_hdr: true,
             multi_queue,
-            bridge: None,
+            bridge: iface.bridge.clone(),
         });
     }
 

@@ -346,7 +346,7 @@ fn interfaces(out: &mut Out, config: &Config) -> Result<Vec<String>, PlanError> 
             .set_if(vcpu > 1, "num_queues", 2 * vcpu);
         let kv = match iface.kind {
             InterfaceType::Tap => {
-                out.tap(id, vcpu > 1);
+                out.tap(iface, vcpu > 1);
                 kv.set("tap", id)
             }
             InterfaceType::Macvtap => {

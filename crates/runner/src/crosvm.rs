@@ -264,7 +264,7 @@ fn interfaces(out: &mut Out, config: &Config) -> Result<(), PlanError> {
     for iface in &config.interfaces {
         let backend = match iface.kind {
             InterfaceType::Tap => {
-                out.tap(iface.id.as_str(), false);
+                out.tap(iface, false);
                 format!("tap-name={}", kv_value("interface id", iface.id.as_str())?)
             }
             InterfaceType::Macvtap => {

@@ -285,7 +285,7 @@ fn interfaces(out: &mut Out, config: &Config) -> Result<Vec<Value>, PlanError> {
                 iface.kind.name()
             )));
         }
-        out.tap(iface.id.as_str(), false);
+        out.tap(iface, false);
         ifaces.push(json!({
             "iface_id": api_id(iface.id.as_str(), &mut taken),
             "host_dev_name": iface.id.as_str(),

@@ -124,7 +124,7 @@ fn interfaces(out: &mut Out, config: &Config) -> Result<(), PlanError> {
             InterfaceType::User => format!("mode=user,guest_mac={mac}"),
             InterfaceType::Tap => {
                 no_chars("interface id", iface.id.as_str(), &[',', '='])?;
-                out.tap(iface.id.as_str(), false);
+                out.tap(iface, false);
                 format!("mode=tap,tapif={},guest_mac={mac}", iface.id)
             }
             InterfaceType::Macvtap => {

@@ -34,6 +34,8 @@ mod kvmtool;
 mod qemu;
 mod stratovirt;
 #[cfg(test)]
+mod tap_bridge_tests;
+#[cfg(test)]
 mod testutil;
 mod virtiofsd;
 

@@ -204,7 +204,7 @@ fn interfaces(out: &mut Out, config: &Config) -> Result<(), PlanError> {
         let id = value("interface id", iface.id.as_str())?;
         let backend = match iface.kind {
             InterfaceType::Tap => {
-                out.tap(iface.id.as_str(), multi_queue);
+                out.tap(iface, multi_queue);
                 format!("ifname={id}")
             }
             InterfaceType::Macvtap => {

@@ -369,6 +369,8 @@ pub struct StaticNetwork {
     pub gateways: Vec<String>,
     pub dns: Vec<String>,
     pub mtu: Option<u32>,
+    /// Configure the interface by DHCP (the guest init's client, or networkd).
+    pub dhcp: bool,
 }
 
 impl Config {

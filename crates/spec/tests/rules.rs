@@ -60,8 +60,9 @@ fn bridge_interface_without_bridge() {
 
 #[test]
 fn bridge_option_on_a_non_bridge_interface() {
+    // A tap may join a bridge (extension, #247); a user interface may not.
     let e = one_error(
-        &format!("[[interfaces]]\n{TAP}id = \"vm-a\"\nmac = \"02:00:00:00:00:01\"\nbridge = \"br0\"\n"),
+        "[[interfaces]]\ntype = \"user\"\nid = \"vm-a\"\nmac = \"02:00:00:00:00:01\"\nbridge = \"br0\"\n",
         "MicroVM vm1: interface vm-a is not of type \"bridge\" and therefore shouldn't have a \"bridge\" option defined.",
         5,
     );
@@ -78,6 +79,21 @@ fn bridge_interface_with_bridge_is_fine() {
     let (loaded, warnings) = loads(&path);
     assert!(warnings.is_empty(), "{warnings:#?}");
     assert_eq!(loaded.config.interfaces[0].bridge.as_deref(), Some("br0"));
+}
+
+#[test]
+fn tap_with_bridge_is_fine() {
+    let dir = Dir::new();
+    let path = dir.write(
+        "vm1.toml",
+        &format!("[[interfaces]]\n{TAP}id = \"vm-a\"\nmac = \"02:00:00:00:00:01\"\nbridge = \"microvm0\"\n"),
+    );
+    let (loaded, warnings) = loads(&path);
+    assert!(warnings.is_empty(), "{warnings:#?}");
+    assert_eq!(
+        loaded.config.interfaces[0].bridge.as_deref(),
+        Some("microvm0")
+    );
 }
 
 #[test]

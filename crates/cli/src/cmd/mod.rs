@@ -8,6 +8,7 @@ mod common;
 mod generate;
 pub mod kernel;
 mod manage;
+mod network;
 mod plan;
 mod run;
 mod service;
@@ -40,6 +41,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Status(args) => service::status(&cli.state_dir, &args),
         Command::Logs(args) => service::logs(&cli.state_dir, &args),
         Command::Console(args) => service::console(&cli.state_dir, &args),
+        Command::Network(cmd) => network::run(&cli.state_dir, cmd),
         Command::Balloon(args) => balloon::run(&cli.state_dir, &args),
         Command::Supervise(args) => service::supervise(&cli.state_dir, &args),
     }

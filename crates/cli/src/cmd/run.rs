@@ -46,6 +46,7 @@ pub fn run(args: &RunArgs, state_dir: &Path) -> anyhow::Result<i32> {
         opts.console = Console::Log(absolute(log, &workdir));
     }
     let name = config.name.to_string();
+    let _links = super::network::create_taps(&name, &runner.invocation.taps)?;
     let outcome = supervise::run_foreground_with(&runner.invocation, &opts, |p| report(&name, p))
         .with_context(|| format!("running {name}"))?;
     Ok(outcome.exit_code())

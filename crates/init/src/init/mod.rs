@@ -3,6 +3,7 @@
 pub mod console;
 pub mod control;
 pub mod devices;
+pub mod dhcp;
 pub mod exec;
 pub mod fail;
 pub mod modules;

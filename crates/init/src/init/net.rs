@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use microvm_init::dhcp::Reply;
 use microvm_init::plan::NetPlan;
 use microvm_init::rtnl::{self, Cidr};
 use rustix::fd::OwnedFd;
@@ -39,6 +40,39 @@ pub fn configure(plan: &[NetPlan]) -> Result<(), Failure> {
                 .ctx(|| format!("gateway {gateway:?} of {name}"))?;
             link.request(|seq| rtnl::default_route(seq, index, &gw))
                 .ctx(|| format!("add default route via {gateway} on {name}"))?;
+        }
+        if net.dhcp {
+            apply_lease(&mut link, &name, index, &super::dhcp::acquire(&name, &mac)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// Configures a DHCP lease: address, default route, name servers and search domain.
+fn apply_lease(link: &mut Rtnl, name: &str, index: u32, lease: &Reply) -> Result<(), Failure> {
+    let cidr = Cidr {
+        addr: IpAddr::V4(lease.address),
+        prefix: lease.prefix.unwrap_or(24),
+    };
+    link.request(|seq| rtnl::addr_add(seq, index, &cidr))
+        .ctx(|| format!("add leased address {} to {name}", lease.address))?;
+    if let Some(gw) = lease.router {
+        link.request(|seq| rtnl::default_route(seq, index, &IpAddr::V4(gw)))
+            .ctx(|| format!("add default route via {gw} on {name}"))?;
+    }
+    if !lease.dns.is_empty() {
+        let mut text: String = lease
+            .dns
+            .iter()
+            .map(|s| format!("nameserver {s}\n"))
+            .collect();
+        if let Some(d) = &lease.domain {
+            text.push_str(&format!("search {d}\n"));
+        }
+        if !super::system::write_if_writable("/etc/resolv.conf", &text)? {
+            super::console::say(
+                "microvm-init: warning: read-only root: /etc/resolv.conf not written",
+            );
         }
     }
     Ok(())

@@ -45,7 +45,7 @@ pub fn configure(plan: &GuestPlan) -> Result<(), Failure> {
 
 /// Writes `path` (inside the new root), replacing a symlink there. `Ok(false)` when the
 /// root is read-only.
-fn write_if_writable(path: &str, content: &str) -> Result<bool, Failure> {
+pub(super) fn write_if_writable(path: &str, content: &str) -> Result<bool, Failure> {
     let full = format!("{NEW_ROOT}{path}");
     let _ = mounts::mkdir_p(std::path::Path::new(&format!("{NEW_ROOT}/etc")));
     if std::fs::symlink_metadata(&full).is_ok_and(|m| m.file_type().is_symlink()) {

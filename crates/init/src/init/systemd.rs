@@ -105,6 +105,9 @@ pub fn network_file(net: &NetPlan) -> String {
         let _ = write!(s, "[Link]\nMTUBytes={mtu}\n\n");
     }
     s.push_str("[Network]\nLinkLocalAddressing=no\nIPv6AcceptRA=no\nKeepConfiguration=static\n");
+    if net.dhcp {
+        s.push_str("DHCP=ipv4\n");
+    }
     for a in &net.addresses {
         let _ = writeln!(s, "Address={a}");
     }
@@ -141,10 +144,12 @@ mod tests {
             gateways: vec!["10.0.0.1".into()],
             dns: vec!["1.1.1.1".into()],
             mtu: Some(1400),
+            dhcp: true,
         };
         let text = network_file(&net);
         assert!(text.contains("[Match]\nMACAddress=02:00:00:00:00:01\n"));
         assert!(text.contains("MTUBytes=1400"));
+        assert!(text.contains("DHCP=ipv4\n"));
         assert!(text.contains("Address=10.0.0.2/24\nGateway=10.0.0.1\nDNS=1.1.1.1\n"));
     }
 

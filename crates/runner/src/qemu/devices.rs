@@ -141,7 +141,7 @@ pub(super) fn interfaces(a: &mut Args, ctx: &Ctx<'_>) -> Result<Net, PlanError> 
                     name: id.to_owned(),
                     vnet_hdr: true,
                     multi_queue: c.vcpu > 1,
-                    bridge: None,
+                    bridge: iface.bridge.clone(),
                 });
                 KvList::qemu("tap")
                     .set("id", id)

@@ -142,6 +142,7 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec, interfaces: &[Interface
                 gateways: n.gateways.clone(),
                 dns: n.dns.clone(),
                 mtu,
+                dhcp: n.dhcp.unwrap_or(false),
             });
         }
     }

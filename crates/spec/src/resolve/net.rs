@@ -50,7 +50,8 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec, hypervisor: Hypervisor)
             .map_or_else(|| p.to_string(), ToString::to_string);
         match (kind, &s.bridge) {
             (Some(InterfaceType::Bridge), None) => r.error(p.clone(), format!("MicroVM {}: interface {shown} is of type \"bridge\" but doesn't have a bridge to attach to defined.", r.vm)),
-            (Some(k), Some(_)) if k != InterfaceType::Bridge => r.error(p.key("bridge"), format!("MicroVM {}: interface {shown} is not of type \"bridge\" and therefore shouldn't have a \"bridge\" option defined.", r.vm)),
+            // A tap may name a bridge to join (an extension: microvm.nix refuses it, #247).
+            (Some(k), Some(_)) if k != InterfaceType::Bridge && k != InterfaceType::Tap => r.error(p.key("bridge"), format!("MicroVM {}: interface {shown} is not of type \"bridge\" and therefore shouldn't have a \"bridge\" option defined.", r.vm)),
             _ => {}
         }
         let macvtap = if kind == Some(InterfaceType::Macvtap) {

@@ -138,4 +138,6 @@ pub struct StaticNetworkSpec {
     #[serde(default)]
     pub dns: Vec<String>,
     pub mtu: Option<u64>,
+    /// Ask a DHCP server for an address (after the static ones, if any).
+    pub dhcp: Option<bool>,
 }

@@ -47,9 +47,12 @@ pub fn parse(text: &str, file: &Path) -> anyhow::Result<BTreeMap<VmName, Policy>
     let base = file.parent().unwrap_or(Path::new("/"));
     let mut out = BTreeMap::new();
     for (key, item) in doc.iter() {
+        if key == "networks" {
+            continue; // docs/network.md, cmd/network.rs
+        }
         if key != "vms" {
             bail!(
-                "{}: unknown key `{key}` (a host file has one table, `vms`)",
+                "{}: unknown key `{key}` (a host file has the tables `vms` and `networks`)",
                 file.display()
             );
         }
@@ -129,8 +132,17 @@ pub fn host_apply(state_root: &Path, args: &HostApplyArgs) -> anyhow::Result<i32
     let text =
         std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     let desired = parse(&text, &file)?;
+    let networks = crate::cmd::network::host_file_networks(&text, &file)?;
     let _host = ctx.state.lock(LOCK_TIMEOUT)?;
-    let mut actions = Vec::new();
+    let mut actions: Vec<Action> =
+        crate::cmd::network::apply_host_networks(state_root, &file, &networks, args.dry_run)?
+            .into_iter()
+            .map(|(name, action, detail)| Action {
+                name,
+                action,
+                detail,
+            })
+            .collect();
     for (name, policy) in &desired {
         let action = match apply_one(&ctx, &file, name, policy, args.dry_run) {
             Ok(a) => a,

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use microvm_host::network::{Networks, Tools};
 use microvm_host::state::{Status, VmDir};
 use serde::Serialize;
 
@@ -27,6 +28,8 @@ struct Entry {
     source: Option<PathBuf>,
     adopted: Option<PathBuf>,
     managed_by: Option<PathBuf>,
+    /// Leased addresses on microvm networks, `ADDRESS (NETWORK)` (docs/network.md).
+    addresses: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
@@ -40,6 +43,7 @@ pub fn list(state_root: &Path, args: &ListArgs) -> anyhow::Result<i32> {
         Some(ctx.open_store()?)
     };
     let host = super::host_facts()?;
+    let nets = Networks::new(state_root, Tools::system());
     let mut entries = Vec::new();
     for name in &names {
         let vm = ctx.state.vm(name);
@@ -63,6 +67,10 @@ pub fn list(state_root: &Path, args: &ListArgs) -> anyhow::Result<i32> {
                 None => "notBooted",
             }
         };
+        let addresses = current
+            .as_deref()
+            .map(|r| nets.addresses_of(r))
+            .unwrap_or_default();
         entries.push(Entry {
             name: name.to_string(),
             state,
@@ -73,6 +81,7 @@ pub fn list(state_root: &Path, args: &ListArgs) -> anyhow::Result<i32> {
             source: vm.source(),
             adopted: vm.runner_source(),
             managed_by: vm.managed_by(),
+            addresses,
             error,
         });
     }
@@ -140,6 +149,9 @@ fn line(e: &Entry, paint: Paint) -> String {
             s if s.is_live() => text.push_str(&format!(" [{}]", s.name())),
             _ => {}
         }
+    }
+    if !e.addresses.is_empty() {
+        text.push_str(&format!(" {}", e.addresses.join(", ")));
     }
     if let Some(err) = &e.error {
         text.push_str(&format!("\n  {err}"));

@@ -97,6 +97,9 @@ pub fn host_install(state_root: &Path, args: &HostInstallArgs) -> anyhow::Result
     } else {
         println!("systemd is not running here: `microvm start NAME` supervises VMs itself");
     }
+    if args.network {
+        crate::cmd::network::create_default(&state_root)?;
+    }
     Ok(OK)
 }
 

@@ -1,0 +1,288 @@
+//! Host networks: a Linux bridge with an IPv4 subnet, NAT to the uplink (nftables, one
+//! table per network) and DHCP + DNS (dnsmasq, one process per network), so that taps
+//! attached to the bridge reach each other by name and the outside world.
+//!
+//! Every part shells out to the real tool (`ip`, `nft`, `dnsmasq`) with argv. A network's
+//! record, dnsmasq's pid file and its lease file live in `<state>/.networks/NAME/`.
+//! [`apply`] is idempotent: it makes the host match the configuration, replacing what an
+//! earlier configuration of the same network left; [`remove`] leaves no link, rule,
+//! lease file or process behind.
+
+mod bridge;
+mod config;
+mod dnsmasq;
+mod leases;
+mod nat;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+pub use config::{Ipv4Subnet, NetworkConfig, NetworkName, DEFAULT_NETWORK, DEFAULT_SUBNET};
+pub use leases::Lease;
+
+/// Where a host's network tools are (names looked up on PATH, or paths).
+#[derive(Debug, Clone)]
+pub struct Tools {
+    pub ip: PathBuf,
+    pub nft: PathBuf,
+    pub dnsmasq: PathBuf,
+    /// `/sys`.
+    pub sysfs: PathBuf,
+    /// `/proc`.
+    pub procfs: PathBuf,
+}
+
+impl Tools {
+    pub fn system() -> Tools {
+        Tools {
+            ip: "ip".into(),
+            nft: "nft".into(),
+            dnsmasq: "dnsmasq".into(),
+            sysfs: "/sys".into(),
+            procfs: "/proc".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("cannot run {}", program.display())]
+    Spawn {
+        program: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot {what}: `{argv}` exited with {status}{}", if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
+    Command {
+        what: String,
+        argv: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("cannot {what} {}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid network: {0}")]
+    Invalid(String),
+    #[error("bridge {bridge} exists and was not created by microvm (its alias is {alias:?}); choose another bridge name or remove it")]
+    ForeignBridge { bridge: String, alias: String },
+    #[error("network {0} does not exist")]
+    NotFound(String),
+    #[error("dnsmasq of network {name} did not start: {log}")]
+    DnsmasqStart { name: String, log: String },
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> NetworkError {
+    let path = path.to_path_buf();
+    move |source| NetworkError::Io { what, path, source }
+}
+
+/// Runs a tool; on failure the error shows the exact argv and its stderr.
+fn run(
+    program: &Path,
+    what: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String, NetworkError> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let spawn_err = |source| NetworkError::Spawn {
+        program: program.to_path_buf(),
+        source,
+    };
+    let mut child = cmd.spawn().map_err(spawn_err)?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes()).map_err(spawn_err)?;
+    }
+    let out = child.wait_with_output().map_err(spawn_err)?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    Err(NetworkError::Command {
+        what: what.to_string(),
+        argv: format!("{} {}", program.display(), args.join(" ")),
+        status: out.status,
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    })
+}
+
+/// The networks of one state directory: `<state>/.networks/NAME/`.
+#[derive(Debug, Clone)]
+pub struct Networks {
+    root: PathBuf,
+    tools: Tools,
+}
+
+/// A network as `list` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkStatus {
+    #[serde(flatten)]
+    pub config: NetworkConfig,
+    /// Whether the bridge exists.
+    pub bridge_up: bool,
+    /// dnsmasq's pid when it runs.
+    pub dnsmasq_pid: Option<u32>,
+    pub leases: Vec<Lease>,
+}
+
+impl Networks {
+    pub fn new(state_root: &Path, tools: Tools) -> Networks {
+        Networks {
+            root: state_root.join(".networks"),
+            tools,
+        }
+    }
+
+    /// `<state>/.networks/NAME`.
+    pub fn dir(&self, name: &NetworkName) -> PathBuf {
+        self.root.join(name.as_str())
+    }
+
+    fn record_path(&self, name: &NetworkName) -> PathBuf {
+        self.dir(name).join("network.json")
+    }
+
+    /// The recorded configuration of a network, if it exists.
+    pub fn get(&self, name: &NetworkName) -> Result<Option<NetworkConfig>, NetworkError> {
+        let path = self.record_path(name);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| NetworkError::Invalid(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("read", &path)(e)),
+        }
+    }
+
+    /// The names of the recorded networks, sorted.
+    pub fn names(&self) -> Result<Vec<NetworkName>, NetworkError> {
+        let entries = match fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err("read", &self.root)(e)),
+        };
+        let mut names: Vec<NetworkName> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .filter(|n| self.record_path(n).exists())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Makes the host match `config`: bridge and address, NAT table, dnsmasq. Applying the
+    /// same configuration again changes nothing; a changed one replaces the old parts.
+    pub fn apply(&self, config: &NetworkConfig) -> Result<(), NetworkError> {
+        config.validate()?;
+        let dir = self.dir(&config.name);
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let old = self.get(&config.name)?;
+        if let Some(old) = old.as_ref().filter(|o| o.bridge != config.bridge) {
+            self.teardown(old)?;
+        }
+        bridge::ensure(&self.tools, config)?;
+        nat::apply(&self.tools, config)?;
+        let changed = old.as_ref() != Some(config);
+        let record = serde_json::to_vec_pretty(config).expect("serializable");
+        let path = self.record_path(&config.name);
+        fs::write(&path, record).map_err(io_err("write", &path))?;
+        dnsmasq::ensure(&self.tools, config, &dir, changed)
+    }
+
+    /// Removes a network: dnsmasq, the NAT table, the bridge, the lease file and record.
+    /// Removing a network that does not exist is an error; nothing else is.
+    pub fn remove(&self, name: &NetworkName) -> Result<(), NetworkError> {
+        let config = self
+            .get(name)?
+            .ok_or_else(|| NetworkError::NotFound(name.to_string()))?;
+        self.teardown(&config)?;
+        let dir = self.dir(name);
+        fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))
+    }
+
+    fn teardown(&self, config: &NetworkConfig) -> Result<(), NetworkError> {
+        dnsmasq::stop(&self.tools, &self.dir(&config.name))?;
+        nat::remove(&self.tools, config)?;
+        bridge::remove(&self.tools, config)
+    }
+
+    /// A network's state: bridge, dnsmasq, leases.
+    pub fn status(&self, name: &NetworkName) -> Result<NetworkStatus, NetworkError> {
+        let config = self
+            .get(name)?
+            .ok_or_else(|| NetworkError::NotFound(name.to_string()))?;
+        let dir = self.dir(name);
+        Ok(NetworkStatus {
+            bridge_up: self
+                .tools
+                .sysfs
+                .join("class/net")
+                .join(&config.bridge)
+                .exists(),
+            dnsmasq_pid: dnsmasq::running(&self.tools, &dir),
+            leases: leases::read(&dir.join(dnsmasq::LEASES))?,
+            config,
+        })
+    }
+
+    /// Records that a host file manages this network (`host apply` removes it when the
+    /// file no longer lists it).
+    pub fn set_managed_by(&self, name: &NetworkName, file: &Path) -> Result<(), NetworkError> {
+        let path = self.dir(name).join("managed-by");
+        fs::write(&path, file.as_os_str().as_encoded_bytes()).map_err(io_err("write", &path))
+    }
+
+    /// The host file that manages this network, if any.
+    pub fn managed_by(&self, name: &NetworkName) -> Option<PathBuf> {
+        let bytes = fs::read(self.dir(name).join("managed-by")).ok()?;
+        Some(PathBuf::from(String::from_utf8(bytes).ok()?))
+    }
+
+    /// The leased addresses of a VM whose runner is `runner` (matched by the MAC addresses
+    /// of its interfaces in `share/microvm/config.json`), as `ADDRESS (NETWORK)`.
+    pub fn addresses_of(&self, runner: &Path) -> Vec<String> {
+        let Some(macs) = runner_macs(runner) else {
+            return Vec::new();
+        };
+        let all = self.all_leases().unwrap_or_default();
+        all.into_iter()
+            .filter(|(_, l)| macs.iter().any(|m| m.eq_ignore_ascii_case(&l.mac)))
+            .map(|(n, l)| format!("{} ({n})", l.ip))
+            .collect()
+    }
+
+    /// The leases of every network (for `list`/`status` to find a VM's addresses).
+    pub fn all_leases(&self) -> Result<Vec<(NetworkName, Lease)>, NetworkError> {
+        let mut all = Vec::new();
+        for name in self.names()? {
+            for lease in leases::read(&self.dir(&name).join(dnsmasq::LEASES))? {
+                all.push((name.clone(), lease));
+            }
+        }
+        Ok(all)
+    }
+}
+
+/// The MAC addresses of a runner's interfaces (its resolved configuration, at most 1 MiB).
+fn runner_macs(runner: &Path) -> Option<Vec<String>> {
+    use std::io::Read as _;
+    let file = fs::File::open(runner.join("share/microvm/config.json")).ok()?;
+    let mut text = String::new();
+    file.take(1 << 20).read_to_string(&mut text).ok()?;
+    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let macs = config.get("interfaces")?.as_array()?.iter();
+    Some(
+        macs.filter_map(|i| Some(i.get("mac")?.as_str()?.to_string()))
+            .collect(),
+    )
+}
