@@ -5,6 +5,7 @@
 //!   anchor replaced it with the hotplug size by mistake).
 //! - `image_type=` on every disk (auto-detection is deprecated).
 //! - vsock and the systemd notify credential only when `vsock.cid` is set ([later]).
+//! - `--landlock` (the VMM sandboxed to its configuration's paths) for v40 on or unknown.
 //! - `--disk A B` for version ≥ 36 or unknown; `--disk A --disk B` for 30 ≤ v < 36
 //!   (argh), likewise `--fs`, `--net`, `--device`.
 //! - Graphics: the GPU device helper's `--wayland-sock` is
@@ -37,16 +38,28 @@ fn build(kv: KvList) -> Result<String, PlanError> {
     kv.build().map_err(|e| e.into_plan(HV))
 }
 
+/// The version the plan is for: configured, else detected; `None` means the newest.
+fn version(config: &Config, host: &HostFacts) -> Result<Option<Version>, PlanError> {
+    match &config.cloud_hypervisor.version {
+        Some(v) => v
+            .parse::<Version>()
+            .map(Some)
+            .map_err(|e| invalid(format!("cloud-hypervisor.version: {e}"))),
+        None => Ok(host.version_of(HV).copied()),
+    }
+}
+
 /// Whether several values go after one switch (`--disk A B`) or each gets its own.
-fn grouped_switches(config: &Config, host: &HostFacts) -> Result<bool, PlanError> {
-    let version = match &config.cloud_hypervisor.version {
-        Some(v) => Some(
-            v.parse::<Version>()
-                .map_err(|e| invalid(format!("cloud-hypervisor.version: {e}")))?,
-        ),
-        None => host.version_of(HV).copied(),
-    };
-    Ok(!matches!(version, Some(v) if v >= Version::new(30, 0, 0) && v < Version::new(36, 0, 0)))
+fn grouped_switches(version: Option<Version>) -> bool {
+    !matches!(version, Some(v) if v >= Version::new(30, 0, 0) && v < Version::new(36, 0, 0))
+}
+
+/// Whether to sandbox the VMM with Landlock (`--landlock`, v40 on): cloud-hypervisor
+/// then allows itself only the paths of its own configuration (kernel, initramfs, disks,
+/// sockets) from `vm_create` on. Nothing is hot-plugged into microvm's VMs, so no
+/// `--landlock-rules` are needed.
+fn landlock(version: Option<Version>) -> bool {
+    !matches!(version, Some(v) if v < Version::new(40, 0, 0))
 }
 
 fn push_multi(args: &mut Vec<String>, grouped: bool, switch: &str, values: Vec<String>) {
@@ -69,7 +82,8 @@ pub(crate) fn plan(
     artifacts: &Artifacts,
     host: &HostFacts,
 ) -> Result<Invocation, PlanError> {
-    let grouped = grouped_switches(config, host)?;
+    let version = version(config, host)?;
+    let grouped = grouped_switches(version);
     let mut out = Out::default();
     let mut pre_start = Vec::new();
     let mut helpers = virtiofsd_helpers(config, host, false);
@@ -83,6 +97,9 @@ pub(crate) fn plan(
     let kernel_cmdline = cmdline(prefix, config);
 
     base(&mut out, config, artifacts, &kernel_cmdline)?;
+    if landlock(version) {
+        out.flag("--landlock");
+    }
     platform(&mut out, config)?;
     let control_channel = vsock(&mut out, config, &mut pre_start)?;
     let disks = disks(config, artifacts)?;
@@ -395,7 +412,7 @@ mod tests {
             inv.args.join(" "),
             "--cpus boot=2 --watchdog --console null --serial tty --kernel $KERNEL/vmlinux \
              --initramfs $INITRD --cmdline earlyprintk=ttyS0 console=ttyS0 reboot=t panic=-1 init=/sbin/init \
-             --seccomp true --memory shared=on,size=512M \
+             --seccomp true --memory shared=on,size=512M --landlock \
              --disk image_type=raw,num_queues=2,path=$STORE,readonly=on \
              direct=off,image_type=raw,num_queues=2,path=var.img,readonly=off \
              --fs socket=vm1-virtiofs-home.sock,tag=home --api-socket vm1.sock \
@@ -424,6 +441,16 @@ mod tests {
             .contains("--disk image_type=raw,num_queues=2,path=$STORE,readonly=on --disk"));
         c.cloud_hypervisor.version = Some("x".into());
         assert!(plan(&c, &Artifacts::placeholders(), &host).is_err());
+    }
+
+    #[test]
+    fn landlock_from_version_40_or_unknown() {
+        let mut c = example();
+        assert!(line(&c, &HostFacts::reference()).contains(" --landlock "));
+        c.cloud_hypervisor.version = Some("40.0".into());
+        assert!(line(&c, &HostFacts::reference()).contains(" --landlock "));
+        c.cloud_hypervisor.version = Some("39.0".into());
+        assert!(!line(&c, &HostFacts::reference()).contains("--landlock"));
     }
 
     #[test]
