@@ -85,11 +85,18 @@ pub fn host_install(state_root: &Path, args: &HostInstallArgs) -> anyhow::Result
         format!("{}\n", unit_dir.display()),
     )
     .with_context(|| format!("writing {}", state_root.join(UNITS_RECORD).display()))?;
-    if let Some(agent) = super::ocf::install(Path::new(super::ocf::OCF_ROOT))? {
-        println!(
+    // An extra for Pacemaker hosts: a read-only /usr (an image-based host, a container
+    // sharing the host's /usr) leaves it out, and says so, rather than failing the install.
+    match super::ocf::install(Path::new(super::ocf::OCF_ROOT)) {
+        Ok(Some(agent)) => println!(
             "installed the Pacemaker resource agent ocf:microvm:vm ({})",
             agent.display()
-        );
+        ),
+        Ok(None) => {}
+        Err(e) => eprintln!(
+            "microvm: warning: the Pacemaker resource agent ocf:microvm:vm is not installed: {}",
+            crate::exit::chain_message(&e)
+        ),
     }
     if detach::systemd_running(Path::new("/")) {
         run("systemctl", &["daemon-reload"])?;
