@@ -7,6 +7,9 @@
 //! the supervisor's `READY=1`), `systemctl stop` shuts the guest down gracefully (its
 //! shutdown marker is on its volume), `host apply` keeps `microvms.target`'s wants in
 //! step and starting the target starts the VM, and the journal has the supervisor's log.
+//! The VM has `registerWithMachined`: while it runs, the container's systemd-machined
+//! knows it (class `vm`, the hypervisor as leader, the unit), a stop unregisters it, and
+//! `machinectl terminate` stops the unit.
 //!
 //! Prerequisites: those of tests/service.rs plus systemd-nspawn (systemd-container) and
 //! nsenter (util-linux); a missing one skips the test with a printed reason.
@@ -43,6 +46,13 @@ impl Container {
             ])
             .args(["-M", name, "--private-network", "--bind=/dev/net/tun"])
             .args(binds)
+            // The container's /usr is the host's, read-only: where Pacemaker is installed
+            // `host install` would write its OCF agent there.
+            .args(
+                Path::new("/usr/lib/ocf")
+                    .is_dir()
+                    .then_some("--tmpfs=/usr/lib/ocf"),
+            )
             .args(["--console=read-only", "-b"])
             .args(["systemd.unit=basic.target", "systemd.firstboot=off"])
             .stdin(Stdio::null())
@@ -98,6 +108,19 @@ impl Drop for Container {
     }
 }
 
+/// `machinectl show NAME` (the container's systemd-machined) as a map; `None` when
+/// machined knows no such machine.
+fn machined_show(ct: &Container, name: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    let out = ct.exec(&["machinectl", "show", name]);
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    })
+}
+
 /// The first child of `pid` (the container's PID 1 under nspawn).
 fn child_of(pid: u32) -> Option<u32> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
@@ -118,7 +141,7 @@ fn systemd_units_start_notify_stop_and_log() {
         eprintln!("SKIPPED {test}: missing {absent:?} or /usr/lib/systemd/systemd (systemd-container, util-linux)");
         return;
     }
-    let vm = Vm::new(test, "svc-sd", "");
+    let vm = Vm::with_top(test, "svc-sd", "registerWithMachined = true", "");
     let state = vm.state();
     let state = state.to_string_lossy();
     // The workspace, and the test kernels where they live (links may leave the workspace).
@@ -166,6 +189,33 @@ fn systemd_units_start_notify_stop_and_log() {
         st["status"]["supervisorPid"].to_string(),
         "the unit's main process is the supervisor"
     );
+    // registerWithMachined: the supervisor registered the hypervisor with machined.
+    let machine =
+        machined_show(&ct, "svc-sd").unwrap_or_else(|| panic!("not in machined\n{}", vm.logs()));
+    assert_eq!(
+        machine.get("Class").map(String::as_str),
+        Some("vm"),
+        "{machine:?}"
+    );
+    assert_eq!(
+        machine.get("Service").map(String::as_str),
+        Some("microvm"),
+        "{machine:?}"
+    );
+    assert_eq!(
+        machine.get("Leader"),
+        Some(&st["status"]["hypervisorPid"].to_string()),
+        "the leader is the hypervisor: {machine:?} {st}"
+    );
+    // The UUID is the machineId, derived from the name as microvm.nix does.
+    let digest = <sha2::Sha256 as sha2::Digest>::digest("microvm.nix:svc-sd");
+    let id: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    assert_eq!(machine.get("Id"), Some(&id), "{machine:?}");
+    assert_eq!(
+        machine.get("Unit").map(String::as_str),
+        Some(unit),
+        "{machine:?}"
+    );
     assert!(
         wait_for("the guest's boot marker", Duration::from_secs(60), || vm
             .volume_file("/boots")
@@ -193,6 +243,10 @@ fn systemd_units_start_notify_stop_and_log() {
     ]);
     let st: serde_json::Value = serde_json::from_slice(&st.stdout).expect("status json");
     assert_eq!(st["status"]["state"], "stopped", "{st}");
+    assert!(
+        machined_show(&ct, "svc-sd").is_none(),
+        "unregistered on stop"
+    );
 
     // The target starts what it wants (what the boot does once it is enabled).
     let out = ct.exec(&["systemctl", "start", "microvms.target"]);
@@ -206,13 +260,31 @@ fn systemd_units_start_notify_stop_and_log() {
         "{}",
         vm.logs()
     );
-    let out = ct.exec(&["systemctl", "stop", unit]);
-    assert!(out.status.success(), "systemctl stop");
+    // `machinectl terminate` stops the VM's unit.
+    assert!(machined_show(&ct, "svc-sd").is_some(), "registered again");
+    let out = ct.exec(&["machinectl", "terminate", "svc-sd"]);
+    assert!(out.status.success(), "machinectl terminate");
+    assert!(
+        wait_for(
+            "terminate to stop the unit",
+            Duration::from_secs(90),
+            || { ct.show(unit, "ActiveState") == "inactive" }
+        ),
+        "{}",
+        vm.logs()
+    );
+    assert!(
+        machined_show(&ct, "svc-sd").is_none(),
+        "unregistered on terminate"
+    );
 
     let journal = ct.exec(&["journalctl", "-u", unit, "--no-pager", "-o", "cat"]);
     let journal = String::from_utf8_lossy(&journal.stdout);
     assert!(
-        journal.contains("ready") && journal.contains("ended: stopped on request"),
+        journal.contains("ready")
+            && journal.contains("ended: stopped on request")
+            && journal.contains("registered with systemd-machined")
+            && !journal.contains("warning"),
         "journal: {journal}"
     );
 }

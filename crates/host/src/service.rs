@@ -6,6 +6,7 @@
 pub mod adopted;
 pub mod detach;
 pub mod logpipe;
+pub mod machined;
 pub mod managed;
 pub mod notify;
 pub mod pci;

@@ -1,7 +1,9 @@
 //! The runner's host scripts besides `microvm-run`/`microvm-shutdown`, for hosts that use
 //! microvm.nix's units: `macvtap-up`/`macvtap-down` (any macvtap interface), `pci-setup`
 //! (any PCI device) and `microvm-balloon SIZE_MB` (a balloon and a way to resize it; see
-//! [`balloon_control`], which the `microvm balloon` verb uses too).
+//! [`balloon_control`], which the `microvm balloon` verb uses too), and
+//! `microvm-register HYPERVISOR_PID`/`microvm-unregister` (`registerWithMachined`; the
+//! supervisor runs them under systemd).
 
 use std::fmt::Write as _;
 
@@ -62,7 +64,47 @@ pub fn scripts(config: &Config, inv: &Invocation) -> Vec<(&'static str, String)>
     if let Some(c) = balloon_control(config, inv) {
         out.push(("bin/microvm-balloon", balloon_script(&c)));
     }
+    if let Some((register, unregister)) = machined(config) {
+        out.push(("bin/microvm-register", register));
+        out.push(("bin/microvm-unregister", unregister));
+    }
     out
+}
+
+/// The busctl call prefix of systemd-machined's manager.
+const MACHINED: &str = "busctl call org.freedesktop.machine1 /org/freedesktop/machine1 org.freedesktop.machine1.Manager";
+
+/// `registerWithMachined`: `RegisterMachine` (`sayssus`: name, the machine id as 16
+/// bytes, service `microvm`, class `vm`, the hypervisor's pid as leader, no root
+/// directory) and `UnregisterMachine`, which every systemd with machined has.
+fn machined(config: &Config) -> Option<(String, String)> {
+    if !config.register_with_machined {
+        return None;
+    }
+    let hex: Vec<u8> = config.machine_id.bytes().filter(|b| *b != b'-').collect();
+    let bytes: Vec<String> = hex
+        .chunks(2)
+        .map(|p| {
+            std::str::from_utf8(p)
+                .ok()
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+        })
+        .map(|b| b.map(|b| b.to_string()))
+        .collect::<Option<_>>()?;
+    if bytes.len() != 16 {
+        return None;
+    }
+    let name = shell_quote(config.name.as_str());
+    let mut up = header("microvm-register");
+    let _ = writeln!(
+        up,
+        "case \"${{1:-}}\" in ''|*[!0-9]*) echo \"usage: microvm-register HYPERVISOR_PID\" >&2; exit 2;; esac\n\
+         {MACHINED} RegisterMachine sayssus {name} 16 {} microvm vm \"$1\" ''",
+        bytes.join(" ")
+    );
+    let mut down = header("microvm-unregister");
+    let _ = writeln!(down, "{MACHINED} UnregisterMachine s {name}");
+    Some((up, down))
 }
 
 fn header(what: &str) -> String {

@@ -9,7 +9,8 @@
 //! bin/tap-up, tap-down   tap interfaces (if any)
 //! bin/<name>             the definition's `binScripts` (replacing a generated one)
 //! bin/macvtap-up, -down  macvtap interfaces (if any), bin/pci-setup (PCI devices),
-//!                        bin/microvm-balloon (balloon); see [`crate::host_scripts`]
+//!                        bin/microvm-balloon (balloon), bin/microvm-register, -unregister
+//!                        (registerWithMachined); see [`crate::host_scripts`]
 //! share/microvm/         metadata: hypervisor, tap-interfaces, tap-flags, macvtap-interfaces,
 //!                        virtiofs/<tag>/{socket,source}, pci-devices, usb-devices, vsock-cid,
 //!                        system (with `systemSymlink`), and microvm's invocation.json

@@ -16,7 +16,10 @@ fn options_without_effect_warn() {
     );
     let (loaded, found) = loads(&path);
     for (start, line) in [
-        ("registerWithMachined is not implemented yet", 1),
+        (
+            "registerWithMachined registers the VM with systemd-machined",
+            1,
+        ),
         ("guest.enable = false has no effect", 3),
         ("optimize.enable = false has no effect", 5),
         ("vsock.ssh.enable is not implemented yet", 9),

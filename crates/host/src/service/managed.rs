@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use microvm_runner::Invocation;
 
 use super::record::{ExitRecord, HelperRecord, RunRecord};
-use super::{adopted, notify, pci, record};
+use super::{adopted, machined, notify, pci, record};
 use crate::console::{self, ConsoleConfig, ConsoleServer};
 use crate::net::{self, Links, MacvtapSetup, NetHost};
 use crate::privilege::Credentials;
@@ -515,6 +515,7 @@ fn run(
     let runner_dir = runner.dir.clone();
     // A restored guest reported READY before its snapshot: it runs once qemu does.
     let has_channel = inv.control_channel.is_some() && !incoming;
+    let mut machine = machined::Registration::new(runner.adopted);
     let result = supervise::run_foreground_with(inv, &ro, |p| {
         let running = |rec: &RunRecord| Status {
             state: VmState::Running {
@@ -524,8 +525,9 @@ fn run(
             },
             runner: Some(runner_dir.clone()),
         };
-        let ready = |rec: &RunRecord, notified: &mut bool| {
+        let mut ready = |rec: &RunRecord, notified: &mut bool, report: &mut dyn FnMut(&str)| {
             let _ = vm.write_status(&running(rec));
+            machine.register(&runner_dir, rec.hypervisor_pid, report);
             if !*notified {
                 *notified = true;
                 let _ = notify::notify("READY=1\nSTATUS=running");
@@ -543,14 +545,14 @@ fn run(
                 rec.hypervisor_pid = Some(*pid as u32);
                 report(&format!("{} started (pid {pid})", inv.program));
                 if !has_channel {
-                    ready(rec, notified);
+                    ready(rec, notified, report);
                 }
             }
             Progress::Ready { after, .. } => {
                 rec.ready = Some(now());
                 rec.ready_after_ms = Some(after.as_millis() as u64);
                 report(&format!("ready {:.2} s after start", after.as_secs_f64()));
-                ready(rec, notified);
+                ready(rec, notified, report);
             }
             Progress::ShutdownRequested { method } => {
                 report(&format!("shutting down ({method})"));
@@ -588,6 +590,7 @@ fn run(
         let _ = record::write(vm, rec);
     });
     drop(ro); // closes our copy of the pty slave: the console reader sees EOF
+    machine.unregister(&runner.dir, report);
     if let Some(s) = server {
         s.finish(Duration::from_secs(2));
     }

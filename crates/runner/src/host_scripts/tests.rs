@@ -117,3 +117,68 @@ fn balloon_control_per_hypervisor() {
     assert_eq!(balloon_control(&no_balloon, &inv), None);
     assert!(scripts(&no_balloon, &inv).is_empty());
 }
+
+/// Runs `body` with a `busctl` on PATH that prints its argv, one word a line.
+fn run_with_fake_busctl(body: &str, args: &[&str]) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = dir.path().join("busctl");
+    std::fs::write(&fake, "#!/bin/sh\nprintf '%s\\n' \"$@\"\n").expect("fake busctl");
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let path = format!("{}:/usr/bin:/bin", dir.path().display());
+    let out = std::process::Command::new("sh")
+        .args(["-c", body, "script"])
+        .args(args)
+        .env("PATH", path)
+        .output()
+        .expect("sh");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn machined_scripts_call_register_machine_with_the_id_bytes_and_pid() {
+    let mut c = example();
+    assert!(scripts_for(Hypervisor::Qemu, &c)
+        .iter()
+        .all(|(n, _)| !n.contains("register")));
+    c.register_with_machined = true;
+    c.machine_id = "00112233-4455-6677-8899-aabbccddeeff".into();
+    let s = scripts_for(Hypervisor::Qemu, &c);
+    let get = |n: &str| s.iter().find(|(p, _)| *p == n).expect(n).1.clone();
+    let (register, unregister) = (get("bin/microvm-register"), get("bin/microvm-unregister"));
+    assert_parses("register", &register);
+    assert_parses("unregister", &unregister);
+    let (ok, argv) = run_with_fake_busctl(&register, &["4242"]);
+    assert!(ok, "{register}");
+    let name = c.name.as_str();
+    let mut want = vec![
+        "call",
+        "org.freedesktop.machine1",
+        "/org/freedesktop/machine1",
+        "org.freedesktop.machine1.Manager",
+        "RegisterMachine",
+        "sayssus",
+        name,
+        "16",
+    ];
+    let bytes = ["0", "17", "34", "51", "68", "85", "102", "119"];
+    let bytes2 = ["136", "153", "170", "187", "204", "221", "238", "255"];
+    want.extend(bytes);
+    want.extend(bytes2);
+    want.extend(["microvm", "vm", "4242", ""]);
+    assert_eq!(argv.lines().collect::<Vec<_>>(), want);
+    // A pid is required, and only digits.
+    for bad in [&[][..], &["12x"][..], &[""][..]] {
+        assert!(!run_with_fake_busctl(&register, bad).0, "{bad:?}");
+    }
+    let (ok, argv) = run_with_fake_busctl(&unregister, &[]);
+    assert!(ok);
+    assert_eq!(
+        argv.lines().last().map(str::to_owned),
+        Some(name.to_owned())
+    );
+    assert!(argv.contains("UnregisterMachine\ns\n"), "{argv}");
+}

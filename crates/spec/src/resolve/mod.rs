@@ -596,7 +596,7 @@ fn warn_without_effect(r: &mut Resolver<'_>, spec: &Spec) {
     if spec.register_with_machined == Some(true) {
         r.warn(
             root.key("registerWithMachined"),
-            "registerWithMachined is not implemented yet: the VM is not registered with systemd-machined and does not appear in `machinectl list`",
+            "registerWithMachined registers the VM with systemd-machined (`machinectl list`) only where it runs as the `microvm@` unit of `microvm host install` on a host where systemd-machined runs; elsewhere it has no effect",
         );
     }
     if spec.vsock.ssh.enable == Some(true) {
