@@ -428,17 +428,15 @@ fn attempt(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run(
+/// The host side a boot needs before the hypervisor: the VM directory, pre-start steps,
+/// an adopted runner's set-up scripts, taps and macvtaps; the fds the hypervisor inherits.
+fn prepare_host(
     vm: &VmDir,
     runner: &Runner,
     opts: &ManagedOptions,
-    rec: &mut RunRecord,
-    notified: &mut bool,
     prepare: &mut Prepare<'_>,
-    report: &mut dyn FnMut(&str),
     links: &mut Links,
-) -> Result<RunOutcome, ServiceError> {
+) -> Result<Vec<PassFd>, ServiceError> {
     let inv = &runner.invocation;
     let creds = opts.run_user.as_ref();
     prepare_dir(vm.path(), creds)?;
@@ -456,7 +454,49 @@ fn run(
     for tap in &inv.taps {
         links.create_tap(tap, creds)?;
     }
-    let mut pass = open_macvtaps(runner, links, creds)?;
+    open_macvtaps(runner, links, creds)
+}
+
+/// The VM's serial console on a pty, served on `console.sock` and logged (`ConsoleMode::Pty`).
+fn start_console(
+    vm: &VmDir,
+    opts: &ManagedOptions,
+    ro: &mut RunOptions,
+) -> Result<Option<ConsoleServer>, ServiceError> {
+    if let ConsoleMode::Inherit = opts.console {
+        return Ok(None);
+    }
+    let pty = console::open_pty().map_err(ServiceError::Console)?;
+    let cfg = ConsoleConfig {
+        log: vm.console_log_path(),
+        log_limit: opts.console_log_limit,
+        socket: vm.path().join("console.sock"),
+        // Only root, unless the admin named a group (`<state>/console-group`).
+        socket_owner: vm
+            .path()
+            .parent()
+            .and_then(crate::trust::console_group)
+            .map(|g| (0, g)),
+    };
+    let server = ConsoleServer::start(pty.master, &cfg).map_err(ServiceError::Console)?;
+    ro.console = Console::Pty(SharedFd(std::sync::Arc::new(pty.slave)));
+    Ok(Some(server))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    vm: &VmDir,
+    runner: &Runner,
+    opts: &ManagedOptions,
+    rec: &mut RunRecord,
+    notified: &mut bool,
+    prepare: &mut Prepare<'_>,
+    report: &mut dyn FnMut(&str),
+    links: &mut Links,
+) -> Result<RunOutcome, ServiceError> {
+    let inv = &runner.invocation;
+    let creds = opts.run_user.as_ref();
+    let mut pass = prepare_host(vm, runner, opts, prepare, links)?;
     let restored;
     let (inv, incoming) = match (&opts.incoming, rec.attempt) {
         (Some(i), 1) => {
@@ -491,26 +531,7 @@ fn run(
     ro.umask = Some(0o077);
     ro.pass_fds = pass;
     ro.restart_helpers = Some(Default::default());
-    let server = match opts.console {
-        ConsoleMode::Inherit => None,
-        ConsoleMode::Pty => {
-            let pty = console::open_pty().map_err(ServiceError::Console)?;
-            let cfg = ConsoleConfig {
-                log: vm.console_log_path(),
-                log_limit: opts.console_log_limit,
-                socket: vm.path().join("console.sock"),
-                // Only root, unless the admin named a group (`<state>/console-group`).
-                socket_owner: vm
-                    .path()
-                    .parent()
-                    .and_then(crate::trust::console_group)
-                    .map(|g| (0, g)),
-            };
-            let server = ConsoleServer::start(pty.master, &cfg).map_err(ServiceError::Console)?;
-            ro.console = Console::Pty(SharedFd(std::sync::Arc::new(pty.slave)));
-            Some(server)
-        }
-    };
+    let server = start_console(vm, opts, &mut ro)?;
     let me = std::process::id();
     let runner_dir = runner.dir.clone();
     // A restored guest reported READY before its snapshot: it runs once qemu does.
