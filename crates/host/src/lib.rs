@@ -16,6 +16,7 @@ pub mod qmp;
 pub mod service;
 pub mod state;
 pub mod supervise;
+pub mod tool;
 pub mod trust;
 pub mod units;
 pub mod unixpath;

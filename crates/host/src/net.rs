@@ -14,7 +14,6 @@
 use std::fs;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use microvm_runner::TapSetup;
 
@@ -75,22 +74,8 @@ impl NetHost {
     }
 
     fn ip(&self, what: &str, args: &[&str]) -> Result<(), NetError> {
-        let out = Command::new(&self.ip)
-            .args(args)
-            .output()
-            .map_err(|source| NetError::Spawn {
-                program: self.ip.clone(),
-                source,
-            })?;
-        if out.status.success() {
-            return Ok(());
-        }
-        Err(NetError::Command {
-            what: what.to_string(),
-            argv: format!("{} {}", self.ip.display(), args.join(" ")),
-            status: out.status,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
+        crate::tool::run(&self.ip, what, args, None)?;
+        Ok(())
     }
 
     /// `ip link delete NAME`.
@@ -104,18 +89,8 @@ impl NetHost {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("cannot run {}", program.display())]
-    Spawn {
-        program: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot {what}: `{argv}` exited with {status}{}", if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
-    Command {
-        what: String,
-        argv: String,
-        status: std::process::ExitStatus,
-        stderr: String,
-    },
+    #[error(transparent)]
+    Tool(#[from] crate::tool::ToolError),
     #[error("cannot {what} {}", path.display())]
     Io {
         what: &'static str,

@@ -46,18 +46,8 @@ impl Tools {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
-    #[error("cannot run {}", program.display())]
-    Spawn {
-        program: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot {what}: `{argv}` exited with {status}{}", if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
-    Command {
-        what: String,
-        argv: String,
-        status: std::process::ExitStatus,
-        stderr: String,
-    },
+    #[error(transparent)]
+    Tool(#[from] crate::tool::ToolError),
     #[error("cannot {what} {}", path.display())]
     Io {
         what: &'static str,
@@ -86,33 +76,7 @@ fn run(
     args: &[&str],
     stdin: Option<&str>,
 ) -> Result<String, NetworkError> {
-    use std::io::Write as _;
-    use std::process::{Command, Stdio};
-    let mut cmd = Command::new(program);
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
-    let spawn_err = |source| NetworkError::Spawn {
-        program: program.to_path_buf(),
-        source,
-    };
-    let mut child = cmd.spawn().map_err(spawn_err)?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes()).map_err(spawn_err)?;
-    }
-    let out = child.wait_with_output().map_err(spawn_err)?;
-    if out.status.success() {
-        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-    }
-    Err(NetworkError::Command {
-        what: what.to_string(),
-        argv: format!("{} {}", program.display(), args.join(" ")),
-        status: out.status,
-        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    })
+    Ok(crate::tool::run(program, what, args, stdin)?)
 }
 
 /// The networks of one state directory: `<state>/.networks/NAME/`.
