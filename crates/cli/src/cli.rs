@@ -88,6 +88,13 @@ pub enum Command {
     /// Host networks for VMs' taps: bridge, NAT, DHCP and DNS.
     #[command(subcommand)]
     Network(NetworkCommand),
+    /// Log in to a running managed VM as root with ssh (over vsock or its address) and run
+    /// CMD there; exits with CMD's status (255: ssh could not connect).
+    #[command(override_usage = "microvm ssh [OPTIONS] <NAME> [-- <CMD>...]")]
+    Ssh(crate::cmd::ssh::SshArgs),
+    /// ssh's ProxyCommand for a hybrid vsock socket (what `microvm ssh` runs).
+    #[command(hide = true)]
+    VsockProxy(crate::cmd::ssh::VsockProxyArgs),
     /// Run a managed VM's supervisor in the foreground (what the service manager runs).
     #[command(hide = true)]
     Supervise(SuperviseArgs),

@@ -48,6 +48,8 @@ pub enum BuildError {
     Fetch(#[from] fetch::FetchError),
     #[error(transparent)]
     Debian(#[from] rootfs::debian::DebianError),
+    #[error("ssh.authorizedKeyFiles: {}: {reason}", path.display())]
+    KeyFile { path: PathBuf, reason: String },
 }
 
 /// What a build produced.
@@ -148,6 +150,7 @@ pub fn build(
     // Initrd.
     let t = Instant::now();
     let mut plan = guest::plan(config);
+    add_key_files(&config.guest.ssh, &mut plan.authorized_keys)?;
     root_defaults.apply(config, &mut plan);
     let compression = match config.store_disk_type {
         StoreDiskType::Erofs => Some(FsCompression::Lz4),
@@ -209,6 +212,37 @@ pub fn build(
         hash,
         steps,
     })
+}
+
+/// Adds the lines of each `ssh.authorizedKeyFiles` file to the guest root's authorized
+/// keys (checked, and bounded like the inline ones).
+fn add_key_files(
+    ssh: &microvm_spec::config::Ssh,
+    keys: &mut Vec<String>,
+) -> Result<(), BuildError> {
+    use microvm_spec::ssh_key::{check_line, file_lines, MAX_FILE, MAX_KEYS};
+    use std::io::Read as _;
+    for path in &ssh.authorized_key_files {
+        let bad = |reason: String| BuildError::KeyFile {
+            path: path.clone(),
+            reason,
+        };
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_FILE + 1).read_to_string(&mut text))
+            .map_err(|e| bad(e.to_string()))?;
+        if text.len() as u64 > MAX_FILE {
+            return Err(bad(format!("larger than {MAX_FILE} bytes")));
+        }
+        for line in file_lines(&text) {
+            check_line(line).map_err(bad)?;
+            keys.push(line.to_owned());
+        }
+        if keys.len() > MAX_KEYS {
+            return Err(bad(format!("more than {MAX_KEYS} authorized keys in all")));
+        }
+    }
+    Ok(())
 }
 
 /// Where the kernel comes from: a path, a fetched Debian package, or a build.

@@ -42,6 +42,10 @@ pub struct GuestPlan {
     /// Environment variables for the handed-over init or the command (besides PATH/HOME/TERM).
     #[serde(default)]
     pub env: Vec<(String, String)>,
+    /// Lines of the new root's `/root/.ssh/authorized_keys` (written before hand-over;
+    /// empty: the file is left as the root has it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorized_keys: Vec<String>,
 }
 
 /// How the guest's root filesystem is assembled.

@@ -12,6 +12,7 @@ mod network;
 mod plan;
 mod run;
 mod service;
+pub mod ssh;
 
 pub use service::migrate::{MigrateArgs, SnapshotArgs};
 
@@ -43,6 +44,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Console(args) => service::console(&cli.state_dir, &args),
         Command::Network(cmd) => network::run(&cli.state_dir, cmd),
         Command::Balloon(args) => balloon::run(&cli.state_dir, &args),
+        Command::Ssh(args) => ssh::ssh(&cli.state_dir, &args),
+        Command::VsockProxy(args) => ssh::vsock_proxy(&args),
         Command::Supervise(args) => service::supervise(&cli.state_dir, &args),
     }
 }

@@ -34,7 +34,7 @@ pub use supervise::run_managed;
 /// How long `start` waits for the guest to be ready (the unit's TimeoutStartSec).
 pub const START_TIMEOUT: Duration = Duration::from_secs(150);
 
-fn vm_dir(state_root: &Path, name: &str) -> anyhow::Result<(StateDir, VmName, VmDir)> {
+pub(crate) fn vm_dir(state_root: &Path, name: &str) -> anyhow::Result<(StateDir, VmName, VmDir)> {
     let name: VmName = name
         .parse()
         .map_err(|e| anyhow::anyhow!("{name:?} is not a VM name: {e}"))?;
@@ -134,7 +134,7 @@ pub fn shutdown(state: &Path, args: &NamesArgs) -> anyhow::Result<i32> {
 
 pub fn status(state: &Path, args: &NameArgs) -> anyhow::Result<i32> {
     let (_, _, vm) = vm_dir(state, &args.name)?;
-    show::status(&vm, args.json)
+    show::status(state, &vm, args.json)
 }
 
 pub fn logs(state: &Path, args: &LogsArgs) -> anyhow::Result<i32> {

@@ -43,6 +43,14 @@ fn input_paths(config: &Config) -> Vec<&Path> {
             _ => {}
         }
     }
+    out.extend(
+        config
+            .guest
+            .ssh
+            .authorized_key_files
+            .iter()
+            .map(std::path::PathBuf::as_path),
+    );
     out
 }
 

@@ -1,0 +1,79 @@
+//! `microvm vsock-proxy SOCKET PORT` (hidden): ssh's ProxyCommand for the hybrid vsock of
+//! cloud-hypervisor and firecracker. It connects to the VM's Unix socket, asks for the
+//! guest port with `CONNECT PORT\n`, waits for the `OK …` line, then relays stdin to
+//! the guest and the guest to stdout until either side closes.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+
+/// The reply line is read at most this far.
+const MAX_REPLY: usize = 128;
+
+#[derive(Debug, clap::Args)]
+pub struct VsockProxyArgs {
+    /// The hypervisor's hybrid vsock Unix socket.
+    pub socket: PathBuf,
+    /// The guest's vsock port.
+    pub port: u32,
+}
+
+pub fn vsock_proxy(args: &VsockProxyArgs) -> anyhow::Result<i32> {
+    let stream = connect(args)?;
+    relay(stream, std::io::stdin(), std::io::stdout())?;
+    Ok(crate::exit::OK)
+}
+
+/// Connects and completes the `CONNECT` handshake.
+pub fn connect(args: &VsockProxyArgs) -> anyhow::Result<UnixStream> {
+    let shown = args.socket.display();
+    let mut s = UnixStream::connect(&args.socket)
+        .with_context(|| format!("cannot connect to the hybrid vsock socket {shown}"))?;
+    s.write_all(format!("CONNECT {}\n", args.port).as_bytes())
+        .with_context(|| format!("cannot write to {shown}"))?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < MAX_REPLY {
+        match s.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) if byte[0] == b'\n' => {
+                let text = String::from_utf8_lossy(&line);
+                if text.starts_with("OK ") {
+                    return Ok(s);
+                }
+                bail!(
+                    "{shown}: the hypervisor refused CONNECT {}: {text:?}",
+                    args.port
+                );
+            }
+            Ok(_) => line.push(byte[0]),
+            Err(e) => return Err(e).with_context(|| format!("cannot read from {shown}")),
+        }
+    }
+    bail!(
+        "{shown}: no answer to CONNECT {} (is something listening on vsock port {} in the guest?)",
+        args.port,
+        args.port
+    )
+}
+
+/// Copies `input` to the stream (then half-closes it) and the stream to `output`; returns
+/// when the guest side closes (the input thread is left to the process's exit: its read
+/// may block for ever).
+pub fn relay(
+    stream: UnixStream,
+    mut input: impl Read + Send + 'static,
+    mut output: impl Write,
+) -> anyhow::Result<()> {
+    let mut writer = stream.try_clone().context("cloning the vsock stream")?;
+    let mut reader = stream;
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut input, &mut writer);
+        let _ = writer.shutdown(std::net::Shutdown::Write);
+    });
+    std::io::copy(&mut reader, &mut output)
+        .and_then(|_| output.flush())
+        .context("relaying from the guest")
+}
