@@ -324,8 +324,24 @@ fn ssh_runs_commands_in_a_debian_guest_and_checks_its_host_key() {
         "{out:?}"
     );
 
+    let printed = host.ok(&["ssh", NAME, "--print", "--", "hostname"]);
+    let ip = address.split(' ').next().expect("ip");
+    assert!(
+        printed.starts_with("ssh -o UserKnownHostsFile=")
+            && printed.contains("/deb-ssh/ssh/known_hosts -o GlobalKnownHostsFile=none")
+            && printed
+                .trim_end()
+                .ends_with(&format!("-l root -- {ip} hostname")),
+        "{printed}"
+    );
+
     // The host key was recorded under the VM's alias, and a different one is refused.
-    let known = host.state.join(NAME).join("known_hosts");
+    let known = host.state.join(NAME).join("ssh/known_hosts");
+    let mode = fs::metadata(known.parent().expect("dir"))
+        .expect("ssh dir")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "{}", known.display());
     let recorded = fs::read_to_string(&known).expect("known_hosts");
     assert!(recorded.starts_with("microvm-deb-ssh "), "{recorded}");
     let other = dir.path().join("other");

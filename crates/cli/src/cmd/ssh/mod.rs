@@ -8,7 +8,7 @@
 //! address, a static one from the definition or its lease on a microvm network.
 //!
 //! Host keys are checked for real: the first connection records the key the guest
-//! offers in `<state>/NAME/known_hosts` (`StrictHostKeyChecking=accept-new`, under the
+//! offers in `<state>/NAME/ssh/known_hosts` (a 0700 directory of root's) (`StrictHostKeyChecking=accept-new`, under the
 //! alias `microvm-NAME` whatever the address), and every later one must match it; no
 //! other known_hosts file is consulted (docs/network.md#ssh).
 
@@ -82,10 +82,17 @@ pub fn ssh(state_root: &Path, args: &SshArgs) -> anyhow::Result<i32> {
              address, or vsock.ssh.enable with vsock.cid)"
         )
     })?;
+    // In a directory of its own: the VM directory is writable by the hypervisors' group,
+    // which must not plant the file (or a symlink that root's ssh would append to).
+    let private = vm.path().join("ssh");
+    microvm_host::trust::private_dir(&private)?;
+    if let Target::HybridVsock { socket } = &target {
+        proxy::check_socket(socket)?;
+    }
     let exe = std::env::current_exe().context("locating the microvm binary")?;
     let argv = ssh_argv(&Invocation {
         name: name.as_str(),
-        known_hosts: &vm.path().join("known_hosts"),
+        known_hosts: &private.join("known_hosts"),
         target: &target,
         microvm: &exe,
         identity: args.identity.as_deref(),

@@ -21,9 +21,29 @@ pub struct VsockProxyArgs {
 }
 
 pub fn vsock_proxy(args: &VsockProxyArgs) -> anyhow::Result<i32> {
+    check_socket(&args.socket)?;
     let stream = connect(args)?;
     relay(stream, std::io::stdin(), std::io::stdout())?;
     Ok(crate::exit::OK)
+}
+
+/// The hypervisor creates the socket in the VM directory, which its group may write:
+/// only a socket itself is used, never a symlink to some other socket of the host.
+pub fn check_socket(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let meta = std::fs::symlink_metadata(path).with_context(|| {
+        format!(
+            "the hybrid vsock socket {} is missing (is the VM running with vsock.cid?)",
+            path.display()
+        )
+    })?;
+    if !meta.file_type().is_socket() {
+        bail!(
+            "{} is not a socket (a symlink or a file); refusing it",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Connects and completes the `CONNECT` handshake.

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use microvm_host::network::Lease;
 
-use super::proxy::{connect, relay, VsockProxyArgs};
+use super::proxy::{check_socket, connect, relay, VsockProxyArgs};
 use super::*;
 
 fn argv(target: &Target, identity: Option<&Path>, command: &[&str]) -> Vec<String> {
@@ -209,6 +209,11 @@ fn the_hybrid_vsock_proxy_connects_and_relays() {
         socket: socket.clone(),
         port: 22,
     };
+    check_socket(&socket).expect("a socket");
+    let link = dir.path().join("planted");
+    std::os::unix::fs::symlink(&socket, &link).expect("symlink");
+    let e = check_socket(&link).expect_err("a symlink");
+    assert!(format!("{e:#}").contains("is not a socket"), "{e:#}");
     let stream = connect(&args).expect("connect");
     let mut out = Vec::new();
     relay(
