@@ -3,8 +3,9 @@
 //! microvm kernel as a managed VM on a microvm network in a network namespace this test
 //! creates. It gets its address by DHCP; `microvm ssh` finds it in the lease, logs in
 //! as root with the key of `ssh.authorizedKeyFiles`, returns the remote command's exit
-//! status and output, records the guest's host key in the VM's known_hosts and refuses
-//! a guest whose key differs from the recorded one. `status` shows the address.
+//! status and output. Its known_hosts holds the root disk's host keys, and a second VM
+//! from the same root that makes a host key of its own at boot (an impostor) is refused.
+//! `status` shows the address.
 //!
 //! The vsock transport cannot run here (no /dev/vhost-vsock): its command lines are
 //! unit tests (src/cmd/ssh/tests.rs), untested against a real guest.
@@ -146,15 +147,27 @@ impl Host {
     }
 }
 
-fn definition(dir: &Path, tap: &str, bridge: &str) -> PathBuf {
-    let def = dir.join("vm.toml");
+/// sshd as the single command: no init system, so the microvm kernel boots it in seconds.
+const SSHD: &str = "mkdir -p -m 0755 /run/sshd && exec /usr/sbin/sshd -D -e";
+/// An impostor: the same root, but it presents a host key of its own making.
+const IMPOSTOR: &str = "rm -f /etc/ssh/ssh_host_* && ssh-keygen -q -t ed25519 -N '' \
+                        -f /etc/ssh/ssh_host_ed25519_key && mkdir -p /run/sshd && exec /usr/sbin/sshd -D -e";
+
+/// `DIR/NAME.toml`: the Debian sshd guest with one tap on `bridge`, configured by DHCP.
+fn definition(
+    dir: &Path,
+    name: &str,
+    (tap, mac): (&str, &str),
+    bridge: &str,
+    script: &str,
+) -> PathBuf {
+    let def = dir.join(format!("{name}.toml"));
     let text = format!(
-        r#"hostName = "{NAME}"
+        r#"hostName = "{name}"
 vcpu = 1
 mem = 512
 kernel = {kernel:?}
-# sshd as the single command: no init system, so the microvm kernel boots it in seconds.
-command = ["/bin/sh", "-c", "mkdir -p -m 0755 /run/sshd && exec /usr/sbin/sshd -D -e"]
+command = ["/bin/sh", "-c", {script:?}]
 
 [[root]]
 debian = {{ suite = "bookworm", variant = "minbase", packages = ["openssh-server"] }}
@@ -165,7 +178,7 @@ authorizedKeyFiles = ["id.pub"]
 [[interfaces]]
 type = "tap"
 id = "{tap}"
-mac = "{MAC}"
+mac = "{mac}"
 bridge = "{bridge}"
 
 [[network]]
@@ -236,7 +249,7 @@ fn ssh_runs_commands_in_a_debian_guest_and_checks_its_host_key() {
     ]);
     let key = dir.path().join("id");
     keygen(&key);
-    let def = definition(dir.path(), &tap, &bridge);
+    let def = definition(dir.path(), NAME, (&tap, MAC), &bridge, SSHD);
 
     let t = Instant::now();
     let create = ["create", NAME, "--from", def.to_str().expect("utf-8")];
@@ -246,10 +259,10 @@ fn ssh_runs_commands_in_a_debian_guest_and_checks_its_host_key() {
     assert!(built < BUILD_DEADLINE, "the build took {built:?}");
 
     let key_s = key.to_str().expect("utf-8");
-    let ssh = |cmd: &[&str]| {
+    let ssh_to = |name: &str, cmd: &[&str]| {
         let mut args = vec![
             "ssh",
-            NAME,
+            name,
             "-i",
             key_s,
             "-o",
@@ -261,6 +274,7 @@ fn ssh_runs_commands_in_a_debian_guest_and_checks_its_host_key() {
         args.extend(cmd);
         host.microvm(&args)
     };
+    let ssh = |cmd: &[&str]| ssh_to(NAME, cmd);
     let out = ssh(&["true"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -335,7 +349,8 @@ fn ssh_runs_commands_in_a_debian_guest_and_checks_its_host_key() {
         "{printed}"
     );
 
-    // The host key was recorded under the VM's alias, and a different one is refused.
+    // known_hosts holds the root disk's host keys under the VM's alias, in a private
+    // directory; a guest presenting another key is refused from the first connection.
     let known = host.state.join(NAME).join("ssh/known_hosts");
     let mode = fs::metadata(known.parent().expect("dir"))
         .expect("ssh dir")
@@ -343,28 +358,51 @@ fn ssh_runs_commands_in_a_debian_guest_and_checks_its_host_key() {
         .mode();
     assert_eq!(mode & 0o777, 0o700, "{}", known.display());
     let recorded = fs::read_to_string(&known).expect("known_hosts");
-    assert!(recorded.starts_with("microvm-deb-ssh "), "{recorded}");
-    let other = dir.path().join("other");
-    keygen(&other);
-    let other_pub = fs::read_to_string(other.with_extension("pub")).expect("pub");
-    let fake = other_pub
-        .split_whitespace()
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(" ");
-    fs::write(&known, format!("microvm-deb-ssh {fake}\n")).expect("write known_hosts");
-    let out = ssh(&["true"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(255),
-        "a changed host key was accepted: {err}"
+    assert!(
+        recorded.lines().count() >= 1
+            && recorded.lines().all(|l| l.starts_with("microvm-deb-ssh "))
+            && recorded.contains("microvm-deb-ssh ssh-ed25519 "),
+        "{recorded}"
     );
-    assert!(err.contains("Host key verification failed"), "{err}");
-    fs::write(&known, recorded).expect("restore known_hosts");
-    assert_eq!(ssh(&["true"]).status.code(), Some(0));
-
     host.ok(&["stop", NAME]);
+
+    const IMP: &str = "deb-imp";
+    let def = definition(
+        dir.path(),
+        IMP,
+        (&format!("n1u{tag}"), "02:00:00:00:5e:02"),
+        &bridge,
+        IMPOSTOR,
+    );
+    let create = ["create", IMP, "--from", def.to_str().expect("utf-8")];
+    host.check(host.outside(&create), &create);
+    host.ok(&["start", IMP]);
+    let mut last = None;
+    let refused = wait_for("the impostor's sshd", BOOT_DEADLINE, || {
+        let out = ssh_to(IMP, &["true"]);
+        let done = String::from_utf8_lossy(&out.stderr).contains("Host key verification failed");
+        let connected = out.status.code() != Some(255);
+        last = Some(out);
+        done || connected || {
+            std::thread::sleep(Duration::from_secs(2));
+            false
+        }
+    });
+    let last = last.expect("one try");
+    assert!(
+        refused && last.status.code() == Some(255),
+        "a guest with another host key was accepted, or never answered: {last:?}"
+    );
+    eprintln!("{test}: the impostor's host key was refused");
+    let known = fs::read_to_string(host.state.join(IMP).join("ssh/known_hosts")).expect("known");
+    assert_eq!(
+        known.replace(IMP, NAME),
+        recorded,
+        "the same root disk, the same keys"
+    );
+    host.ok(&["stop", IMP]);
+    host.ok(&["remove", IMP]);
+
     host.ok(&["remove", NAME]);
     host.ok(&["network", "remove", "n1net"]);
 }

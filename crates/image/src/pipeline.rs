@@ -564,7 +564,10 @@ fn root_defaults(
     sources: &RootSources,
     staged: &rootfs::StagedRoot,
 ) -> Result<rootfs::defaults::RootDefaults, BuildError> {
-    let mut defaults = rootfs::defaults::RootDefaults::default();
+    let mut defaults = rootfs::defaults::RootDefaults {
+        ssh_host_keys: rootfs::defaults::ssh_host_keys(&staged.root),
+        ..Default::default()
+    };
     if let Some(closure) = &sources.nix {
         closure.write_info(staged)?;
         defaults.nix = Some(closure.boot());

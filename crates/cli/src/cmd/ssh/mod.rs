@@ -7,10 +7,13 @@
 //! `microvm vsock-proxy` for cloud-hypervisor and firecracker); otherwise the VM's
 //! address, a static one from the definition or its lease on a microvm network.
 //!
-//! Host keys are checked for real: the first connection records the key the guest
-//! offers in `<state>/NAME/ssh/known_hosts` (a 0700 directory of root's) (`StrictHostKeyChecking=accept-new`, under the
-//! alias `microvm-NAME` whatever the address), and every later one must match it; no
-//! other known_hosts file is consulted (docs/network.md#ssh).
+//! Host keys are checked for real, in `<state>/NAME/ssh/known_hosts` (a 0700 directory
+//! of root's) under the alias `microvm-NAME`: it holds the host keys the root disk was
+//! built with (`/etc/ssh/ssh_host_*_key.pub`, recorded beside the disk), and only those
+//! are accepted; a root without them gets trust on first use instead: the first
+//! connection records the key the guest offers (`StrictHostKeyChecking=accept-new`) and
+//! every later one must match it. No other known_hosts file is consulted
+//! (docs/network.md#ssh).
 
 mod proxy;
 mod target;
@@ -89,10 +92,16 @@ pub fn ssh(state_root: &Path, args: &SshArgs) -> anyhow::Result<i32> {
     if let Target::HybridVsock { socket } = &target {
         proxy::check_socket(socket)?;
     }
+    let known_hosts = private.join("known_hosts");
+    let host_keys = root_host_keys(&runner);
+    if !host_keys.is_empty() {
+        write_known_hosts(&known_hosts, name.as_str(), &host_keys)?;
+    }
     let exe = std::env::current_exe().context("locating the microvm binary")?;
     let argv = ssh_argv(&Invocation {
         name: name.as_str(),
-        known_hosts: &private.join("known_hosts"),
+        known_hosts: &known_hosts,
+        host_keys_known: !host_keys.is_empty(),
         target: &target,
         microvm: &exe,
         identity: args.identity.as_deref(),
@@ -121,6 +130,9 @@ pub fn ssh(state_root: &Path, args: &SshArgs) -> anyhow::Result<i32> {
 pub struct Invocation<'a> {
     pub name: &'a str,
     pub known_hosts: &'a Path,
+    /// Whether `known_hosts` holds the root disk's host keys (then only they are
+    /// accepted); otherwise the first key the guest offers is recorded.
+    pub host_keys_known: bool,
     pub target: &'a Target,
     /// This binary, for the hybrid vsock proxy.
     pub microvm: &'a Path,
@@ -142,7 +154,14 @@ pub fn ssh_argv(inv: &Invocation<'_>) -> anyhow::Result<Vec<OsString>> {
         config_value(inv.known_hosts)?
     ));
     opt("GlobalKnownHostsFile=none".into());
-    opt("StrictHostKeyChecking=accept-new".into());
+    opt(format!(
+        "StrictHostKeyChecking={}",
+        if inv.host_keys_known {
+            "yes"
+        } else {
+            "accept-new"
+        }
+    ));
     opt(format!("HostKeyAlias=microvm-{}", inv.name));
     opt("CheckHostIP=no".into());
     // Debian's ssh_config hashes host names; this file is the VM's alone.
@@ -172,6 +191,31 @@ pub fn ssh_argv(inv: &Invocation<'_>) -> anyhow::Result<Vec<OsString>> {
             .map(|w| OsString::from(shell_quote(w).as_ref())),
     );
     Ok(argv)
+}
+
+/// The host public keys recorded with the runner's root disk (`DISK.defaults.json`):
+/// what the guest booted from it presents. None for a prebuilt `storeDisk`, a root
+/// without `/etc/ssh/ssh_host_*_key.pub`, or a disk cached by an older microvm.
+fn root_host_keys(runner: &Path) -> Vec<String> {
+    std::fs::read_link(runner.join("share/microvm/store-disk"))
+        .ok()
+        .and_then(|disk| microvm_image::rootfs::defaults::RootDefaults::beside(&disk))
+        .map(|d| d.ssh_host_keys)
+        .unwrap_or_default()
+}
+
+/// Replaces `path` (in the VM's private directory) with one line per key, under the
+/// VM's alias.
+fn write_known_hosts(path: &Path, name: &str, keys: &[String]) -> anyhow::Result<()> {
+    let text: String = keys
+        .iter()
+        .map(|k| format!("microvm-{name} {k}\n"))
+        .collect();
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The ProxyCommand (run by ssh through `/bin/sh -c`, after its `%` expansion).

@@ -13,6 +13,8 @@ fn argv(target: &Target, identity: Option<&Path>, command: &[&str]) -> Vec<Strin
     ssh_argv(&Invocation {
         name: "web",
         known_hosts: Path::new("/var/lib/microvms/web/known_hosts"),
+        // The case with a key also has the root disk's host keys.
+        host_keys_known: identity.is_some(),
         target,
         microvm: Path::new("/usr/local/bin/microvm"),
         identity,
@@ -50,6 +52,7 @@ fn over_an_address_with_a_key_and_a_command() {
     );
     let mut want = vec!["ssh"];
     want.extend(CHECKS);
+    want[6] = "StrictHostKeyChecking=yes";
     want.extend([
         "-o",
         "IdentitiesOnly=yes",
