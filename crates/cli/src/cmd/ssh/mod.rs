@@ -76,8 +76,9 @@ pub fn ssh(state_root: &Path, args: &SshArgs) -> anyhow::Result<i32> {
         ),
         None => bail!("{name} is not running (never started); start it with: microvm start {name}"),
     }
-    let nets = Networks::new(state_root, Tools::system());
-    let leases = nets.all_leases().unwrap_or_default();
+    let leases = Networks::new(state_root, Tools::system())
+        .all_leases()
+        .unwrap_or_default();
     let target = view.target(vm.path(), &leases).ok_or_else(|| {
         anyhow::anyhow!(
             "{name} has no address: no lease on a microvm network and no static address \
@@ -85,23 +86,15 @@ pub fn ssh(state_root: &Path, args: &SshArgs) -> anyhow::Result<i32> {
              address, or vsock.ssh.enable with vsock.cid)"
         )
     })?;
-    // In a directory of its own: the VM directory is writable by the hypervisors' group,
-    // which must not plant the file (or a symlink that root's ssh would append to).
-    let private = vm.path().join("ssh");
-    microvm_host::trust::private_dir(&private)?;
     if let Target::HybridVsock { socket } = &target {
         proxy::check_socket(socket)?;
     }
-    let known_hosts = private.join("known_hosts");
-    let host_keys = root_host_keys(&runner);
-    if !host_keys.is_empty() {
-        write_known_hosts(&known_hosts, name.as_str(), &host_keys)?;
-    }
+    let (known_hosts, host_keys_known) = known_hosts(vm.path(), name.as_str(), &runner)?;
     let exe = std::env::current_exe().context("locating the microvm binary")?;
     let argv = ssh_argv(&Invocation {
         name: name.as_str(),
         known_hosts: &known_hosts,
-        host_keys_known: !host_keys.is_empty(),
+        host_keys_known,
         target: &target,
         microvm: &exe,
         identity: args.identity.as_deref(),
@@ -124,6 +117,20 @@ pub fn ssh(state_root: &Path, args: &SshArgs) -> anyhow::Result<i32> {
         bail!("ssh is not installed (package openssh-client)");
     }
     Err(err).context("running ssh")
+}
+
+/// The VM's known_hosts, in a directory of its own (the VM directory is writable by the
+/// hypervisors' group, which must not plant the file, or a symlink that root's ssh
+/// would append to), filled with the root disk's host keys when it has them (`true`).
+fn known_hosts(vm_dir: &Path, name: &str, runner: &Path) -> anyhow::Result<(PathBuf, bool)> {
+    let private = vm_dir.join("ssh");
+    microvm_host::trust::private_dir(&private)?;
+    let path = private.join("known_hosts");
+    let host_keys = root_host_keys(runner);
+    if !host_keys.is_empty() {
+        write_known_hosts(&path, name, &host_keys)?;
+    }
+    Ok((path, !host_keys.is_empty()))
 }
 
 /// What one `ssh` command line is made of.
