@@ -2,10 +2,13 @@
 # Several MicroVMs on one microvm network: three busybox guests get DHCP leases from the
 # network's dnsmasq, the leases are listed, and one guest finds the others by name, pings
 # them and reaches an "uplink" address through NAT. Last, a managed Debian guest running
-# sshd is reached with `microvm ssh` (its root is built once by mmdebstrap, ~2 min, and
+# sshd is reached with `microvm ssh` (its root is built once by mmdebstrap, about a minute, and
 # cached in target/demo-network-store). Everything runs in two network
 # namespaces this script creates (the host side and the uplink), so it touches nothing
-# of this machine's own networking; both are removed at the end. Run as root on Debian 12
+# of this machine's own networking; both are removed at the end. For the managed guest,
+# a missing `microvm` user is created by `microvm host install` (its units go to the
+# scratch directory) and /dev/net/tun is made 0666, its usual mode, when it is stricter.
+# Run as root on Debian 12
 # after `bash scripts/setup-host.sh` and `bash scripts/fetch-test-kernels.sh`.
 # MICROVM=path/to/microvm overrides the binary (default: target/release/microvm, built).
 set -euo pipefail
