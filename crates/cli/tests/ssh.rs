@@ -4,7 +4,8 @@
 //! creates. It gets its address by DHCP; `microvm ssh` finds it in the lease, logs in
 //! as root with the key of `ssh.authorizedKeyFiles`, returns the remote command's exit
 //! status and output. Its known_hosts holds the root disk's host keys, and a second VM
-//! from the same root that makes a host key of its own at boot (an impostor) is refused.
+//! from the same root that makes a host key of its own at boot (an impostor, reached at
+//! its static address) is refused.
 //! `status` shows the address.
 //!
 //! The vsock transport cannot run here (no /dev/vhost-vsock): its command lines are
@@ -153,14 +154,20 @@ const SSHD: &str = "mkdir -p -m 0755 /run/sshd && exec /usr/sbin/sshd -D -e";
 const IMPOSTOR: &str = "rm -f /etc/ssh/ssh_host_* && ssh-keygen -q -t ed25519 -N '' \
                         -f /etc/ssh/ssh_host_ed25519_key && mkdir -p /run/sshd && exec /usr/sbin/sshd -D -e";
 
-/// `DIR/NAME.toml`: the Debian sshd guest with one tap on `bridge`, configured by DHCP.
+/// `DIR/NAME.toml`: the Debian sshd guest with one tap on `bridge`, configured by DHCP,
+/// or with the static `address` (`ADDR/PREFIX`).
 fn definition(
     dir: &Path,
     name: &str,
     (tap, mac): (&str, &str),
     bridge: &str,
     script: &str,
+    address: Option<&str>,
 ) -> PathBuf {
+    let how = match address {
+        Some(a) => format!("addresses = [{a:?}]"),
+        None => "dhcp = true".to_owned(),
+    };
     let def = dir.join(format!("{name}.toml"));
     let text = format!(
         r#"hostName = "{name}"
@@ -183,7 +190,7 @@ bridge = "{bridge}"
 
 [[network]]
 interface = "{tap}"
-dhcp = true
+{how}
 "#,
         kernel = microvm_kernel(),
     );
@@ -249,7 +256,7 @@ fn ssh_runs_commands_in_a_debian_guest_and_checks_its_host_key() {
     ]);
     let key = dir.path().join("id");
     keygen(&key);
-    let def = definition(dir.path(), NAME, (&tap, MAC), &bridge, SSHD);
+    let def = definition(dir.path(), NAME, (&tap, MAC), &bridge, SSHD, None);
 
     let t = Instant::now();
     let create = ["create", NAME, "--from", def.to_str().expect("utf-8")];
@@ -373,6 +380,7 @@ fn ssh_runs_commands_in_a_debian_guest_and_checks_its_host_key() {
         (&format!("n1u{tag}"), "02:00:00:00:5e:02"),
         &bridge,
         IMPOSTOR,
+        Some("10.183.0.5/24"),
     );
     let create = ["create", IMP, "--from", def.to_str().expect("utf-8")];
     host.check(host.outside(&create), &create);
@@ -393,7 +401,15 @@ fn ssh_runs_commands_in_a_debian_guest_and_checks_its_host_key() {
         refused && last.status.code() == Some(255),
         "a guest with another host key was accepted, or never answered: {last:?}"
     );
-    eprintln!("{test}: the impostor's host key was refused");
+    eprintln!("{test}: the impostor's host key was refused (at its static address)");
+    let st: serde_json::Value =
+        serde_json::from_str(&host.ok(&["status", IMP, "--json"])).expect("status json");
+    assert_eq!(st["addresses"][0], "10.183.0.5 (static)", "{st}");
+    let printed = host.ok(&["ssh", IMP, "--print"]);
+    assert!(
+        printed.trim_end().ends_with("-l root -- 10.183.0.5"),
+        "{printed}"
+    );
     let known = fs::read_to_string(host.state.join(IMP).join("ssh/known_hosts")).expect("known");
     assert_eq!(
         known.replace(IMP, NAME),
