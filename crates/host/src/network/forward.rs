@@ -63,6 +63,8 @@ pub enum ForwardError {
         network: String,
         tap: String,
     },
+    #[error("cannot forward the ports of VM {vm}: the guest's address is not known")]
+    NoAddress { vm: String },
     #[error("cannot read {}: {why}", path.display())]
     Runner { path: PathBuf, why: String },
 }
@@ -181,32 +183,54 @@ pub fn install(nets: &Networks, vm: &str, f: &TapForwards) -> Result<Forwarded, 
         _ => None,
     };
     let reservation = reserved.and(network.clone());
-    let mut out = Forwarded {
-        nets: nets.clone(),
-        vm: vm.into(),
-        reservation,
-        rules: Vec::new(),
-        removed: false,
-    };
-    for p in &f.ports {
-        let target = f
-            .fixed_target(p)
-            .or(reserved)
-            .expect("checked when resolving");
-        out.rules.push(Rule { port: *p, target });
+    let installed = rules_for(vm, f, reserved).and_then(|rules| {
+        check_clashes(nets, vm, &rules)?;
+        let subnet = network
+            .as_ref()
+            .map(|c| format!("{}/{}", c.ipv4.network(), c.ipv4.prefix));
+        let text = ruleset(vm, std::process::id(), &rules, subnet.as_deref());
+        super::run(
+            &nets.tools.nft,
+            &format!("install the nftables table {}", table(vm)),
+            &["-f", "-"],
+            Some(&text),
+        )?;
+        Ok(rules)
+    });
+    match installed {
+        Ok(rules) => Ok(Forwarded {
+            nets: nets.clone(),
+            vm: vm.into(),
+            reservation,
+            rules,
+            removed: false,
+        }),
+        Err(e) => {
+            // Still under the lock: undo the reservation here, not in a guard's drop.
+            if let Some(c) = &reservation {
+                let _ = unreserve(nets, c, vm);
+            }
+            Err(e)
+        }
     }
-    check_clashes(nets, vm, &out.rules)?;
-    let subnet = network
-        .as_ref()
-        .map(|c| format!("{}/{}", c.ipv4.network(), c.ipv4.prefix));
-    let text = ruleset(vm, std::process::id(), &out.rules, subnet.as_deref());
-    super::run(
-        &nets.tools.nft,
-        &format!("install the nftables table {}", table(vm)),
-        &["-f", "-"],
-        Some(&text),
-    )?;
-    Ok(out)
+}
+
+/// Each port with the address it reaches.
+fn rules_for(
+    vm: &str,
+    f: &TapForwards,
+    reserved: Option<Ipv4Addr>,
+) -> Result<Vec<Rule>, ForwardError> {
+    f.ports
+        .iter()
+        .map(|p| {
+            let target = f
+                .fixed_target(p)
+                .or(reserved)
+                .ok_or_else(|| ForwardError::NoAddress { vm: vm.into() })?;
+            Ok(Rule { port: *p, target })
+        })
+        .collect()
 }
 
 /// Forwards the ports of the VM `vm` whose runner is `runner` (nothing when it has no
@@ -387,8 +411,9 @@ fn check_clashes(nets: &Networks, vm: &str, rules: &[Rule]) -> Result<(), Forwar
     Ok(())
 }
 
+/// Whether process `pid` runs (a zombie, dead but not yet reaped, has no command line).
 fn alive(pid: u32) -> bool {
-    Path::new("/proc").join(pid.to_string()).exists()
+    fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
 }
 
 /// Reserves the guest's address on network `c` for the tap's MAC: the address the MAC
