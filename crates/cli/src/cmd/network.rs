@@ -128,6 +128,29 @@ pub fn create_taps(vm: &str, taps: &[TapSetup]) -> anyhow::Result<Option<Links>>
     Ok(Some(links))
 }
 
+/// The forwarded ports of an unmanaged `microvm run FILE` as root (nftables DNAT, as a
+/// managed VM's supervisor installs them), removed when the returned value drops.
+pub fn forward_ports(
+    state: &Path,
+    vm: &str,
+    runner: &Path,
+) -> anyhow::Result<Option<microvm_host::network::forward::Forwarded>> {
+    if !rustix::process::geteuid().is_root() {
+        if runner
+            .join(microvm_host::network::forward::RUNNER_FILE)
+            .exists()
+        {
+            eprintln!("microvm: {vm}: warning: forwardPorts on a tap need root (nftables DNAT); not forwarded");
+        }
+        return Ok(None);
+    }
+    let fwd = microvm_host::network::forward::start(state, vm, runner)?;
+    for r in fwd.iter().flat_map(|f| &f.rules) {
+        eprintln!("microvm: {vm}: forwarding {r}");
+    }
+    Ok(fwd)
+}
+
 /// `networks` of a host file, made absolute: `[networks.NAME]` with `subnet` (required),
 /// `bridge`, `uplink`, `nat`, `domain` (the options of `network create`).
 pub fn parse_host_networks(

@@ -47,6 +47,7 @@ pub fn run(args: &RunArgs, state_dir: &Path) -> anyhow::Result<i32> {
     }
     let name = config.name.to_string();
     let _links = super::network::create_taps(&name, &runner.invocation.taps)?;
+    let _forwards = super::network::forward_ports(state_dir, &name, &runner.dir)?;
     let outcome = supervise::run_foreground_with(&runner.invocation, &opts, |p| report(&name, p))
         .with_context(|| format!("running {name}"))?;
     Ok(outcome.exit_code())

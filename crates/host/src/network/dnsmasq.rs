@@ -34,6 +34,11 @@ pub(super) fn args(config: &NetworkConfig, dir: &Path) -> Vec<String> {
         "--dhcp-authoritative".into(),
         "--log-dhcp".into(),
         format!("--dhcp-leasefile={}", dir.join(LEASES).display()),
+        // Address reservations of VMs with forwarded ports (read when they appear).
+        format!(
+            "--dhcp-hostsdir={}",
+            dir.join(super::forward::HOSTS).display()
+        ),
         format!("--pid-file={}", dir.join(PID).display()),
         format!("--log-facility={}", dir.join(LOG).display()),
     ]

@@ -11,6 +11,7 @@
 mod bridge;
 mod config;
 mod dnsmasq;
+pub mod forward;
 mod leases;
 mod nat;
 
@@ -150,6 +151,8 @@ impl Networks {
         config.validate()?;
         let dir = self.dir(&config.name);
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let hosts = dir.join(forward::HOSTS);
+        fs::create_dir_all(&hosts).map_err(io_err("create", &hosts))?;
         let old = self.get(&config.name)?;
         if let Some(old) = old.as_ref().filter(|o| o.bridge != config.bridge) {
             self.teardown(old)?;

@@ -33,6 +33,7 @@ pub(super) fn ruleset(config: &NetworkConfig) -> String {
          \x20 chain forward {{\n    type filter hook forward priority filter; policy accept;\n\
          \x20   iifname \"{br}\" accept\n\
          \x20   oifname \"{br}\" ct state established,related accept\n\
+         \x20   oifname \"{br}\" ct status dnat accept\n\
          \x20   oifname \"{br}\" drop\n  }}\n}}\n"
     )
 }

@@ -497,6 +497,12 @@ fn run(
     let inv = &runner.invocation;
     let creds = opts.run_user.as_ref();
     let mut pass = prepare_host(vm, runner, opts, prepare, links)?;
+    let state = vm.path().parent().unwrap_or(Path::new("/"));
+    let forwards = crate::network::forward::start(state, vm.name().as_str(), &runner.dir)
+        .map_err(|e| ServiceError::Prepare(chain(&e)))?;
+    for r in forwards.iter().flat_map(|f| &f.rules) {
+        report(&format!("forwarding {r}"));
+    }
     let restored;
     let (inv, incoming) = match (&opts.incoming, rec.attempt) {
         (Some(i), 1) => {
