@@ -515,8 +515,8 @@ fn lease_of(state: &Path, net: &str, mac: &str) -> Option<(u64, String)> {
 }
 
 /// A VM on a network whose dnsmasq was killed and came back: it gets a DHCP lease, an
-/// IPv6 address by SLAAC (the router advertisements of dnsmasq) and pings the bridge
-/// over IPv6 and IPv4; its init renews the 2-minute lease at T1 (the console says so and
+/// IPv6 address by SLAAC (the router advertisements of dnsmasq), pings the bridge over
+/// IPv6 and IPv4 and an uplink address through NAT66; its init renews the 2-minute lease at T1 (the console says so and
 /// the lease file's expiry moves on). Stopping the VM and removing the network leaves
 /// nothing behind.
 #[test]
@@ -542,6 +542,18 @@ fn a_vm_gets_a_lease_after_a_dnsmasq_restart_pings_over_ipv6_and_renews() {
     let state = dir.path().join("state");
     let mut ns = Namespaces(Vec::new());
     let h = ns.add(format!("{tag}-h"));
+    let up = ns.add(format!("{tag}-u"));
+    // The "internet": fd90::2 behind up0, with no route back to the VMs' fd85::/64.
+    ok(&[
+        "ip", "-n", &h, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", &up,
+    ]);
+    for (n, dev, addr) in [(&h, "up0", "fd90::1/64"), (&up, "eth0", "fd90::2/64")] {
+        ok(&["ip", "-n", n, "addr", "add", addr, "dev", dev, "nodad"]);
+        ok(&["ip", "-n", n, "link", "set", dev, "up"]);
+    }
+    ok(&[
+        "ip", "-n", &h, "-6", "route", "add", "default", "via", "fd90::2",
+    ]);
     let (net, br, mac) = ("n3v", "n3br1", "02:00:00:33:00:01");
     microvm(
         &h,
@@ -558,6 +570,8 @@ fn a_vm_gets_a_lease_after_a_dnsmasq_restart_pings_over_ipv6_and_renews() {
             "fd85::1/64",
             "--lease-time",
             "2m",
+            "--uplink",
+            "up0",
         ],
     );
     let d1 = pid_of(&status(&h, &state, net), "dnsmasqPid");
@@ -571,6 +585,7 @@ fn a_vm_gets_a_lease_after_a_dnsmasq_restart_pings_over_ipv6_and_renews() {
     let script = "i=0; while ! ip -6 addr | grep -q \"inet6 fd85\"; do i=$((i+1)); \
                   [ $i -gt 90 ] && break; sleep 1; done; ip -6 addr; \
                   ping6 -c 2 -W 10 fd85::1 && echo V6-OK; \
+                  ping6 -c 2 -W 10 fd90::2 && echo NAT66-OK; \
                   ping -c 1 -W 10 10.185.0.1 && echo V4-OK; sleep 900";
     let def = dir.path().join("vm.toml");
     fs::write(
@@ -629,6 +644,15 @@ fn a_vm_gets_a_lease_after_a_dnsmasq_restart_pings_over_ipv6_and_renews() {
     });
     let text = read_console();
     assert!(text.contains("V6-OK"), "no IPv6 ping:\n{text}");
+    assert!(
+        text.contains("NAT66-OK"),
+        "no IPv6 ping through NAT66:\n{text}"
+    );
+    let routes = ok(&["ip", "-n", &up, "-6", "route"]);
+    assert!(
+        !routes.contains("fd85"),
+        "the uplink must not route the VMs' prefix"
+    );
     // T1 of a 2-minute lease is 60 s after the ACK.
     until("the lease's renewal", 240, &mut vm, &|| {
         read_console().contains(&format!("DHCP lease {ip} renewed"))
@@ -639,7 +663,7 @@ fn a_vm_gets_a_lease_after_a_dnsmasq_restart_pings_over_ipv6_and_renews() {
     drop(vm);
     microvm(&h, &state, &["network", "remove", net]);
     let links = ok(&["ip", "-n", &h, "-o", "link"]);
-    assert!(!links.contains(&tag), "tap left: {links}");
+    assert!(!links.contains(&format!(" {tag}:")), "tap left: {links}");
     assert_gone(&h, &state, net, br);
 }
 
