@@ -678,3 +678,202 @@ impl Drop for VmProcess {
         let _ = self.0.wait();
     }
 }
+
+/// A booted `systemd-nspawn -D / --volatile=yes -b` container (as in tests/systemd.rs:
+/// the host's /usr, an empty /etc and /var, the workspace bound, a private network);
+/// powered off and reaped on drop.
+struct Container {
+    nspawn: Child,
+    init: u32,
+}
+
+impl Container {
+    fn boot(name: &str) -> Option<Container> {
+        let mut bind = std::ffi::OsString::from("--bind=");
+        bind.push(workspace());
+        let nspawn = Command::new("systemd-nspawn")
+            .args([
+                "-q",
+                "-D",
+                "/",
+                "--volatile=yes",
+                "--register=no",
+                "--keep-unit",
+            ])
+            .args(["-M", name, "--private-network"])
+            .arg(bind)
+            .args(
+                Path::new("/usr/lib/ocf")
+                    .is_dir()
+                    .then_some("--tmpfs=/usr/lib/ocf"),
+            )
+            .args(["--console=read-only", "-b"])
+            .args(["systemd.unit=basic.target", "systemd.firstboot=off"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("systemd-nspawn");
+        let mut c = Container { nspawn, init: 0 };
+        let end = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < end {
+            let children = format!("/proc/{0}/task/{0}/children", c.nspawn.id());
+            c.init = fs::read_to_string(children)
+                .ok()
+                .and_then(|t| t.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0);
+            if c.init != 0 {
+                let state = c.exec(&["systemctl", "is-system-running"]);
+                let state = String::from_utf8_lossy(&state.stdout).trim().to_string();
+                if matches!(state.as_str(), "running" | "degraded") {
+                    return Some(c);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        None
+    }
+
+    fn prefix(&self) -> [String; 4] {
+        ["nsenter", "-t", &self.init.to_string(), "-a"].map(String::from)
+    }
+
+    fn exec(&self, argv: &[&str]) -> Output {
+        let out = Command::new("nsenter")
+            .args(["-t", &self.init.to_string(), "-a"])
+            .args(argv)
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env_remove("MICROVM_SERVICE_MANAGER")
+            .stdin(Stdio::null())
+            .output()
+            .expect("nsenter");
+        eprintln!(
+            "[container] $ {} → {}\n{}{}",
+            argv.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn ok(&self, argv: &[&str]) -> String {
+        let out = self.exec(argv);
+        assert!(out.status.success(), "{argv:?} in the container failed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn show(&self, unit: &str, property: &str) -> String {
+        self.ok(&["systemctl", "show", "-P", property, unit])
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.nspawn.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let _ = self.nspawn.wait();
+    }
+}
+
+/// Under a real systemd the network is `microvm-network@NAME.service` (`host install`
+/// wrote the template): `network create` enables and starts it (Type=notify: it returns
+/// once dnsmasq runs), a killed dnsmasq is restarted by the supervisor, a killed
+/// supervisor by systemd, a client gets a lease, the journal has dnsmasq's log, and
+/// `network remove` stops and disables the unit and leaves no bridge or process.
+#[test]
+fn under_systemd_the_network_is_a_unit_that_comes_back_after_kill_9() {
+    let test = "under_systemd_the_network_is_a_unit_that_comes_back_after_kill_9";
+    if skip(test, &["systemd-nspawn", "nsenter"]) {
+        return;
+    }
+    if !Path::new("/usr/lib/systemd/systemd").is_file() {
+        eprintln!("SKIPPED {test}: /usr/lib/systemd/systemd is missing (systemd)");
+        return;
+    }
+    let Some(ct) = Container::boot(&format!("n3nw-{}", std::process::id())) else {
+        panic!("{test}: the container did not boot");
+    };
+    let b = bin();
+    let m = b.to_str().expect("utf-8");
+    let state = "/var/lib/n3-microvms";
+    ct.ok(&[m, "--state-dir", state, "host", "install"]);
+    let unit = "microvm-network@n3sd.service";
+    assert_eq!(ct.show(unit, "Type"), "notify");
+    let created = ct.ok(&[
+        m,
+        "--state-dir",
+        state,
+        "network",
+        "create",
+        "n3sd",
+        "--bridge",
+        "n3br2",
+        "--subnet",
+        "10.187.0.1/24",
+    ]);
+    assert!(created.contains(unit), "{created}");
+    assert_eq!(ct.show(unit, "ActiveState"), "active");
+    assert_eq!(ct.show(unit, "UnitFileState"), "enabled");
+    let list = |ct: &Container| -> serde_json::Value {
+        let out = ct.ok(&[m, "--state-dir", state, "network", "list", "--json"]);
+        serde_json::from_str::<serde_json::Value>(&out).expect("json")[0].clone()
+    };
+    let s = list(&ct);
+    assert_eq!(
+        (s["dhcp"].as_str(), s["unit"].as_str()),
+        (Some("running"), Some(unit))
+    );
+    let main = pid_of(&s, "supervisorPid");
+    assert_eq!(
+        ct.show(unit, "MainPID"),
+        main.to_string(),
+        "the unit runs the supervisor"
+    );
+
+    // kill -9 of dnsmasq: the supervisor restarts it (the unit stays up).
+    let d1 = pid_of(&s, "dnsmasqPid");
+    ct.ok(&["kill", "-9", &d1.to_string()]);
+    wait_for(
+        "dnsmasq back under the unit",
+        Duration::from_secs(20),
+        || list(&ct)["dnsmasqPid"].as_u64().is_some_and(|d| d != d1),
+    );
+    assert_eq!(ct.show(unit, "MainPID"), main.to_string());
+    // kill -9 of the supervisor: systemd starts the unit again.
+    ct.ok(&["kill", "-9", &main.to_string()]);
+    wait_for(
+        "systemd to restart the unit",
+        Duration::from_secs(30),
+        || {
+            let s = list(&ct);
+            s["dhcp"] == "running" && s["supervisorPid"].as_u64().is_some_and(|p| p != main)
+        },
+    );
+    assert_eq!(ct.show(unit, "ActiveState"), "active");
+    assert_eq!(ct.show(unit, "NRestarts"), "1");
+
+    let p = ct.prefix();
+    let p: Vec<&str> = p.iter().map(String::as_str).collect();
+    let ip = lease_for(&p, &p, "n3c1", "n3br2", "n3-sd-client");
+    assert!(ip.starts_with("10.187.0."), "{ip}");
+    let journal = ct.ok(&["journalctl", "-u", unit, "--no-pager", "-o", "cat"]);
+    assert!(
+        journal.contains(&format!("DHCPACK(n3br2) {ip}")),
+        "dnsmasq logs to the journal:\n{journal}"
+    );
+
+    ct.ok(&[m, "--state-dir", state, "network", "remove", "n3sd"]);
+    assert_eq!(ct.show(unit, "ActiveState"), "inactive");
+    assert_eq!(ct.show(unit, "UnitFileState"), "disabled");
+    let links = ct.ok(&["ip", "-o", "link"]);
+    assert!(!links.contains("n3br2"), "bridge left: {links}");
+    let procs = ct.ok(&["ps", "-eo", "comm"]);
+    assert!(
+        !procs.lines().any(|l| l.trim() == "dnsmasq"),
+        "dnsmasq left: {procs}"
+    );
+}
