@@ -9,6 +9,7 @@ mod generate;
 pub mod kernel;
 mod manage;
 mod network;
+mod network_dhcp;
 mod plan;
 mod run;
 mod service;

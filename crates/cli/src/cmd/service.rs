@@ -28,7 +28,7 @@ use crate::cli::{HostInstallArgs, LogsArgs, NameArgs, NamesArgs, StartArgs, Supe
 use crate::exit::{FAILURE, OK};
 
 pub use control::{restart_one, shutdown_one, start_one, stop_one};
-pub use install::sync_target;
+pub use install::{installed_unit_dir, sync_target};
 pub use supervise::run_managed;
 
 /// How long `start` waits for the guest to be ready (the unit's TimeoutStartSec).
