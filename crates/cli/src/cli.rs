@@ -173,6 +173,9 @@ pub struct StartArgs {
     /// Wait for a live migration on tcp:ADDR:PORT instead of booting (qemu; see `migrate`).
     #[arg(long, value_name = "tcp:ADDR:PORT", conflicts_with = "autostart")]
     pub incoming: Option<String>,
+    /// Boot at most N of the VMs at once (default: 4 per host core, at least 4).
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub jobs: Option<u16>,
 }
 
 #[derive(Debug, clap::Args)]
