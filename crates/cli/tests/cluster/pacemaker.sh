@@ -10,7 +10,7 @@
 # `crm resource move` live-migrates it: one boot, the counter goes on without a gap and
 # the uptime keeps growing; kill -9 of its node makes it ready on another node, and the
 # volume holds every number the killed guest had synced. Prints MEASURED lines. Cleans up
-# on exit.
+# on exit; with CLUSTER_LOGS=DIR set, the nodes' logs are copied there first.
 set -euo pipefail
 : "${MICROVM:?}" "${AGENT:?}" "${RUNNER:?}" "${IMAGE:?}" "${VM:?}" "${WORK:?}" "${TAG:?}"
 
@@ -31,6 +31,12 @@ now() { printf '%s' "$EPOCHREALTIME"; }
 since() { awk "BEGIN{printf \"%.2f\", $(now) - $1}"; }
 
 cleanup() {
+  if [ -n "${CLUSTER_LOGS:-}" ]; then
+    for n in n1 n2 n3; do
+      mkdir -p "$CLUSTER_LOGS/$n"
+      cp -r "$WORK/$n/var/log/." "$WORK/$n/mnt/microvms/$VM/"*.log "$CLUSTER_LOGS/$n/" 2>/dev/null || true
+    done
+  fi
   for n in "${!pid1[@]}"; do
     kill -9 "${pid1[$n]}" 2>/dev/null || true
   done
@@ -252,6 +258,7 @@ moved=$(counter_last)
 
 # Fail-over: kill -9 every process of the VM's node (its PID namespace).
 survivor=n1; [ "$target" = n1 ] && survivor=n2
+dc=$(on "$survivor" crm_mon -1 2>/dev/null | sed -n 's/.*Current DC: \([a-z0-9]*\).*/\1/p')
 touch "$WORK/kill-mark"
 t0=$(now)
 kill -9 "${pid1[$target]}"
@@ -279,7 +286,8 @@ for _ in $(seq 300); do
 done
 [ "$(where "$survivor")" = "$dst" ] && [ "$(vm_state "$dst")" = running ] || fail "Pacemaker does not see the VM on $dst"
 t_pcmk=$(since "$t0")
-log "MEASURED fail-over after kill -9 of $target: corosync membership without it after $t_left s, agent start on $dst after $t_start s, guest ready after $t_ready s, Pacemaker sees it started after $t_pcmk s"
+dcnote="another node was the DC"; [ "$dc" = "$target" ] && dcnote="it was the DC"
+log "MEASURED fail-over after kill -9 of $target ($dcnote): corosync membership without it after $t_left s, agent start on $dst after $t_start s, guest ready after $t_ready s, Pacemaker sees it started after $t_pcmk s"
 # What the killed guest said it had synced (its node's console log survives on disk).
 synced=$(sed -n 's/.*counter \([0-9]*\) synced.*/\1/p' "$WORK/$target/mnt/microvms/$VM/console.log" | tail -n 1)
 [ -n "$synced" ] || fail "the killed guest's console shows no synced counter"

@@ -557,6 +557,8 @@ fn run(
             runner: Some(runner_dir.clone()),
         };
         let mut ready = |rec: &RunRecord, notified: &mut bool, report: &mut dyn FnMut(&str)| {
+            // The record (its `ready` time) first: whoever sees `running` reads it next.
+            let _ = record::write(vm, rec);
             let _ = vm.write_status(&running(rec));
             machine.register(&runner_dir, rec.hypervisor_pid, report);
             if !*notified {
