@@ -22,7 +22,8 @@ pub struct GuestPlan {
     /// Hostname to set (`sethostname`) and write to `/etc/hostname` of the new root.
     pub hostname: Option<String>,
     /// Kernel modules to load, in order: absolute paths inside the initrd
-    /// (uncompressed `.ko`, or `.ko.xz`/`.ko.zst` which the init decompresses).
+    /// (plain `.ko`, as the host writes them, or `.ko.xz`/`.ko.zst`/`.ko.gz` which the
+    /// kernel decompresses where it has `CONFIG_MODULE_DECOMPRESS`).
     pub modules: Vec<String>,
     /// How the new root is built.
     pub root: RootPlan,

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod de;
 pub mod diag;
+pub mod forward;
 pub mod load;
 pub mod node;
 pub mod ranges;

@@ -152,6 +152,15 @@ pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnosti
     let storage = storage::resolve(&mut r, spec);
     let net = net::resolve(&mut r, spec, hypervisor);
     let guest = guest::resolve(&mut r, spec, &net.interfaces);
+    let qemu = hypervisor == Hypervisor::Qemu;
+    let fwd =
+        crate::forward::tap_forwards(qemu, &net.interfaces, &guest.network, &net.forward_ports);
+    if let Err(e) = fwd {
+        r.error(
+            KeyPath::root().key("forwardPorts"),
+            format!("MicroVM {}: {e}", r.vm),
+        );
+    }
     let kernel = resolve_kernel(&r, spec);
     let initrd_path = spec
         .initrd_path

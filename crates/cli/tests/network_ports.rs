@@ -1,0 +1,531 @@
+//! Forwarded ports, qemu user networking, multi-queue taps and macvtap, with real packets.
+//!
+//! Every test runs microvm in a network namespace it creates (the "host": its bridge,
+//! nftables tables and dnsmasq live there) and reaches the guest from that namespace and
+//! from a second one (a "client" behind a veth pair); traffic never leaves them. The VMs
+//! are managed (`start`/`stop`, microvm's own service manager), boot microvm's guest
+//! kernel and run a busybox `nc` service in a single-command guest.
+//!
+//! Prerequisites (root, iproute2 with netns, nft, dnsmasq, qemu, busybox-static, the
+//! microvm kernel of scripts/build-test-kernel.sh): a missing one skips a test with a
+//! printed reason, or fails it when `CI` is set. macvtap needs a host kernel with the
+//! macvtap link type; without it that test says so and skips (under CI too: it is a
+//! property of the kernel, not of the set-up).
+
+mod service_harness;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use service_harness::{bin, find, host_install, path_var, root, sh, tail, wait_for, work_dir};
+
+/// The guest's service: a banner line and 1 MiB of zeros to every connection on port 80.
+const SERVICE: &str =
+    "echo SERVING; exec nc -ll -p 80 -e /bin/sh -c 'echo GUEST-OK; head -c 1048576 /dev/zero'";
+const REPLY_LEN: usize = 9 + 1048576;
+
+fn microvm_kernel() -> PathBuf {
+    let dir = match std::env::var_os("MICROVM_TEST_KERNELS") {
+        Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
+        Some(d) => service_harness::workspace().join(d),
+        None => service_harness::workspace().join("target/test-kernels"),
+    };
+    dir.join("microvm")
+}
+
+/// Why the tests cannot run here, if they cannot.
+fn missing() -> Option<String> {
+    if !service_harness::rustix_is_root() {
+        return Some("not root (namespaces, taps and nftables need root)".into());
+    }
+    for (p, pkg) in [
+        ("ip", "iproute2"),
+        ("nft", "nftables"),
+        ("dnsmasq", "dnsmasq-base"),
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("busybox", "busybox-static"),
+    ] {
+        if find(p).is_none() {
+            return Some(format!(
+                "{p} is not installed ({pkg}, scripts/setup-host.sh)"
+            ));
+        }
+    }
+    if !microvm_kernel().join("bzImage").is_file() {
+        return Some(format!(
+            "the microvm kernel {} is missing (scripts/build-test-kernel.sh)",
+            microvm_kernel().display()
+        ));
+    }
+    (!Path::new("/dev/net/tun").exists()).then(|| "/dev/net/tun is missing".into())
+}
+
+fn skip_unless_ready(test: &str) -> bool {
+    let Some(why) = missing() else {
+        return false;
+    };
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test} cannot run in CI: {why}"
+    );
+    eprintln!("skipped {test}: {why}");
+    true
+}
+
+fn ok(argv: &[&str]) -> String {
+    let out = sh(argv);
+    assert!(
+        out.status.success(),
+        "{argv:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A "host" namespace with a state directory, and the other namespaces of the test;
+/// stops the VMs and deletes the namespaces (with their links and processes) on drop.
+struct Host {
+    ns: String,
+    others: Vec<String>,
+    dir: tempfile::TempDir,
+    vms: Vec<String>,
+}
+
+impl Host {
+    fn new(tag: &str) -> Host {
+        host_install();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{tag}-"))
+            .tempdir_in(work_dir())
+            .expect("tempdir");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        let ns = format!("{tag}-h");
+        ok(&["ip", "netns", "add", &ns]);
+        ok(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        Host {
+            ns,
+            others: Vec::new(),
+            dir,
+            vms: Vec::new(),
+        }
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// A client namespace behind a veth pair: `host_if` (`HOST_ADDR/30`) in the host
+    /// namespace, `eth0` (`CLIENT_ADDR/30`) in the client.
+    fn client(&mut self, name: &str, host_if: &str, host_addr: &str, client_addr: &str) -> String {
+        let ns = format!("{}-{name}", self.ns.trim_end_matches("-h"));
+        ok(&["ip", "netns", "add", &ns]);
+        self.others.push(ns.clone());
+        ok(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        ok(&[
+            "ip", "-n", &self.ns, "link", "add", host_if, "type", "veth", "peer", "name", "eth0",
+            "netns", &ns,
+        ]);
+        ok(&[
+            "ip", "-n", &self.ns, "addr", "add", host_addr, "dev", host_if,
+        ]);
+        ok(&["ip", "-n", &self.ns, "link", "set", host_if, "up"]);
+        ok(&["ip", "-n", &ns, "addr", "add", client_addr, "dev", "eth0"]);
+        ok(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+        ns
+    }
+
+    /// `ip netns exec HOST microvm --state-dir S ARGS…` with microvm's own service manager.
+    fn microvm(&self, args: &[&str]) -> Output {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(bin())
+            .arg("--state-dir")
+            .arg(self.state())
+            .args(args)
+            .env("PATH", path_var())
+            .env("MICROVM_SERVICE_MANAGER", "own")
+            .stdin(Stdio::null())
+            .output()
+            .expect("microvm");
+        eprintln!(
+            "$ microvm {} → {}\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Builds a single-command VM running [`SERVICE`] with the microvm kernel and installs
+    /// it as `<state>/NAME/current` (the layout `microvm create` makes).
+    fn install(&mut self, name: &str, vcpu: u32, tables: &str) {
+        let def = self.dir.path().join(format!("{name}.toml"));
+        fs::write(
+            &def,
+            format!(
+                "hostName = \"{name}\"\nvcpu = {vcpu}\nmem = 256\nkernel = {kernel:?}\n\
+                 command = {command:?}\n\n[[root]]\ndirectory = {root:?}\n\n{tables}",
+                kernel = microvm_kernel(),
+                command = ["/bin/sh", "-c", SERVICE],
+                root = root(),
+            ),
+        )
+        .expect("definition");
+        let out = Command::new(bin())
+            .arg("build")
+            .arg(&def)
+            .arg("--store")
+            .arg(work_dir().join("store"))
+            .env("PATH", path_var())
+            .output()
+            .expect("build");
+        assert!(
+            out.status.success(),
+            "build {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let runner = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let vmdir = self.state().join(name);
+        fs::create_dir_all(&vmdir).expect("vm dir");
+        std::os::unix::fs::symlink(runner, vmdir.join("current")).expect("current");
+        self.vms.push(name.into());
+    }
+
+    fn log(&self, name: &str) -> String {
+        let read =
+            |f: &str| fs::read_to_string(self.state().join(name).join(f)).unwrap_or_default();
+        format!(
+            "--- supervisor.log\n{}\n--- console.log (tail)\n{}",
+            read("supervisor.log"),
+            tail(&read("console.log"), 30)
+        )
+    }
+
+    fn start(&self, name: &str) {
+        let out = self.microvm(&["start", name]);
+        assert!(out.status.success(), "start {name}\n{}", self.log(name));
+        assert!(
+            wait_for("the guest's service", Duration::from_secs(120), || {
+                self.log(name).contains("SERVING")
+            }),
+            "{name} does not serve\n{}",
+            self.log(name)
+        );
+    }
+
+    fn stop(&self, name: &str) {
+        let out = self.microvm(&["stop", name]);
+        assert!(out.status.success(), "stop {name}\n{}", self.log(name));
+    }
+
+    fn ruleset(&self) -> String {
+        ok(&["ip", "netns", "exec", &self.ns, "nft", "list", "ruleset"])
+    }
+
+    fn links(&self) -> String {
+        ok(&["ip", "-n", &self.ns, "-o", "link"])
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        for vm in &self.vms {
+            let _ = self.microvm(&["stop", vm, "--timeout", "5"]);
+        }
+        for ns in self.others.iter().chain([&self.ns]) {
+            for pid in String::from_utf8_lossy(&sh(&["ip", "netns", "pids", ns]).stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+            }
+            let _ = sh(&["ip", "netns", "delete", ns]);
+        }
+    }
+}
+
+/// What a connection to `ADDR:PORT` from namespace `ns` gets, once the service answers
+/// (retried for up to 90 s: the guest may still be configuring its interface).
+fn fetch(ns: &str, addr: &str, port: u16) -> Vec<u8> {
+    let mut last = Vec::new();
+    for _ in 0..45 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "timeout", "60", "busybox", "nc", addr])
+            .arg(port.to_string())
+            .env("PATH", path_var())
+            .stdin(Stdio::null())
+            .output()
+            .expect("nc");
+        if out.stdout.starts_with(b"GUEST-OK\n") && out.stdout.len() == REPLY_LEN {
+            return out.stdout;
+        }
+        last = out.stdout;
+        last.extend(out.stderr);
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    panic!(
+        "{addr}:{port} from {ns}: no full reply; last: {:?}",
+        String::from_utf8_lossy(&last[..last.len().min(300)])
+    );
+}
+
+fn tag(short: &str) -> String {
+    format!("n2{short}{}", std::process::id() % 100000)
+}
+
+/// The forwarded address of a supervisor log line `forwarding tcp *:PORT → IP:GUEST`.
+fn forwarded_target(log: &str, port: u16) -> Option<String> {
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("forwarding tcp *:{port} → ")))?;
+    let target = line.rsplit("→ ").next()?;
+    Some(target.rsplit_once(':')?.0.to_string())
+}
+
+fn qemu_cmdline(host: &Host, name: &str) -> String {
+    let rec: serde_json::Value = fs::read(host.state().join(name).join("run.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let pid = rec["hypervisorPid"]
+        .as_u64()
+        .expect("hypervisor pid in run.json");
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).expect("qemu cmdline");
+    String::from_utf8_lossy(&raw).replace('\0', " ")
+}
+
+/// (a) + (c): a 2-vCPU VM on a microvm network (DHCP, a reserved address) serves a port
+/// that the host forwards with nftables DNAT: reached from the host itself (to the
+/// bridge's and the veth's address) and from a client namespace. Its tap is multi-queue
+/// (`ip -d link`: two queues opened, qemu's `queues=2`) and carries a ping and 1 MiB transfers. A second VM
+/// forwarding the same port is refused; stopping the VM, and recovering after `kill -9`
+/// of its supervisor, leave no table and no reservation.
+#[test]
+fn forwarded_ports_reach_a_guest_on_a_multi_queue_tap_and_leave_no_rule() {
+    if skip_unless_ready("forwarded ports") {
+        return;
+    }
+    let mut host = Host::new(&tag("f"));
+    let client = host.client("c", "n2c0", "172.31.252.1/30", "172.31.252.2/30");
+    let out = host.microvm(&[
+        "network",
+        "create",
+        "n2fwd",
+        "--bridge",
+        "n2br0",
+        "--subnet",
+        "10.179.0.1/24",
+    ]);
+    assert!(out.status.success(), "network create");
+    let web = "n2-web";
+    let tap = |id: &str, mac: &str| {
+        format!(
+            "[[interfaces]]\ntype = \"tap\"\nid = \"{id}\"\nmac = \"{mac}\"\nbridge = \"n2br0\"\n\n\
+             [[network]]\ninterface = \"{id}\"\ndhcp = true\n\n\
+             [[forwardPorts]]\nhost.port = 8080\nguest.port = 80\n"
+        )
+    };
+    host.install(web, 2, &tap("n2tap0", "02:00:00:22:00:01"));
+    host.start(web);
+    let log = host.log(web);
+    let ip = forwarded_target(&log, 8080).unwrap_or_else(|| panic!("no forwarding line\n{log}"));
+    let net_dir = host.state().join(".networks/n2fwd");
+    assert_eq!(
+        fs::read_to_string(net_dir.join("hosts").join(web)).expect("reservation"),
+        format!("02:00:00:22:00:01,{ip}\n")
+    );
+    assert!(host.ruleset().contains("table ip microvm-fwd-n2-web"));
+
+    for (ns, addr) in [
+        (&host.ns, "10.179.0.1"),
+        (&host.ns, "172.31.252.1"),
+        (&client, "172.31.252.1"),
+    ] {
+        fetch(ns, addr, 8080);
+        eprintln!("{ns} → {addr}:8080: {REPLY_LEN} bytes from the guest");
+    }
+    // The guest took the reserved address.
+    let leases = fs::read_to_string(net_dir.join("leases")).expect("leases");
+    assert!(
+        leases.contains(&format!("02:00:00:22:00:01 {ip} ")),
+        "{leases}"
+    );
+    ok(&[
+        "ip", "netns", "exec", &host.ns, "ping", "-c", "3", "-W", "10", &ip,
+    ]);
+
+    // The tap is multi-queue, and qemu opens two queues on it.
+    let link = ok(&["ip", "-n", &host.ns, "-d", "link", "show", "n2tap0"]);
+    assert!(link.contains("multi_queue"), "{link}");
+    // qemu opened both queues; on the microvm machine's virtio-mmio NIC (no `mq=on`, as
+    // in microvm.nix) the guest enables one and qemu detaches the other.
+    let count = |key: &str| -> u32 {
+        let after = link.split(&format!(" {key} ")).nth(1).unwrap_or_default();
+        after
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(count("numqueues") + count("numdisabled"), 2, "{link}");
+    let cmdline = qemu_cmdline(&host, web);
+    assert!(
+        cmdline.contains("ifname=n2tap0") && cmdline.contains("queues=2"),
+        "{cmdline}"
+    );
+
+    // A second VM forwarding the same port is refused before it boots.
+    let other = "n2-web2";
+    host.install(other, 1, &tap("n2tap1", "02:00:00:22:00:02"));
+    let out = host.microvm(&["start", other]);
+    let why = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        host.log(other)
+    );
+    assert!(!out.status.success(), "{why}");
+    assert!(
+        why.contains("cannot forward tcp *:8080 for VM n2-web2: VM n2-web forwards it already"),
+        "{why}"
+    );
+    let _ = host.microvm(&["stop", other]);
+    assert!(!host.ruleset().contains("microvm-fwd-n2-web2"));
+    assert!(!host.links().contains("n2tap1"));
+    assert!(!net_dir.join("hosts").join(other).exists());
+
+    host.stop(web);
+    let rules = host.ruleset();
+    assert!(!rules.contains("microvm-fwd"), "a rule left: {rules}");
+    assert!(
+        !net_dir.join("hosts").join(web).exists(),
+        "reservation left"
+    );
+
+    // kill -9 of the supervisor: the next `status` removes the table it left.
+    host.start(web);
+    assert!(host.ruleset().contains("microvm-fwd-n2-web"));
+    let pid: i32 = fs::read_to_string(host.state().join(web).join("supervisor.pid"))
+        .expect("supervisor.pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    ok(&["kill", "-9", &pid.to_string()]);
+    wait_for("the supervisor to die", Duration::from_secs(10), || {
+        !service_harness::alive(pid as u64)
+    });
+    assert!(
+        host.ruleset().contains("microvm-fwd-n2-web"),
+        "the killed supervisor left its table (what recovery is for)"
+    );
+    let out = host.microvm(&["status", web]);
+    assert!(
+        out.status.success() || out.status.code() == Some(3),
+        "status"
+    );
+    let rules = host.ruleset();
+    assert!(
+        !rules.contains("microvm-fwd"),
+        "recovery left a rule: {rules}"
+    );
+    assert!(
+        !net_dir.join("hosts").join(web).exists(),
+        "reservation left"
+    );
+    assert!(!host.links().contains("n2tap0"), "tap left");
+
+    assert!(host
+        .microvm(&["network", "remove", "n2fwd"])
+        .status
+        .success());
+}
+
+/// (b): qemu `user` networking (slirp: DHCP from qemu, no tap) with `forwardPorts`
+/// (qemu's `hostfwd`) reaches the guest's service from the host; no nftables table.
+#[test]
+fn qemu_user_networking_forwards_a_port_to_the_guest() {
+    if skip_unless_ready("qemu user networking") {
+        return;
+    }
+    let mut host = Host::new(&tag("u"));
+    let vm = "n2-user";
+    host.install(
+        vm,
+        1,
+        "[[interfaces]]\ntype = \"user\"\nid = \"qemu\"\nmac = \"02:00:00:22:00:05\"\n\n\
+         [[network]]\ninterface = \"qemu\"\ndhcp = true\n\n\
+         [[forwardPorts]]\nhost.port = 8081\nguest.port = 80\n",
+    );
+    host.start(vm);
+    let cmdline = qemu_cmdline(&host, vm);
+    assert!(cmdline.contains("hostfwd=tcp::8081-:80"), "{cmdline}");
+    fetch(&host.ns, "127.0.0.1", 8081);
+    assert!(
+        !host.ruleset().contains("microvm-fwd"),
+        "hostfwd needs no table"
+    );
+    host.stop(vm);
+}
+
+/// Whether this kernel has the macvtap link type (probed in `ns` on the veth `parent`);
+/// the reason when it does not.
+fn macvtap_missing(ns: &str, parent: &str) -> Option<String> {
+    let out = sh(&[
+        "ip", "-n", ns, "link", "add", "link", parent, "name", "n2probe", "type", "macvtap",
+    ]);
+    if out.status.success() {
+        let _ = sh(&["ip", "-n", ns, "link", "delete", "n2probe"]);
+        return None;
+    }
+    Some(format!(
+        "this host kernel has no macvtap link type (`ip link add … type macvtap`: {})",
+        String::from_utf8_lossy(&out.stderr).trim()
+    ))
+}
+
+/// (d): a macvtap on a veth parent (fds passed to qemu) carries a ping and the guest's
+/// service to the namespace at the veth's other end; the macvtap is removed with the VM.
+#[test]
+fn macvtap_on_a_veth_parent_carries_traffic() {
+    if skip_unless_ready("macvtap") {
+        return;
+    }
+    let mut host = Host::new(&tag("m"));
+    // The veth's host end is the macvtap's parent (no address: the guest is on the link).
+    let peer = host.client("p", "n2mvp0", "10.180.0.3/24", "10.180.0.1/24");
+    ok(&["ip", "-n", &host.ns, "addr", "flush", "dev", "n2mvp0"]);
+    if let Some(why) = macvtap_missing(&host.ns, "n2mvp0") {
+        eprintln!("skipped macvtap: {why}");
+        return;
+    }
+    let vm = "n2-mvt";
+    host.install(
+        vm,
+        1,
+        "[[interfaces]]\ntype = \"macvtap\"\nid = \"n2mvt0\"\nmac = \"02:00:00:22:00:07\"\n\
+         macvtap.link = \"n2mvp0\"\nmacvtap.mode = \"bridge\"\n\n\
+         [[network]]\ninterface = \"n2mvt0\"\naddresses = [\"10.180.0.2/24\"]\n",
+    );
+    host.start(vm);
+    ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &peer,
+        "ping",
+        "-c",
+        "3",
+        "-W",
+        "10",
+        "10.180.0.2",
+    ]);
+    fetch(&peer, "10.180.0.2", 80);
+    host.stop(vm);
+    assert!(!host.links().contains("n2mvt0"), "macvtap left");
+}
