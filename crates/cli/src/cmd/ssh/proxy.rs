@@ -23,7 +23,16 @@ pub struct VsockProxyArgs {
 pub fn vsock_proxy(args: &VsockProxyArgs) -> anyhow::Result<i32> {
     check_socket(&args.socket)?;
     let stream = connect(args)?;
-    relay(stream, std::io::stdin(), std::io::stdout())?;
+    // Unbuffered ends: `Stdout` is line-buffered, and ssh's packets need not end a line.
+    let raw = |fd: std::os::fd::BorrowedFd<'_>| {
+        fd.try_clone_to_owned()
+            .map(std::fs::File::from)
+            .context("duplicating stdio")
+    };
+    use std::os::fd::AsFd as _;
+    let input = raw(std::io::stdin().as_fd())?;
+    let output = raw(std::io::stdout().as_fd())?;
+    relay(stream, input, output)?;
     Ok(crate::exit::OK)
 }
 
@@ -90,10 +99,25 @@ pub fn relay(
     let mut writer = stream.try_clone().context("cloning the vsock stream")?;
     let mut reader = stream;
     std::thread::spawn(move || {
-        let _ = std::io::copy(&mut input, &mut writer);
+        let _ = pump(&mut input, &mut writer);
         let _ = writer.shutdown(std::net::Shutdown::Write);
     });
-    std::io::copy(&mut reader, &mut output)
-        .and_then(|_| output.flush())
-        .context("relaying from the guest")
+    pump(&mut reader, &mut output).context("relaying from the guest")
+}
+
+/// Copies until end of file, each read passed on at once. Not `std::io::copy`: between
+/// ssh's pipes and the socket it held data back, and the session stalled after the key
+/// exchange (seen with real ssh, tests/ssh.rs).
+fn pump(from: &mut impl Read, to: &mut impl Write) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return to.flush(),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        to.flush()?;
+    }
 }
