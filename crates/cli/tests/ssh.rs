@@ -8,8 +8,9 @@
 //! its static address) is refused.
 //! `status` shows the address.
 //!
-//! The vsock transport cannot run here (no /dev/vhost-vsock): its command lines are
-//! unit tests (src/cmd/ssh/tests.rs), untested against a real guest.
+//! The vsock transport cannot run here (no /dev/vhost-vsock, no cloud-hypervisor or
+//! firecracker): its command lines are unit tests (src/cmd/ssh/tests.rs), and only
+//! `microvm vsock-proxy` runs for real, through a stand-in for the hybrid vsock socket.
 //!
 //! Prerequisites (root, qemu, iproute2, nft, dnsmasq, mmdebstrap, ssh, ssh-keygen, the
 //! microvm kernel): a missing one skips the test with a printed reason, or fails it
