@@ -167,7 +167,11 @@ impl Sshd {
             .stdin(Stdio::null())
             .spawn()
             .expect("sshd");
-        std::thread::sleep(Duration::from_millis(300));
+        let listening = wait_for("sshd", Duration::from_secs(20), || {
+            let out = sh(&["ip", "netns", "exec", netns, "ss", "-Hltn", "sport = :22"]);
+            !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+        });
+        assert!(listening, "sshd does not listen in {netns}");
         Sshd {
             keys: keys.to_path_buf(),
             child,
@@ -392,6 +396,20 @@ fn snapshot_and_migrate_refuse_clearly() {
         !out.status.success() && err.contains("not an incoming source"),
         "{err}"
     );
+    // An incoming stream that ends before a guest came (stdin is empty here): the target
+    // fails, and is not booted cold instead (its guest may still run at the source).
+    let out = vm.microvm(&["start", &vm.name, "--incoming", "stdin"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("did not resume"),
+        "{err}\n{}",
+        vm.logs()
+    );
+    let status = vm.status_json();
+    assert_eq!(status["status"]["state"], "failed", "{status}");
+    let log = vm.logs();
+    assert!(!log.contains("restarting in"), "{log}");
+    assert_eq!(vm.volume_file("/boots"), None, "never booted");
 }
 
 /// What cannot migrate is refused before anything starts: a virtiofs share (qemu 10's
