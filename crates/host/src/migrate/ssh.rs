@@ -190,9 +190,10 @@ pub fn migrate(
     let (mut qmp, stats, stdin) = match streamed {
         Ok(s) => s,
         Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
+            // qemu resumes the guest itself after a failed stream; the target says why
+            // it stopped reading (on our stderr) and ends, or is ended.
+            let why = ended(&mut child, Duration::from_secs(10));
+            return Err(failed(format!("{e}; {why}")));
         }
     };
     drop(stdin); // end of stream: the target loads it and resumes the guest
