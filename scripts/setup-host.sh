@@ -22,6 +22,13 @@ for pkg in qemu-system-x86 qemu-system-arm qemu-utils erofs-utils squashfs-tools
 done
 if [ "${#need[@]}" -gt 0 ]; then
   log "installing ${need[*]}"
+  # Package scripts start no daemons here (sshd, corosync, pacemaker): the tests run their
+  # own, inside network namespaces. A policy-rc.d the host already has is left alone.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 0755 /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-system-arm qemu-utils >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

@@ -167,7 +167,11 @@ impl Sshd {
             .stdin(Stdio::null())
             .spawn()
             .expect("sshd");
-        std::thread::sleep(Duration::from_millis(300));
+        let listening = wait_for("sshd", Duration::from_secs(20), || {
+            let out = sh(&["ip", "netns", "exec", netns, "ss", "-Hltn", "sport = :22"]);
+            !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+        });
+        assert!(listening, "sshd does not listen in {netns}");
         Sshd {
             keys: keys.to_path_buf(),
             child,
@@ -392,6 +396,20 @@ fn snapshot_and_migrate_refuse_clearly() {
         !out.status.success() && err.contains("not an incoming source"),
         "{err}"
     );
+    // An incoming stream that ends before a guest came (stdin is empty here): the target
+    // fails, and is not booted cold instead (its guest may still run at the source).
+    let out = vm.microvm(&["start", &vm.name, "--incoming", "stdin"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("did not resume"),
+        "{err}\n{}",
+        vm.logs()
+    );
+    let status = vm.status_json();
+    assert_eq!(status["status"]["state"], "failed", "{status}");
+    let log = vm.logs();
+    assert!(!log.contains("restarting in"), "{log}");
+    assert_eq!(vm.volume_file("/boots"), None, "never booted");
 }
 
 /// What cannot migrate is refused before anything starts: a virtiofs share (qemu 10's
@@ -432,9 +450,10 @@ fn restore_is_refused_for_a_virtiofs_share() {
 
 /// Host A runs the VM; host B (shared store and volume) cannot start it too (qemu's
 /// image lock); B waits with `--incoming`, A migrates over TCP between the namespaces;
-/// then B moves it back over ssh (`--to ssh://a`: A's sshd runs A's incoming start; one
-/// try with a target that cannot start fails and leaves it running on B). The guest
-/// never reboots, and its counter goes on without a gap.
+/// then B moves it back over ssh (`--to ssh://a`: A's sshd runs A's incoming start). Two
+/// tries fail first and leave it running on B: a target that cannot start, and one whose
+/// runner does not match (its qemu refuses the stream). The guest never reboots, and its
+/// counter goes on without a gap.
 #[test]
 fn migrate_between_two_hosts_and_refuse_a_second_writer() {
     let test = "migrate_between_two_hosts_and_refuse_a_second_writer";
@@ -561,7 +580,50 @@ fn migrate_between_two_hosts_and_refuse_a_second_writer() {
         "running"
     );
     let moved = counter_passes(&vm, moved + 3);
-    let good = ssh_args(bin().to_str().expect("utf-8 path"));
+    // A target whose runner does not match (128 MiB instead of 256): its qemu refuses
+    // the stream, and the guest goes on on B.
+    let current = vm.vmdir().join("current");
+    let runner = fs::read_link(&current).expect("current");
+    let def = fs::read_to_string(vm.dir.path().join("vm.toml")).expect("vm.toml");
+    let small = vm.dir.path().join("vm-128.toml");
+    fs::write(&small, def.replace("mem = 256", "mem = 128")).expect("vm-128.toml");
+    let out = sh(&[
+        bin().to_str().expect("utf-8 path"),
+        "build",
+        small.to_str().expect("utf-8 path"),
+        "--store",
+        work_dir().join("store").to_str().expect("utf-8 path"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let other = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    fs::remove_file(&current).expect("current");
+    std::os::unix::fs::symlink(&other, &current).expect("current");
+    let out = peer.microvm(&good_args(&ssh_args).each_ref().map(String::as_str));
+    let err = String::from_utf8_lossy(&out.stderr);
+    fs::remove_file(&current).expect("current");
+    std::os::unix::fs::symlink(&runner, &current).expect("current");
+    assert!(
+        !out.status.success() && err.contains("did not take the VM over"),
+        "{err}\n{}",
+        vm.logs()
+    );
+    assert_eq!(
+        state_of(&peer.microvm(&["status", &vm.name, "--json"])),
+        "running"
+    );
+    assert_ne!(
+        state_of(&vm.microvm(&["status", &vm.name, "--json"])),
+        "running",
+        "{}",
+        vm.logs()
+    );
+    assert!(!vm.logs().contains("restarting in"), "{}", vm.logs());
+    let moved = counter_passes(&vm, moved + 3);
+    let good = good_args(&ssh_args);
     let t = Instant::now();
     let out = peer.microvm(&good.each_ref().map(String::as_str));
     assert!(
@@ -604,6 +666,11 @@ fn migrate_between_two_hosts_and_refuse_a_second_writer() {
         "MEASURED the guest's counter across two migrations: {} entries, no gap, longest uptime step {:.2} s",
         c.last, c.max_step
     );
+}
+
+/// The arguments of an ssh migration with this test binary on the target.
+fn good_args(ssh_args: &impl Fn(&str) -> [String; 11]) -> [String; 11] {
+    ssh_args(bin().to_str().expect("utf-8 path"))
 }
 
 /// Runs the OCF agent (scripts/ocf/microvm-vm) as Pacemaker would, with `OCF_RESKEY_*`

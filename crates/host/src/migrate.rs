@@ -328,16 +328,20 @@ pub(crate) fn stream_through_socket<W: Write + Send + 'static>(
         Ok(out)
     });
     let uri = format!("unix:{SNAPSHOT_SOCKET}");
-    let result = stream(qmp_socket, &uri, MIGRATE_TIMEOUT, progress);
-    if result.is_err() {
-        // Unblock the accept if qemu never connected.
-        let _ = crate::unixpath::connect(&sock);
-    }
+    let (qmp, stats) = match stream(qmp_socket, &uri, MIGRATE_TIMEOUT, progress) {
+        Ok(done) => done,
+        Err(e) => {
+            // Unblock the accept if qemu never connected. The copier is not waited for:
+            // it may be stuck writing to a reader that stopped (ssh); it ends when its
+            // writer fails or qemu closes the stream.
+            let _ = crate::unixpath::connect(&sock);
+            return Err(e);
+        }
+    };
     let copied = copier
         .join()
         .unwrap_or_else(|_| Err(std::io::Error::other("panicked")));
     drop(cleanup);
-    let (qmp, stats) = result?;
     let out = copied.map_err(io("cannot copy the migration stream from", &sock))?;
     Ok((qmp, stats, out))
 }

@@ -28,7 +28,12 @@ fail() {
   exit 1
 }
 now() { printf '%s' "$EPOCHREALTIME"; }
-since() { awk "BEGIN{printf \"%.2f\", $(now) - $1}"; }
+# Seconds since $1 (an $EPOCHREALTIME), with two decimals, in bash arithmetic.
+since() {
+  local a=${EPOCHREALTIME/./} b=${1/./}
+  local d=$(((a - b) / 10000))
+  printf '%d.%02d' $((d / 100)) $((d % 100))
+}
 
 cleanup() {
   if [ -n "${CLUSTER_LOGS:-}" ]; then
@@ -270,12 +275,15 @@ for _ in $(seq 1500); do
   if [ -z "$t_left" ] && ! on "$survivor" corosync-quorumtool -l 2>/dev/null | awk '{print $1}' | grep -qx "$nodeid"; then
     t_left=$(since "$t0")
   fi
+  # Bash builtins only (no process per poll), so the watching steals no CPU from the boot.
   for n in "${nodes[@]}"; do
     f="$WORK/$n/mnt/microvms/$VM/status.json"
-    [ -n "$(find "$f" -newer "$WORK/kill-mark" 2>/dev/null)" ] || continue
-    grep -q '"starting"\|"running"' "$f" || continue
+    [[ "$f" -nt "$WORK/kill-mark" ]] || continue
+    st=""
+    IFS= read -r -d '' st <"$f" 2>/dev/null || true
+    [[ "$st" == *'"starting"'* || "$st" == *'"running"'* ]] || continue
     if [ -z "$t_start" ]; then t_start=$(since "$t0"); dst=$n; fi
-    if [ -z "$t_ready" ] && grep -q '"running"' "$f"; then t_ready=$(since "$t0"); fi
+    if [ -z "$t_ready" ] && [[ "$st" == *'"running"'* ]]; then t_ready=$(since "$t0"); fi
   done
   [ -n "$t_ready" ] && break
   sleep 0.05

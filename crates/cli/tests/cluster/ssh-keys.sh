@@ -33,7 +33,6 @@ Host *
   StrictHostKeyChecking yes
   BatchMode yes
   ConnectTimeout 5
-  SetEnv MICROVM_SERVICE_MANAGER=own
 CONF
 cat >"$dir/sshd_config" <<CONF
 HostKey $dir/host_key
@@ -43,7 +42,6 @@ PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
-AcceptEnv MICROVM_SERVICE_MANAGER
 PidFile none
 LogLevel ERROR
 CONF

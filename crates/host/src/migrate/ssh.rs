@@ -111,7 +111,9 @@ pub struct Remote {
 
 impl Remote {
     /// The argv of `ssh`: batch mode (no password prompts), then the remote command,
-    /// each word quoted for the remote shell.
+    /// each word quoted for the remote shell. An incoming VM runs under microvm's own
+    /// supervisor (a systemd unit cannot receive one), also on a target where systemd is
+    /// PID 1: `env MICROVM_SERVICE_MANAGER=own`.
     pub fn argv(&self, vm: &str) -> Vec<OsString> {
         let mut argv: Vec<OsString> = vec!["ssh".into(), "-o".into(), "BatchMode=yes".into()];
         if let Some(c) = &self.config {
@@ -127,6 +129,8 @@ impl Remote {
         argv.push(self.target.host.clone().into());
         let state = self.state_dir.to_string_lossy();
         let words = [
+            "env",
+            "MICROVM_SERVICE_MANAGER=own",
             &*self.binary,
             "--state-dir",
             &state,
@@ -186,9 +190,10 @@ pub fn migrate(
     let (mut qmp, stats, stdin) = match streamed {
         Ok(s) => s,
         Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
+            // qemu resumes the guest itself after a failed stream; the target says why
+            // it stopped reading (on our stderr) and ends, or is ended.
+            let why = ended(&mut child, Duration::from_secs(10));
+            return Err(failed(format!("{e}; {why}")));
         }
     };
     drop(stdin); // end of stream: the target loads it and resumes the guest
@@ -296,7 +301,7 @@ mod tests {
                 "root",
                 "--",
                 "n2",
-                "'microvm' '--state-dir' '/var/lib/my vms' 'start' 'vm1' '--incoming' 'stdin'"
+                "'env' 'MICROVM_SERVICE_MANAGER=own' 'microvm' '--state-dir' '/var/lib/my vms' 'start' 'vm1' '--incoming' 'stdin'"
             ]
         );
         assert_eq!(quote("it's"), r"'it'\''s'");

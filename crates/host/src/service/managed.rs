@@ -413,7 +413,10 @@ fn attempt(
         },
         Ok(outcome) => End {
             code: outcome.exit_code(),
-            reason: handed_over(vm, &outcome).unwrap_or_else(|| describe(&outcome)),
+            // A qemu that quit after a snapshot or a migration: not "the guest powered off".
+            reason: crate::migrate::take_handover(vm.path())
+                .filter(|_| outcome.hypervisor_status.success() && !outcome.shutdown_requested)
+                .map_or_else(|| describe(&outcome), |note| format!("the VM was {note}")),
             requested: outcome.shutdown_requested && outcome.helper_failure.is_none(),
         },
         Err(ServiceError::Run(RunError::HypervisorFailed { status, .. })) => End {
@@ -599,10 +602,7 @@ fn run(
             Progress::Resumed { after } => {
                 rec.ready = Some(now());
                 rec.ready_after_ms = Some(after.as_millis() as u64);
-                report(&format!(
-                    "resumed {:.2} s after start (the guest runs its restored state)",
-                    after.as_secs_f64()
-                ));
+                report(&format!("resumed {:.2} s after start", after.as_secs_f64()));
             }
             Progress::ShutdownRequested { method } => {
                 report(&format!("shutting down ({method})"));
@@ -788,14 +788,6 @@ fn describe(o: &RunOutcome) -> String {
         "the hypervisor ended with {}",
         describe_status(o.hypervisor_status)
     )
-}
-
-/// How a VM ended whose qemu quit after a snapshot or a migration (its note), not "the
-/// guest powered off".
-fn handed_over(vm: &VmDir, o: &RunOutcome) -> Option<String> {
-    let plain_exit = o.hypervisor_status.success() && !o.shutdown_requested;
-    let note = crate::migrate::take_handover(vm.path())?;
-    plain_exit.then(|| format!("the VM was {note}"))
 }
 
 fn chain(e: &dyn std::error::Error) -> String {

@@ -256,10 +256,14 @@ fn receive(vm: &VmDir) -> anyhow::Result<()> {
     };
     println!("receiving {name}");
     std::io::stdout().flush()?;
-    std::io::copy(&mut std::io::stdin().lock(), &mut stream)
-        .with_context(|| format!("copying the migration stream into {}", sock.display()))?;
+    let copied = std::io::copy(&mut std::io::stdin().lock(), &mut stream);
     let _ = stream.shutdown(std::net::Shutdown::Write);
-    wait_resumed(vm, super::START_TIMEOUT)
+    // A copy that broke off (qemu refused the stream) is explained by how the VM ended.
+    let resumed = wait_resumed(vm, super::START_TIMEOUT);
+    match copied {
+        Err(e) => resumed.map_err(|r| anyhow::anyhow!("{r:#} (the stream broke off: {e})")),
+        _ => resumed,
+    }
 }
 
 /// Waits until the supervisor records that the incoming guest runs (run.json `ready`).
