@@ -11,11 +11,11 @@
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use microvm_runner::Invocation;
 
+use super::outcome::{chain, describe, describe_status, status_code};
 use super::record::{ExitRecord, HelperRecord, RunRecord};
 use super::{adopted, machined, notify, pci, record};
 use crate::console::{self, ConsoleConfig, ConsoleServer};
@@ -741,64 +741,6 @@ fn check_tun(tun: &Path, c: &Credentials) -> Result<(), ServiceError> {
             mode,
         })
     }
-}
-
-/// 128 + signal, or the exit code.
-pub fn status_code(status: ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(c), _) => c,
-        (None, Some(s)) => 128 + s,
-        _ => 1,
-    }
-}
-
-fn describe_status(status: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(c), _) => format!("exit status {c}"),
-        (None, Some(s)) => format!(
-            "signal {s} ({})",
-            signal_hook::low_level::signal_name(s).unwrap_or("?")
-        ),
-        _ => status.to_string(),
-    }
-}
-
-fn describe(o: &RunOutcome) -> String {
-    if let Some(h) = &o.helper_failure {
-        return h.clone();
-    }
-    if let Some(m) = &o.guest_failure {
-        return format!("the guest init failed: {m}");
-    }
-    if let Some(n) = o.guest_exit {
-        return format!("the guest command exited with {n}");
-    }
-    if o.forced {
-        return "the hypervisor did not stop in time and was killed".into();
-    }
-    if o.shutdown_requested {
-        return "stopped on request".into();
-    }
-    if o.hypervisor_status.success() {
-        return "the guest powered off".into();
-    }
-    format!(
-        "the hypervisor ended with {}",
-        describe_status(o.hypervisor_status)
-    )
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 /// Turns SIGINT and SIGTERM into stop requests on `stop` for the rest of the process's
