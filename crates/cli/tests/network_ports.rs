@@ -161,9 +161,9 @@ impl Host {
         out
     }
 
-    /// Builds a single-command VM running [`SERVICE`] with the microvm kernel and installs
-    /// it as `<state>/NAME/current` (the layout `microvm create` makes).
-    fn install(&mut self, name: &str, vcpu: u32, tables: &str) {
+    /// Writes the definition of a single-command VM running [`SERVICE`] with the microvm
+    /// kernel.
+    fn definition(&self, name: &str, vcpu: u32, tables: &str) -> PathBuf {
         let def = self.dir.path().join(format!("{name}.toml"));
         fs::write(
             &def,
@@ -176,6 +176,53 @@ impl Host {
             ),
         )
         .expect("definition");
+        def
+    }
+
+    /// `microvm run DEF` in the host namespace, in the background (console and stderr in
+    /// files next to the definition), once the guest serves.
+    fn run_file(&self, def: &Path) -> Running {
+        let stderr = def.with_extension("stderr");
+        let console = def.with_extension("console");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(bin())
+            .arg("--state-dir")
+            .arg(self.state())
+            .arg("run")
+            .arg(def)
+            .arg("--store")
+            .arg(work_dir().join("store"))
+            .arg("--workdir")
+            .arg(self.dir.path())
+            .arg("--console-log")
+            .arg(&console)
+            .env("PATH", path_var())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("microvm run");
+        let mut running = Running { child, stderr };
+        let serving = wait_for("the guest's service", Duration::from_secs(120), || {
+            fs::read_to_string(&console).is_ok_and(|c| c.contains("SERVING"))
+        });
+        if !serving {
+            running.stop();
+            panic!(
+                "{} does not serve: {}\n{}",
+                def.display(),
+                running.stderr(),
+                fs::read_to_string(&console).unwrap_or_default()
+            );
+        }
+        running
+    }
+
+    /// Builds the VM of [`Host::definition`] and installs it as `<state>/NAME/current`
+    /// (the layout `microvm create` makes).
+    fn install(&mut self, name: &str, vcpu: u32, tables: &str) {
+        let def = self.definition(name, vcpu, tables);
         let out = Command::new(bin())
             .arg("build")
             .arg(&def)
@@ -199,8 +246,15 @@ impl Host {
     fn log(&self, name: &str) -> String {
         let read =
             |f: &str| fs::read_to_string(self.state().join(name).join(f)).unwrap_or_default();
+        let dnsmasq: String = fs::read_dir(self.state().join(".networks"))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| fs::read_to_string(e.path().join("dnsmasq.log")).unwrap_or_default())
+            .map(|t| tail(&t, 30))
+            .collect();
         format!(
-            "--- supervisor.log\n{}\n--- console.log (tail)\n{}",
+            "--- supervisor.log\n{}\n--- console.log (tail)\n{}\n--- dnsmasq.log (tail)\n{dnsmasq}",
             read("supervisor.log"),
             tail(&read("console.log"), 30)
         )
@@ -251,13 +305,40 @@ impl Drop for Host {
     }
 }
 
+/// A `microvm run FILE` in the background.
+struct Running {
+    child: std::process::Child,
+    stderr: PathBuf,
+}
+
+impl Running {
+    /// SIGTERM (a graceful stop) and wait.
+    fn stop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let _ = self.child.wait();
+    }
+
+    fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// What a connection to `ADDR:PORT` from namespace `ns` gets, once the service answers
-/// (retried for up to 90 s: the guest may still be configuring its interface).
+/// (retried for 90 s: the guest may still be configuring its interface).
 fn fetch(ns: &str, addr: &str, port: u16) -> Vec<u8> {
     let mut last = Vec::new();
-    for _ in 0..45 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while std::time::Instant::now() < deadline {
         let out = Command::new("ip")
-            .args(["netns", "exec", ns, "timeout", "60", "busybox", "nc", addr])
+            .args(["netns", "exec", ns, "timeout", "20", "busybox", "nc", addr])
             .arg(port.to_string())
             .env("PATH", path_var())
             .stdin(Stdio::null())
@@ -440,6 +521,30 @@ fn forwarded_ports_reach_a_guest_on_a_multi_queue_tap_and_leave_no_rule() {
     );
     assert!(!host.links().contains("n2tap0"), "tap left");
 
+    // `microvm run FILE` as root forwards too; here to a static address.
+    let once = host.definition(
+        "n2-once",
+        1,
+        "[[interfaces]]\ntype = \"tap\"\nid = \"n2tap2\"\nmac = \"02:00:00:22:00:03\"\nbridge = \"n2br0\"\n\n\
+         [[network]]\ninterface = \"n2tap2\"\naddresses = [\"10.179.0.60/24\"]\ngateways = [\"10.179.0.1\"]\n\n\
+         [[forwardPorts]]\nhost.port = 8082\nguest.port = 80\n",
+    );
+    let mut run = host.run_file(&once);
+    fetch(&client, "172.31.252.1", 8082);
+    assert!(host.ruleset().contains("dnat to 10.179.0.60:80"));
+    run.stop();
+    assert!(
+        run.stderr()
+            .contains("forwarding tcp *:8082 → 10.179.0.60:80"),
+        "{}",
+        run.stderr()
+    );
+    let rules = host.ruleset();
+    assert!(
+        !rules.contains("microvm-fwd"),
+        "run FILE left a rule: {rules}"
+    );
+
     assert!(host
         .microvm(&["network", "remove", "n2fwd"])
         .status
@@ -473,6 +578,26 @@ fn qemu_user_networking_forwards_a_port_to_the_guest() {
     host.stop(vm);
 }
 
+/// Creates and deletes `pairs` veth pairs in `ns` (one `ip -batch`), so that the next
+/// link there gets an ifindex above `2 * pairs`.
+fn bump_ifindex(ns: &str, pairs: usize) {
+    use std::io::Write as _;
+    let mut child = Command::new("ip")
+        .args(["-n", ns, "-batch", "-"])
+        .env("PATH", path_var())
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("ip -batch");
+    let mut stdin = child.stdin.take().expect("stdin");
+    for _ in 0..pairs {
+        stdin
+            .write_all(b"link add n2pad type veth peer name n2padb\nlink delete n2pad\n")
+            .expect("batch");
+    }
+    drop(stdin);
+    assert!(child.wait().expect("ip -batch").success());
+}
+
 /// Whether this kernel has the macvtap link type (probed in `ns` on the veth `parent`);
 /// the reason when it does not.
 fn macvtap_missing(ns: &str, parent: &str) -> Option<String> {
@@ -500,6 +625,11 @@ fn macvtap_on_a_veth_parent_carries_traffic() {
     // The veth's host end is the macvtap's parent (no address: the guest is on the link).
     let peer = host.client("p", "n2mvp0", "10.180.0.3/24", "10.180.0.1/24");
     ok(&["ip", "-n", &host.ns, "addr", "flush", "dev", "n2mvp0"]);
+    // qemu (≥ 8.2) opens `/dev/tap<ifindex of ifname=>` before /dev/net/tun, and /dev is
+    // not per namespace: a tap VM in another namespace whose tap has the same ifindex as
+    // this macvtap would open it. Move this namespace's ifindexes (allocated cyclically)
+    // past the small ones other tests' taps have.
+    bump_ifindex(&host.ns, 250);
     if let Some(why) = macvtap_missing(&host.ns, "n2mvp0") {
         eprintln!("skipped macvtap: {why}");
         return;
