@@ -417,6 +417,7 @@ fn forwarded_ports_reach_a_guest_on_a_multi_queue_tap_and_leave_no_rule() {
     host.start(web);
     let log = host.log(web);
     let ip = forwarded_target(&log, 8080).unwrap_or_else(|| panic!("no forwarding line\n{log}"));
+    assert!(!log.contains("warning:"), "{log}");
     let net_dir = host.state().join(".networks/n2fwd");
     assert_eq!(
         fs::read_to_string(net_dir.join("hosts").join(web)).expect("reservation"),

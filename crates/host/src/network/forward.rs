@@ -135,10 +135,19 @@ pub struct Forwarded {
     vm: String,
     reservation: Option<NetworkConfig>,
     pub rules: Vec<Rule>,
+    /// What may keep the forwards from working (for the log).
+    pub warnings: Vec<String>,
     removed: bool,
 }
 
 impl Forwarded {
+    /// The lines to log: `forwarding tcp *:8080 → 10.177.0.12:80` per port, then warnings.
+    pub fn log_lines(&self) -> Vec<String> {
+        let rules = self.rules.iter().map(|r| format!("forwarding {r}"));
+        let warnings = self.warnings.iter().map(|w| format!("warning: {w}"));
+        rules.chain(warnings).collect()
+    }
+
     /// Deletes the VM's table and its reservation.
     pub fn remove(mut self) -> Result<(), ForwardError> {
         self.removed = true;
@@ -201,6 +210,7 @@ pub fn install(nets: &Networks, vm: &str, f: &TapForwards) -> Result<Forwarded, 
         Ok(rules) => Ok(Forwarded {
             nets: nets.clone(),
             vm: vm.into(),
+            warnings: reservation.iter().filter_map(|c| unread(nets, c)).collect(),
             reservation,
             rules,
             removed: false,
@@ -464,6 +474,25 @@ fn reserve(
     Ok(ip)
 }
 
+/// Why network `c`'s dnsmasq does not hand out the reservations, if it does not: it does
+/// not run, or it was started without `--dhcp-hostsdir` (by an older microvm).
+fn unread(nets: &Networks, c: &NetworkConfig) -> Option<String> {
+    let dir = nets.dir(&c.name);
+    let Some(pid) = dnsmasq::running(&nets.tools, &dir) else {
+        return Some(format!(
+            "dnsmasq of network {} is not running: the guest gets no DHCP address",
+            c.name
+        ));
+    };
+    let cmdline = fs::read(nets.tools.procfs.join(pid.to_string()).join("cmdline")).ok()?;
+    let want = format!("--dhcp-hostsdir={}", dir.join(HOSTS).display());
+    let reads = cmdline.split(|b| *b == 0).any(|a| a == want.as_bytes());
+    (!reads).then(|| format!(
+        "dnsmasq of network {} (pid {pid}) was started without address reservations: the guest may lease another address than the forwarded one; remove and create the network again",
+        c.name
+    ))
+}
+
 /// The reservations of a network: (file name = VM, MAC, address).
 fn reservations(dir: &Path) -> Vec<(String, String, Ipv4Addr)> {
     let Ok(entries) = fs::read_dir(dir) else {
@@ -569,6 +598,36 @@ mod tests {
         let mut udp = port(None, 80, 1);
         udp.proto = ForwardProto::Udp;
         assert!(!clash(&udp, &port(None, 80, 1)));
+    }
+
+    #[test]
+    fn a_dnsmasq_that_does_not_read_reservations_is_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut tools = super::super::Tools::system();
+        tools.procfs = dir.path().join("proc");
+        let nets = Networks::new(&dir.path().join("state"), tools);
+        let c = NetworkConfig::new(
+            "net1".parse().expect("name"),
+            "10.9.8.1/24".parse().expect("subnet"),
+        );
+        let ndir = nets.dir(&c.name);
+        fs::create_dir_all(&ndir).expect("mkdir");
+        assert!(unread(&nets, &c)
+            .expect("not running")
+            .contains("is not running"));
+        fs::write(ndir.join("dnsmasq.pid"), "123\n").expect("pid");
+        fs::create_dir_all(dir.path().join("proc/123")).expect("proc");
+        let pidfile = format!("--pid-file={}", ndir.join("dnsmasq.pid").display());
+        let cmdline = dir.path().join("proc/123/cmdline");
+        fs::write(&cmdline, format!("dnsmasq\0{pidfile}\0")).expect("cmdline");
+        let why = unread(&nets, &c).expect("old dnsmasq");
+        assert!(
+            why.contains("started without address reservations"),
+            "{why}"
+        );
+        let hosts = format!("--dhcp-hostsdir={}", ndir.join(HOSTS).display());
+        fs::write(&cmdline, format!("dnsmasq\0{pidfile}\0{hosts}\0")).expect("cmdline");
+        assert_eq!(unread(&nets, &c), None);
     }
 
     #[test]
