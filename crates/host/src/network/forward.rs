@@ -210,7 +210,11 @@ pub fn install(nets: &Networks, vm: &str, f: &TapForwards) -> Result<Forwarded, 
         Ok(rules) => Ok(Forwarded {
             nets: nets.clone(),
             vm: vm.into(),
-            warnings: reservation.iter().filter_map(|c| unread(nets, c)).collect(),
+            warnings: reservation
+                .iter()
+                .filter_map(|c| unread(nets, c))
+                .chain(not_local(nets, &f.ports))
+                .collect(),
             reservation,
             rules,
             removed: false,
@@ -474,6 +478,34 @@ fn reserve(
     Ok(ip)
 }
 
+/// A warning for each `host.address` that is none of this host's addresses (DNAT
+/// applies only to packets for the host; nothing arrives at another address).
+fn not_local(nets: &Networks, ports: &[TapPort]) -> Vec<String> {
+    let wanted: Vec<Ipv4Addr> = ports.iter().filter_map(|p| p.host_address).collect();
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    let Ok(text) = super::run(
+        &nets.tools.ip,
+        "list the host's addresses",
+        &["-4", "-o", "addr", "show"],
+        None,
+    ) else {
+        return Vec::new();
+    };
+    let local: Vec<Ipv4Addr> = text
+        .lines()
+        .filter_map(|l| l.split(" inet ").nth(1)?.split('/').next()?.parse().ok())
+        .collect();
+    let mut out: Vec<String> = wanted
+        .into_iter()
+        .filter(|a| !local.contains(a))
+        .map(|a| format!("host address {a} of a forwarded port is not an address of this host: nothing is forwarded there"))
+        .collect();
+    out.dedup();
+    out
+}
+
 /// Why network `c`'s dnsmasq does not hand out the reservations, if it does not: it does
 /// not run, or it was started without `--dhcp-hostsdir` (by an older microvm).
 fn unread(nets: &Networks, c: &NetworkConfig) -> Option<String> {
@@ -598,6 +630,32 @@ mod tests {
         let mut udp = port(None, 80, 1);
         udp.proto = ForwardProto::Udp;
         assert!(!clash(&udp, &port(None, 80, 1)));
+    }
+
+    #[test]
+    fn a_host_address_that_is_not_the_hosts_is_reported() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ip = dir.path().join("ip");
+        fs::write(
+            &ip,
+            "#!/bin/sh\necho '1: lo    inet 127.0.0.1/8 scope host lo'\n\
+             echo '4: eth0    inet 192.0.2.2/24 brd 192.0.2.255 scope global eth0'\n",
+        )
+        .expect("script");
+        fs::set_permissions(&ip, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let mut tools = super::super::Tools::system();
+        tools.ip = ip;
+        let nets = Networks::new(dir.path(), tools);
+        let ports = [
+            port(Some("192.0.2.2"), 80, 80),
+            port(Some("192.0.2.9"), 81, 80),
+            port(None, 82, 80),
+        ];
+        assert_eq!(
+            not_local(&nets, &ports),
+            ["host address 192.0.2.9 of a forwarded port is not an address of this host: nothing is forwarded there"]
+        );
     }
 
     #[test]
