@@ -628,8 +628,9 @@ fn macvtap_on_a_veth_parent_carries_traffic() {
     ok(&["ip", "-n", &host.ns, "addr", "flush", "dev", "n2mvp0"]);
     // qemu (≥ 8.2) opens `/dev/tap<ifindex of ifname=>` before /dev/net/tun, and /dev is
     // not per namespace: a tap VM in another namespace whose tap has the same ifindex as
-    // this macvtap would open it. Move this namespace's ifindexes (allocated cyclically)
-    // past the small ones other tests' taps have.
+    // this macvtap would open it (microvm re-creates such a tap; a qemu started by
+    // anything else does not). Move this namespace's ifindexes (allocated cyclically) past
+    // the small ones taps of other namespaces have.
     bump_ifindex(&host.ns, 250);
     if let Some(why) = macvtap_missing(&host.ns, "n2mvp0") {
         eprintln!("skipped macvtap: {why}");
