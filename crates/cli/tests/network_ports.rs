@@ -599,6 +599,68 @@ fn bump_ifindex(ns: &str, pairs: usize) {
     assert!(child.wait().expect("ip -batch").success());
 }
 
+/// The interface index of `link` in `ns`.
+fn ifindex(ns: &str, link: &str) -> u32 {
+    let out = ok(&["ip", "-n", ns, "-o", "link", "show", link]);
+    out.split(':')
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .expect("index")
+}
+
+/// A tap VM in another namespace whose tap would get the macvtap's `index` (qemu would
+/// open `/dev/tap<index>`, the macvtap): microvm makes the tap again, qemu attaches to
+/// it, and it carries a ping.
+fn a_tap_vm_elsewhere_does_not_take_the_macvtap(index: u32) {
+    let mut other = Host::new(&tag("x"));
+    // A fresh namespace has lo (1); its next link gets 2, then each pair takes two.
+    let next = 2 + 2 * ((index - 2) / 2);
+    bump_ifindex(&other.ns, ((index - 2) / 2) as usize);
+    if next < index {
+        ok(&[
+            "ip", "-n", &other.ns, "link", "add", "n2pad", "type", "bridge",
+        ]);
+        ok(&["ip", "-n", &other.ns, "link", "delete", "n2pad"]);
+    }
+    let vm = "n2-tapx";
+    other.install(
+        vm,
+        1,
+        "[[interfaces]]\ntype = \"tap\"\nid = \"n2tapx\"\nmac = \"02:00:00:22:00:09\"\n\n\
+         [[network]]\ninterface = \"n2tapx\"\naddresses = [\"10.181.0.2/24\"]\n",
+    );
+    other.start(vm);
+    let got = ifindex(&other.ns, "n2tapx");
+    assert_ne!(got, index, "the tap kept the macvtap's index");
+    eprintln!("the tap would have had index {index} (a macvtap's); it has {got}");
+    let link = ok(&["ip", "-n", &other.ns, "-d", "link", "show", "n2tapx"]);
+    // A carrier: qemu holds the tap's queue (on the macvtap it would have none).
+    assert!(link.contains("LOWER_UP"), "qemu is not attached: {link}");
+    ok(&[
+        "ip",
+        "-n",
+        &other.ns,
+        "addr",
+        "add",
+        "10.181.0.1/24",
+        "dev",
+        "n2tapx",
+    ]);
+    ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &other.ns,
+        "ping",
+        "-c",
+        "3",
+        "-W",
+        "10",
+        "10.181.0.2",
+    ]);
+    other.stop(vm);
+}
+
 /// Whether this kernel has the macvtap link type (probed in `ns` on the veth `parent`);
 /// the reason when it does not.
 fn macvtap_missing(ns: &str, parent: &str) -> Option<String> {
@@ -616,7 +678,9 @@ fn macvtap_missing(ns: &str, parent: &str) -> Option<String> {
 }
 
 /// (d): a macvtap on a veth parent (fds passed to qemu) carries a ping and the guest's
-/// service to the namespace at the veth's other end; the macvtap is removed with the VM.
+/// service to the namespace at the veth's other end; a tap VM in another namespace whose
+/// tap would have the macvtap's index gets another one and works; the macvtap is removed
+/// with the VM.
 #[test]
 fn macvtap_on_a_veth_parent_carries_traffic() {
     if skip_unless_ready("macvtap") {
@@ -658,6 +722,9 @@ fn macvtap_on_a_veth_parent_carries_traffic() {
         "10.180.0.2",
     ]);
     fetch(&peer, "10.180.0.2", 80);
+    let index = ifindex(&host.ns, "n2mvt0");
+    assert!(Path::new(&format!("/dev/tap{index}")).exists());
+    a_tap_vm_elsewhere_does_not_take_the_macvtap(index);
     host.stop(vm);
     assert!(!host.links().contains("n2mvt0"), "macvtap left");
 }
