@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 const RTM_NEWLINK: u16 = 16;
 const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
 const RTM_NEWROUTE: u16 = 24;
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 0x1;
@@ -117,6 +118,15 @@ pub fn addr_add(seq: u32, index: u32, cidr: &Cidr) -> Vec<u8> {
     let mut m = Msg::new(RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, seq);
     let flags = if cidr.addr.is_ipv6() { IFA_F_NODAD } else { 0 };
     m.0.extend_from_slice(&[family(&cidr.addr), cidr.prefix, flags, RT_SCOPE_UNIVERSE]);
+    m.0.extend_from_slice(&index.to_ne_bytes());
+    let a = addr_bytes(&cidr.addr);
+    m.attr(IFA_LOCAL, &a).attr(IFA_ADDRESS, &a).finish()
+}
+
+/// `ip addr del <cidr> dev <index>`.
+pub fn addr_del(seq: u32, index: u32, cidr: &Cidr) -> Vec<u8> {
+    let mut m = Msg::new(RTM_DELADDR, 0, seq);
+    m.0.extend_from_slice(&[family(&cidr.addr), cidr.prefix, 0, RT_SCOPE_UNIVERSE]);
     m.0.extend_from_slice(&index.to_ne_bytes());
     let a = addr_bytes(&cidr.addr);
     m.attr(IFA_LOCAL, &a).attr(IFA_ADDRESS, &a).finish()

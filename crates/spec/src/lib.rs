@@ -13,6 +13,7 @@ pub mod ranges;
 pub mod resolve;
 pub mod schema;
 pub mod source;
+pub mod ssh_key;
 pub mod types;
 
 pub use load::{load_file, load_with, LoadFailure, LoadOptions, Loaded};

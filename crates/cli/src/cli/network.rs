@@ -9,6 +9,17 @@ pub enum NetworkCommand {
     List(NetworkListArgs),
     /// Remove networks: dnsmasq, the NAT table, the bridge and the leases.
     Remove(NetworkRemoveArgs),
+    /// Run a network's DHCP and DNS in the foreground: the bridge and NAT made to match,
+    /// dnsmasq restarted with a backoff whenever it exits, until SIGTERM (what `network
+    /// create` starts detached and `microvm-network@NAME.service` runs).
+    #[command(hide = true)]
+    Supervise(NetworkSuperviseArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct NetworkSuperviseArgs {
+    /// The network.
+    pub name: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -31,6 +42,13 @@ pub struct NetworkCreateArgs {
     /// The DNS domain of the VMs' names.
     #[arg(long, default_value = "microvm")]
     pub domain: String,
+    /// An IPv6 subnet: the host's address and /64 (router advertisements for SLAAC,
+    /// stateless DHCPv6, NAT66 unless --no-nat).
+    #[arg(long, value_name = "ADDR/64")]
+    pub ipv6: Option<String>,
+    /// The DHCP lease time: seconds, or with s, m, h or d (2m to 365d).
+    #[arg(long, default_value = "12h", value_name = "TIME")]
+    pub lease_time: String,
     /// Print the network as JSON.
     #[arg(long)]
     pub json: bool,

@@ -4,20 +4,26 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use microvm_host::network::{
-    NetworkConfig, NetworkName, NetworkStatus, Networks, Tools, DEFAULT_NETWORK, DEFAULT_SUBNET,
+    parse_lease_time, DhcpState, NetworkConfig, NetworkName, NetworkStatus, Networks,
+    DEFAULT_NETWORK, DEFAULT_SUBNET,
 };
 
 use microvm_host::net::{Links, NetHost};
 use microvm_runner::TapSetup;
 
+use super::network_dhcp::networks;
 use crate::cli::{NetworkCommand, NetworkCreateArgs, NetworkListArgs, NetworkRemoveArgs};
 
 pub fn run(state: &Path, cmd: NetworkCommand) -> anyhow::Result<i32> {
-    let nets = Networks::new(state, Tools::system());
+    if let NetworkCommand::Supervise(args) = &cmd {
+        return super::network_dhcp::supervise(state, args);
+    }
+    let nets = networks(state)?;
     match cmd {
         NetworkCommand::Create(args) => create(&nets, &args),
         NetworkCommand::List(args) => list(&nets, &args),
         NetworkCommand::Remove(args) => remove(&nets, &args),
+        NetworkCommand::Supervise(_) => unreachable!("handled above"),
     }
 }
 
@@ -30,6 +36,8 @@ fn config(args: &NetworkCreateArgs) -> anyhow::Result<NetworkConfig> {
     c.uplink = args.uplink.clone();
     c.nat = !args.no_nat;
     c.domain = args.domain.clone();
+    c.ipv6 = args.ipv6.as_deref().map(str::parse).transpose()?;
+    c.lease_secs = parse_lease_time(&args.lease_time)?;
     c.validate()?;
     Ok(c)
 }
@@ -43,13 +51,15 @@ fn create(nets: &Networks, args: &NetworkCreateArgs) -> anyhow::Result<i32> {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
         let (lo, hi) = c.ipv4.dhcp_range();
+        let v6 = c.ipv6.map(|v| format!(", {v} (SLAAC)")).unwrap_or_default();
         println!(
-            "network {}: bridge {}, {}, DHCP {lo}-{hi}, domain {}{}",
+            "network {}: bridge {}, {}{v6}, DHCP {lo}-{hi}, domain {}{}, {}",
             c.name,
             c.bridge,
             c.ipv4,
             c.domain,
-            if c.nat { ", NAT" } else { "" }
+            if c.nat { ", NAT" } else { "" },
+            dhcp_text(&status)
         );
     }
     Ok(0)
@@ -69,17 +79,14 @@ fn list(nets: &Networks, args: &NetworkListArgs) -> anyhow::Result<i32> {
         println!("no networks");
     }
     for s in &all {
-        let dns = match s.dnsmasq_pid {
-            Some(pid) => format!("dnsmasq {pid}"),
-            None => "dnsmasq not running".into(),
-        };
         let bridge = if s.bridge_up { "" } else { " (missing)" };
+        let v6 = s.config.ipv6.map(|v| format!("  {v}")).unwrap_or_default();
         println!(
-            "{}  bridge {}{bridge}  {}  {}{}",
+            "{}  bridge {}{bridge}  {}{v6}  {}{}",
             s.config.name,
             s.config.bridge,
             s.config.ipv4,
-            dns,
+            dhcp_text(s),
             if s.config.nat { "  NAT" } else { "" }
         );
         for l in &s.leases {
@@ -92,6 +99,20 @@ fn list(nets: &Networks, args: &NetworkListArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// `DHCP running (dnsmasq 123, supervisor 122)`, `DHCP restarting …`, `DHCP not running`.
+fn dhcp_text(s: &NetworkStatus) -> String {
+    let by = match (&s.unit, s.supervisor_pid) {
+        (Some(unit), _) => unit.clone(),
+        (None, Some(pid)) => format!("supervisor {pid}"),
+        (None, None) => "no supervisor".into(),
+    };
+    match (s.dhcp, s.dnsmasq_pid) {
+        (DhcpState::Running, Some(pid)) => format!("DHCP running (dnsmasq {pid}, {by})"),
+        (DhcpState::Restarting, _) => format!("DHCP restarting ({by})"),
+        _ => "DHCP not running (`microvm network create` starts it)".into(),
+    }
 }
 
 fn remove(nets: &Networks, args: &NetworkRemoveArgs) -> anyhow::Result<i32> {
@@ -151,8 +172,8 @@ pub fn forward_ports(
     Ok(fwd)
 }
 
-/// `networks` of a host file, made absolute: `[networks.NAME]` with `subnet` (required),
-/// `bridge`, `uplink`, `nat`, `domain` (the options of `network create`).
+/// `networks` of a host file: `[networks.NAME]` with `subnet`, `bridge`, `uplink`, `nat`,
+/// `domain`, `ipv6` and `leaseTime` (the options of `network create`).
 pub fn parse_host_networks(
     item: &toml_edit::Item,
     file: &Path,
@@ -175,11 +196,21 @@ pub fn parse_host_networks(
                 })
                 .transpose()
         };
+        const KEYS: [&str; 7] = [
+            "subnet",
+            "bridge",
+            "uplink",
+            "nat",
+            "domain",
+            "ipv6",
+            "leaseTime",
+        ];
         for (k, _) in net.iter() {
-            if !["subnet", "bridge", "uplink", "nat", "domain"].contains(&k) {
+            if !KEYS.contains(&k) {
                 anyhow::bail!(
-                    "{}: unknown key `{k}` (known: subnet, bridge, uplink, nat, domain)",
-                    at(name)
+                    "{}: unknown key `{k}` (known: {})",
+                    at(name),
+                    KEYS.join(", ")
                 );
             }
         }
@@ -194,6 +225,12 @@ pub fn parse_host_networks(
         c.uplink = text("uplink")?;
         if let Some(d) = text("domain")? {
             c.domain = d;
+        }
+        if let Some(v6) = text("ipv6")? {
+            c.ipv6 = Some(v6.parse().with_context(|| at(name))?);
+        }
+        if let Some(t) = text("leaseTime")? {
+            c.lease_secs = parse_lease_time(&t).with_context(|| at(name))?;
         }
         if let Some(v) = net.get("nat") {
             c.nat = v
@@ -217,7 +254,7 @@ pub fn apply_host_networks(
     wanted: &[NetworkConfig],
     dry_run: bool,
 ) -> anyhow::Result<Vec<NetworkAction>> {
-    let nets = Networks::new(state, Tools::system());
+    let nets = networks(state)?;
     let mut actions = Vec::new();
     for c in wanted {
         let before = nets.get(&c.name)?;
@@ -273,7 +310,7 @@ pub fn host_file_networks(text: &str, file: &Path) -> anyhow::Result<Vec<Network
 
 /// `host install --network`: the default network, as `network create` makes it.
 pub fn create_default(state: &Path) -> anyhow::Result<()> {
-    let nets = Networks::new(state, Tools::system());
+    let nets = networks(state)?;
     let c = NetworkConfig::new(DEFAULT_NETWORK.parse()?, DEFAULT_SUBNET.parse()?);
     nets.apply(&c)
         .with_context(|| format!("cannot create network {}", c.name))?;

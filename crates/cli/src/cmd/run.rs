@@ -67,7 +67,7 @@ fn report(name: &str, p: &Progress) {
         Progress::HelperExited { name: helper, status } => eprintln!("microvm: {name}: {helper} exited ({status}); restarting it"),
         Progress::HelperRestarted { name: helper, pid } => eprintln!("microvm: {name}: {helper} restarted (pid {pid})"),
         Progress::HelperFailed { error, .. } => eprintln!("microvm: {name}: {error}; stopping the VM"),
-        Progress::HelperStarted { .. } | Progress::HypervisorStarted { .. } | Progress::ChannelNoise(_) => {}
+        Progress::HelperStarted { .. } | Progress::HypervisorStarted { .. } | Progress::ChannelNoise(_) | Progress::Resumed { .. } => {}
     }
 }
 

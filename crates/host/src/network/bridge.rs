@@ -54,33 +54,61 @@ pub(super) fn ensure(tools: &Tools, config: &NetworkConfig) -> Result<(), Networ
             )?;
         }
     }
-    let addr = config.ipv4.to_string();
-    let shown = ip(
-        tools,
-        &format!("read the addresses of {br}"),
-        &["-4", "-o", "addr", "show", "dev", br],
-    )?;
-    let addrs: Vec<&str> = shown
-        .lines()
-        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "inet").nth(1))
-        .collect();
-    if addrs != [addr.as_str()] {
-        ip(
-            tools,
-            &format!("clear the addresses of {br}"),
-            &["-4", "addr", "flush", "dev", br],
-        )?;
-        ip(
-            tools,
-            &format!("set address {addr} on {br}"),
-            &["addr", "add", &addr, "dev", br],
-        )?;
+    set_addresses(tools, br, "-4", Some(config.ipv4.to_string()))?;
+    let v6 = config.ipv6.map(|v| v.to_string());
+    if v6.is_some() {
+        // A host that disables IPv6 by default would refuse the address.
+        let knob = tools
+            .procfs
+            .join(format!("sys/net/ipv6/conf/{br}/disable_ipv6"));
+        if knob.exists() {
+            fs::write(&knob, "0").map_err(super::io_err("write", &knob))?;
+        }
     }
+    set_addresses(tools, br, "-6", v6)?;
     ip(
         tools,
         &format!("bring up bridge {br}"),
         &["link", "set", br, "up"],
     )?;
+    Ok(())
+}
+
+/// Gives `br` exactly `want` as its one address of `family` (`-4`, or `-6`: global scope
+/// only, link-local addresses are the kernel's), or none.
+fn set_addresses(
+    tools: &Tools,
+    br: &str,
+    family: &str,
+    want: Option<String>,
+) -> Result<(), NetworkError> {
+    let shown = ip(
+        tools,
+        &format!("read the addresses of {br}"),
+        &[family, "-o", "addr", "show", "dev", br, "scope", "global"],
+    )?;
+    let inet = if family == "-4" { "inet" } else { "inet6" };
+    let addrs: Vec<&str> = shown
+        .lines()
+        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != inet).nth(1))
+        .collect();
+    let wanted: Vec<&str> = want.as_deref().into_iter().collect();
+    if addrs == wanted {
+        return Ok(());
+    }
+    ip(
+        tools,
+        &format!("clear the addresses of {br}"),
+        &[family, "addr", "flush", "dev", br, "scope", "global"],
+    )?;
+    if let Some(addr) = &want {
+        // No duplicate address detection: the host's address on its own bridge is usable
+        // at once (dnsmasq binds to it).
+        let nodad: &[&str] = if family == "-6" { &["nodad"] } else { &[] };
+        let mut args = vec![family, "addr", "add", addr.as_str(), "dev", br];
+        args.extend(nodad);
+        ip(tools, &format!("set address {addr} on {br}"), &args)?;
+    }
     Ok(())
 }
 

@@ -1,7 +1,8 @@
-//! A network's configuration: its name, bridge, IPv4 subnet, NAT and DNS domain.
+//! A network's configuration: its name, bridge, IPv4 (and optional IPv6) subnet, NAT,
+//! DNS domain and DHCP lease time.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -156,6 +157,102 @@ impl fmt::Display for Ipv4Subnet {
     }
 }
 
+/// The host's IPv6 address on the bridge, in a /64 (what SLAAC needs): `fd77:0:0:1::1/64`.
+/// Unicast only (not link-local, multicast, loopback or unspecified).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Ipv6Subnet {
+    pub host: Ipv6Addr,
+}
+
+impl Ipv6Subnet {
+    pub const PREFIX: u8 = 64;
+
+    /// The prefix's network address (`fd77:0:0:1::`).
+    pub fn network(self) -> Ipv6Addr {
+        let bits = u128::from(self.host) & (u128::MAX << 64);
+        Ipv6Addr::from(bits)
+    }
+}
+
+impl FromStr for Ipv6Subnet {
+    type Err = NetworkError;
+    fn from_str(s: &str) -> Result<Self, NetworkError> {
+        let bad = |why: &str| {
+            NetworkError::Invalid(format!(
+                "IPv6 subnet {s:?} {why} (the host's address and /64, like fd77:0:0:1::1/64)"
+            ))
+        };
+        let (addr, prefix) = s.split_once('/').ok_or_else(|| bad("has no prefix"))?;
+        let host: Ipv6Addr = addr.parse().map_err(|_| bad("is not an IPv6 address"))?;
+        if prefix != "64" {
+            return Err(bad("must be a /64"));
+        }
+        let bits = u128::from(host);
+        let link_local = bits >> 118 == 0x3fa; // fe80::/10
+        if host.is_unspecified() || host.is_loopback() || host.is_multicast() || link_local {
+            return Err(bad("is not a unicast address"));
+        }
+        if bits & u128::from(u64::MAX) == 0 {
+            return Err(bad("names the prefix, not a host in it"));
+        }
+        Ok(Ipv6Subnet { host })
+    }
+}
+
+impl TryFrom<String> for Ipv6Subnet {
+    type Error = NetworkError;
+    fn try_from(s: String) -> Result<Self, NetworkError> {
+        s.parse()
+    }
+}
+
+impl From<Ipv6Subnet> for String {
+    fn from(s: Ipv6Subnet) -> String {
+        s.to_string()
+    }
+}
+
+impl fmt::Display for Ipv6Subnet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.host, Self::PREFIX)
+    }
+}
+
+/// The default DHCP lease time (12 h).
+pub const DEFAULT_LEASE_SECS: u32 = 12 * 3600;
+/// dnsmasq's shortest lease (2 min) and a year as the longest.
+pub const LEASE_SECS_RANGE: std::ops::RangeInclusive<u32> = 120..=365 * 24 * 3600;
+
+fn default_lease_secs() -> u32 {
+    DEFAULT_LEASE_SECS
+}
+
+/// Parses a lease time: seconds, or a number with `s`, `m`, `h` or `d` (`2m`, `12h`).
+pub fn parse_lease_time(s: &str) -> Result<u32, NetworkError> {
+    let bad = || {
+        NetworkError::Invalid(format!(
+            "lease time {s:?} must be from 2m to 365d (seconds, or a number with s, m, h or d)"
+        ))
+    };
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(bad()),
+    };
+    u32::try_from(n.saturating_mul(scale))
+        .ok()
+        .filter(|secs| LEASE_SECS_RANGE.contains(secs))
+        .ok_or_else(bad)
+}
+
 /// One network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -170,6 +267,13 @@ pub struct NetworkConfig {
     pub uplink: Option<String>,
     /// The DNS domain of the VMs' names (`NAME.DOMAIN`), default `microvm`.
     pub domain: String,
+    /// An IPv6 /64 on the bridge: router advertisements (SLAAC) and stateless DHCPv6
+    /// from dnsmasq, masquerade (NAT66) with `nat`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Subnet>,
+    /// The DHCP lease time in seconds (default 12 h; 2 min to 365 days).
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u32,
 }
 
 impl NetworkConfig {
@@ -182,11 +286,19 @@ impl NetworkConfig {
             nat: true,
             uplink: None,
             domain: "microvm".into(),
+            ipv6: None,
+            lease_secs: DEFAULT_LEASE_SECS,
         }
     }
 
     pub fn validate(&self) -> Result<(), NetworkError> {
         check_ifname("bridge", &self.bridge)?;
+        if !LEASE_SECS_RANGE.contains(&self.lease_secs) {
+            return Err(NetworkError::Invalid(format!(
+                "lease time {} s is not from 120 s (dnsmasq's shortest) to 365 days",
+                self.lease_secs
+            )));
+        }
         if let Some(up) = &self.uplink {
             let ok = !up.is_empty()
                 && up.len() <= 15
@@ -247,6 +359,42 @@ mod tests {
         ] {
             assert!(bad.parse::<Ipv4Subnet>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn ipv6_subnets_are_a_host_in_a_unicast_64() {
+        let s: Ipv6Subnet = "fd77:0:0:1::1/64".parse().expect("ula");
+        assert_eq!(
+            s.network(),
+            "fd77:0:0:1::".parse::<Ipv6Addr>().expect("net")
+        );
+        assert_eq!(s.to_string(), "fd77:0:0:1::1/64");
+        for bad in [
+            "fd77::1",
+            "fd77::1/48",
+            "fd77:0:0:1::/64",
+            "fe80::1/64",
+            "ff02::1/64",
+            "::1/64",
+            "x/64",
+        ] {
+            assert!(bad.parse::<Ipv6Subnet>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn lease_times_parse_within_dnsmasqs_range() {
+        assert_eq!(parse_lease_time("2m").expect("2m"), 120);
+        assert_eq!(parse_lease_time("12h").expect("12h"), 43200);
+        assert_eq!(parse_lease_time("300").expect("300"), 300);
+        for bad in ["1m", "119", "366d", "5x", "", "m", "99999999999999999999d"] {
+            assert!(parse_lease_time(bad).is_err(), "{bad:?}");
+        }
+        let old: NetworkConfig = serde_json::from_str(
+            r#"{"name":"n","bridge":"n","ipv4":"10.1.0.1/24","nat":true,"uplink":null,"domain":"microvm"}"#,
+        )
+        .expect("a record written before IPv6 and lease times");
+        assert_eq!((old.ipv6, old.lease_secs), (None, DEFAULT_LEASE_SECS));
     }
 
     #[test]

@@ -1,26 +1,39 @@
 //! DHCP and DNS of a network: one dnsmasq per network, bound to the bridge only, that
 //! hands out the subnet's pool, answers for the VMs' names (the hostname each DHCP
 //! client sends, as `NAME` and `NAME.DOMAIN`) and forwards other names to the host's
-//! resolvers. Without systemd it is its own daemon (pid file in the network's directory);
-//! `apply` starts it again when it is not running.
+//! resolvers. With an IPv6 subnet it also sends router advertisements (SLAAC) with
+//! stateless DHCPv6 and gives the VMs' SLAAC addresses their names.
+//!
+//! dnsmasq runs in the foreground under the network's supervisor (`supervise.rs`),
+//! logging to its stderr; its pid file in the network's directory lets `list` see it.
 
 use std::fs;
 use std::path::Path;
+use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use super::{io_err, run, NetworkConfig, NetworkError, Tools};
+use super::{io_err, NetworkConfig, NetworkError, Tools};
 
 pub(super) const LEASES: &str = "leases";
-const PID: &str = "dnsmasq.pid";
-const LOG: &str = "dnsmasq.log";
+pub(super) const PID: &str = "dnsmasq.pid";
+pub(super) const LOG: &str = "dnsmasq.log";
 
 /// dnsmasq's argv (no configuration file: everything is here).
 pub(super) fn args(config: &NetworkConfig, dir: &Path) -> Vec<String> {
-    let (lo, hi) = config.ipv4.dhcp_range();
+    let mut a = base_args(config, dir);
+    a.extend(dhcp4_args(config));
+    a.extend(dhcp6_args(config));
+    a
+}
+
+/// Process, files and DNS: in the foreground, logging to stderr, on the bridge only.
+fn base_args(config: &NetworkConfig, dir: &Path) -> Vec<String> {
     let d = &config.domain;
     vec![
         "--conf-file=/dev/null".into(),
+        "--keep-in-foreground".into(),
+        "--log-facility=-".into(),
         "--no-hosts".into(),
         "--strict-order".into(),
         "--bind-dynamic".into(),
@@ -30,9 +43,6 @@ pub(super) fn args(config: &NetworkConfig, dir: &Path) -> Vec<String> {
         format!("--domain={d}"),
         format!("--local=/{d}/"),
         "--expand-hosts".into(),
-        format!("--dhcp-range={lo},{hi},{},12h", config.ipv4.netmask()),
-        "--dhcp-authoritative".into(),
-        "--log-dhcp".into(),
         format!("--dhcp-leasefile={}", dir.join(LEASES).display()),
         // Address reservations of VMs with forwarded ports (read when they appear).
         format!(
@@ -40,68 +50,71 @@ pub(super) fn args(config: &NetworkConfig, dir: &Path) -> Vec<String> {
             dir.join(super::forward::HOSTS).display()
         ),
         format!("--pid-file={}", dir.join(PID).display()),
-        format!("--log-facility={}", dir.join(LOG).display()),
     ]
+}
+
+/// The IPv4 pool, with the network's lease time.
+fn dhcp4_args(config: &NetworkConfig) -> Vec<String> {
+    let (lo, hi) = config.ipv4.dhcp_range();
+    vec![
+        format!(
+            "--dhcp-range={lo},{hi},{},{}",
+            config.ipv4.netmask(),
+            config.lease_secs
+        ),
+        "--dhcp-authoritative".into(),
+        "--log-dhcp".into(),
+    ]
+}
+
+/// IPv6: router advertisements with the /64 (the guests' kernels configure SLAAC
+/// addresses), stateless DHCPv6 for the name server, and AAAA names for dual-stack VMs.
+fn dhcp6_args(config: &NetworkConfig) -> Vec<String> {
+    let Some(v6) = config.ipv6 else {
+        return Vec::new();
+    };
+    vec![
+        "--enable-ra".into(),
+        format!(
+            "--dhcp-range={},ra-stateless,ra-names,64,{}",
+            v6.network(),
+            config.lease_secs
+        ),
+    ]
+}
+
+/// The dnsmasq command of a network (the supervisor spawns it).
+pub(super) fn command(tools: &Tools, config: &NetworkConfig, dir: &Path) -> Command {
+    let mut c = Command::new(&tools.dnsmasq);
+    c.args(args(config, dir));
+    c
 }
 
 /// dnsmasq's pid when the process of this network's pid file runs (its command line
 /// names this pid file, so a reused pid is not mistaken for it).
 pub(super) fn running(tools: &Tools, dir: &Path) -> Option<u32> {
-    let pid: u32 = fs::read_to_string(dir.join(PID))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let cmdline = fs::read(tools.procfs.join(pid.to_string()).join("cmdline")).ok()?;
     let want = format!("--pid-file={}", dir.join(PID).display());
-    cmdline
-        .split(|b| *b == 0)
-        .any(|arg| arg == want.as_bytes())
-        .then_some(pid)
+    pid_running(tools, &dir.join(PID), |args| {
+        args.contains(&want.as_bytes())
+    })
 }
 
-/// Starts dnsmasq unless it runs with this configuration already.
-pub(super) fn ensure(
+/// The pid in `pid_file` when that process runs and its argv passes `check`.
+pub(super) fn pid_running(
     tools: &Tools,
-    config: &NetworkConfig,
-    dir: &Path,
-    changed: bool,
-) -> Result<(), NetworkError> {
-    if running(tools, dir).is_some() {
-        if !changed {
-            return Ok(());
-        }
-        stop(tools, dir)?;
-    }
-    let argv = args(config, dir);
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let started = run(
-        &tools.dnsmasq,
-        &format!("start dnsmasq for network {}", config.name),
-        &argv,
-        None,
-    );
-    if let Err(e) = started {
-        return Err(NetworkError::DnsmasqStart {
-            name: config.name.to_string(),
-            log: format!("{e}; {}", log_tail(dir)),
-        });
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while running(tools, dir).is_none() {
-        if Instant::now() > deadline {
-            return Err(NetworkError::DnsmasqStart {
-                name: config.name.to_string(),
-                log: log_tail(dir),
-            });
-        }
-        sleep(Duration::from_millis(50));
-    }
-    Ok(())
+    pid_file: &Path,
+    check: impl Fn(&[&[u8]]) -> bool,
+) -> Option<u32> {
+    let pid: u32 = fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    let cmdline = fs::read(tools.procfs.join(pid.to_string()).join("cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    check(&args).then_some(pid)
 }
 
-fn log_tail(dir: &Path) -> String {
-    let text = fs::read_to_string(dir.join(LOG)).unwrap_or_default();
+/// The last lines of the network's log, for error messages.
+pub(super) fn log_tail(dir: &Path) -> String {
+    let text = fs::read(dir.join(LOG)).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text[text.len().saturating_sub(4096)..]).into_owned();
     let lines: Vec<&str> = text.lines().collect();
     let tail = lines[lines.len().saturating_sub(5)..].join("; ");
     if tail.is_empty() {
@@ -111,18 +124,34 @@ fn log_tail(dir: &Path) -> String {
     }
 }
 
-/// Stops this network's dnsmasq (SIGTERM, then SIGKILL after 5 s) and removes its pid file.
+/// SIGTERM to `pid` while `alive()`, SIGKILL after `grace`; waits until it is gone.
+pub(super) fn terminate(pid: u32, grace: Duration, alive: impl Fn() -> bool) {
+    let Some(p) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return;
+    };
+    let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
+    let deadline = Instant::now() + grace;
+    let mut killed = false;
+    while alive() {
+        if Instant::now() > deadline && !killed {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+            killed = true;
+        }
+        sleep(Duration::from_millis(50));
+    }
+}
+
+/// Stops a dnsmasq of this network that runs without its supervisor (one left by an
+/// earlier version that ran it as a daemon, or one whose supervisor was killed) and
+/// removes its pid file.
 pub(super) fn stop(tools: &Tools, dir: &Path) -> Result<(), NetworkError> {
     if let Some(pid) = running(tools, dir) {
-        let pid = rustix::process::Pid::from_raw(pid as i32).expect("pid > 0");
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while running(tools, dir).is_some() {
-            if Instant::now() > deadline {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            }
-            sleep(Duration::from_millis(50));
-        }
+        terminate(pid, Duration::from_secs(5), || {
+            running(tools, dir).is_some()
+        });
     }
     let path = dir.join(PID);
     match fs::remove_file(&path) {
@@ -135,21 +164,42 @@ pub(super) fn stop(tools: &Tools, dir: &Path) -> Result<(), NetworkError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn dnsmasq_serves_the_bridge_only_with_the_pool_and_files_of_the_network() {
-        let c = NetworkConfig::new(
+    fn net1() -> NetworkConfig {
+        NetworkConfig::new(
             "net1".parse().expect("name"),
             "10.9.8.1/24".parse().expect("subnet"),
-        );
-        let a = args(&c, Path::new("/s/.networks/net1"));
+        )
+    }
+
+    #[test]
+    fn dnsmasq_serves_the_bridge_only_with_the_pool_and_files_of_the_network() {
+        let a = args(&net1(), Path::new("/s/.networks/net1"));
         for want in [
+            "--keep-in-foreground",
+            "--log-facility=-",
             "--interface=net1",
             "--bind-dynamic",
-            "--dhcp-range=10.9.8.10,10.9.8.250,255.255.255.0,12h",
+            "--dhcp-range=10.9.8.10,10.9.8.250,255.255.255.0,43200",
             "--dhcp-leasefile=/s/.networks/net1/leases",
             "--pid-file=/s/.networks/net1/dnsmasq.pid",
             "--domain=microvm",
             "--local=/microvm/",
+        ] {
+            assert!(a.iter().any(|x| x == want), "{want} in {a:?}");
+        }
+        assert!(!a.iter().any(|x| x == "--enable-ra"), "no IPv6: {a:?}");
+    }
+
+    #[test]
+    fn ipv6_adds_router_advertisements_and_the_lease_time_is_the_networks() {
+        let mut c = net1();
+        c.ipv6 = Some("fd77:0:0:1::1/64".parse().expect("v6"));
+        c.lease_secs = 120;
+        let a = args(&c, Path::new("/s"));
+        for want in [
+            "--enable-ra",
+            "--dhcp-range=fd77:0:0:1::,ra-stateless,ra-names,64,120",
+            "--dhcp-range=10.9.8.10,10.9.8.250,255.255.255.0,120",
         ] {
             assert!(a.iter().any(|x| x == want), "{want} in {a:?}");
         }

@@ -1,12 +1,13 @@
-//! Host networks: a Linux bridge with an IPv4 subnet, NAT to the uplink (nftables, one
-//! table per network) and DHCP + DNS (dnsmasq, one process per network), so that taps
-//! attached to the bridge reach each other by name and the outside world.
+//! Host networks: a Linux bridge with an IPv4 (and optionally an IPv6) subnet, NAT to
+//! the uplink (nftables, one table per network and family) and DHCP + DNS (dnsmasq, one
+//! process per network, supervised: `supervise.rs`), so that taps attached to the bridge
+//! reach each other by name and the outside world.
 //!
-//! Every part shells out to the real tool (`ip`, `nft`, `dnsmasq`) with argv. A network's
-//! record, dnsmasq's pid file and its lease file live in `<state>/.networks/NAME/`.
-//! [`apply`] is idempotent: it makes the host match the configuration, replacing what an
-//! earlier configuration of the same network left; [`remove`] leaves no link, rule,
-//! lease file or process behind.
+//! Every part shells out to the real tool (`ip`, `nft`, `dnsmasq`, `systemctl`) with
+//! argv. A network's record, the pid files, the log and the lease file live in
+//! `<state>/.networks/NAME/`. [`Networks::apply`] is idempotent: it makes the host match
+//! the configuration, replacing what an earlier configuration of the same network left;
+//! [`Networks::remove`] leaves no link, rule, lease file or process behind.
 
 mod bridge;
 mod config;
@@ -14,12 +15,17 @@ mod dnsmasq;
 pub mod forward;
 mod leases;
 mod nat;
+mod supervise;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-pub use config::{Ipv4Subnet, NetworkConfig, NetworkName, DEFAULT_NETWORK, DEFAULT_SUBNET};
+pub use config::{
+    parse_lease_time, Ipv4Subnet, Ipv6Subnet, NetworkConfig, NetworkName, DEFAULT_LEASE_SECS,
+    DEFAULT_NETWORK, DEFAULT_SUBNET,
+};
 pub use leases::Lease;
+pub use supervise::{stop_on_signals, unit_name, Backoff, Supervision, LOG_LIMIT};
 
 /// Where a host's network tools are (names looked up on PATH, or paths).
 #[derive(Debug, Clone)]
@@ -83,8 +89,22 @@ fn run(
 /// The networks of one state directory: `<state>/.networks/NAME/`.
 #[derive(Debug, Clone)]
 pub struct Networks {
+    state_root: PathBuf,
     root: PathBuf,
     tools: Tools,
+    supervision: Supervision,
+}
+
+/// Whether a network's DHCP and DNS serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DhcpState {
+    /// dnsmasq runs.
+    Running,
+    /// The supervisor runs and restarts dnsmasq (after a crash, with a backoff).
+    Restarting,
+    /// Neither runs: `network create` (or `host apply`) starts them again.
+    Stopped,
 }
 
 /// A network as `list` shows it.
@@ -95,17 +115,33 @@ pub struct NetworkStatus {
     pub config: NetworkConfig,
     /// Whether the bridge exists.
     pub bridge_up: bool,
+    pub dhcp: DhcpState,
     /// dnsmasq's pid when it runs.
     pub dnsmasq_pid: Option<u32>,
+    /// The supervisor's pid when it runs.
+    pub supervisor_pid: Option<u32>,
+    /// The systemd unit that supervises it, under systemd.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
     pub leases: Vec<Lease>,
 }
 
 impl Networks {
+    /// The networks of `state_root`, supervised by detached processes of this program.
     pub fn new(state_root: &Path, tools: Tools) -> Networks {
+        let microvm = std::env::current_exe().unwrap_or_else(|_| "microvm".into());
         Networks {
+            state_root: state_root.to_path_buf(),
             root: state_root.join(".networks"),
             tools,
+            supervision: Supervision::Process { microvm },
         }
+    }
+
+    /// The same, with another supervision.
+    pub fn supervised_by(mut self, supervision: Supervision) -> Networks {
+        self.supervision = supervision;
+        self
     }
 
     /// `<state>/.networks/NAME`.
@@ -145,8 +181,9 @@ impl Networks {
         Ok(names)
     }
 
-    /// Makes the host match `config`: bridge and address, NAT table, dnsmasq. Applying the
-    /// same configuration again changes nothing; a changed one replaces the old parts.
+    /// Makes the host match `config`: bridge and addresses, NAT tables, the supervised
+    /// dnsmasq. Applying the same configuration again changes nothing (a dnsmasq that is
+    /// not running is started); a changed one replaces the old parts and restarts it.
     pub fn apply(&self, config: &NetworkConfig) -> Result<(), NetworkError> {
         config.validate()?;
         let dir = self.dir(&config.name);
@@ -163,7 +200,7 @@ impl Networks {
         let record = serde_json::to_vec_pretty(config).expect("serializable");
         let path = self.record_path(&config.name);
         fs::write(&path, record).map_err(io_err("write", &path))?;
-        dnsmasq::ensure(&self.tools, config, &dir, changed)
+        self.start_dhcp(config, changed)
     }
 
     /// Removes a network: dnsmasq, the NAT table, the bridge, the lease file and record.
@@ -178,7 +215,7 @@ impl Networks {
     }
 
     fn teardown(&self, config: &NetworkConfig) -> Result<(), NetworkError> {
-        dnsmasq::stop(&self.tools, &self.dir(&config.name))?;
+        self.stop_dhcp(&config.name)?;
         nat::remove(&self.tools, config)?;
         bridge::remove(&self.tools, config)
     }
@@ -189,14 +226,25 @@ impl Networks {
             .get(name)?
             .ok_or_else(|| NetworkError::NotFound(name.to_string()))?;
         let dir = self.dir(name);
+        let dnsmasq_pid = dnsmasq::running(&self.tools, &dir);
+        let supervisor_pid = self.supervisor_pid(name);
+        let dhcp = match (dnsmasq_pid, supervisor_pid) {
+            (Some(_), _) => DhcpState::Running,
+            (None, Some(_)) => DhcpState::Restarting,
+            (None, None) => DhcpState::Stopped,
+        };
+        let unit = matches!(self.supervision, Supervision::Systemd { .. }).then(|| unit_name(name));
         Ok(NetworkStatus {
+            dhcp,
+            supervisor_pid,
+            unit,
             bridge_up: self
                 .tools
                 .sysfs
                 .join("class/net")
                 .join(&config.bridge)
                 .exists(),
-            dnsmasq_pid: dnsmasq::running(&self.tools, &dir),
+            dnsmasq_pid,
             leases: leases::read(&dir.join(dnsmasq::LEASES))?,
             config,
         })
@@ -215,19 +263,6 @@ impl Networks {
         Some(PathBuf::from(String::from_utf8(bytes).ok()?))
     }
 
-    /// The leased addresses of a VM whose runner is `runner` (matched by the MAC addresses
-    /// of its interfaces in `share/microvm/config.json`), as `ADDRESS (NETWORK)`.
-    pub fn addresses_of(&self, runner: &Path) -> Vec<String> {
-        let Some(macs) = runner_macs(runner) else {
-            return Vec::new();
-        };
-        let all = self.all_leases().unwrap_or_default();
-        all.into_iter()
-            .filter(|(_, l)| macs.iter().any(|m| m.eq_ignore_ascii_case(&l.mac)))
-            .map(|(n, l)| format!("{} ({n})", l.ip))
-            .collect()
-    }
-
     /// The leases of every network (for `list`/`status` to find a VM's addresses).
     pub fn all_leases(&self) -> Result<Vec<(NetworkName, Lease)>, NetworkError> {
         let mut all = Vec::new();
@@ -238,18 +273,4 @@ impl Networks {
         }
         Ok(all)
     }
-}
-
-/// The MAC addresses of a runner's interfaces (its resolved configuration, at most 1 MiB).
-fn runner_macs(runner: &Path) -> Option<Vec<String>> {
-    use std::io::Read as _;
-    let file = fs::File::open(runner.join("share/microvm/config.json")).ok()?;
-    let mut text = String::new();
-    file.take(1 << 20).read_to_string(&mut text).ok()?;
-    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let macs = config.get("interfaces")?.as_array()?.iter();
-    Some(
-        macs.filter_map(|i| Some(i.get("mac")?.as_str()?.to_string()))
-            .collect(),
-    )
 }

@@ -1,6 +1,7 @@
-//! NAT and forwarding for a network: one nftables table per network (`ip microvm-NAME`),
-//! replaced atomically in one `nft -f -` transaction and deleted with the network.
-//! IPv4 forwarding is switched on (it is a host-wide setting and stays on, as with
+//! NAT and forwarding for a network: one nftables table per network and family
+//! (`ip microvm-NAME`, and `ip6 microvm-NAME` with an IPv6 subnet), replaced atomically
+//! in one `nft -f -` transaction and deleted with the network. Forwarding is switched on
+//! for the families NAT is used for (it is a host-wide setting and stays on, as with
 //! libvirt and Incus).
 
 use std::fs;
@@ -12,23 +13,39 @@ pub(super) fn table(config: &NetworkConfig) -> String {
     format!("microvm-{}", config.name)
 }
 
-/// The ruleset: masquerade from the subnet to anything outside it (towards the uplink
-/// when one is named); forward from the bridge, and back to it only for replies.
+/// The ruleset: the IPv4 table, and the IPv6 one when the network has an IPv6 subnet
+/// (otherwise a table an earlier configuration left is deleted).
 pub(super) fn ruleset(config: &NetworkConfig) -> String {
     let t = table(config);
+    let net4 = format!("{}/{}", config.ipv4.network(), config.ipv4.prefix);
+    let mut r = family_table(config, "ip", &net4);
+    match config.ipv6 {
+        Some(v6) => r.push_str(&family_table(
+            config,
+            "ip6",
+            &format!("{}/{}", v6.network(), super::Ipv6Subnet::PREFIX),
+        )),
+        None => r.push_str(&format!("table ip6 {t} {{}}\ndelete table ip6 {t}\n")),
+    }
+    r
+}
+
+/// One family's table: masquerade from the subnet to anything outside it (towards the
+/// uplink when one is named); forward from the bridge, and back to it only for replies.
+fn family_table(config: &NetworkConfig, family: &str, net: &str) -> String {
+    let t = table(config);
     let br = &config.bridge;
-    let net = format!("{}/{}", config.ipv4.network(), config.ipv4.prefix);
     let out = match &config.uplink {
         Some(up) => format!("oifname \"{up}\" "),
         None => format!("oifname != \"{br}\" "),
     };
     let masq = if config.nat {
-        format!("    ip saddr {net} ip daddr != {net} {out}masquerade\n")
+        format!("    {family} saddr {net} {family} daddr != {net} {out}masquerade\n")
     } else {
         String::new()
     };
     format!(
-        "table ip {t} {{}}\ndelete table ip {t}\ntable ip {t} {{\n\
+        "table {family} {t} {{}}\ndelete table {family} {t}\ntable {family} {t} {{\n\
          \x20 chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n{masq}  }}\n\
          \x20 chain forward {{\n    type filter hook forward priority filter; policy accept;\n\
          \x20   iifname \"{br}\" accept\n\
@@ -49,6 +66,10 @@ pub(super) fn apply(tools: &Tools, config: &NetworkConfig) -> Result<(), Network
     if config.nat {
         let fwd = tools.procfs.join("sys/net/ipv4/ip_forward");
         fs::write(&fwd, "1").map_err(io_err("write", &fwd))?;
+        if config.ipv6.is_some() {
+            let fwd = tools.procfs.join("sys/net/ipv6/conf/all/forwarding");
+            fs::write(&fwd, "1").map_err(io_err("write", &fwd))?;
+        }
     }
     Ok(())
 }
@@ -60,7 +81,9 @@ pub(super) fn remove(tools: &Tools, config: &NetworkConfig) -> Result<(), Networ
         &tools.nft,
         &format!("remove the nftables table {t}"),
         &["-f", "-"],
-        Some(&format!("table ip {t} {{}}\ndelete table ip {t}\n")),
+        Some(&format!(
+            "table ip {t} {{}}\ndelete table ip {t}\ntable ip6 {t} {{}}\ndelete table ip6 {t}\n"
+        )),
     )?;
     Ok(())
 }
@@ -88,6 +111,14 @@ mod tests {
         );
         c.uplink = Some("eth0".into());
         assert!(ruleset(&c).contains("oifname \"eth0\" masquerade"));
+        assert!(
+            ruleset(&c).ends_with("table ip6 microvm-net1 {}\ndelete table ip6 microvm-net1\n"),
+            "no IPv6: an old ip6 table is deleted"
+        );
+        c.ipv6 = Some("fd77:0:0:1::1/64".parse().expect("v6"));
+        assert!(ruleset(&c).contains(
+            "ip6 saddr fd77:0:0:1::/64 ip6 daddr != fd77:0:0:1::/64 oifname \"eth0\" masquerade"
+        ));
         c.nat = false;
         assert!(!ruleset(&c).contains("masquerade"));
     }

@@ -258,7 +258,11 @@ pub fn supervise(
             at: now(),
         });
         let stopped = end.requested || opts.stop.count() > base;
+        // An incoming start that never ran its guest is not booted cold instead: the
+        // guest may still run where it came from.
+        let lost_incoming = opts.incoming.is_some() && rec.attempt == 1 && rec.ready.is_none();
         let again = !stopped
+            && !lost_incoming
             && match opts.restart.mode {
                 RestartMode::No => false,
                 RestartMode::OnFailure => end.code != 0,
@@ -372,6 +376,7 @@ fn attempt(
     rec.ready_after_ms = None;
     rec.helpers.clear();
     rec.interfaces.clear();
+    let _ = crate::migrate::take_handover(vm.path()); // a stale note of an earlier run
     let _ = record::write(vm, rec);
     let _ = vm.write_status(&Status {
         state: VmState::Starting {
@@ -408,7 +413,7 @@ fn attempt(
         },
         Ok(outcome) => End {
             code: outcome.exit_code(),
-            reason: describe(&outcome),
+            reason: handed_over(vm, &outcome).unwrap_or_else(|| describe(&outcome)),
             requested: outcome.shutdown_requested && outcome.helper_failure.is_none(),
         },
         Err(ServiceError::Run(RunError::HypervisorFailed { status, .. })) => End {
@@ -537,6 +542,11 @@ fn run(
     ro.umask = Some(0o077);
     ro.pass_fds = pass;
     ro.restart_helpers = Some(Default::default());
+    ro.resume_watch = inv
+        .control_socket
+        .as_ref()
+        .filter(|_| incoming)
+        .map(|s| vm.path().join(s));
     let server = start_console(vm, opts, &mut ro)?;
     let me = std::process::id();
     let runner_dir = runner.dir.clone();
@@ -553,6 +563,8 @@ fn run(
             runner: Some(runner_dir.clone()),
         };
         let mut ready = |rec: &RunRecord, notified: &mut bool, report: &mut dyn FnMut(&str)| {
+            // The record (its `ready` time) first: whoever sees `running` reads it next.
+            let _ = record::write(vm, rec);
             let _ = vm.write_status(&running(rec));
             machine.register(&runner_dir, rec.hypervisor_pid, report);
             if !*notified {
@@ -571,6 +583,9 @@ fn run(
             Progress::HypervisorStarted { pid } => {
                 rec.hypervisor_pid = Some(*pid as u32);
                 report(&format!("{} started (pid {pid})", inv.program));
+                if !has_channel && !incoming {
+                    rec.ready = Some(now()); // nothing to wait for: ready as it starts
+                }
                 if !has_channel {
                     ready(rec, notified, report);
                 }
@@ -580,6 +595,14 @@ fn run(
                 rec.ready_after_ms = Some(after.as_millis() as u64);
                 report(&format!("ready {:.2} s after start", after.as_secs_f64()));
                 ready(rec, notified, report);
+            }
+            Progress::Resumed { after } => {
+                rec.ready = Some(now());
+                rec.ready_after_ms = Some(after.as_millis() as u64);
+                report(&format!(
+                    "resumed {:.2} s after start (the guest runs its restored state)",
+                    after.as_secs_f64()
+                ));
             }
             Progress::ShutdownRequested { method } => {
                 report(&format!("shutting down ({method})"));
@@ -765,6 +788,14 @@ fn describe(o: &RunOutcome) -> String {
         "the hypervisor ended with {}",
         describe_status(o.hypervisor_status)
     )
+}
+
+/// How a VM ended whose qemu quit after a snapshot or a migration (its note), not "the
+/// guest powered off".
+fn handed_over(vm: &VmDir, o: &RunOutcome) -> Option<String> {
+    let plain_exit = o.hypervisor_status.success() && !o.shutdown_requested;
+    let note = crate::migrate::take_handover(vm.path())?;
+    plain_exit.then(|| format!("the VM was {note}"))
 }
 
 fn chain(e: &dyn std::error::Error) -> String {

@@ -1,34 +1,189 @@
 //! The guest init's DHCP client: DISCOVER, OFFER, REQUEST, ACK on a UDP socket bound to
 //! the interface (SO_BINDTODEVICE; the server broadcasts its replies), retried for up to
 //! a minute (slow TCG guests, a dnsmasq that starts late). The hostname is sent so the
-//! network's DNS answers for it. The lease is not renewed after the hand-over to the
-//! guest's own init (microvm networks lease for 12 h; a guest that must run longer runs
-//! its own DHCP client, e.g. networkd).
+//! network's DNS answers for it.
+//!
+//! The leases are then kept for as long as the guest runs ([`keep_in_threads`] while PID 1
+//! runs a command, [`keep_in_children`] beside a guest init that is not systemd, whose
+//! networkd renews instead): RENEWING at T1 (unicast to the server), REBINDING at T2
+//! (broadcast), and a new DISCOVER when the lease is refused or ends.
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use microvm_init::dhcp::{self, Reply};
+use microvm_init::dhcp::{self, LeaseTimes, Reply, Step};
 
 use super::console::say;
 use super::fail::{Context, Failure};
 
 const TOTAL: Duration = Duration::from_secs(60);
 
+/// A lease the init holds on one interface.
+struct Held {
+    ifname: String,
+    index: u32,
+    mac: String,
+    lease: Reply,
+    acked: Instant,
+}
+
+/// The leases [`acquire`]d at boot, until they are handed to their keepers.
+static HELD: Mutex<Vec<Held>> = Mutex::new(Vec::new());
+
+/// Remembers a configured lease so that it is renewed later.
+pub fn hold(ifname: &str, index: u32, mac: &str, lease: Reply) {
+    let held = Held {
+        ifname: ifname.into(),
+        index,
+        mac: mac.into(),
+        lease,
+        acked: Instant::now(),
+    };
+    HELD.lock().unwrap_or_else(|e| e.into_inner()).push(held);
+}
+
+fn take_held() -> Vec<Held> {
+    std::mem::take(&mut *HELD.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// Command mode: one thread per lease, renewing it while PID 1 runs.
+pub fn keep_in_threads() {
+    for held in take_held() {
+        std::thread::spawn(move || keep(held));
+    }
+}
+
+/// Hand-over to an init other than systemd: one process per lease, forked now, renewing
+/// it for as long as the guest lets it run.
+pub fn keep_in_children() {
+    for held in take_held() {
+        // SAFETY: PID 1 is single-threaded in hand-over mode (no thread was spawned), so
+        // the child may run ordinary Rust code after fork.
+        if unsafe { libc::fork() } == 0 {
+            keep(held);
+            // SAFETY: _exit() ends this forked child without running PID 1's atexit state.
+            unsafe { libc::_exit(0) };
+        }
+    }
+}
+
+/// Renews `held` until its lease is infinite (or a new one cannot be had).
+fn keep(mut held: Held) {
+    let Some(mac) = dhcp::parse_mac(&held.mac) else {
+        return;
+    };
+    let Ok((sock, hostname)) = client_socket(&held.ifname) else {
+        say(&format!(
+            "microvm-init: {}: cannot open the DHCP socket; the lease is not renewed",
+            held.ifname
+        ));
+        return;
+    };
+    let mut attempt: u32 = 1 << 12;
+    while let Some(times) = LeaseTimes::of(&held.lease) {
+        let (to, wait) = match times.step(held.acked.elapsed()) {
+            Step::Wait(d) => {
+                std::thread::sleep(d);
+                continue;
+            }
+            Step::Renew(wait) => (held.lease.server.unwrap_or(Ipv4Addr::BROADCAST), wait),
+            Step::Rebind(wait) => (Ipv4Addr::BROADCAST, wait),
+            Step::Expired => {
+                say(&format!(
+                    "microvm-init: {}: DHCP lease {} ended",
+                    held.ifname, held.lease.address
+                ));
+                if !reacquire(&mut held) {
+                    return;
+                }
+                continue;
+            }
+        };
+        attempt += 1;
+        let xid = xid(mac, attempt);
+        let sent = Instant::now();
+        let request = dhcp::extend(xid, mac, &hostname, held.lease.address);
+        if sock
+            .send_to(&request, SocketAddrV4::new(to, dhcp::SERVER_PORT))
+            .is_err()
+        {
+            std::thread::sleep(wait);
+            continue;
+        }
+        match receive(&sock, xid, mac, wait, &[dhcp::ACK, dhcp::NAK]) {
+            Some(ack) if ack.kind == dhcp::ACK && ack.address == held.lease.address => {
+                say(&format!(
+                    "microvm-init: {}: DHCP lease {} renewed",
+                    held.ifname, ack.address
+                ));
+                held.lease = ack;
+                held.acked = sent;
+            }
+            Some(_) => {
+                say(&format!(
+                    "microvm-init: {}: DHCP lease {} refused",
+                    held.ifname, held.lease.address
+                ));
+                if !reacquire(&mut held) {
+                    return;
+                }
+            }
+            None => {} // the schedule says when to ask again
+        }
+    }
+}
+
+/// A new lease after the old one was refused or ended; false when none can be had.
+fn reacquire(held: &mut Held) -> bool {
+    let lease = match acquire(&held.ifname, &held.mac) {
+        Ok(lease) => lease,
+        Err(e) => {
+            say(&format!("microvm-init: warning: {e}"));
+            return false;
+        }
+    };
+    if let Err(e) = super::net::replace_lease(&held.ifname, held.index, &held.lease, &lease) {
+        say(&format!("microvm-init: warning: {e}"));
+    }
+    held.lease = lease;
+    held.acked = Instant::now();
+    true
+}
+
+/// A UDP socket on the DHCP client port of `ifname`, and the hostname to send.
+/// Bound to the device before the port, with SO_REUSEADDR, so that the keepers of several
+/// interfaces each have one.
+fn client_socket(ifname: &str) -> std::io::Result<(UdpSocket, String)> {
+    use rustix::net::{sockopt, AddressFamily, SocketFlags, SocketType};
+    let fd = rustix::net::socket_with(
+        AddressFamily::INET,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    sockopt::set_socket_reuseaddr(&fd, true)?;
+    let sock = UdpSocket::from(fd);
+    bind_to_device(&sock, ifname)?;
+    rustix::net::bind(
+        &sock,
+        &SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, dhcp::CLIENT_PORT),
+    )?;
+    sock.set_broadcast(true)?;
+    let hostname = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    Ok((sock, hostname))
+}
+
 /// Asks for a lease on `ifname` (already up) and returns the ACK.
 pub fn acquire(ifname: &str, mac: &str) -> Result<Reply, Failure> {
     let what = || format!("DHCP on {ifname}");
     let mac =
         dhcp::parse_mac(mac).ok_or_else(|| Failure::new(what(), format!("bad MAC {mac:?}")))?;
-    let sock =
-        UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, dhcp::CLIENT_PORT)).ctx(what)?;
-    sock.set_broadcast(true).ctx(what)?;
-    bind_to_device(&sock, ifname).ctx(what)?;
-    let hostname = rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned();
+    let (sock, hostname) = client_socket(ifname).ctx(what)?;
     let server = SocketAddrV4::new(Ipv4Addr::BROADCAST, dhcp::SERVER_PORT);
     let deadline = Instant::now() + TOTAL;
     let mut wait = Duration::from_secs(1);

@@ -129,6 +129,10 @@ fn hand_over(
         }
         drop(buttons);
     }
+    if !is_systemd {
+        // systemd's networkd renews (`DHCP=ipv4` in the file written above).
+        super::dhcp::keep_in_children();
+    }
     let error = Command::new(path)
         .arg0(path)
         .args(args)
@@ -192,6 +196,7 @@ fn supervise(
         .as_ref()
         .map(|b| (power::buttons(), b.clone()));
     console::mark("button");
+    super::dhcp::keep_in_threads();
     ready(started);
     let child = command
         .spawn()

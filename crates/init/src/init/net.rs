@@ -42,18 +42,37 @@ pub fn configure(plan: &[NetPlan]) -> Result<(), Failure> {
                 .ctx(|| format!("add default route via {gateway} on {name}"))?;
         }
         if net.dhcp {
-            apply_lease(&mut link, &name, index, &super::dhcp::acquire(&name, &mac)?)?;
+            let lease = super::dhcp::acquire(&name, &mac)?;
+            apply_lease(&mut link, &name, index, &lease)?;
+            super::dhcp::hold(&name, index, &mac, lease);
         }
     }
     Ok(())
 }
 
-/// Configures a DHCP lease: address, default route, name servers and search domain.
-fn apply_lease(link: &mut Rtnl, name: &str, index: u32, lease: &Reply) -> Result<(), Failure> {
-    let cidr = Cidr {
+/// Replaces the lease `old` of interface `index` by `new` (a renewal that changed the
+/// address, or a new lease after one was lost): the old address goes, the new one is
+/// configured like the first.
+pub fn replace_lease(name: &str, index: u32, old: &Reply, new: &Reply) -> Result<(), Failure> {
+    let mut link = Rtnl::open().ctx(|| "open rtnetlink socket".into())?;
+    if old.address != new.address {
+        let cidr = lease_cidr(old);
+        // Already gone (an admin removed it) is fine.
+        let _ = link.request(|seq| rtnl::addr_del(seq, index, &cidr));
+    }
+    apply_lease(&mut link, name, index, new)
+}
+
+fn lease_cidr(lease: &Reply) -> Cidr {
+    Cidr {
         addr: IpAddr::V4(lease.address),
         prefix: lease.prefix.unwrap_or(24),
-    };
+    }
+}
+
+/// Configures a DHCP lease: address, default route, name servers and search domain.
+fn apply_lease(link: &mut Rtnl, name: &str, index: u32, lease: &Reply) -> Result<(), Failure> {
+    let cidr = lease_cidr(lease);
     link.request(|seq| rtnl::addr_add(seq, index, &cidr))
         .ctx(|| format!("add leased address {} to {name}", lease.address))?;
     if let Some(gw) = lease.router {

@@ -113,6 +113,12 @@ pub fn host_install(state_root: &Path, args: &HostInstallArgs) -> anyhow::Result
 /// `<state>/units-dir`: where `host install` wrote the units, for `host apply`.
 const UNITS_RECORD: &str = "units-dir";
 
+/// Where `host install` wrote the units of this state directory, if it did.
+pub fn installed_unit_dir(state_root: &Path) -> Option<PathBuf> {
+    let dir = std::fs::read_to_string(state_root.join(UNITS_RECORD)).ok()?;
+    Some(PathBuf::from(dir.trim_end_matches('\n')))
+}
+
 /// Rewrites the installed `microvms.target` (where `host install` recorded it) with the
 /// current `<state>/autostart` as its wants, and reloads systemd when it runs. Returns
 /// the path rewritten, or `None` when no target was installed for this state directory.

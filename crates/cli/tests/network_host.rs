@@ -1,0 +1,879 @@
+//! Host networks kept robust, with real processes and packets in namespaces the tests
+//! create (only addresses inside them are used):
+//!
+//! - the supervisor restarts a killed dnsmasq and a client still gets a lease; creating
+//!   the same network again restarts nothing; changing the subnet (and with it the DHCP
+//!   range), NAT, IPv6 and the lease time applies the change, through `network create`
+//!   and through `host apply`; a killed supervisor is replaced by the next `create`;
+//!   removing leaves no link, nftables table, lease file or process;
+//! - a VM (the microvm kernel, qemu) gets a lease after dnsmasq was killed and came back,
+//!   gets an IPv6 address by SLAAC and pings the bridge over IPv6, and its init renews
+//!   the 2-minute lease at T1;
+//! - under a real systemd (PID 1 of a `systemd-nspawn` container, as in tests/systemd.rs)
+//!   the network is `microvm-network@NAME.service`: dnsmasq and the supervisor both come
+//!   back after `kill -9`, a client gets a lease, and removal disables the unit.
+//!
+//! Prerequisites (root, iproute2 with netns, nft, dnsmasq, busybox-static; qemu and the
+//! microvm kernel for the VM; systemd-nspawn and nsenter for the unit): a missing one
+//! skips the test with a printed reason, or fails it when `CI` is set.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_microvm"))
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+fn path_var() -> std::ffi::OsString {
+    let mut dirs: Vec<PathBuf> =
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
+    dirs.extend(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from));
+    std::env::join_paths(dirs).expect("PATH")
+}
+
+fn which(tool: &str) -> bool {
+    std::env::split_paths(&path_var()).any(|d| d.join(tool).is_file())
+}
+
+/// Whether the test must be skipped (it prints why; under CI it fails instead).
+fn skip(test: &str, extra: &[&str]) -> bool {
+    let mut why = Vec::new();
+    if !rustix::process::geteuid().is_root() {
+        why.push("not root".to_string());
+    }
+    for t in ["ip", "nft", "dnsmasq", "busybox"].iter().chain(extra) {
+        if !which(t) {
+            why.push(format!(
+                "{t} is not installed (scripts/setup-host.sh installs it)"
+            ));
+        }
+    }
+    if why.is_empty() {
+        return false;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test} cannot run in CI: {}",
+        why.join("; ")
+    );
+    eprintln!("SKIPPED {test}: {}", why.join("; "));
+    true
+}
+
+fn run(argv: &[&str]) -> Output {
+    Command::new(argv[0])
+        .args(&argv[1..])
+        .env("PATH", path_var())
+        .env_remove("MICROVM_SERVICE_MANAGER")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{argv:?}: {e}"))
+}
+
+fn ok(argv: &[&str]) -> String {
+    let out = run(argv);
+    assert!(
+        out.status.success(),
+        "{argv:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn alive(pid: u64) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+}
+
+fn kill9(pid: u64) {
+    let pid = rustix::process::Pid::from_raw(pid as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill -9");
+}
+
+/// The namespaces of one test; deleted (their processes killed first) on drop.
+struct Namespaces(Vec<String>);
+
+impl Namespaces {
+    fn add(&mut self, name: String) -> String {
+        ok(&["ip", "netns", "add", &name]);
+        self.0.push(name.clone());
+        ok(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        name
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for n in self.0.iter().rev() {
+            for pid in ns_pids(n) {
+                if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+            }
+            let _ = run(&["ip", "netns", "delete", n]);
+        }
+    }
+}
+
+fn ns_pids(ns: &str) -> Vec<u64> {
+    String::from_utf8_lossy(&run(&["ip", "netns", "pids", ns]).stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// `ip netns exec NS microvm --state-dir STATE ARGS…`, which must succeed.
+fn microvm(ns: &str, state: &Path, args: &[&str]) -> String {
+    let b = bin();
+    let mut argv = vec!["ip", "netns", "exec", ns, b.to_str().expect("utf-8")];
+    argv.extend(["--state-dir", state.to_str().expect("utf-8")]);
+    argv.extend(args);
+    ok(&argv)
+}
+
+/// `network list --json`'s entry for `name`.
+fn status(ns: &str, state: &Path, name: &str) -> serde_json::Value {
+    let list: serde_json::Value =
+        serde_json::from_str(&microvm(ns, state, &["network", "list", "--json"])).expect("json");
+    list.as_array()
+        .and_then(|a| a.iter().find(|n| n["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("{name} not in {list}"))
+}
+
+fn pid_of(status: &serde_json::Value, key: &str) -> u64 {
+    status[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} in {status}"))
+}
+
+/// A DHCP client (busybox udhcpc, sending `hostname`) on a veth whose peer `peer` joins
+/// `bridge`; `prefix` is the namespace-command prefix of the client (`ip netns exec C`)
+/// and `host` that of the bridge's side. Returns the leased address.
+fn lease_for(host: &[&str], client: &[&str], peer: &str, bridge: &str, hostname: &str) -> String {
+    let cmd = |prefix: &[&str], args: &[&str]| {
+        let argv: Vec<&str> = prefix.iter().chain(args).copied().collect();
+        run(&argv)
+    };
+    if !cmd(host, &["ip", "link", "show", peer]).status.success() {
+        let inner = format!("{peer}c");
+        assert!(cmd(
+            host,
+            &["ip", "link", "add", peer, "type", "veth", "peer", "name", &inner]
+        )
+        .status
+        .success());
+        if client != host {
+            // The client namespace is named by the last word of its prefix.
+            let ns = client.last().expect("client namespace");
+            assert!(cmd(host, &["ip", "link", "set", &inner, "netns", ns])
+                .status
+                .success());
+        }
+        assert!(cmd(client, &["ip", "link", "set", &inner, "up"])
+            .status
+            .success());
+    }
+    assert!(
+        cmd(host, &["ip", "link", "set", peer, "master", bridge, "up"])
+            .status
+            .success()
+    );
+    let inner = format!("{peer}c");
+    let hn = format!("hostname:{hostname}");
+    let out = cmd(
+        client,
+        &[
+            "busybox",
+            "udhcpc",
+            "-i",
+            &inner,
+            "-n",
+            "-q",
+            "-f",
+            "-t",
+            "10",
+            "-T",
+            "3",
+            "-x",
+            &hn,
+            "-s",
+            "/usr/bin/true",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "udhcpc for {hostname}: {text}");
+    text.split("lease of ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no lease in: {text}"))
+        .to_string()
+}
+
+/// The addresses of `dev` (`-4` or `-6`, global scope) in `ns`.
+fn addresses(ns: &str, family: &str, dev: &str) -> String {
+    ok(&[
+        "ip", "-n", ns, family, "-o", "addr", "show", "dev", dev, "scope", "global",
+    ])
+}
+
+fn ruleset(ns: &str) -> String {
+    ok(&["ip", "netns", "exec", ns, "nft", "list", "ruleset"])
+}
+
+/// Nothing of network `name` (bridge `bridge`) is left in `ns` or the state directory.
+fn assert_gone(ns: &str, state: &Path, name: &str, bridge: &str) {
+    let links = ok(&["ip", "-n", ns, "-o", "link"]);
+    assert!(!links.contains(bridge), "bridge left: {links}");
+    let rules = ruleset(ns);
+    assert!(
+        !rules.contains(&format!("microvm-{name}")),
+        "table left: {rules}"
+    );
+    assert!(!state.join(".networks").join(name).exists(), "record left");
+    let pids = ns_pids(ns);
+    assert!(pids.is_empty(), "processes left in {ns}: {pids:?}");
+}
+
+#[test]
+fn dnsmasq_is_restarted_changes_apply_and_removal_leaves_nothing() {
+    let test = "dnsmasq_is_restarted_changes_apply_and_removal_leaves_nothing";
+    if skip(test, &[]) {
+        return;
+    }
+    let tag = format!("n3s{}", std::process::id() % 100000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let mut ns = Namespaces(Vec::new());
+    let h = ns.add(format!("{tag}-h"));
+    let c = ns.add(format!("{tag}-c"));
+    let (host, client) = (
+        ["ip", "netns", "exec", h.as_str()],
+        ["ip", "netns", "exec", c.as_str()],
+    );
+    let (net, br) = ("n3net", "n3br0");
+    let create = |extra: &[&str]| {
+        let mut a = vec!["network", "create", net, "--bridge", br];
+        a.extend(extra);
+        microvm(&h, &state, &a)
+    };
+    let first = [
+        "--subnet",
+        "10.183.0.1/24",
+        "--ipv6",
+        "fd83::1/64",
+        "--lease-time",
+        "2m",
+    ];
+    create(&first);
+    let s = status(&h, &state, net);
+    assert_eq!(s["dhcp"], "running", "{s}");
+    let (d1, sup) = (pid_of(&s, "dnsmasqPid"), pid_of(&s, "supervisorPid"));
+    let cmdline = fs::read(format!("/proc/{d1}/cmdline")).expect("cmdline");
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("10.183.0.250,255.255.255.0,120"),
+        "lease time 2m"
+    );
+    assert!(addresses(&h, "-6", br).contains("fd83::1/64"));
+    assert!(ruleset(&h).contains("table ip6 microvm-n3net"));
+
+    // The same options again: nothing is restarted.
+    create(&first);
+    let s = status(&h, &state, net);
+    assert_eq!(
+        (pid_of(&s, "dnsmasqPid"), pid_of(&s, "supervisorPid")),
+        (d1, sup)
+    );
+
+    // dnsmasq killed: the supervisor starts it again, and it hands out leases.
+    kill9(d1);
+    let mut d2 = 0;
+    wait_for("dnsmasq to come back", Duration::from_secs(20), || {
+        let s = status(&h, &state, net);
+        d2 = s["dnsmasqPid"].as_u64().unwrap_or(0);
+        d2 != 0 && d2 != d1
+    });
+    assert_eq!(pid_of(&status(&h, &state, net), "supervisorPid"), sup);
+    let log = fs::read_to_string(state.join(".networks/n3net/dnsmasq.log")).expect("log");
+    assert!(log.contains("restarting in 1 s"), "{log}");
+    let ip = lease_for(&host, &client, "n3c0", br, "n3-client");
+    assert!(ip.starts_with("10.183.0."), "{ip}");
+    let s = status(&h, &state, net);
+    assert!(
+        s["leases"]
+            .as_array()
+            .expect("leases")
+            .iter()
+            .any(|l| l["ip"] == ip.as_str()),
+        "{s}"
+    );
+
+    // Changed: a /28 (the pool becomes .2-.14), no NAT, no IPv6.
+    create(&["--subnet", "10.184.0.1/28", "--no-nat"]);
+    let s = status(&h, &state, net);
+    let d3 = pid_of(&s, "dnsmasqPid");
+    assert_ne!(d3, d2, "a changed network restarts dnsmasq");
+    let v4 = addresses(&h, "-4", br);
+    assert!(
+        v4.contains("10.184.0.1/28") && !v4.contains("10.183."),
+        "{v4}"
+    );
+    assert!(
+        addresses(&h, "-6", br).trim().is_empty(),
+        "IPv6 address left"
+    );
+    let rules = ruleset(&h);
+    assert!(
+        rules.contains("table ip microvm-n3net")
+            && !rules.contains("masquerade")
+            && !rules.contains("table ip6 microvm-n3net"),
+        "{rules}"
+    );
+    let ip = lease_for(&host, &client, "n3c0", br, "n3-client");
+    let last: u8 = ip
+        .strip_prefix("10.184.0.")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{ip}"));
+    assert!((2..=14).contains(&last), "{ip} in the /28's pool");
+
+    // The supervisor killed: dnsmasq runs on, and the next create replaces both.
+    let sup = pid_of(&s, "supervisorPid");
+    kill9(sup);
+    wait_for("the supervisor to be gone", Duration::from_secs(5), || {
+        status(&h, &state, net)["supervisorPid"].is_null()
+    });
+    create(&["--subnet", "10.184.0.1/28", "--no-nat"]);
+    let s = status(&h, &state, net);
+    assert!(pid_of(&s, "supervisorPid") != sup && pid_of(&s, "dnsmasqPid") != d3);
+    assert!(!alive(d3), "the orphaned dnsmasq was stopped");
+
+    microvm(&h, &state, &["network", "remove", net]);
+    assert_gone(&h, &state, net, br);
+}
+
+#[test]
+fn host_apply_changes_ipv6_and_the_lease_time_and_removes_everything() {
+    let test = "host_apply_changes_ipv6_and_the_lease_time_and_removes_everything";
+    if skip(test, &[]) {
+        return;
+    }
+    let tag = format!("n3a{}", std::process::id() % 100000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let mut ns = Namespaces(Vec::new());
+    let h = ns.add(format!("{tag}-h"));
+    let file = dir.path().join("host.toml");
+    let apply = |text: &str| -> serde_json::Value {
+        fs::write(&file, text).expect("host file");
+        let out = microvm(
+            &h,
+            &state,
+            &["host", "apply", file.to_str().expect("utf-8"), "--json"],
+        );
+        serde_json::from_str(&out).expect("actions")
+    };
+    let one = "[networks.n3h]\nsubnet = \"10.186.0.1/24\"\nbridge = \"n3br3\"\n\
+               ipv6 = \"fd86::1/64\"\nleaseTime = \"5m\"\n";
+    assert_eq!(apply(one)[0]["action"], "created");
+    let s = status(&h, &state, "n3h");
+    let pids = (pid_of(&s, "dnsmasqPid"), pid_of(&s, "supervisorPid"));
+    assert_eq!(
+        (s["ipv6"].as_str(), s["leaseSecs"].as_u64()),
+        (Some("fd86::1/64"), Some(300))
+    );
+    assert_eq!(apply(one)[0]["action"], "unchanged");
+    let s = status(&h, &state, "n3h");
+    assert_eq!(
+        (pid_of(&s, "dnsmasqPid"), pid_of(&s, "supervisorPid")),
+        pids
+    );
+
+    let two = "[networks.n3h]\nsubnet = \"10.186.0.1/24\"\nbridge = \"n3br3\"\n\
+               ipv6 = \"fd87::1/64\"\nleaseTime = \"1h\"\n";
+    assert_eq!(apply(two)[0]["action"], "updated");
+    let s = status(&h, &state, "n3h");
+    let d = pid_of(&s, "dnsmasqPid");
+    assert_ne!(d, pids.0);
+    let cmdline = String::from_utf8_lossy(&fs::read(format!("/proc/{d}/cmdline")).expect("c"))
+        .replace('\0', " ");
+    assert!(
+        cmdline.contains("--dhcp-range=fd87::,ra-stateless,ra-names,64,3600"),
+        "{cmdline}"
+    );
+    let v6 = addresses(&h, "-6", "n3br3");
+    assert!(v6.contains("fd87::1/64") && !v6.contains("fd86"), "{v6}");
+    assert!(ruleset(&h).contains("ip6 saddr fd87::/64"));
+
+    let bad = apply_err(&h, &state, &file, "[networks.n3h]\nleaseTime = \"1m\"\n");
+    assert!(bad.contains("lease time \"1m\" must be from 2m"), "{bad}");
+    let bad = apply_err(&h, &state, &file, "[networks.n3h]\nipv6 = \"fd88::1/48\"\n");
+    assert!(bad.contains("must be a /64"), "{bad}");
+
+    assert_eq!(apply("")[0]["action"], "removed");
+    assert_gone(&h, &state, "n3h", "n3br3");
+}
+
+/// `host apply FILE` with `text`, which must fail; its stderr.
+fn apply_err(ns: &str, state: &Path, file: &Path, text: &str) -> String {
+    fs::write(file, text).expect("host file");
+    let b = bin();
+    let out = run(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        b.to_str().expect("utf-8"),
+        "--state-dir",
+        state.to_str().expect("utf-8"),
+        "host",
+        "apply",
+        file.to_str().expect("utf-8"),
+    ]);
+    assert!(!out.status.success(), "{text} was accepted");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The microvm kernel's directory (`microvm kernel build`; scripts/build-test-kernel.sh).
+fn microvm_kernel() -> PathBuf {
+    let rel = |d: std::ffi::OsString| {
+        let d = PathBuf::from(d);
+        if d.is_absolute() {
+            d
+        } else {
+            workspace().join(d)
+        }
+    };
+    match std::env::var_os("MICROVM_TEST_MICROVM_KERNEL") {
+        Some(d) => rel(d),
+        None => std::env::var_os("MICROVM_TEST_KERNELS")
+            .map(rel)
+            .unwrap_or_else(|| workspace().join("target/test-kernels"))
+            .join("microvm"),
+    }
+}
+
+/// `target/network-tests` (shared with tests/network.rs): the busybox root and the store.
+fn work_dir() -> PathBuf {
+    let d = bin()
+        .parent()
+        .and_then(Path::parent)
+        .map(|t| t.join("network-tests"))
+        .unwrap_or_else(|| workspace().join("target/network-tests"));
+    fs::create_dir_all(&d).expect("network-tests dir");
+    d
+}
+
+/// A busybox root (every applet linked) for single-command guests.
+fn busybox_root() -> PathBuf {
+    let dest = work_dir().join("root-v1");
+    if dest.join("bin/busybox").is_file() {
+        return dest;
+    }
+    let tmp = work_dir().join(format!("root.tmp-n3-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    for d in ["bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp"] {
+        fs::create_dir_all(tmp.join(d)).expect("mkdir");
+    }
+    fs::copy("/bin/busybox", tmp.join("bin/busybox")).expect("busybox");
+    let list = ok(&[tmp.join("bin/busybox").to_str().expect("utf-8"), "--list"]);
+    for applet in list.split_whitespace().filter(|a| *a != "busybox") {
+        let _ = std::os::unix::fs::symlink("busybox", tmp.join("bin").join(applet));
+    }
+    if fs::rename(&tmp, &dest).is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    dest
+}
+
+/// The lease file's `(expiry, ip)` for `mac`.
+fn lease_of(state: &Path, net: &str, mac: &str) -> Option<(u64, String)> {
+    let text = fs::read_to_string(state.join(".networks").join(net).join("leases")).ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 3 || !f[1].eq_ignore_ascii_case(mac) {
+            return None;
+        }
+        Some((f[0].parse().ok()?, f[2].to_string()))
+    })
+}
+
+/// A VM on a network whose dnsmasq was killed and came back: it gets a DHCP lease, an
+/// IPv6 address by SLAAC (the router advertisements of dnsmasq), pings the bridge over
+/// IPv6 and IPv4 and an uplink address through NAT66; its init renews the 2-minute lease at T1 (the console says so and
+/// the lease file's expiry moves on). Stopping the VM and removing the network leaves
+/// nothing behind.
+#[test]
+fn a_vm_gets_a_lease_after_a_dnsmasq_restart_pings_over_ipv6_and_renews() {
+    let test = "a_vm_gets_a_lease_after_a_dnsmasq_restart_pings_over_ipv6_and_renews";
+    if skip(test, &["qemu-system-x86_64"]) {
+        return;
+    }
+    if !microvm_kernel().join("vmlinux").is_file() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: the microvm kernel is missing"
+        );
+        eprintln!(
+            "SKIPPED {test}: the microvm kernel {} is missing (scripts/build-test-kernel.sh)",
+            microvm_kernel().display()
+        );
+        return;
+    }
+    let tag = format!("n3v{}", std::process::id() % 100000);
+    let dir = tempfile::tempdir_in(work_dir()).expect("tempdir");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let state = dir.path().join("state");
+    let mut ns = Namespaces(Vec::new());
+    let h = ns.add(format!("{tag}-h"));
+    let up = ns.add(format!("{tag}-u"));
+    // The "internet": fd90::2 behind up0, with no route back to the VMs' fd85::/64.
+    ok(&[
+        "ip", "-n", &h, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", &up,
+    ]);
+    for (n, dev, addr) in [(&h, "up0", "fd90::1/64"), (&up, "eth0", "fd90::2/64")] {
+        ok(&["ip", "-n", n, "addr", "add", addr, "dev", dev, "nodad"]);
+        ok(&["ip", "-n", n, "link", "set", dev, "up"]);
+    }
+    ok(&[
+        "ip", "-n", &h, "-6", "route", "add", "default", "via", "fd90::2",
+    ]);
+    let (net, br, mac) = ("n3v", "n3br1", "02:00:00:33:00:01");
+    microvm(
+        &h,
+        &state,
+        &[
+            "network",
+            "create",
+            net,
+            "--bridge",
+            br,
+            "--subnet",
+            "10.185.0.1/24",
+            "--ipv6",
+            "fd85::1/64",
+            "--lease-time",
+            "2m",
+            "--uplink",
+            "up0",
+        ],
+    );
+    let d1 = pid_of(&status(&h, &state, net), "dnsmasqPid");
+    kill9(d1);
+    wait_for("dnsmasq to come back", Duration::from_secs(20), || {
+        status(&h, &state, net)["dnsmasqPid"]
+            .as_u64()
+            .is_some_and(|d| d != d1)
+    });
+
+    let script = "i=0; while ! ip -6 addr | grep -q \"inet6 fd85\"; do i=$((i+1)); \
+                  [ $i -gt 90 ] && break; sleep 1; done; ip -6 addr; \
+                  ping6 -c 2 -W 10 fd85::1 && echo V6-OK; \
+                  ping6 -c 2 -W 10 fd90::2 && echo NAT66-OK; \
+                  ping -c 1 -W 10 10.185.0.1 && echo V4-OK; sleep 900";
+    let def = dir.path().join("vm.toml");
+    fs::write(
+        &def,
+        format!(
+            "hostName = \"n3-vm\"\nvcpu = 1\nmem = 256\nkernel = {kernel:?}\n\
+             command = ['/bin/sh', '-c', '{script}']\n\n[[root]]\ndirectory = {root:?}\n\n\
+             [[interfaces]]\ntype = \"tap\"\nid = \"{tag}\"\nmac = \"{mac}\"\nbridge = \"{br}\"\n\n\
+             [[network]]\ninterface = \"{tag}\"\ndhcp = true\n",
+            kernel = microvm_kernel(),
+            root = busybox_root(),
+        ),
+    )
+    .expect("definition");
+    let console = dir.path().join("vm.console");
+    let mut vm = VmProcess(
+        Command::new("ip")
+            .args(["netns", "exec", &h])
+            .arg(bin())
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("run")
+            .arg(&def)
+            .arg("--store")
+            .arg(work_dir().join("store"))
+            .arg("--workdir")
+            .arg(dir.path())
+            .arg("--console-log")
+            .arg(&console)
+            .env("PATH", path_var())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("microvm run"),
+    );
+    let read_console = || fs::read_to_string(&console).unwrap_or_default();
+    let until = |what: &str, secs: u64, vm: &mut VmProcess, done: &dyn Fn() -> bool| {
+        let end = Instant::now() + Duration::from_secs(secs);
+        while !done() {
+            let exited = vm.0.try_wait().expect("wait").is_some();
+            assert!(
+                Instant::now() < end && !exited,
+                "{what}:\n{}\n--- dnsmasq.log\n{}",
+                read_console(),
+                fs::read_to_string(state.join(".networks/n3v/dnsmasq.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    };
+    until("a lease", 600, &mut vm, &|| {
+        lease_of(&state, net, mac).is_some()
+    });
+    let (expiry, ip) = lease_of(&state, net, mac).expect("lease");
+    assert!(ip.starts_with("10.185.0."), "{ip}");
+    until("IPv6 and IPv4 pings", 240, &mut vm, &|| {
+        read_console().contains("V4-OK")
+    });
+    let text = read_console();
+    assert!(text.contains("V6-OK"), "no IPv6 ping:\n{text}");
+    assert!(
+        text.contains("NAT66-OK"),
+        "no IPv6 ping through NAT66:\n{text}"
+    );
+    let routes = ok(&["ip", "-n", &up, "-6", "route"]);
+    assert!(
+        !routes.contains("fd85"),
+        "the uplink must not route the VMs' prefix"
+    );
+    // T1 of a 2-minute lease is 60 s after the ACK.
+    until("the lease's renewal", 240, &mut vm, &|| {
+        read_console().contains(&format!("DHCP lease {ip} renewed"))
+    });
+    until("the lease file's new expiry", 30, &mut vm, &|| {
+        lease_of(&state, net, mac).is_some_and(|(e, _)| e >= expiry + 30)
+    });
+    drop(vm);
+    microvm(&h, &state, &["network", "remove", net]);
+    let links = ok(&["ip", "-n", &h, "-o", "link"]);
+    assert!(!links.contains(&format!(" {tag}:")), "tap left: {links}");
+    assert_gone(&h, &state, net, br);
+}
+
+/// `microvm run`, stopped (SIGTERM: the guest is shut down) and reaped on drop.
+struct VmProcess(Child);
+
+impl Drop for VmProcess {
+    fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.0.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// A booted `systemd-nspawn -D / --volatile=yes -b` container (as in tests/systemd.rs:
+/// the host's /usr, an empty /etc and /var, the workspace bound, a private network);
+/// powered off and reaped on drop.
+struct Container {
+    nspawn: Child,
+    init: u32,
+}
+
+impl Container {
+    fn boot(name: &str) -> Option<Container> {
+        let mut bind = std::ffi::OsString::from("--bind=");
+        bind.push(workspace());
+        let nspawn = Command::new("systemd-nspawn")
+            .args([
+                "-q",
+                "-D",
+                "/",
+                "--volatile=yes",
+                "--register=no",
+                "--keep-unit",
+            ])
+            .args(["-M", name, "--private-network"])
+            .arg(bind)
+            .args(
+                Path::new("/usr/lib/ocf")
+                    .is_dir()
+                    .then_some("--tmpfs=/usr/lib/ocf"),
+            )
+            .args(["--console=read-only", "-b"])
+            .args(["systemd.unit=basic.target", "systemd.firstboot=off"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("systemd-nspawn");
+        let mut c = Container { nspawn, init: 0 };
+        let end = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < end {
+            let children = format!("/proc/{0}/task/{0}/children", c.nspawn.id());
+            c.init = fs::read_to_string(children)
+                .ok()
+                .and_then(|t| t.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0);
+            if c.init != 0 {
+                let state = c.exec(&["systemctl", "is-system-running"]);
+                let state = String::from_utf8_lossy(&state.stdout).trim().to_string();
+                if matches!(state.as_str(), "running" | "degraded") {
+                    return Some(c);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        None
+    }
+
+    fn prefix(&self) -> [String; 4] {
+        ["nsenter", "-t", &self.init.to_string(), "-a"].map(String::from)
+    }
+
+    fn exec(&self, argv: &[&str]) -> Output {
+        let out = Command::new("nsenter")
+            .args(["-t", &self.init.to_string(), "-a"])
+            .args(argv)
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env_remove("MICROVM_SERVICE_MANAGER")
+            .stdin(Stdio::null())
+            .output()
+            .expect("nsenter");
+        eprintln!(
+            "[container] $ {} → {}\n{}{}",
+            argv.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn ok(&self, argv: &[&str]) -> String {
+        let out = self.exec(argv);
+        assert!(out.status.success(), "{argv:?} in the container failed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn show(&self, unit: &str, property: &str) -> String {
+        self.ok(&["systemctl", "show", "-P", property, unit])
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.nspawn.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let _ = self.nspawn.wait();
+    }
+}
+
+/// Under a real systemd the network is `microvm-network@NAME.service` (`host install`
+/// wrote the template): `network create` enables and starts it (Type=notify: it returns
+/// once dnsmasq runs), a killed dnsmasq is restarted by the supervisor, a killed
+/// supervisor by systemd, a client gets a lease, the journal has dnsmasq's log, and
+/// `network remove` stops and disables the unit and leaves no bridge or process.
+#[test]
+fn under_systemd_the_network_is_a_unit_that_comes_back_after_kill_9() {
+    let test = "under_systemd_the_network_is_a_unit_that_comes_back_after_kill_9";
+    if skip(test, &["systemd-nspawn", "nsenter"]) {
+        return;
+    }
+    if !Path::new("/usr/lib/systemd/systemd").is_file() {
+        eprintln!("SKIPPED {test}: /usr/lib/systemd/systemd is missing (systemd)");
+        return;
+    }
+    let Some(ct) = Container::boot(&format!("n3nw-{}", std::process::id())) else {
+        panic!("{test}: the container did not boot");
+    };
+    let b = bin();
+    let m = b.to_str().expect("utf-8");
+    let state = "/var/lib/n3-microvms";
+    ct.ok(&[m, "--state-dir", state, "host", "install"]);
+    let unit = "microvm-network@n3sd.service";
+    assert_eq!(ct.show(unit, "Type"), "notify");
+    let created = ct.ok(&[
+        m,
+        "--state-dir",
+        state,
+        "network",
+        "create",
+        "n3sd",
+        "--bridge",
+        "n3br2",
+        "--subnet",
+        "10.187.0.1/24",
+    ]);
+    assert!(created.contains(unit), "{created}");
+    assert_eq!(ct.show(unit, "ActiveState"), "active");
+    assert_eq!(ct.show(unit, "UnitFileState"), "enabled");
+    let list = |ct: &Container| -> serde_json::Value {
+        let out = ct.ok(&[m, "--state-dir", state, "network", "list", "--json"]);
+        serde_json::from_str::<serde_json::Value>(&out).expect("json")[0].clone()
+    };
+    let s = list(&ct);
+    assert_eq!(
+        (s["dhcp"].as_str(), s["unit"].as_str()),
+        (Some("running"), Some(unit))
+    );
+    let main = pid_of(&s, "supervisorPid");
+    assert_eq!(
+        ct.show(unit, "MainPID"),
+        main.to_string(),
+        "the unit runs the supervisor"
+    );
+
+    // kill -9 of dnsmasq: the supervisor restarts it (the unit stays up).
+    let d1 = pid_of(&s, "dnsmasqPid");
+    ct.ok(&["kill", "-9", &d1.to_string()]);
+    wait_for(
+        "dnsmasq back under the unit",
+        Duration::from_secs(20),
+        || list(&ct)["dnsmasqPid"].as_u64().is_some_and(|d| d != d1),
+    );
+    assert_eq!(ct.show(unit, "MainPID"), main.to_string());
+    // kill -9 of the supervisor: systemd starts the unit again.
+    ct.ok(&["kill", "-9", &main.to_string()]);
+    wait_for(
+        "systemd to restart the unit",
+        Duration::from_secs(30),
+        || {
+            let s = list(&ct);
+            s["dhcp"] == "running" && s["supervisorPid"].as_u64().is_some_and(|p| p != main)
+        },
+    );
+    assert_eq!(ct.show(unit, "ActiveState"), "active");
+    assert_eq!(ct.show(unit, "NRestarts"), "1");
+
+    let p = ct.prefix();
+    let p: Vec<&str> = p.iter().map(String::as_str).collect();
+    let ip = lease_for(&p, &p, "n3c1", "n3br2", "n3-sd-client");
+    assert!(ip.starts_with("10.187.0."), "{ip}");
+    let journal = ct.ok(&["journalctl", "-u", unit, "--no-pager", "-o", "cat"]);
+    assert!(
+        journal.contains(&format!("DHCPACK(n3br2) {ip}")),
+        "dnsmasq logs to the journal:\n{journal}"
+    );
+
+    ct.ok(&[m, "--state-dir", state, "network", "remove", "n3sd"]);
+    assert_eq!(ct.show(unit, "ActiveState"), "inactive");
+    assert_eq!(ct.show(unit, "UnitFileState"), "disabled");
+    let links = ct.ok(&["ip", "-o", "link"]);
+    assert!(!links.contains("n3br2"), "bridge left: {links}");
+    let procs = ct.ok(&["ps", "-eo", "comm"]);
+    assert!(
+        !procs.lines().any(|l| l.trim() == "dnsmasq"),
+        "dnsmasq left: {procs}"
+    );
+}
