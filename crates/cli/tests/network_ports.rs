@@ -385,9 +385,11 @@ fn qemu_cmdline(host: &Host, name: &str) -> String {
 /// (a) + (c): a 2-vCPU VM on a microvm network (DHCP, a reserved address) serves a port
 /// that the host forwards with nftables DNAT: reached from the host itself (to the
 /// bridge's and the veth's address) and from a client namespace. Its tap is multi-queue
-/// (`ip -d link`: two queues opened, qemu's `queues=2`) and carries a ping and 1 MiB transfers. A second VM
-/// forwarding the same port is refused; stopping the VM, and recovering after `kill -9`
-/// of its supervisor, leave no table and no reservation.
+/// (`ip -d link`: two queues opened, qemu's `queues=2`) and carries a ping and 1 MiB
+/// transfers. A second VM forwarding the same port is refused, and so is a DHCP guest on
+/// a bridge that is no microvm network; stopping the VM, and recovering after `kill -9`
+/// of its supervisor, leave no table and no reservation; `microvm run FILE` forwards to a
+/// static address.
 #[test]
 fn forwarded_ports_reach_a_guest_on_a_multi_queue_tap_and_leave_no_rule() {
     if skip_unless_ready("forwarded ports") {
@@ -481,6 +483,32 @@ fn forwarded_ports_reach_a_guest_on_a_multi_queue_tap_and_leave_no_rule() {
     assert!(!host.ruleset().contains("microvm-fwd-n2-web2"));
     assert!(!host.links().contains("n2tap1"));
     assert!(!net_dir.join("hosts").join(other).exists());
+
+    // A DHCP guest on a bridge that is not a microvm network: its address cannot be known.
+    ok(&[
+        "ip", "-n", &host.ns, "link", "add", "n2plain", "type", "bridge",
+    ]);
+    let plain = "n2-plain";
+    host.install(
+        plain,
+        1,
+        "[[interfaces]]\ntype = \"tap\"\nid = \"n2tap3\"\nmac = \"02:00:00:22:00:04\"\nbridge = \"n2plain\"\n\n\
+         [[network]]\ninterface = \"n2tap3\"\ndhcp = true\n\n\
+         [[forwardPorts]]\nhost.port = 8083\nguest.port = 80\n",
+    );
+    let out = host.microvm(&["start", plain]);
+    let why = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        host.log(plain)
+    );
+    assert!(!out.status.success(), "{why}");
+    assert!(
+        why.contains("cannot forward the ports of VM n2-plain: tap n2tap3 takes its address by DHCP, but its bridge n2plain is not a microvm network"),
+        "{why}"
+    );
+    let _ = host.microvm(&["stop", plain]);
+    assert!(!host.ruleset().contains("microvm-fwd-n2-plain"));
 
     host.stop(web);
     let rules = host.ruleset();
