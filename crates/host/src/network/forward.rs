@@ -532,7 +532,13 @@ fn reservations(dir: &Path) -> Vec<(String, String, Ipv4Addr)> {
     };
     let mut out = Vec::new();
     for e in entries.filter_map(Result::ok) {
-        let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+        // dnsmasq skips dot files too (ours are a reservation being written).
+        let Some(name) = e
+            .file_name()
+            .to_str()
+            .filter(|n| !n.starts_with('.'))
+            .map(str::to_owned)
+        else {
             continue;
         };
         let text = fs::read_to_string(e.path()).unwrap_or_default();
