@@ -484,6 +484,34 @@ fn forwarded_ports_reach_a_guest_on_a_multi_queue_tap_and_leave_no_rule() {
     assert!(!host.links().contains("n2tap1"));
     assert!(!net_dir.join("hosts").join(other).exists());
 
+    // `run FILE` of another VM of the same name: the running supervisor's table is kept.
+    let twin = host.definition(
+        web,
+        1,
+        "[[interfaces]]\ntype = \"tap\"\nid = \"n2tap4\"\nmac = \"02:00:00:22:00:06\"\n\n\
+         [[network]]\ninterface = \"n2tap4\"\naddresses = [\"10.179.0.70/24\"]\n\n\
+         [[forwardPorts]]\nhost.port = 8084\nguest.port = 80\n",
+    );
+    let out = host.microvm(&[
+        "run",
+        twin.to_str().expect("utf-8"),
+        "--store",
+        work_dir().join("store").to_str().expect("utf-8"),
+        "--workdir",
+        host.dir.path().to_str().expect("utf-8"),
+    ]);
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{why}");
+    assert!(
+        why.contains("cannot forward the ports of VM n2-web: its forwarding table is held by the running process"),
+        "{why}"
+    );
+    assert!(
+        host.ruleset().contains("dnat to 10.179.0.10:80"),
+        "the table was kept"
+    );
+    assert!(!host.links().contains("n2tap4"));
+
     // A DHCP guest on a bridge that is not a microvm network: its address cannot be known.
     ok(&[
         "ip", "-n", &host.ns, "link", "add", "n2plain", "type", "bridge",
