@@ -606,6 +606,16 @@ fn forwarded_ports_reach_a_guest_on_a_multi_queue_tap_and_leave_no_rule() {
         .microvm(&["network", "remove", "n2fwd"])
         .status
         .success());
+    // Nothing is left: no table, no tap, no process in the host namespace.
+    let rules = host.ruleset();
+    assert!(!rules.contains("microvm"), "{rules}");
+    let links = host.links();
+    assert!(
+        !links.contains("n2tap") && !links.contains("n2br0"),
+        "{links}"
+    );
+    let pids = ok(&["ip", "netns", "pids", &host.ns]);
+    assert!(pids.trim().is_empty(), "processes left: {pids}");
 }
 
 /// (b): qemu `user` networking (slirp: DHCP from qemu, no tap) with `forwardPorts`
