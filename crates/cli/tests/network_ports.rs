@@ -161,9 +161,9 @@ impl Host {
         out
     }
 
-    /// Builds a single-command VM running [`SERVICE`] with the microvm kernel and installs
-    /// it as `<state>/NAME/current` (the layout `microvm create` makes).
-    fn install(&mut self, name: &str, vcpu: u32, tables: &str) {
+    /// Writes the definition of a single-command VM running [`SERVICE`] with the microvm
+    /// kernel.
+    fn definition(&self, name: &str, vcpu: u32, tables: &str) -> PathBuf {
         let def = self.dir.path().join(format!("{name}.toml"));
         fs::write(
             &def,
@@ -176,6 +176,53 @@ impl Host {
             ),
         )
         .expect("definition");
+        def
+    }
+
+    /// `microvm run DEF` in the host namespace, in the background (console and stderr in
+    /// files next to the definition), once the guest serves.
+    fn run_file(&self, def: &Path) -> Running {
+        let stderr = def.with_extension("stderr");
+        let console = def.with_extension("console");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(bin())
+            .arg("--state-dir")
+            .arg(self.state())
+            .arg("run")
+            .arg(def)
+            .arg("--store")
+            .arg(work_dir().join("store"))
+            .arg("--workdir")
+            .arg(self.dir.path())
+            .arg("--console-log")
+            .arg(&console)
+            .env("PATH", path_var())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("microvm run");
+        let mut running = Running { child, stderr };
+        let serving = wait_for("the guest's service", Duration::from_secs(120), || {
+            fs::read_to_string(&console).is_ok_and(|c| c.contains("SERVING"))
+        });
+        if !serving {
+            running.stop();
+            panic!(
+                "{} does not serve: {}\n{}",
+                def.display(),
+                running.stderr(),
+                fs::read_to_string(&console).unwrap_or_default()
+            );
+        }
+        running
+    }
+
+    /// Builds the VM of [`Host::definition`] and installs it as `<state>/NAME/current`
+    /// (the layout `microvm create` makes).
+    fn install(&mut self, name: &str, vcpu: u32, tables: &str) {
+        let def = self.definition(name, vcpu, tables);
         let out = Command::new(bin())
             .arg("build")
             .arg(&def)
@@ -199,8 +246,15 @@ impl Host {
     fn log(&self, name: &str) -> String {
         let read =
             |f: &str| fs::read_to_string(self.state().join(name).join(f)).unwrap_or_default();
+        let dnsmasq: String = fs::read_dir(self.state().join(".networks"))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| fs::read_to_string(e.path().join("dnsmasq.log")).unwrap_or_default())
+            .map(|t| tail(&t, 30))
+            .collect();
         format!(
-            "--- supervisor.log\n{}\n--- console.log (tail)\n{}",
+            "--- supervisor.log\n{}\n--- console.log (tail)\n{}\n--- dnsmasq.log (tail)\n{dnsmasq}",
             read("supervisor.log"),
             tail(&read("console.log"), 30)
         )
@@ -251,13 +305,40 @@ impl Drop for Host {
     }
 }
 
+/// A `microvm run FILE` in the background.
+struct Running {
+    child: std::process::Child,
+    stderr: PathBuf,
+}
+
+impl Running {
+    /// SIGTERM (a graceful stop) and wait.
+    fn stop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let _ = self.child.wait();
+    }
+
+    fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// What a connection to `ADDR:PORT` from namespace `ns` gets, once the service answers
-/// (retried for up to 90 s: the guest may still be configuring its interface).
+/// (retried for 90 s: the guest may still be configuring its interface).
 fn fetch(ns: &str, addr: &str, port: u16) -> Vec<u8> {
     let mut last = Vec::new();
-    for _ in 0..45 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while std::time::Instant::now() < deadline {
         let out = Command::new("ip")
-            .args(["netns", "exec", ns, "timeout", "60", "busybox", "nc", addr])
+            .args(["netns", "exec", ns, "timeout", "20", "busybox", "nc", addr])
             .arg(port.to_string())
             .env("PATH", path_var())
             .stdin(Stdio::null())
@@ -304,9 +385,11 @@ fn qemu_cmdline(host: &Host, name: &str) -> String {
 /// (a) + (c): a 2-vCPU VM on a microvm network (DHCP, a reserved address) serves a port
 /// that the host forwards with nftables DNAT: reached from the host itself (to the
 /// bridge's and the veth's address) and from a client namespace. Its tap is multi-queue
-/// (`ip -d link`: two queues opened, qemu's `queues=2`) and carries a ping and 1 MiB transfers. A second VM
-/// forwarding the same port is refused; stopping the VM, and recovering after `kill -9`
-/// of its supervisor, leave no table and no reservation.
+/// (`ip -d link`: two queues opened, qemu's `queues=2`) and carries a ping and 1 MiB
+/// transfers. A second VM forwarding the same port is refused, and so is a DHCP guest on
+/// a bridge that is no microvm network; stopping the VM, and recovering after `kill -9`
+/// of its supervisor, leave no table and no reservation; `microvm run FILE` forwards to a
+/// static address.
 #[test]
 fn forwarded_ports_reach_a_guest_on_a_multi_queue_tap_and_leave_no_rule() {
     if skip_unless_ready("forwarded ports") {
@@ -336,6 +419,7 @@ fn forwarded_ports_reach_a_guest_on_a_multi_queue_tap_and_leave_no_rule() {
     host.start(web);
     let log = host.log(web);
     let ip = forwarded_target(&log, 8080).unwrap_or_else(|| panic!("no forwarding line\n{log}"));
+    assert!(!log.contains("warning:"), "{log}");
     let net_dir = host.state().join(".networks/n2fwd");
     assert_eq!(
         fs::read_to_string(net_dir.join("hosts").join(web)).expect("reservation"),
@@ -400,6 +484,60 @@ fn forwarded_ports_reach_a_guest_on_a_multi_queue_tap_and_leave_no_rule() {
     assert!(!host.links().contains("n2tap1"));
     assert!(!net_dir.join("hosts").join(other).exists());
 
+    // `run FILE` of another VM of the same name: the running supervisor's table is kept.
+    let twin = host.definition(
+        web,
+        1,
+        "[[interfaces]]\ntype = \"tap\"\nid = \"n2tap4\"\nmac = \"02:00:00:22:00:06\"\n\n\
+         [[network]]\ninterface = \"n2tap4\"\naddresses = [\"10.179.0.70/24\"]\n\n\
+         [[forwardPorts]]\nhost.port = 8084\nguest.port = 80\n",
+    );
+    let out = host.microvm(&[
+        "run",
+        twin.to_str().expect("utf-8"),
+        "--store",
+        work_dir().join("store").to_str().expect("utf-8"),
+        "--workdir",
+        host.dir.path().to_str().expect("utf-8"),
+    ]);
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{why}");
+    assert!(
+        why.contains("cannot forward the ports of VM n2-web: its forwarding table is held by the running process"),
+        "{why}"
+    );
+    assert!(
+        host.ruleset().contains("dnat to 10.179.0.10:80"),
+        "the table was kept"
+    );
+    assert!(!host.links().contains("n2tap4"));
+
+    // A DHCP guest on a bridge that is not a microvm network: its address cannot be known.
+    ok(&[
+        "ip", "-n", &host.ns, "link", "add", "n2plain", "type", "bridge",
+    ]);
+    let plain = "n2-plain";
+    host.install(
+        plain,
+        1,
+        "[[interfaces]]\ntype = \"tap\"\nid = \"n2tap3\"\nmac = \"02:00:00:22:00:04\"\nbridge = \"n2plain\"\n\n\
+         [[network]]\ninterface = \"n2tap3\"\ndhcp = true\n\n\
+         [[forwardPorts]]\nhost.port = 8083\nguest.port = 80\n",
+    );
+    let out = host.microvm(&["start", plain]);
+    let why = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        host.log(plain)
+    );
+    assert!(!out.status.success(), "{why}");
+    assert!(
+        why.contains("cannot forward the ports of VM n2-plain: tap n2tap3 takes its address by DHCP, but its bridge n2plain is not a microvm network"),
+        "{why}"
+    );
+    let _ = host.microvm(&["stop", plain]);
+    assert!(!host.ruleset().contains("microvm-fwd-n2-plain"));
+
     host.stop(web);
     let rules = host.ruleset();
     assert!(!rules.contains("microvm-fwd"), "a rule left: {rules}");
@@ -440,10 +578,44 @@ fn forwarded_ports_reach_a_guest_on_a_multi_queue_tap_and_leave_no_rule() {
     );
     assert!(!host.links().contains("n2tap0"), "tap left");
 
+    // `microvm run FILE` as root forwards too; here to a static address.
+    let once = host.definition(
+        "n2-once",
+        1,
+        "[[interfaces]]\ntype = \"tap\"\nid = \"n2tap2\"\nmac = \"02:00:00:22:00:03\"\nbridge = \"n2br0\"\n\n\
+         [[network]]\ninterface = \"n2tap2\"\naddresses = [\"10.179.0.60/24\"]\ngateways = [\"10.179.0.1\"]\n\n\
+         [[forwardPorts]]\nhost.port = 8082\nguest.port = 80\n",
+    );
+    let mut run = host.run_file(&once);
+    fetch(&client, "172.31.252.1", 8082);
+    assert!(host.ruleset().contains("dnat to 10.179.0.60:80"));
+    run.stop();
+    assert!(
+        run.stderr()
+            .contains("forwarding tcp *:8082 → 10.179.0.60:80"),
+        "{}",
+        run.stderr()
+    );
+    let rules = host.ruleset();
+    assert!(
+        !rules.contains("microvm-fwd"),
+        "run FILE left a rule: {rules}"
+    );
+
     assert!(host
         .microvm(&["network", "remove", "n2fwd"])
         .status
         .success());
+    // Nothing is left: no table, no tap, no process in the host namespace.
+    let rules = host.ruleset();
+    assert!(!rules.contains("microvm"), "{rules}");
+    let links = host.links();
+    assert!(
+        !links.contains("n2tap") && !links.contains("n2br0"),
+        "{links}"
+    );
+    let pids = ok(&["ip", "netns", "pids", &host.ns]);
+    assert!(pids.trim().is_empty(), "processes left: {pids}");
 }
 
 /// (b): qemu `user` networking (slirp: DHCP from qemu, no tap) with `forwardPorts`
@@ -473,6 +645,88 @@ fn qemu_user_networking_forwards_a_port_to_the_guest() {
     host.stop(vm);
 }
 
+/// Creates and deletes `pairs` veth pairs in `ns` (one `ip -batch`), so that the next
+/// link there gets an ifindex above `2 * pairs`.
+fn bump_ifindex(ns: &str, pairs: usize) {
+    use std::io::Write as _;
+    let mut child = Command::new("ip")
+        .args(["-n", ns, "-batch", "-"])
+        .env("PATH", path_var())
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("ip -batch");
+    let mut stdin = child.stdin.take().expect("stdin");
+    for _ in 0..pairs {
+        stdin
+            .write_all(b"link add n2pad type veth peer name n2padb\nlink delete n2pad\n")
+            .expect("batch");
+    }
+    drop(stdin);
+    assert!(child.wait().expect("ip -batch").success());
+}
+
+/// The interface index of `link` in `ns`.
+fn ifindex(ns: &str, link: &str) -> u32 {
+    let out = ok(&["ip", "-n", ns, "-o", "link", "show", link]);
+    out.split(':')
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .expect("index")
+}
+
+/// A tap VM in another namespace whose tap would get the macvtap's `index` (qemu would
+/// open `/dev/tap<index>`, the macvtap): microvm makes the tap again, qemu attaches to
+/// it, and it carries a ping.
+fn a_tap_vm_elsewhere_does_not_take_the_macvtap(index: u32) {
+    let mut other = Host::new(&tag("x"));
+    // A fresh namespace has lo (1); its next link gets 2, then each pair takes two.
+    let next = 2 + 2 * ((index - 2) / 2);
+    bump_ifindex(&other.ns, ((index - 2) / 2) as usize);
+    if next < index {
+        ok(&[
+            "ip", "-n", &other.ns, "link", "add", "n2pad", "type", "bridge",
+        ]);
+        ok(&["ip", "-n", &other.ns, "link", "delete", "n2pad"]);
+    }
+    let vm = "n2-tapx";
+    other.install(
+        vm,
+        1,
+        "[[interfaces]]\ntype = \"tap\"\nid = \"n2tapx\"\nmac = \"02:00:00:22:00:09\"\n\n\
+         [[network]]\ninterface = \"n2tapx\"\naddresses = [\"10.181.0.2/24\"]\n",
+    );
+    other.start(vm);
+    let got = ifindex(&other.ns, "n2tapx");
+    assert_ne!(got, index, "the tap kept the macvtap's index");
+    eprintln!("the tap would have had index {index} (a macvtap's); it has {got}");
+    let link = ok(&["ip", "-n", &other.ns, "-d", "link", "show", "n2tapx"]);
+    // A carrier: qemu holds the tap's queue (on the macvtap it would have none).
+    assert!(link.contains("LOWER_UP"), "qemu is not attached: {link}");
+    ok(&[
+        "ip",
+        "-n",
+        &other.ns,
+        "addr",
+        "add",
+        "10.181.0.1/24",
+        "dev",
+        "n2tapx",
+    ]);
+    ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &other.ns,
+        "ping",
+        "-c",
+        "3",
+        "-W",
+        "10",
+        "10.181.0.2",
+    ]);
+    other.stop(vm);
+}
+
 /// Whether this kernel has the macvtap link type (probed in `ns` on the veth `parent`);
 /// the reason when it does not.
 fn macvtap_missing(ns: &str, parent: &str) -> Option<String> {
@@ -490,7 +744,9 @@ fn macvtap_missing(ns: &str, parent: &str) -> Option<String> {
 }
 
 /// (d): a macvtap on a veth parent (fds passed to qemu) carries a ping and the guest's
-/// service to the namespace at the veth's other end; the macvtap is removed with the VM.
+/// service to the namespace at the veth's other end; a tap VM in another namespace whose
+/// tap would have the macvtap's index gets another one and works; the macvtap is removed
+/// with the VM.
 #[test]
 fn macvtap_on_a_veth_parent_carries_traffic() {
     if skip_unless_ready("macvtap") {
@@ -500,6 +756,12 @@ fn macvtap_on_a_veth_parent_carries_traffic() {
     // The veth's host end is the macvtap's parent (no address: the guest is on the link).
     let peer = host.client("p", "n2mvp0", "10.180.0.3/24", "10.180.0.1/24");
     ok(&["ip", "-n", &host.ns, "addr", "flush", "dev", "n2mvp0"]);
+    // qemu (≥ 8.2) opens `/dev/tap<ifindex of ifname=>` before /dev/net/tun, and /dev is
+    // not per namespace: a tap VM in another namespace whose tap has the same ifindex as
+    // this macvtap would open it (microvm re-creates such a tap; a qemu started by
+    // anything else does not). Move this namespace's ifindexes (allocated cyclically) past
+    // the small ones taps of other namespaces have.
+    bump_ifindex(&host.ns, 250);
     if let Some(why) = macvtap_missing(&host.ns, "n2mvp0") {
         eprintln!("skipped macvtap: {why}");
         return;
@@ -526,6 +788,9 @@ fn macvtap_on_a_veth_parent_carries_traffic() {
         "10.180.0.2",
     ]);
     fetch(&peer, "10.180.0.2", 80);
+    let index = ifindex(&host.ns, "n2mvt0");
+    assert!(Path::new(&format!("/dev/tap{index}")).exists());
+    a_tap_vm_elsewhere_does_not_take_the_macvtap(index);
     host.stop(vm);
     assert!(!host.links().contains("n2mvt0"), "macvtap left");
 }

@@ -166,8 +166,8 @@ pub fn forward_ports(
         return Ok(None);
     }
     let fwd = microvm_host::network::forward::start(state, vm, runner)?;
-    for r in fwd.iter().flat_map(|f| &f.rules) {
-        eprintln!("microvm: {vm}: forwarding {r}");
+    for line in fwd.iter().flat_map(|f| f.log_lines()) {
+        eprintln!("microvm: {vm}: {line}");
     }
     Ok(fwd)
 }

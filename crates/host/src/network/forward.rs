@@ -135,10 +135,19 @@ pub struct Forwarded {
     vm: String,
     reservation: Option<NetworkConfig>,
     pub rules: Vec<Rule>,
+    /// What may keep the forwards from working (for the log).
+    pub warnings: Vec<String>,
     removed: bool,
 }
 
 impl Forwarded {
+    /// The lines to log: `forwarding tcp *:8080 → 10.177.0.12:80` per port, then warnings.
+    pub fn log_lines(&self) -> Vec<String> {
+        let rules = self.rules.iter().map(|r| format!("forwarding {r}"));
+        let warnings = self.warnings.iter().map(|w| format!("warning: {w}"));
+        rules.chain(warnings).collect()
+    }
+
     /// Deletes the VM's table and its reservation.
     pub fn remove(mut self) -> Result<(), ForwardError> {
         self.removed = true;
@@ -201,6 +210,11 @@ pub fn install(nets: &Networks, vm: &str, f: &TapForwards) -> Result<Forwarded, 
         Ok(rules) => Ok(Forwarded {
             nets: nets.clone(),
             vm: vm.into(),
+            warnings: reservation
+                .iter()
+                .filter_map(|c| unread(nets, c))
+                .chain(not_local(nets, &f.ports))
+                .collect(),
             reservation,
             rules,
             removed: false,
@@ -464,6 +478,53 @@ fn reserve(
     Ok(ip)
 }
 
+/// A warning for each `host.address` that is none of this host's addresses (DNAT
+/// applies only to packets for the host; nothing arrives at another address).
+fn not_local(nets: &Networks, ports: &[TapPort]) -> Vec<String> {
+    let wanted: Vec<Ipv4Addr> = ports.iter().filter_map(|p| p.host_address).collect();
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    let Ok(text) = super::run(
+        &nets.tools.ip,
+        "list the host's addresses",
+        &["-4", "-o", "addr", "show"],
+        None,
+    ) else {
+        return Vec::new();
+    };
+    let local: Vec<Ipv4Addr> = text
+        .lines()
+        .filter_map(|l| l.split(" inet ").nth(1)?.split('/').next()?.parse().ok())
+        .collect();
+    let mut out: Vec<String> = wanted
+        .into_iter()
+        .filter(|a| !local.contains(a))
+        .map(|a| format!("host address {a} of a forwarded port is not an address of this host: nothing is forwarded there"))
+        .collect();
+    out.dedup();
+    out
+}
+
+/// Why network `c`'s dnsmasq does not hand out the reservations, if it does not: it does
+/// not run, or it was started without `--dhcp-hostsdir` (by an older microvm).
+fn unread(nets: &Networks, c: &NetworkConfig) -> Option<String> {
+    let dir = nets.dir(&c.name);
+    let Some(pid) = dnsmasq::running(&nets.tools, &dir) else {
+        return Some(format!(
+            "dnsmasq of network {} is not running: the guest gets no DHCP address",
+            c.name
+        ));
+    };
+    let cmdline = fs::read(nets.tools.procfs.join(pid.to_string()).join("cmdline")).ok()?;
+    let want = format!("--dhcp-hostsdir={}", dir.join(HOSTS).display());
+    let reads = cmdline.split(|b| *b == 0).any(|a| a == want.as_bytes());
+    (!reads).then(|| format!(
+        "dnsmasq of network {} (pid {pid}) was started without address reservations: the guest may lease another address than the forwarded one; remove and create the network again",
+        c.name
+    ))
+}
+
 /// The reservations of a network: (file name = VM, MAC, address).
 fn reservations(dir: &Path) -> Vec<(String, String, Ipv4Addr)> {
     let Ok(entries) = fs::read_dir(dir) else {
@@ -471,7 +532,13 @@ fn reservations(dir: &Path) -> Vec<(String, String, Ipv4Addr)> {
     };
     let mut out = Vec::new();
     for e in entries.filter_map(Result::ok) {
-        let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+        // dnsmasq skips dot files too (ours are a reservation being written).
+        let Some(name) = e
+            .file_name()
+            .to_str()
+            .filter(|n| !n.starts_with('.'))
+            .map(str::to_owned)
+        else {
             continue;
         };
         let text = fs::read_to_string(e.path()).unwrap_or_default();
@@ -569,6 +636,62 @@ mod tests {
         let mut udp = port(None, 80, 1);
         udp.proto = ForwardProto::Udp;
         assert!(!clash(&udp, &port(None, 80, 1)));
+    }
+
+    #[test]
+    fn a_host_address_that_is_not_the_hosts_is_reported() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ip = dir.path().join("ip");
+        fs::write(
+            &ip,
+            "#!/bin/sh\necho '1: lo    inet 127.0.0.1/8 scope host lo'\n\
+             echo '4: eth0    inet 192.0.2.2/24 brd 192.0.2.255 scope global eth0'\n",
+        )
+        .expect("script");
+        fs::set_permissions(&ip, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let mut tools = super::super::Tools::system();
+        tools.ip = ip;
+        let nets = Networks::new(dir.path(), tools);
+        let ports = [
+            port(Some("192.0.2.2"), 80, 80),
+            port(Some("192.0.2.9"), 81, 80),
+            port(None, 82, 80),
+        ];
+        assert_eq!(
+            not_local(&nets, &ports),
+            ["host address 192.0.2.9 of a forwarded port is not an address of this host: nothing is forwarded there"]
+        );
+    }
+
+    #[test]
+    fn a_dnsmasq_that_does_not_read_reservations_is_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut tools = super::super::Tools::system();
+        tools.procfs = dir.path().join("proc");
+        let nets = Networks::new(&dir.path().join("state"), tools);
+        let c = NetworkConfig::new(
+            "net1".parse().expect("name"),
+            "10.9.8.1/24".parse().expect("subnet"),
+        );
+        let ndir = nets.dir(&c.name);
+        fs::create_dir_all(&ndir).expect("mkdir");
+        assert!(unread(&nets, &c)
+            .expect("not running")
+            .contains("is not running"));
+        fs::write(ndir.join("dnsmasq.pid"), "123\n").expect("pid");
+        fs::create_dir_all(dir.path().join("proc/123")).expect("proc");
+        let pidfile = format!("--pid-file={}", ndir.join("dnsmasq.pid").display());
+        let cmdline = dir.path().join("proc/123/cmdline");
+        fs::write(&cmdline, format!("dnsmasq\0{pidfile}\0")).expect("cmdline");
+        let why = unread(&nets, &c).expect("old dnsmasq");
+        assert!(
+            why.contains("started without address reservations"),
+            "{why}"
+        );
+        let hosts = format!("--dhcp-hostsdir={}", ndir.join(HOSTS).display());
+        fs::write(&cmdline, format!("dnsmasq\0{pidfile}\0{hosts}\0")).expect("cmdline");
+        assert_eq!(unread(&nets, &c), None);
     }
 
     #[test]

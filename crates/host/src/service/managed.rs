@@ -508,8 +508,8 @@ fn run(
     let state = vm.path().parent().unwrap_or(Path::new("/"));
     let forwards = crate::network::forward::start(state, vm.name().as_str(), &runner.dir)
         .map_err(|e| ServiceError::Prepare(chain(&e)))?;
-    for r in forwards.iter().flat_map(|f| &f.rules) {
-        report(&format!("forwarding {r}"));
+    for line in forwards.iter().flat_map(|f| f.log_lines()) {
+        report(&line);
     }
     let restored;
     let (inv, incoming) = match (&opts.incoming, rec.attempt) {
