@@ -86,11 +86,13 @@ boot() { # KEY COMMAND... (runs in $T/work)
       *"microvm-init: ready at "*)
         ready=$(now); uready=${line##*ready at }; uready=${uready%% s*}; echo "$line" > "$T/ready-line.$key" ;;
     esac
-  done < <(cd "$T/work" && if "$@" 2>&1 </dev/null; then echo rc=0 >"$T/rc"; else echo "rc=$?" >"$T/rc"; fi)
+  # The console (stdout) only: microvm's own "ready … after start" line goes to stderr,
+  # and merged into the same pipe it can land inside the guest's line.
+  done < <(cd "$T/work" && if "$@" 2>>"$T/stderr.$key" </dev/null; then echo rc=0 >"$T/rc"; else echo "rc=$?" >"$T/rc"; fi)
   t1=$(now)
   rc=$(cat "$T/rc")
   if [ "$rc" != rc=0 ] || [ -z "$ready" ]; then
-    log "$key: $* failed ($rc, ready=${ready:-never})"; return 1
+    log "$key: $* failed ($rc, ready=${ready:-never}); its stderr ends with:"; tail -5 "$T/stderr.$key" >&2; return 1
   fi
   add "$key.ready" "$(sub "$ready" "$t0")"
   add "$key.wall" "$(sub "$t1" "$t0")"
