@@ -6,7 +6,7 @@
 #   MICROVM=/path/to/microvm scripts/bench.sh
 #
 # Needs: the hello example's inputs (target/test-kernels/cloud.deb, busybox-static),
-# qemu-system-x86_64, mkfs.erofs, mksquashfs, socat, cpio, gzip. Prints a Markdown table.
+# qemu-system-x86_64, mkfs.erofs, mksquashfs, socat, cpio, gzip, zstd. Prints a Markdown table.
 # The microvm-kernel rows need that kernel: $MICROVM_KERNEL (a `microvm kernel build`
 # directory), else target/test-kernels/microvm (scripts/build-test-kernel.sh makes it);
 # the managed-VM rows (4 VMs by one `start`, supervisor RSS) need root.
@@ -20,7 +20,7 @@ mkernel=${MICROVM_KERNEL:-$repo/target/test-kernels/microvm}
 [ -f "$mkernel/vmlinux" ] || { echo "bench: the microvm kernel $mkernel is missing (scripts/build-test-kernel.sh)" >&2; exit 1; }
 mkernel=$(readlink -f "$mkernel")
 
-for tool in qemu-system-x86_64 mkfs.erofs mksquashfs socat cpio gzip; do
+for tool in qemu-system-x86_64 mkfs.erofs mksquashfs socat cpio gzip zstd; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is not installed" >&2; exit 1; }
 done
 [ -f "$kernel_deb" ] || { echo "bench: $kernel_deb missing (scripts/fetch-test-kernels.sh)" >&2; exit 1; }
@@ -86,11 +86,13 @@ boot() { # KEY COMMAND... (runs in $T/work)
       *"microvm-init: ready at "*)
         ready=$(now); uready=${line##*ready at }; uready=${uready%% s*}; echo "$line" > "$T/ready-line.$key" ;;
     esac
-  done < <(cd "$T/work" && if "$@" 2>&1 </dev/null; then echo rc=0 >"$T/rc"; else echo "rc=$?" >"$T/rc"; fi)
+  # The console (stdout) only: microvm's own "ready … after start" line goes to stderr,
+  # and merged into the same pipe it can land inside the guest's line.
+  done < <(cd "$T/work" && if "$@" 2>>"$T/stderr.$key" </dev/null; then echo rc=0 >"$T/rc"; else echo "rc=$?" >"$T/rc"; fi)
   t1=$(now)
   rc=$(cat "$T/rc")
   if [ "$rc" != rc=0 ] || [ -z "$ready" ]; then
-    log "$key: $* failed ($rc, ready=${ready:-never})"; return 1
+    log "$key: $* failed ($rc, ready=${ready:-never}); its stderr ends with:"; tail -5 "$T/stderr.$key" >&2; return 1
   fi
   add "$key.ready" "$(sub "$ready" "$t0")"
   add "$key.wall" "$(sub "$t1" "$t0")"
@@ -217,14 +219,23 @@ load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- 4. sizes -----------------------------------------------------------------------------
 initrd=$(jq -r '.args as $a | $a[($a | index("-initrd")) + 1]' "$runner/share/microvm/invocation.json")
-mkdir -p "$T/ird" && (cd "$T/ird" && gzip -dc "$initrd" | cpio -id --quiet 2>/dev/null || true)
+cpio_of() { # the cpio archive of an initrd, whatever its compression (plain by default)
+  case $(head -c 2 "$1" | od -An -tx1 | tr -d ' \n') in
+    1f8b) gzip -dc "$1" ;;
+    28b5) zstd -dc "$1" ;;
+    *) cat "$1" ;;
+  esac
+}
+mkdir -p "$T/ird" && (cd "$T/ird" && cpio_of "$initrd" | cpio -id --quiet 2>/dev/null || true)
 initrd_size=$(stat -c %s "$initrd")
-initrd_raw=$(gzip -dc "$initrd" 2>/dev/null | wc -c || true)
+initrd_raw=$(cpio_of "$initrd" | wc -c)
+initrd_gz=$(cpio_of "$initrd" | gzip -6 | wc -c)
 init_size=$(stat -c %s "$T/ird/init")
 modules_size=$(du -cb "$T/ird"/microvm/modules/*.ko | tail -1 | cut -f1)
 nmod=$(ls "$T/ird"/microvm/modules/*.ko | wc -l)
 mkinitrd=$(jq -r '.args as $a | $a[($a | index("-initrd")) + 1]' "$mkrunner/share/microvm/invocation.json")
 mkinitrd_size=$(stat -c %s "$mkinitrd")
+mkinitrd_gz=$(cpio_of "$mkinitrd" | gzip -6 | wc -c)
 kvm_reason=$(jq -r 'if .usable then "" else .reason end' /run/microvm/kvm-probe.json 2>/dev/null || echo "no KVM verdict in /run/microvm/kvm-probe.json")
 
 # --- report -------------------------------------------------------------------------------
@@ -251,7 +262,8 @@ row "microvm kernel: spawn → console \`ready\` (s)" "$(med mk.ready)" "$(med r
 row "microvm kernel: whole run, spawn → exit (s)" "$(med mk.wall)" "$(med run.wall) (cloud kernel)" "$(ratio "$(med mk.wall)" "$(med run.wall)")"
 row "microvm kernel: guest uptime at init start / READY (s)" "$(med mk.gstart) / $(med mk.gready)" "$(med run.gstart) / $(med run.gready) (cloud kernel)" "–"
 row "microvm kernel: guest init start → READY (s)" "$(med mk.ginit)" "$(med run.ginit) (cloud kernel)" "$(ratio "$(med mk.ginit)" "$(med run.ginit)")"
-row "microvm kernel: initrd size (gzip)" "$mkinitrd_size B" "$initrd_size B (cloud kernel, its modules)" "$(ratio "$mkinitrd_size" "$initrd_size")"
+row "microvm kernel: initrd size, as built" "$mkinitrd_size B" "$initrd_size B (cloud kernel, its modules)" "$(ratio "$mkinitrd_size" "$initrd_size")"
+row "microvm kernel: initrd size, both cpios gzip -6" "$mkinitrd_gz B" "$initrd_gz B (cloud kernel, its modules)" "$(ratio "$mkinitrd_gz" "$initrd_gz")"
 if [ -z "$kvm_reason" ]; then
   row "KVM, microvm kernel: spawn → \`ready\` (s)" "$(med mk.ready)" "$(med mkbare.ready) (bare qemu, same argv)" "$(ratio "$(med mk.ready)" "$(med mkbare.ready)")"
 else
@@ -265,7 +277,7 @@ if [ -n "$managed" ]; then
 else
   row "4 managed VMs by one \`start\` / supervisor RSS" "skipped" "needs root (managed VMs run as the microvm user)" "–"
 fi
-row "initrd size (gzip / raw)" "$initrd_size B / $initrd_raw B" "–" "–"
+row "initrd size, cloud kernel (as built / its cpio / gzip -6)" "$initrd_size B / $initrd_raw B / $initrd_gz B" "–" "–"
 row "guest init binary (/init) / $nmod modules" "$init_size B / $modules_size B" "–" "–"
 echo
 echo "init steps, microvm kernel (last run, guest uptimes): $(sed 's/.*ready at //' "$T/ready-line.mk" 2>/dev/null)"

@@ -251,6 +251,11 @@ fn initrd_step(
         ("kernel", &kernel.hash),
         ("plan", &plan.to_json()),
         ("features", &format!("{features:?}")),
+        // How the cpio is compressed: a change of it is a new initrd.
+        (
+            "compression",
+            &format!("{:?}", initrd::InitrdCompression::default()),
+        ),
     ]);
     let dir = store.path(&hash, "initrd");
     let path = dir.join("initrd");

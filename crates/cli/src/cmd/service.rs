@@ -62,10 +62,9 @@ fn each(
     Ok(code)
 }
 
-/// How many VMs one `start` boots at once by default, per host core. Waiting for a guest
-/// is not CPU work: under KVM a boot spends most of its time in the guest, and even under
-/// TCG four boots at once on two cores finish well before two waves of two (see
-/// docs/benchmarks.md). The bound stays so that a host starting hundreds of VMs (an
+/// How many VMs one `start` boots at once by default, per host core. Under KVM a booting
+/// guest needs little of the host's CPU, and even under TCG, where a boot is CPU work, four
+/// boots at once on two cores finish before two waves of two (docs/benchmarks.md). The bound stays so that a host starting hundreds of VMs (an
 /// autostart list at boot) does not boot them all at once: each boot gets slower with
 /// every other one, and the restart storms of microvm.nix #317 come from boots that all
 /// overran their start timeout together.

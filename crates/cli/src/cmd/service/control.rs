@@ -98,7 +98,8 @@ pub(super) fn start_with(
         .with_context(|| format!("starting the supervisor of {name}"))?;
     let pid = child.id();
     let started = microvm_host::state::now();
-    let end = Instant::now() + START_TIMEOUT;
+    let begun = Instant::now();
+    let end = begun + START_TIMEOUT;
     let mut ours = false; // seen a state written by this supervisor
     let failure = loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -108,7 +109,10 @@ pub(super) fn start_with(
         let fresh = now != previous;
         match now.map(|s| s.state) {
             Some(VmState::Running { supervisor_pid, .. }) if supervisor_pid == pid => {
-                eprintln!("microvm: {name} is running (supervisor pid {pid})");
+                eprintln!(
+                    "microvm: {name} is running, ready {:.1} s after its start (supervisor pid {pid})",
+                    begun.elapsed().as_secs_f64()
+                );
                 return Ok(());
             }
             Some(VmState::Failed { since, reason, .. }) if since >= started && (ours || fresh) => {
