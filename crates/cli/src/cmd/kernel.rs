@@ -62,11 +62,22 @@ pub fn run(cmd: &KernelCommand, state_dir: &std::path::Path) -> anyhow::Result<i
             .collect::<Result<_, _>>()?,
         jobs: args.jobs.map(usize::from),
     };
-    let verbose = std::io::stderr().is_terminal();
+    // Every step is said; the compile's running count every few seconds on a terminal,
+    // once a minute into a log (a first build takes minutes: a log must show it lives).
+    let every = if std::io::stderr().is_terminal() {
+        std::time::Duration::ZERO
+    } else {
+        std::time::Duration::from_secs(60)
+    };
+    let mut last_count: Option<std::time::Instant> = None;
     let mut progress = |step: &str| {
-        if verbose {
-            eprintln!("microvm: kernel: {step}");
+        if step.starts_with(build::COMPILE_COUNT) {
+            if last_count.is_some_and(|t| t.elapsed() < every) {
+                return;
+            }
+            last_count = Some(std::time::Instant::now());
         }
+        eprintln!("microvm: kernel: {step}");
     };
     let built = build::build(&request, &store, &mut progress)
         .with_context(|| format!("building the microvm kernel from {}", args.source))?;

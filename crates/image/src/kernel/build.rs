@@ -25,6 +25,9 @@ pub const MICROVM_CONFIG: &str = include_str!("microvm.config");
 /// The Debian package built when the definition names none.
 pub const DEFAULT_SOURCE_PACKAGE: &str = "linux-source-6.1";
 
+/// How a progress line of the running compile starts (its count of files so far).
+pub const COMPILE_COUNT: &str = "compiling the kernel:";
+
 /// How often a running build reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
@@ -487,7 +490,7 @@ fn compile(
             if last_report.elapsed() >= PROGRESS_EVERY {
                 last_report = Instant::now();
                 progress(&format!(
-                    "compiling the kernel: {compiled} files so far, now {}",
+                    "{COMPILE_COUNT} {compiled} files so far, now {}",
                     line.trim()
                 ));
             }
