@@ -5,18 +5,20 @@
 #   scripts/bench.sh [RUNS]          # default RUNS=5
 #   MICROVM=/path/to/microvm scripts/bench.sh
 #
-# Needs: the hello example's inputs (target/test-kernels/cloud.deb, busybox-static),
+# Needs: the hello example's inputs ($MICROVM_TEST_KERNELS or target/test-kernels: cloud.deb, busybox-static),
 # qemu-system-x86_64, mkfs.erofs, mksquashfs, socat, cpio, gzip, zstd. Prints a Markdown table.
 # The microvm-kernel rows need that kernel: $MICROVM_KERNEL (a `microvm kernel build`
-# directory), else target/test-kernels/microvm (scripts/build-test-kernel.sh makes it);
+# directory), else microvm beside cloud.deb (scripts/build-test-kernel.sh makes it);
 # the managed-VM rows (4 VMs by one `start`, supervisor RSS) need root.
 set -euo pipefail
 
 RUNS=${1:-${RUNS:-5}}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bin=${MICROVM:-$repo/target/release/microvm}
-kernel_deb=$repo/target/test-kernels/cloud.deb
-mkernel=${MICROVM_KERNEL:-$repo/target/test-kernels/microvm}
+case $bin in /*) ;; */*) bin=$PWD/$bin ;; esac # the runs happen in other directories
+kernels=${MICROVM_TEST_KERNELS:-$repo/target/test-kernels}
+kernel_deb=$kernels/cloud.deb
+mkernel=${MICROVM_KERNEL:-$kernels/microvm}
 [ -f "$mkernel/vmlinux" ] || { echo "bench: the microvm kernel $mkernel is missing (scripts/build-test-kernel.sh)" >&2; exit 1; }
 mkernel=$(readlink -f "$mkernel")
 
