@@ -102,7 +102,8 @@ pub fn open_store(flag: Option<&Path>, state_dir: &Path) -> anyhow::Result<Store
 
 /// Where the store is (see [`open_store`]), without creating it.
 pub fn store_root(flag: Option<&Path>, state_dir: &Path) -> anyhow::Result<PathBuf> {
-    Ok(match (flag, std::env::var_os("MICROVM_STORE")) {
+    // Absolute: the store's paths go into plans that run in other directories.
+    let root = match (flag, std::env::var_os("MICROVM_STORE")) {
         (Some(p), _) => p.to_path_buf(),
         (None, Some(p)) => PathBuf::from(p),
         (None, None) if common::is_root() => state_dir.join(".store"),
@@ -113,7 +114,8 @@ pub fn store_root(flag: Option<&Path>, state_dir: &Path) -> anyhow::Result<PathB
                 .context("neither XDG_CACHE_HOME nor HOME is set; pass --store")?;
             cache.join("microvm/store")
         }
-    })
+    };
+    std::path::absolute(&root).with_context(|| format!("the store path {}", root.display()))
 }
 
 /// Builds (or finds) the artifacts and the runner directory of a loaded definition.
@@ -243,5 +245,11 @@ mod tests {
         // guest.enable = false turns registerClosure's default off, as in microvm.nix.
         let off = config("[guest]\nenable = false\n");
         assert!(with_root_params(&off, &reg).is_none());
+    }
+
+    #[test]
+    fn a_relative_store_is_made_absolute() {
+        let root = store_root(Some(Path::new("st")), Path::new("/var/lib/microvms")).unwrap();
+        assert_eq!(root, std::env::current_dir().unwrap().join("st"));
     }
 }
