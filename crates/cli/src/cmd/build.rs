@@ -249,7 +249,7 @@ mod tests {
 
     #[test]
     fn a_relative_store_is_made_absolute() {
-        let root = store_root(Some(Path::new("st")), Path::new("/var/lib/microvms")).unwrap();
-        assert_eq!(root, std::env::current_dir().unwrap().join("st"));
+        let root = store_root(Some(Path::new("st")), Path::new("/var/lib/microvms")).expect("root");
+        assert_eq!(root, std::env::current_dir().expect("cwd").join("st"));
     }
 }
