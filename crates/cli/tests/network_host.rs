@@ -7,8 +7,9 @@
 //!   and through `host apply`; a killed supervisor is replaced by the next `create`;
 //!   removing leaves no link, nftables table, lease file or process;
 //! - a VM (the microvm kernel, qemu) gets a lease after dnsmasq was killed and came back,
-//!   gets an IPv6 address by SLAAC and pings the bridge over IPv6, and its init renews
-//!   the 2-minute lease at T1;
+//!   gets an IPv6 address by SLAAC, pings the bridge over IPv6 and an uplink through
+//!   NAT66, and its init renews the 2-minute lease at T1; so does the process the init
+//!   leaves behind for a second VM that runs its own init (busybox init);
 //! - under a real systemd (PID 1 of a `systemd-nspawn` container, as in tests/systemd.rs)
 //!   the network is `microvm-network@NAME.service`: dnsmasq and the supervisor both come
 //!   back after `kill -9`, a client gets a lease, and removal disables the unit.
@@ -502,6 +503,31 @@ fn busybox_root() -> PathBuf {
     dest
 }
 
+/// The busybox root with an `/etc/inittab` for busybox init (`init = "/bin/init"`).
+fn init_root() -> PathBuf {
+    let dest = work_dir().join("root-n3-init-v1");
+    if dest.join("etc/inittab").is_file() {
+        return dest;
+    }
+    let tmp = work_dir().join(format!("root-n3-init.tmp-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    ok(&[
+        "cp",
+        "-a",
+        busybox_root().to_str().expect("utf-8"),
+        tmp.to_str().expect("utf-8"),
+    ]);
+    fs::write(
+        tmp.join("etc/inittab"),
+        "::sysinit:/bin/echo n3-init-up\n::respawn:/bin/sleep 900\n",
+    )
+    .expect("inittab");
+    if fs::rename(&tmp, &dest).is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    dest
+}
+
 /// The lease file's `(expiry, ip)` for `mac`.
 fn lease_of(state: &Path, net: &str, mac: &str) -> Option<(u64, String)> {
     let text = fs::read_to_string(state.join(".networks").join(net).join("leases")).ok()?;
@@ -516,8 +542,9 @@ fn lease_of(state: &Path, net: &str, mac: &str) -> Option<(u64, String)> {
 
 /// A VM on a network whose dnsmasq was killed and came back: it gets a DHCP lease, an
 /// IPv6 address by SLAAC (the router advertisements of dnsmasq), pings the bridge over
-/// IPv6 and IPv4 and an uplink address through NAT66; its init renews the 2-minute lease at T1 (the console says so and
-/// the lease file's expiry moves on). Stopping the VM and removing the network leaves
+/// IPv6 and IPv4 and an uplink address through NAT66; its init renews the 2-minute lease
+/// at T1 (the console says so and the lease file's expiry moves on). A second VM with its
+/// own init (busybox init) has its lease renewed by the process the init left behind. Stopping the VM and removing the network leaves
 /// nothing behind.
 #[test]
 fn a_vm_gets_a_lease_after_a_dnsmasq_restart_pings_over_ipv6_and_renews() {
@@ -587,62 +614,80 @@ fn a_vm_gets_a_lease_after_a_dnsmasq_restart_pings_over_ipv6_and_renews() {
                   ping6 -c 2 -W 10 fd85::1 && echo V6-OK; \
                   ping6 -c 2 -W 10 fd90::2 && echo NAT66-OK; \
                   ping -c 1 -W 10 10.185.0.1 && echo V4-OK; sleep 900";
-    let def = dir.path().join("vm.toml");
-    fs::write(
-        &def,
-        format!(
-            "hostName = \"n3-vm\"\nvcpu = 1\nmem = 256\nkernel = {kernel:?}\n\
-             command = ['/bin/sh', '-c', '{script}']\n\n[[root]]\ndirectory = {root:?}\n\n\
-             [[interfaces]]\ntype = \"tap\"\nid = \"{tag}\"\nmac = \"{mac}\"\nbridge = \"{br}\"\n\n\
-             [[network]]\ninterface = \"{tag}\"\ndhcp = true\n",
-            kernel = microvm_kernel(),
-            root = busybox_root(),
-        ),
-    )
-    .expect("definition");
-    let console = dir.path().join("vm.console");
-    let mut vm = VmProcess(
-        Command::new("ip")
-            .args(["netns", "exec", &h])
-            .arg(bin())
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("run")
-            .arg(&def)
-            .arg("--store")
-            .arg(work_dir().join("store"))
-            .arg("--workdir")
-            .arg(dir.path())
-            .arg("--console-log")
-            .arg(&console)
-            .env("PATH", path_var())
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("microvm run"),
-    );
-    let read_console = || fs::read_to_string(&console).unwrap_or_default();
-    let until = |what: &str, secs: u64, vm: &mut VmProcess, done: &dyn Fn() -> bool| {
+    let exec = format!("command = ['/bin/sh', '-c', '{script}']");
+    let start = |name: &str, tap: &str, mac: &str, exec: &str, root: &Path| {
+        let def = dir.path().join(format!("{name}.toml"));
+        fs::write(
+            &def,
+            format!(
+                "hostName = \"{name}\"\nvcpu = 1\nmem = 256\nkernel = {kernel:?}\n{exec}\n\n\
+                 [[root]]\ndirectory = {root:?}\n\n\
+                 [[interfaces]]\ntype = \"tap\"\nid = \"{tap}\"\nmac = \"{mac}\"\nbridge = \"{br}\"\n\n\
+                 [[network]]\ninterface = \"{tap}\"\ndhcp = true\n",
+                kernel = microvm_kernel(),
+            ),
+        )
+        .expect("definition");
+        VmProcess(
+            Command::new("ip")
+                .args(["netns", "exec", &h])
+                .arg(bin())
+                .arg("--state-dir")
+                .arg(&state)
+                .arg("run")
+                .arg(&def)
+                .arg("--store")
+                .arg(work_dir().join("store"))
+                .arg("--workdir")
+                .arg(dir.path())
+                .arg("--console-log")
+                .arg(dir.path().join(format!("{name}.console")))
+                .env("PATH", path_var())
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("microvm run"),
+        )
+    };
+    // A command guest (the init stays PID 1) and a guest with its own init (busybox init:
+    // the init hands over and leaves a renewing process behind).
+    let tap2 = format!("{tag}b");
+    let mac2 = "02:00:00:33:00:02";
+    let mut vms = [
+        start("n3-vm", &tag, mac, &exec, &busybox_root()),
+        start("n3-vm2", &tap2, mac2, "init = \"/bin/init\"", &init_root()),
+    ];
+    let read_console = |name: &str| {
+        fs::read_to_string(dir.path().join(format!("{name}.console"))).unwrap_or_default()
+    };
+    let until = |what: &str, secs: u64, vms: &mut [VmProcess], done: &dyn Fn() -> bool| {
         let end = Instant::now() + Duration::from_secs(secs);
         while !done() {
-            let exited = vm.0.try_wait().expect("wait").is_some();
+            let exited = vms
+                .iter_mut()
+                .any(|vm| vm.0.try_wait().expect("wait").is_some());
             assert!(
                 Instant::now() < end && !exited,
-                "{what}:\n{}\n--- dnsmasq.log\n{}",
-                read_console(),
+                "{what}:\n{}\n--- n3-vm2\n{}\n--- dnsmasq.log\n{}",
+                read_console("n3-vm"),
+                read_console("n3-vm2"),
                 fs::read_to_string(state.join(".networks/n3v/dnsmasq.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_secs(1));
         }
     };
-    until("a lease", 600, &mut vm, &|| {
-        lease_of(&state, net, mac).is_some()
+    until("the leases", 600, &mut vms, &|| {
+        lease_of(&state, net, mac).is_some() && lease_of(&state, net, mac2).is_some()
     });
     let (expiry, ip) = lease_of(&state, net, mac).expect("lease");
-    assert!(ip.starts_with("10.185.0."), "{ip}");
-    until("IPv6 and IPv4 pings", 240, &mut vm, &|| {
-        read_console().contains("V4-OK")
+    let (expiry2, ip2) = lease_of(&state, net, mac2).expect("lease");
+    assert!(
+        ip.starts_with("10.185.0.") && ip2.starts_with("10.185.0."),
+        "{ip} {ip2}"
+    );
+    until("IPv6 and IPv4 pings", 240, &mut vms, &|| {
+        read_console("n3-vm").contains("V4-OK")
     });
-    let text = read_console();
+    let text = read_console("n3-vm");
     assert!(text.contains("V6-OK"), "no IPv6 ping:\n{text}");
     assert!(
         text.contains("NAT66-OK"),
@@ -654,16 +699,24 @@ fn a_vm_gets_a_lease_after_a_dnsmasq_restart_pings_over_ipv6_and_renews() {
         "the uplink must not route the VMs' prefix"
     );
     // T1 of a 2-minute lease is 60 s after the ACK.
-    until("the lease's renewal", 240, &mut vm, &|| {
-        read_console().contains(&format!("DHCP lease {ip} renewed"))
+    until("the leases' renewal", 240, &mut vms, &|| {
+        read_console("n3-vm").contains(&format!("DHCP lease {ip} renewed"))
+            && read_console("n3-vm2").contains(&format!("DHCP lease {ip2} renewed"))
     });
-    until("the lease file's new expiry", 30, &mut vm, &|| {
+    assert!(
+        read_console("n3-vm2").contains("n3-init-up"),
+        "busybox init ran"
+    );
+    until("the lease file's new expiries", 30, &mut vms, &|| {
         lease_of(&state, net, mac).is_some_and(|(e, _)| e >= expiry + 30)
+            && lease_of(&state, net, mac2).is_some_and(|(e, _)| e >= expiry2 + 30)
     });
-    drop(vm);
+    drop(vms);
     microvm(&h, &state, &["network", "remove", net]);
     let links = ok(&["ip", "-n", &h, "-o", "link"]);
-    assert!(!links.contains(&format!(" {tag}:")), "tap left: {links}");
+    for t in [&tag, &tap2] {
+        assert!(!links.contains(&format!(" {t}:")), "tap left: {links}");
+    }
     assert_gone(&h, &state, net, br);
 }
 
