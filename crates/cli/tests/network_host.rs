@@ -930,3 +930,68 @@ fn under_systemd_the_network_is_a_unit_that_comes_back_after_kill_9() {
         "dnsmasq left: {procs}"
     );
 }
+
+/// A dnsmasq that the host refuses (here: another program holds the DHCP port) fails
+/// `network create` at once with dnsmasq's reason, and leaves no supervisor behind.
+#[test]
+fn a_refused_dnsmasq_fails_create_with_its_reason_and_leaves_no_process() {
+    let test = "a_refused_dnsmasq_fails_create_with_its_reason_and_leaves_no_process";
+    if skip(test, &["socat"]) {
+        return;
+    }
+    let tag = format!("n3r{}", std::process::id() % 100000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let mut ns = Namespaces(Vec::new());
+    let h = ns.add(format!("{tag}-h"));
+    let mut squatter = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &h,
+            "socat",
+            "-u",
+            "UDP4-RECV:67",
+            "/dev/null",
+        ])
+        .env("PATH", path_var())
+        .spawn()
+        .expect("socat");
+    wait_for("socat to bind port 67", Duration::from_secs(10), || {
+        ok(&["ip", "netns", "exec", &h, "ss", "-uln"]).contains(":67 ")
+    });
+    let b = bin();
+    let out = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &h,
+        b.to_str().expect("utf-8"),
+        "--state-dir",
+        state.to_str().expect("utf-8"),
+        "network",
+        "create",
+        "n3r",
+        "--subnet",
+        "10.189.0.1/24",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "create succeeded");
+    assert!(
+        err.contains(
+            "dnsmasq of network n3r did not start: dnsmasq: failed to bind DHCP server socket"
+        ),
+        "{err}"
+    );
+    let s = status(&h, &state, "n3r");
+    assert_eq!(s["dhcp"], "stopped", "{s}");
+    assert_eq!(
+        ns_pids(&h),
+        vec![u64::from(squatter.id())],
+        "only socat runs"
+    );
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+    microvm(&h, &state, &["network", "remove", "n3r"]);
+    assert_gone(&h, &state, "n3r", "n3r");
+}

@@ -106,11 +106,18 @@ pub(super) fn pid_running(
     check(&args).then_some(pid)
 }
 
-/// The last lines of the network's log, for error messages.
+/// The last lines of the network's log, for error messages: dnsmasq's own when it
+/// wrote any lately (its refusals), else the supervisor's too.
 pub(super) fn log_tail(dir: &Path) -> String {
     let text = fs::read(dir.join(LOG)).unwrap_or_default();
     let text = String::from_utf8_lossy(&text[text.len().saturating_sub(4096)..]).into_owned();
-    let lines: Vec<&str> = text.lines().collect();
+    let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let own: Vec<&str> = all
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("dnsmasq: "))
+        .collect();
+    let lines = if own.is_empty() { all } else { own };
     let tail = lines[lines.len().saturating_sub(5)..].join("; ");
     if tail.is_empty() {
         "no log".into()

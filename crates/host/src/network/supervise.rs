@@ -1,7 +1,8 @@
 //! A network's supervisor: `microvm network supervise NAME` keeps the network's bridge
 //! and NAT table in place and runs its dnsmasq in the foreground, restarting it with a
 //! backoff (1 s doubling to 30 s; a run of 30 s or more starts again at 1 s) whenever it
-//! exits, until SIGTERM. Without systemd `network create`/`host apply` start it detached
+//! exits, until SIGTERM. A dnsmasq that exits before it ever served (the host refuses
+//! its configuration) ends the supervisor with that error instead. Without systemd `network create`/`host apply` start it detached
 //! (its own session) with its output in `dnsmasq.log`, rotated at [`LOG_LIMIT`]; under
 //! systemd it is `microvm-network@NAME.service` (`Type=notify`), whose output is the
 //! journal, and which systemd starts again if the supervisor itself dies.
@@ -146,6 +147,7 @@ impl Networks {
         ready: &mut dyn FnMut(u32),
     ) -> Result<(), NetworkError> {
         let mut backoff = Backoff::new();
+        let mut served = false;
         while !stop.load(Ordering::Relaxed) {
             let Some(config) = self.get(name)? else {
                 log(&format!("network {name} was removed; stopping"));
@@ -153,12 +155,24 @@ impl Networks {
             };
             dnsmasq::stop(&self.tools, dir)?; // one a killed supervisor left behind
             let started = Instant::now();
+            let mut on_ready = |pid| {
+                served = true;
+                ready(pid);
+            };
             let status = match dnsmasq::command(&self.tools, &config, dir).spawn() {
-                Ok(child) => self.watch(child, dir, stop, ready),
+                Ok(child) => self.watch(child, dir, stop, &mut on_ready),
                 Err(e) => format!("could not be started: {e}"),
             };
             if stop.load(Ordering::Relaxed) {
                 break;
+            }
+            if !served {
+                // Never served: a configuration the host refuses (an address or port in
+                // use), reported to `network create` (or systemd) rather than retried.
+                return Err(NetworkError::DnsmasqStart {
+                    name: name.to_string(),
+                    log: format!("dnsmasq {status}"),
+                });
             }
             let wait = backoff.after(started.elapsed());
             log(&format!(
