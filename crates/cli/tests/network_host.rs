@@ -18,11 +18,19 @@
 //! microvm kernel for the VM; systemd-nspawn and nsenter for the unit): a missing one
 //! skips the test with a printed reason, or fails it when `CI` is set.
 
+#[path = "network_host/container.rs"]
+mod container;
+#[path = "network_host/guests.rs"]
+mod guests;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use container::Container;
+use guests::{busybox_root, init_root, lease_of, microvm_kernel, work_dir, Guests, VmProcess};
 
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_microvm"))
@@ -431,6 +439,21 @@ fn host_apply_changes_ipv6_and_the_lease_time_and_removes_everything() {
     assert_gone(&h, &state, "n3h", "n3br3");
 }
 
+/// The "internet" for NAT66: fd90::2 in `up`, behind `up0` of `host` (the host's default
+/// route), with no route back to the VMs' prefix.
+fn ipv6_uplink(host: &str, up: &str) {
+    ok(&[
+        "ip", "-n", host, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", up,
+    ]);
+    for (n, dev, addr) in [(host, "up0", "fd90::1/64"), (up, "eth0", "fd90::2/64")] {
+        ok(&["ip", "-n", n, "addr", "add", addr, "dev", dev, "nodad"]);
+        ok(&["ip", "-n", n, "link", "set", dev, "up"]);
+    }
+    ok(&[
+        "ip", "-n", host, "-6", "route", "add", "default", "via", "fd90::2",
+    ]);
+}
+
 /// `host apply FILE` with `text`, which must fail; its stderr.
 fn apply_err(ns: &str, state: &Path, file: &Path, text: &str) -> String {
     fs::write(file, text).expect("host file");
@@ -451,101 +474,12 @@ fn apply_err(ns: &str, state: &Path, file: &Path, text: &str) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// The microvm kernel's directory (`microvm kernel build`; scripts/build-test-kernel.sh).
-fn microvm_kernel() -> PathBuf {
-    let rel = |d: std::ffi::OsString| {
-        let d = PathBuf::from(d);
-        if d.is_absolute() {
-            d
-        } else {
-            workspace().join(d)
-        }
-    };
-    match std::env::var_os("MICROVM_TEST_MICROVM_KERNEL") {
-        Some(d) => rel(d),
-        None => std::env::var_os("MICROVM_TEST_KERNELS")
-            .map(rel)
-            .unwrap_or_else(|| workspace().join("target/test-kernels"))
-            .join("microvm"),
-    }
-}
-
-/// `target/network-tests` (shared with tests/network.rs): the busybox root and the store.
-fn work_dir() -> PathBuf {
-    let d = bin()
-        .parent()
-        .and_then(Path::parent)
-        .map(|t| t.join("network-tests"))
-        .unwrap_or_else(|| workspace().join("target/network-tests"));
-    fs::create_dir_all(&d).expect("network-tests dir");
-    d
-}
-
-/// A busybox root (every applet linked) for single-command guests.
-fn busybox_root() -> PathBuf {
-    let dest = work_dir().join("root-v1");
-    if dest.join("bin/busybox").is_file() {
-        return dest;
-    }
-    let tmp = work_dir().join(format!("root.tmp-n3-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
-    for d in ["bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp"] {
-        fs::create_dir_all(tmp.join(d)).expect("mkdir");
-    }
-    fs::copy("/bin/busybox", tmp.join("bin/busybox")).expect("busybox");
-    let list = ok(&[tmp.join("bin/busybox").to_str().expect("utf-8"), "--list"]);
-    for applet in list.split_whitespace().filter(|a| *a != "busybox") {
-        let _ = std::os::unix::fs::symlink("busybox", tmp.join("bin").join(applet));
-    }
-    if fs::rename(&tmp, &dest).is_err() {
-        let _ = fs::remove_dir_all(&tmp);
-    }
-    dest
-}
-
-/// The busybox root with an `/etc/inittab` for busybox init (`init = "/bin/init"`).
-fn init_root() -> PathBuf {
-    let dest = work_dir().join("root-n3-init-v1");
-    if dest.join("etc/inittab").is_file() {
-        return dest;
-    }
-    let tmp = work_dir().join(format!("root-n3-init.tmp-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
-    ok(&[
-        "cp",
-        "-a",
-        busybox_root().to_str().expect("utf-8"),
-        tmp.to_str().expect("utf-8"),
-    ]);
-    fs::write(
-        tmp.join("etc/inittab"),
-        "::sysinit:/bin/echo n3-init-up\n::respawn:/bin/sleep 900\n",
-    )
-    .expect("inittab");
-    if fs::rename(&tmp, &dest).is_err() {
-        let _ = fs::remove_dir_all(&tmp);
-    }
-    dest
-}
-
-/// The lease file's `(expiry, ip)` for `mac`.
-fn lease_of(state: &Path, net: &str, mac: &str) -> Option<(u64, String)> {
-    let text = fs::read_to_string(state.join(".networks").join(net).join("leases")).ok()?;
-    text.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        if f.len() < 3 || !f[1].eq_ignore_ascii_case(mac) {
-            return None;
-        }
-        Some((f[0].parse().ok()?, f[2].to_string()))
-    })
-}
-
 /// A VM on a network whose dnsmasq was killed and came back: it gets a DHCP lease, an
 /// IPv6 address by SLAAC (the router advertisements of dnsmasq), pings the bridge over
 /// IPv6 and IPv4 and an uplink address through NAT66; its init renews the 2-minute lease
 /// at T1 (the console says so and the lease file's expiry moves on). A second VM with its
-/// own init (busybox init) has its lease renewed by the process the init left behind. Stopping the VM and removing the network leaves
-/// nothing behind.
+/// own init (busybox init) has its lease renewed by the process the init left behind.
+/// Stopping the VMs and removing the network leaves nothing behind.
 #[test]
 fn a_vm_gets_a_lease_after_a_dnsmasq_restart_pings_over_ipv6_and_renews() {
     let test = "a_vm_gets_a_lease_after_a_dnsmasq_restart_pings_over_ipv6_and_renews";
@@ -570,17 +504,7 @@ fn a_vm_gets_a_lease_after_a_dnsmasq_restart_pings_over_ipv6_and_renews() {
     let mut ns = Namespaces(Vec::new());
     let h = ns.add(format!("{tag}-h"));
     let up = ns.add(format!("{tag}-u"));
-    // The "internet": fd90::2 behind up0, with no route back to the VMs' fd85::/64.
-    ok(&[
-        "ip", "-n", &h, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", &up,
-    ]);
-    for (n, dev, addr) in [(&h, "up0", "fd90::1/64"), (&up, "eth0", "fd90::2/64")] {
-        ok(&["ip", "-n", n, "addr", "add", addr, "dev", dev, "nodad"]);
-        ok(&["ip", "-n", n, "link", "set", dev, "up"]);
-    }
-    ok(&[
-        "ip", "-n", &h, "-6", "route", "add", "default", "via", "fd90::2",
-    ]);
+    ipv6_uplink(&h, &up);
     let (net, br, mac) = ("n3v", "n3br1", "02:00:00:33:00:01");
     microvm(
         &h,
@@ -615,38 +539,14 @@ fn a_vm_gets_a_lease_after_a_dnsmasq_restart_pings_over_ipv6_and_renews() {
                   ping6 -c 2 -W 10 fd90::2 && echo NAT66-OK; \
                   ping -c 1 -W 10 10.185.0.1 && echo V4-OK; sleep 900";
     let exec = format!("command = ['/bin/sh', '-c', '{script}']");
+    let guests = Guests {
+        ns: &h,
+        state: &state,
+        dir: dir.path(),
+        bridge: br,
+    };
     let start = |name: &str, tap: &str, mac: &str, exec: &str, root: &Path| {
-        let def = dir.path().join(format!("{name}.toml"));
-        fs::write(
-            &def,
-            format!(
-                "hostName = \"{name}\"\nvcpu = 1\nmem = 256\nkernel = {kernel:?}\n{exec}\n\n\
-                 [[root]]\ndirectory = {root:?}\n\n\
-                 [[interfaces]]\ntype = \"tap\"\nid = \"{tap}\"\nmac = \"{mac}\"\nbridge = \"{br}\"\n\n\
-                 [[network]]\ninterface = \"{tap}\"\ndhcp = true\n",
-                kernel = microvm_kernel(),
-            ),
-        )
-        .expect("definition");
-        VmProcess(
-            Command::new("ip")
-                .args(["netns", "exec", &h])
-                .arg(bin())
-                .arg("--state-dir")
-                .arg(&state)
-                .arg("run")
-                .arg(&def)
-                .arg("--store")
-                .arg(work_dir().join("store"))
-                .arg("--workdir")
-                .arg(dir.path())
-                .arg("--console-log")
-                .arg(dir.path().join(format!("{name}.console")))
-                .env("PATH", path_var())
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("microvm run"),
-        )
+        guests.start(name, tap, mac, exec, root)
     };
     // A command guest (the init stays PID 1) and a guest with its own init (busybox init:
     // the init hands over and leaves a renewing process behind).
@@ -656,9 +556,7 @@ fn a_vm_gets_a_lease_after_a_dnsmasq_restart_pings_over_ipv6_and_renews() {
         start("n3-vm", &tag, mac, &exec, &busybox_root()),
         start("n3-vm2", &tap2, mac2, "init = \"/bin/init\"", &init_root()),
     ];
-    let read_console = |name: &str| {
-        fs::read_to_string(dir.path().join(format!("{name}.console"))).unwrap_or_default()
-    };
+    let read_console = |name: &str| guests.console(name);
     let until = |what: &str, secs: u64, vms: &mut [VmProcess], done: &dyn Fn() -> bool| {
         let end = Instant::now() + Duration::from_secs(secs);
         while !done() {
@@ -718,118 +616,6 @@ fn a_vm_gets_a_lease_after_a_dnsmasq_restart_pings_over_ipv6_and_renews() {
         assert!(!links.contains(&format!(" {t}:")), "tap left: {links}");
     }
     assert_gone(&h, &state, net, br);
-}
-
-/// `microvm run`, stopped (SIGTERM: the guest is shut down) and reaped on drop.
-struct VmProcess(Child);
-
-impl Drop for VmProcess {
-    fn drop(&mut self) {
-        if let Some(pid) = rustix::process::Pid::from_raw(self.0.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        let _ = self.0.wait();
-    }
-}
-
-/// A booted `systemd-nspawn -D / --volatile=yes -b` container (as in tests/systemd.rs:
-/// the host's /usr, an empty /etc and /var, the workspace bound, a private network);
-/// powered off and reaped on drop.
-struct Container {
-    nspawn: Child,
-    init: u32,
-}
-
-impl Container {
-    fn boot(name: &str) -> Option<Container> {
-        let mut bind = std::ffi::OsString::from("--bind=");
-        bind.push(workspace());
-        let nspawn = Command::new("systemd-nspawn")
-            .args([
-                "-q",
-                "-D",
-                "/",
-                "--volatile=yes",
-                "--register=no",
-                "--keep-unit",
-            ])
-            .args(["-M", name, "--private-network"])
-            .arg(bind)
-            .args(
-                Path::new("/usr/lib/ocf")
-                    .is_dir()
-                    .then_some("--tmpfs=/usr/lib/ocf"),
-            )
-            .args(["--console=read-only", "-b"])
-            .args(["systemd.unit=basic.target", "systemd.firstboot=off"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("systemd-nspawn");
-        let mut c = Container { nspawn, init: 0 };
-        let end = Instant::now() + Duration::from_secs(90);
-        while Instant::now() < end {
-            let children = format!("/proc/{0}/task/{0}/children", c.nspawn.id());
-            c.init = fs::read_to_string(children)
-                .ok()
-                .and_then(|t| t.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0);
-            if c.init != 0 {
-                let state = c.exec(&["systemctl", "is-system-running"]);
-                let state = String::from_utf8_lossy(&state.stdout).trim().to_string();
-                if matches!(state.as_str(), "running" | "degraded") {
-                    return Some(c);
-                }
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        None
-    }
-
-    fn prefix(&self) -> [String; 4] {
-        ["nsenter", "-t", &self.init.to_string(), "-a"].map(String::from)
-    }
-
-    fn exec(&self, argv: &[&str]) -> Output {
-        let out = Command::new("nsenter")
-            .args(["-t", &self.init.to_string(), "-a"])
-            .args(argv)
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env_remove("MICROVM_SERVICE_MANAGER")
-            .stdin(Stdio::null())
-            .output()
-            .expect("nsenter");
-        eprintln!(
-            "[container] $ {} → {}\n{}{}",
-            argv.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn ok(&self, argv: &[&str]) -> String {
-        let out = self.exec(argv);
-        assert!(out.status.success(), "{argv:?} in the container failed");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn show(&self, unit: &str, property: &str) -> String {
-        self.ok(&["systemctl", "show", "-P", property, unit])
-            .trim()
-            .to_string()
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        if let Some(pid) = rustix::process::Pid::from_raw(self.nspawn.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        let _ = self.nspawn.wait();
-    }
 }
 
 /// Under a real systemd the network is `microvm-network@NAME.service` (`host install`

@@ -155,14 +155,11 @@ impl Networks {
             };
             dnsmasq::stop(&self.tools, dir)?; // one a killed supervisor left behind
             let started = Instant::now();
-            let mut on_ready = |pid| {
-                served = true;
-                ready(pid);
+            let (status, ran) = match dnsmasq::command(&self.tools, &config, dir).spawn() {
+                Ok(child) => self.watch(child, dir, stop, ready),
+                Err(e) => (format!("could not be started: {e}"), false),
             };
-            let status = match dnsmasq::command(&self.tools, &config, dir).spawn() {
-                Ok(child) => self.watch(child, dir, stop, &mut on_ready),
-                Err(e) => format!("could not be started: {e}"),
-            };
+            served |= ran;
             if stop.load(Ordering::Relaxed) {
                 break;
             }
@@ -187,20 +184,24 @@ impl Networks {
         Ok(())
     }
 
-    /// Waits for dnsmasq to exit (or `stop`: then stops it); returns how it ended.
+    /// Waits for dnsmasq to exit (or `stop`: then stops it); returns how it ended and
+    /// whether it served (wrote its pid file, which it does once its sockets are bound).
     fn watch(
         &self,
         mut child: Child,
         dir: &Path,
         stop: &AtomicBool,
         ready: &mut dyn FnMut(u32),
-    ) -> String {
+    ) -> (String, bool) {
         let mut announced = false;
+        let own_pid = child.id().to_string();
+        let wrote_pid =
+            || fs::read_to_string(dir.join(dnsmasq::PID)).is_ok_and(|p| p.trim() == own_pid);
         loop {
             match child.try_wait() {
-                Ok(Some(status)) => return format!("exited ({status})"),
+                Ok(Some(status)) => return (format!("exited ({status})"), wrote_pid()),
                 Ok(None) => {}
-                Err(e) => return format!("could not be waited for: {e}"),
+                Err(e) => return (format!("could not be waited for: {e}"), true),
             }
             if stop.load(Ordering::Relaxed) {
                 let pid = child.id();
@@ -215,7 +216,7 @@ impl Networks {
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                return format!("(pid {pid}) stopped");
+                return (format!("(pid {pid}) stopped"), true);
             }
             if !announced && dnsmasq::running(&self.tools, dir) == Some(child.id()) {
                 announced = true;
