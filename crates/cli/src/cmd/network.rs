@@ -234,7 +234,11 @@ pub fn apply_host_networks(
     wanted: &[NetworkConfig],
     dry_run: bool,
 ) -> anyhow::Result<Vec<NetworkAction>> {
-    let nets = networks_to_change(state)?;
+    let nets = if dry_run {
+        networks(state)?
+    } else {
+        networks_to_change(state)?
+    };
     let mut actions = Vec::new();
     for c in wanted {
         let before = nets.get(&c.name)?;
