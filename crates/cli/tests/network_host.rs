@@ -479,7 +479,9 @@ fn apply_err(ns: &str, state: &Path, file: &Path, text: &str) -> String {
 /// IPv6 and IPv4 and an uplink address through NAT66; its init renews the 2-minute lease
 /// at T1 (the console says so and the lease file's expiry moves on). A second VM with its
 /// own init (busybox init) has its lease renewed by the process the init left behind.
-/// Stopping the VMs and removing the network leaves nothing behind.
+/// When the network's subnet changes under them, both are refused at their next renewal
+/// and take a lease in the new subnet. Stopping the VMs and removing the network leaves
+/// nothing behind.
 #[test]
 fn a_vm_gets_a_lease_after_a_dnsmasq_restart_pings_over_ipv6_and_renews() {
     let test = "a_vm_gets_a_lease_after_a_dnsmasq_restart_pings_over_ipv6_and_renews";
@@ -609,6 +611,48 @@ fn a_vm_gets_a_lease_after_a_dnsmasq_restart_pings_over_ipv6_and_renews() {
         lease_of(&state, net, mac).is_some_and(|(e, _)| e >= expiry + 30)
             && lease_of(&state, net, mac2).is_some_and(|(e, _)| e >= expiry2 + 30)
     });
+
+    // The subnet changes under the running VMs: at T1 the server's old address is gone,
+    // at T2 the broadcast REQUEST is refused (NAK), and both take a lease in the new
+    // subnet, which the host reaches.
+    microvm(
+        &h,
+        &state,
+        &[
+            "network",
+            "create",
+            net,
+            "--bridge",
+            br,
+            "--subnet",
+            "10.188.0.1/24",
+            "--ipv6",
+            "fd85::1/64",
+            "--lease-time",
+            "2m",
+            "--uplink",
+            "up0",
+        ],
+    );
+    let moved = |m: &str| lease_of(&state, net, m).is_some_and(|(_, a)| a.starts_with("10.188.0."));
+    until("new leases in the changed subnet", 240, &mut vms, &|| {
+        moved(mac) && moved(mac2)
+    });
+    for (name, m, old) in [("n3-vm", mac, &ip), ("n3-vm2", mac2, &ip2)] {
+        let (_, new) = lease_of(&state, net, m).expect("lease");
+        until("the new address in the guest", 30, &mut vms, &|| {
+            read_console(name).contains(&format!("DHCP lease {new}\n"))
+                || read_console(name).contains(&format!("DHCP lease {new}\r"))
+        });
+        assert!(
+            read_console(name).contains(&format!("DHCP lease {old} refused")),
+            "{}",
+            read_console(name)
+        );
+        ok(&[
+            "ip", "netns", "exec", &h, "ping", "-c", "2", "-W", "10", &new,
+        ]);
+    }
     drop(vms);
     microvm(&h, &state, &["network", "remove", net]);
     let links = ok(&["ip", "-n", &h, "-o", "link"]);
