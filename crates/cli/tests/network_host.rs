@@ -10,18 +10,23 @@
 //!   gets an IPv6 address by SLAAC, pings the bridge over IPv6 and an uplink through
 //!   NAT66, and its init renews the 2-minute lease at T1; so does the process the init
 //!   leaves behind for a second VM that runs its own init (busybox init);
+//! - a Debian systemd guest with systemd-networkd hands its lease over to networkd, which
+//!   keeps the address and renews it, and gets a SLAAC address (network_host/systemd_guest.rs);
 //! - under a real systemd (PID 1 of a `systemd-nspawn` container, as in tests/systemd.rs)
 //!   the network is `microvm-network@NAME.service`: dnsmasq and the supervisor both come
 //!   back after `kill -9`, a client gets a lease, and removal disables the unit.
 //!
 //! Prerequisites (root, iproute2 with netns, nft, dnsmasq, busybox-static; qemu and the
-//! microvm kernel for the VM; systemd-nspawn and nsenter for the unit): a missing one
+//! microvm kernel for the VMs; mmdebstrap, the network and the cloud kernel for the
+//! systemd guest; systemd-nspawn and nsenter for the unit): a missing one
 //! skips the test with a printed reason, or fails it when `CI` is set.
 
 #[path = "network_host/container.rs"]
 mod container;
 #[path = "network_host/guests.rs"]
 mod guests;
+#[path = "network_host/systemd_guest.rs"]
+mod systemd_guest;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

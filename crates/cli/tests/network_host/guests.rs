@@ -121,19 +121,25 @@ impl Guests<'_> {
     /// `microvm run` of `NAME.toml`: the microvm kernel, 256 MiB, `exec` (a `command` or
     /// `init` line), the root `root`, a tap `tap` with `mac` on the bridge, DHCP.
     pub fn start(&self, name: &str, tap: &str, mac: &str, exec: &str, root: &Path) -> VmProcess {
-        let def = self.dir.join(format!("{name}.toml"));
-        fs::write(
-            &def,
-            format!(
-                "hostName = \"{name}\"\nvcpu = 1\nmem = 256\nkernel = {kernel:?}\n{exec}\n\n\
-                 [[root]]\ndirectory = {root:?}\n\n\
-                 [[interfaces]]\ntype = \"tap\"\nid = \"{tap}\"\nmac = \"{mac}\"\nbridge = \"{br}\"\n\n\
-                 [[network]]\ninterface = \"{tap}\"\ndhcp = true\n",
-                kernel = microvm_kernel(),
-                br = self.bridge,
-            ),
-        )
-        .expect("definition");
+        let head = format!(
+            "hostName = \"{name}\"\nvcpu = 1\nmem = 256\nkernel = {kernel:?}\n{exec}\n\n\
+             [[root]]\ndirectory = {root:?}\n",
+            kernel = microvm_kernel(),
+        );
+        self.start_toml(name, tap, mac, &head, &work_dir().join("store"))
+    }
+
+    /// `microvm run --store STORE` of `NAME.toml`: `head` (everything but the interface),
+    /// then a tap `tap` with `mac` on the bridge, configured by DHCP.
+    pub fn start_toml(
+        &self,
+        name: &str,
+        tap: &str,
+        mac: &str,
+        head: &str,
+        store: &Path,
+    ) -> VmProcess {
+        let def = self.write_toml(name, tap, mac, head);
         let child = Command::new("ip")
             .args(["netns", "exec", self.ns])
             .arg(bin())
@@ -142,7 +148,7 @@ impl Guests<'_> {
             .arg("run")
             .arg(&def)
             .arg("--store")
-            .arg(work_dir().join("store"))
+            .arg(store)
             .arg("--workdir")
             .arg(self.dir)
             .arg("--console-log")
@@ -154,8 +160,46 @@ impl Guests<'_> {
         VmProcess(child)
     }
 
+    /// `microvm build` of the same definition, outside the namespaces (a Debian root is
+    /// fetched from the network).
+    pub fn build_toml(&self, name: &str, tap: &str, mac: &str, head: &str, store: &Path) {
+        let def = self.write_toml(name, tap, mac, head);
+        let out = Command::new(bin())
+            .arg("--state-dir")
+            .arg(self.state)
+            .arg("build")
+            .arg(&def)
+            .arg("--store")
+            .arg(store)
+            .env("PATH", path_var())
+            .stdin(Stdio::null())
+            .output()
+            .expect("microvm build");
+        assert!(
+            out.status.success(),
+            "microvm build {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn write_toml(&self, name: &str, tap: &str, mac: &str, head: &str) -> PathBuf {
+        let def = self.dir.join(format!("{name}.toml"));
+        fs::write(
+            &def,
+            format!(
+                "{head}\n[[interfaces]]\ntype = \"tap\"\nid = \"{tap}\"\nmac = \"{mac}\"\nbridge = \"{br}\"\n\n\
+                 [[network]]\ninterface = \"{tap}\"\ndhcp = true\n",
+                br = self.bridge,
+            ),
+        )
+        .expect("definition");
+        def
+    }
+
     /// What the VM `name` wrote to its console so far.
     pub fn console(&self, name: &str) -> String {
-        fs::read_to_string(self.dir.join(format!("{name}.console"))).unwrap_or_default()
+        // Lossy: a guest's console carries bytes that are not UTF-8.
+        let bytes = fs::read(self.dir.join(format!("{name}.console"))).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 }
