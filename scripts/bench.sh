@@ -206,6 +206,10 @@ if [ "$(id -u)" = 0 ]; then
     [ "$nsup" -gt 0 ] && add rss "$(awk -v r="$rss" -v n="$nsup" 'BEGIN { printf "%.2f", r / n / 1024 }')"
     "$bin" --state-dir "$st" stop bencha benchb benchc benchd --timeout 30 >/dev/null 2>&1
     sleep 1
+    # The same four at most one per core at a time (`start`'s bound before), in waves.
+    timeit start4c "$bin" --state-dir "$st" start --jobs "$(nproc)" bencha benchb benchc benchd
+    "$bin" --state-dir "$st" stop bencha benchb benchc benchd --timeout 30 >/dev/null 2>&1
+    sleep 1
   done
   for n in a b c d; do "$bin" --state-dir "$st" remove "bench$n" >/dev/null 2>&1 || true; done
 fi
@@ -256,6 +260,7 @@ else
 fi
 if [ -n "$managed" ]; then
   row "4 managed VMs by one \`start\`, all READY (s)" "$(med start4)" "$(med start1) (\`start\` of one)" "$(ratio "$(med start4)" "$(med start1)")"
+  row "4 managed VMs by \`start --jobs $(nproc)\` (one per core at a time), all READY (s)" "$(med start4c)" "$(med start1) (\`start\` of one)" "$(ratio "$(med start4c)" "$(med start1)")"
   row "supervisor RSS per VM (MiB)" "$(med rss)" "–" "–"
 else
   row "4 managed VMs by one \`start\` / supervisor RSS" "skipped" "needs root (managed VMs run as the microvm user)" "–"

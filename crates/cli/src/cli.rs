@@ -88,6 +88,13 @@ pub enum Command {
     /// Host networks for VMs' taps: bridge, NAT, DHCP and DNS.
     #[command(subcommand)]
     Network(NetworkCommand),
+    /// Log in to a running managed VM as root with ssh (over vsock or its address) and run
+    /// CMD there; exits with CMD's status (255: ssh could not connect).
+    #[command(override_usage = "microvm ssh [OPTIONS] <NAME> [-- <CMD>...]")]
+    Ssh(crate::cmd::ssh::SshArgs),
+    /// ssh's ProxyCommand for a hybrid vsock socket (what `microvm ssh` runs).
+    #[command(hide = true)]
+    VsockProxy(crate::cmd::ssh::VsockProxyArgs),
     /// Run a managed VM's supervisor in the foreground (what the service manager runs).
     #[command(hide = true)]
     Supervise(SuperviseArgs),
@@ -163,9 +170,13 @@ pub struct StartArgs {
     /// Resume the VM from a file written by `microvm snapshot` instead of booting it (qemu).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["autostart", "incoming"])]
     pub from_snapshot: Option<PathBuf>,
-    /// Wait for a live migration on tcp:ADDR:PORT instead of booting (qemu; see `migrate`).
-    #[arg(long, value_name = "tcp:ADDR:PORT", conflicts_with = "autostart")]
+    /// Wait for a live migration instead of booting (qemu; see `migrate`): on
+    /// tcp:ADDR:PORT, or `stdin` (what `migrate --to ssh://…` runs on the target).
+    #[arg(long, value_name = "tcp:ADDR:PORT|stdin", conflicts_with = "autostart")]
     pub incoming: Option<String>,
+    /// Boot at most N of the VMs at once (default: 4 per host core, at least 4).
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub jobs: Option<u16>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -282,7 +293,7 @@ pub struct SuperviseArgs {
     /// Seconds the guest may take to report ready before the start counts as failed.
     #[arg(long, default_value_t = 150, value_name = "SECONDS")]
     pub ready_timeout: u64,
-    /// Restore the first start from file:PATH or tcp:ADDR:PORT (qemu `-incoming`).
+    /// Restore the first start from file:PATH, tcp:ADDR:PORT or stdin (qemu `-incoming`).
     #[arg(long, value_name = "URI")]
     pub incoming: Option<String>,
 }

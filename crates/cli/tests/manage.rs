@@ -592,3 +592,60 @@ fn remove_keeps_volumes_when_asked() {
     let out = h.run(&["remove", "vm"]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// A definition unchanged but the hypervisor upgraded: `list` says outdated (the detected
+/// version is part of the fingerprint). The "qemu" is a script on `PATH` that answers
+/// `--version` like qemu; nothing boots.
+#[test]
+fn an_upgraded_hypervisor_makes_the_vm_outdated() {
+    let Some(k) = kernel("an_upgraded_hypervisor_makes_the_vm_outdated") else {
+        return;
+    };
+    let h = Host::new(k);
+    let bin = h.tmp.path().join("bin");
+    fs::create_dir_all(&bin).expect("mkdir");
+    let qemu = bin.join("qemu-system-x86_64");
+    let fake = |version: &str| {
+        let script = format!(
+            "#!/bin/sh\necho 'QEMU emulator version {version} (fake)'\necho 'Copyright (c) 2003-2025'\n"
+        );
+        fs::write(&qemu, script).expect("write fake qemu");
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&qemu, fs::Permissions::from_mode(0o755)).expect("chmod");
+    };
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |args: &[&str]| {
+        let out = h
+            .cmd()
+            .args(args)
+            .env("PATH", &path)
+            .env("XDG_CACHE_HOME", h.tmp.path().join("cache"))
+            .output()
+            .expect("run microvm");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "microvm {args:?} failed ({}):\n{text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    fake("9.2.0");
+    let def = h.definition("vm.toml", None, 256);
+    run(&["create", "hello", "--from", def.to_str().expect("utf8")]);
+    let list = run(&["list"]);
+    assert!(list.starts_with("hello: current("), "{list}");
+
+    fake("10.0.2");
+    let list = run(&["list"]);
+    assert!(list.contains("hello: outdated("), "{list}");
+    // Building again for the new version settles it.
+    run(&["update", "hello"]);
+    let list = run(&["list"]);
+    assert!(list.starts_with("hello: current("), "{list}");
+}

@@ -5,10 +5,12 @@
 //! A snapshot streams over a unix socket in the VM directory that microvm (root) listens
 //! on and copies into the snapshot file, so the hypervisor's user never opens a host path.
 //! Incoming: the supervisor starts qemu with `-incoming`: `fd:N` for a snapshot file that
-//! the supervisor opened ([`INCOMING_FD`]), or `tcp:ADDR:PORT` for a live migration.
+//! the supervisor opened ([`INCOMING_FD`]), `tcp:ADDR:PORT` for a live migration, or a unix
+//! socket in the VM directory that `start --incoming stdin` feeds (migration over ssh,
+//! [`ssh`]).
 
 use std::fs::File;
-use std::io::Write as _;
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -20,11 +22,19 @@ use serde_json::{json, Value};
 
 use crate::qmp::{QmpClient, QmpError, DEFAULT_TIMEOUT};
 
+pub mod ssh;
+
 /// The descriptor number a restored qemu reads its snapshot from (`-incoming fd:100`):
 /// above every macvtap queue (3 + iface × queues + queue).
 pub const INCOMING_FD: i32 = 100;
 /// The socket a snapshot streams through, relative to the VM directory (qemu's cwd).
 pub const SNAPSHOT_SOCKET: &str = "snapshot.sock";
+/// The socket an incoming qemu listens on for `--incoming stdin`, relative to the VM
+/// directory (qemu creates it as its own user, umask 077: only that user and root connect).
+pub const INCOMING_SOCKET: &str = "incoming.sock";
+/// The note a snapshot or migration leaves in the VM directory before it quits the source
+/// qemu, so that its supervisor says how the VM ended.
+pub const HANDOVER_NOTE: &str = "handover";
 /// The longest a migration stream may take before it is cancelled.
 pub const MIGRATE_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -34,10 +44,12 @@ pub enum MigrateError {
     Hypervisor { hypervisor: String },
     #[error("{what} cannot migrate: {why}")]
     Device { what: String, why: String },
-    #[error("{0:?} is not an incoming source: use file:PATH or tcp:ADDR:PORT")]
+    #[error("{0:?} is not an incoming source: use file:PATH, tcp:ADDR:PORT or stdin")]
     BadIncoming(String),
-    #[error("{0:?} is not a migration target: use ADDR:PORT (the target was started with `--incoming tcp:ADDR:PORT`)")]
+    #[error("{0:?} is not a migration target: use ssh://[USER@]HOST[:PORT], or ADDR:PORT where the target was started with `--incoming tcp:ADDR:PORT`")]
     BadTarget(String),
+    #[error("the target {target} did not take the VM over ({why}); the VM keeps running here")]
+    Remote { target: String, why: String },
     #[error(transparent)]
     Qmp(#[from] QmpError),
     #[error("the migration {status}: {desc}")]
@@ -59,6 +71,9 @@ pub enum Incoming {
     File(PathBuf),
     /// A live migration: qemu listens on `ADDR:PORT`.
     Tcp(String),
+    /// A live migration that `start --incoming stdin` copies from its standard input into
+    /// qemu's [`INCOMING_SOCKET`] (the far end of `migrate --to ssh://…`).
+    Stdin,
 }
 
 impl std::str::FromStr for Incoming {
@@ -75,6 +90,9 @@ impl std::str::FromStr for Incoming {
         if let Some(a) = s.strip_prefix("tcp:") {
             return address(a).map(Incoming::Tcp).map_err(|_| bad());
         }
+        if s == "stdin" {
+            return Ok(Incoming::Stdin);
+        }
         Err(bad())
     }
 }
@@ -85,8 +103,33 @@ impl Incoming {
         match self {
             Incoming::File(_) => format!("fd:{INCOMING_FD}"),
             Incoming::Tcp(a) => format!("tcp:{a}"),
+            Incoming::Stdin => format!("unix:{INCOMING_SOCKET}"),
         }
     }
+
+    /// The argument of `microvm supervise --incoming` (and of `start --incoming`).
+    pub fn arg(&self) -> String {
+        match self {
+            Incoming::File(p) => format!("file:{}", p.display()),
+            Incoming::Tcp(a) => format!("tcp:{a}"),
+            Incoming::Stdin => "stdin".into(),
+        }
+    }
+}
+
+/// Leaves `what` (e.g. "migrated to ssh://node2") for the supervisor of the VM in `vmdir`,
+/// which reports it instead of "the guest powered off" when its qemu quits.
+pub fn note_handover(vmdir: &Path, what: &str) {
+    let _ = crate::state::write_atomic(&vmdir.join(HANDOVER_NOTE), what.as_bytes());
+}
+
+/// The note [`note_handover`] left (root's own, at most 1 KiB), removed once read.
+pub fn take_handover(vmdir: &Path) -> Option<String> {
+    let path = vmdir.join(HANDOVER_NOTE);
+    let text = crate::trust::read_owned(&path, 1024).ok().flatten();
+    let _ = std::fs::remove_file(&path);
+    text.map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .filter(|t| !t.is_empty())
 }
 
 /// Checks `ADDR:PORT` (an IPv4/IPv6 literal or a host name, and a port).
@@ -148,13 +191,29 @@ pub struct MigrationStats {
 }
 
 /// Streams the VM to `uri`, calling `progress` with each `query-migrate` reply, and
-/// quits the (now paused) source qemu once the stream completed.
+/// quits the (now paused) source qemu once the stream completed, after `before_quit`.
 pub fn migrate(
     qmp_socket: &Path,
     uri: &str,
     timeout: Duration,
-    mut progress: impl FnMut(&Value),
+    progress: impl FnMut(&Value),
+    before_quit: impl FnOnce(),
 ) -> Result<MigrationStats, MigrateError> {
+    let (mut qmp, stats) = stream(qmp_socket, uri, timeout, progress)?;
+    before_quit();
+    qmp.quit()?;
+    Ok(stats)
+}
+
+/// Streams the VM to `uri` until qemu says the stream is complete; the source qemu is
+/// then paused (`postmigrate`): the caller quits it, or resumes it with `cont` when the
+/// target did not take over. A failed or cancelled stream leaves the guest running.
+pub fn stream(
+    qmp_socket: &Path,
+    uri: &str,
+    timeout: Duration,
+    mut progress: impl FnMut(&Value),
+) -> Result<(QmpClient, MigrationStats), MigrateError> {
     let mut qmp = QmpClient::connect(qmp_socket, DEFAULT_TIMEOUT)?;
     qmp.execute("migrate", Some(json!({ "uri": uri })))?;
     let end = Instant::now() + timeout;
@@ -163,10 +222,7 @@ pub fn migrate(
         progress(&info);
         let status = info["status"].as_str().unwrap_or("").to_string();
         match status.as_str() {
-            "completed" => {
-                qmp.quit()?;
-                return Ok(stats(&info));
-            }
+            "completed" => return Ok((qmp, stats(&info))),
             "failed" | "cancelled" => {
                 let desc = info["error-desc"].as_str().unwrap_or("no reason given");
                 return Err(MigrateError::Failed {
@@ -180,7 +236,7 @@ pub fn migrate(
             let _ = qmp.execute("migrate_cancel", None);
             return Err(MigrateError::Timeout(timeout));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -208,13 +264,41 @@ pub fn snapshot(
         let path = path.to_owned();
         move |source| MigrateError::Io { step, path, source }
     };
-    let mut out = std::fs::OpenOptions::new()
+    let out = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(file)
         .map_err(io("cannot create", file))?;
+    let done = stream_through_socket(vmdir, qmp_socket, socket_group, out, progress).and_then(
+        |(mut qmp, stats, out)| {
+            out.sync_all().map_err(io("cannot write", file))?;
+            note_handover(vmdir, &format!("saved to {}", file.display()));
+            qmp.quit()?;
+            Ok(stats)
+        },
+    );
+    if done.is_err() {
+        let _ = std::fs::remove_file(file); // created above: a partial snapshot
+    }
+    done
+}
+
+/// Streams the VM through a unix socket in `vmdir` that we listen on (0660, group
+/// `socket_group`) into `out`; returns once qemu completed the stream and `out` has all
+/// of it, with the paused source qemu's QMP client.
+pub(crate) fn stream_through_socket<W: Write + Send + 'static>(
+    vmdir: &Path,
+    qmp_socket: &Path,
+    socket_group: Option<u32>,
+    mut out: W,
+    progress: impl FnMut(&Value),
+) -> Result<(QmpClient, MigrationStats, W), MigrateError> {
+    let io = |step, path: &Path| {
+        let path = path.to_owned();
+        move |source| MigrateError::Io { step, path, source }
+    };
     let sock = vmdir.join(SNAPSHOT_SOCKET);
     let _ = std::fs::remove_file(&sock);
     // The VM directory is writable by the hypervisor's group: the socket is made 0660 at
@@ -237,31 +321,29 @@ pub fn snapshot(
         .map_err(std::io::Error::from)
         .map_err(io("cannot hand over", &sock))?;
     }
-    let copier = std::thread::spawn(move || -> std::io::Result<u64> {
+    let copier = std::thread::spawn(move || -> std::io::Result<W> {
         let (mut stream, _) = listener.accept()?;
-        let n = std::io::copy(&mut stream, &mut out)?;
+        std::io::copy(&mut stream, &mut out)?;
         out.flush()?;
-        out.sync_all()?;
-        Ok(n)
+        Ok(out)
     });
     let uri = format!("unix:{SNAPSHOT_SOCKET}");
-    let result = migrate(qmp_socket, &uri, MIGRATE_TIMEOUT, progress);
-    if result.is_err() {
-        // Unblock the accept if qemu never connected.
-        let _ = crate::unixpath::connect(&sock);
-    }
+    let (qmp, stats) = match stream(qmp_socket, &uri, MIGRATE_TIMEOUT, progress) {
+        Ok(done) => done,
+        Err(e) => {
+            // Unblock the accept if qemu never connected. The copier is not waited for:
+            // it may be stuck writing to a reader that stopped (ssh); it ends when its
+            // writer fails or qemu closes the stream.
+            let _ = crate::unixpath::connect(&sock);
+            return Err(e);
+        }
+    };
     let copied = copier
         .join()
         .unwrap_or_else(|_| Err(std::io::Error::other("panicked")));
     drop(cleanup);
-    let done = result.and_then(|stats| {
-        copied.map_err(io("cannot write", file))?;
-        Ok(stats)
-    });
-    if done.is_err() {
-        let _ = std::fs::remove_file(file); // created above: a partial snapshot
-    }
-    done
+    let out = copied.map_err(io("cannot copy the migration stream from", &sock))?;
+    Ok((qmp, stats, out))
 }
 
 /// Removes the socket when dropped.
@@ -290,30 +372,34 @@ pub fn open_snapshot(path: &Path) -> Result<File, MigrateError> {
         })
 }
 
-/// Waits until an incoming qemu has loaded its state and runs the guest; returns how
-/// long that took.
-pub fn wait_running(qmp_socket: &Path, timeout: Duration) -> Result<Duration, MigrateError> {
-    let start = Instant::now();
-    let end = start + timeout;
+/// Waits until an incoming qemu answers QMP: it then listens for its migration (qemu
+/// opens the incoming side before it serves the monitor).
+pub fn wait_listening(qmp_socket: &Path, timeout: Duration) -> Result<(), MigrateError> {
+    let end = Instant::now() + timeout;
     loop {
         let status = QmpClient::connect(qmp_socket, DEFAULT_TIMEOUT)
             .and_then(|mut q| q.execute("query-status", None));
-        if let Ok(s) = &status {
-            if s["status"] == "running" {
-                return Ok(start.elapsed());
-            }
-            if s["status"] == "paused" || s["status"] == "shutdown" {
-                return Err(MigrateError::Failed {
-                    status: "did not resume".into(),
-                    desc: format!("qemu is {}", s["status"]),
-                });
-            }
+        match status {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= end => return Err(e.into()),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
-        if Instant::now() >= end {
-            return Err(MigrateError::Timeout(timeout));
+    }
+}
+
+/// Polls an incoming qemu (`query-status`) until it has loaded its state and runs the
+/// guest (`true`), or until `stop` is set (`false`: it ended, or never got its state).
+pub fn wait_resumed(qmp_socket: &Path, stop: &std::sync::atomic::AtomicBool) -> bool {
+    use std::sync::atomic::Ordering;
+    while !stop.load(Ordering::SeqCst) {
+        let status = QmpClient::connect(qmp_socket, DEFAULT_TIMEOUT)
+            .and_then(|mut q| q.execute("query-status", None));
+        if status.is_ok_and(|s| s["status"] == "running") {
+            return true;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    false
 }
 
 /// The invocation of an incoming start: `-incoming` appended, and for a snapshot the
@@ -329,7 +415,7 @@ pub fn incoming_invocation(
             fd: crate::supervise::SharedFd(std::sync::Arc::new(open_snapshot(p)?.into())),
             target: INCOMING_FD,
         }),
-        Incoming::Tcp(_) => None,
+        Incoming::Tcp(_) | Incoming::Stdin => None,
     };
     let mut inv = inv.clone();
     inv.args.push("-incoming".into());
@@ -361,8 +447,15 @@ mod tests {
             "tcp:h:99999",
             "file:",
             "tcp:a b:1",
+            "stdin:x",
+            "unix:incoming.sock",
         ] {
             assert!(bad.parse::<Incoming>().is_err(), "{bad}");
+        }
+        assert_eq!("stdin".parse::<Incoming>().expect("stdin"), Incoming::Stdin);
+        assert_eq!(Incoming::Stdin.qemu_uri(), "unix:incoming.sock");
+        for i in [Incoming::Stdin, tcp, Incoming::File("/a b".into())] {
+            assert_eq!(i.arg().parse::<Incoming>().expect("round trip"), i);
         }
         assert!(address("[::1]:5000").is_ok());
         assert!(address("host;rm:1").is_err());

@@ -232,6 +232,7 @@ impl Links {
         }
         self.host.ip(&format!("create tap {name}"), &args)?;
         self.created.push(name.to_string());
+        self.avoid_macvtap_index(name, &args)?;
         self.tag(name)?;
         if let Some(bridge) = &tap.bridge {
             // The tap takes the bridge's MTU (a smaller port would lower the bridge's).
@@ -251,6 +252,26 @@ impl Links {
             &format!("bring up tap {name}"),
             &["link", "set", name, "up"],
         )
+    }
+
+    /// qemu (≥ 8.2) opens `/dev/tap<ifindex>` of its `ifname=` before `/dev/net/tun`, and
+    /// `/dev` is shared by all network namespaces: a tap whose index is that of a macvtap
+    /// in another namespace would make qemu open that macvtap. Such a tap is made again
+    /// (indexes are allocated cyclically, so it gets another one).
+    fn avoid_macvtap_index(&self, name: &str, args: &[&str]) -> Result<(), NetError> {
+        for _ in 0..8 {
+            let index = self.host.ifindex(name)?;
+            if !self.host.dev.join(format!("tap{index}")).exists() {
+                return Ok(());
+            }
+            self.host.delete_link(name)?;
+            self.host.ip(&format!("create tap {name}"), args)?;
+        }
+        Err(NetError::Io {
+            what: "find an index without a macvtap device for tap",
+            path: PathBuf::from(name),
+            source: std::io::ErrorKind::AlreadyExists.into(),
+        })
     }
 
     /// Creates a macvtap like the original's `macvtap-up` and returns `/dev/tap<ifindex>`,
@@ -479,6 +500,36 @@ mod tests {
             log(dir.path())
         );
         assert!(host.link_exists("veth0") && host.link_exists("vm-o"));
+    }
+
+    /// A tap whose index has a `/dev/tap<index>` (another namespace's macvtap, which qemu
+    /// would open) is made again until its index has none.
+    #[test]
+    fn a_tap_never_keeps_the_index_of_a_macvtap_device() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let host = fake_host(dir.path());
+        fs::write(dir.path().join("tap7"), "").expect("macvtap device");
+        let script = fs::read_to_string(&host.ip).expect("script");
+        // The second `tuntap add` gets index 8.
+        let script = script.replace(
+            "echo 7 > $net/$4/ifindex",
+            "if [ -e {d}/second ]; then echo 8; else : > {d}/second; echo 7; fi > $net/$4/ifindex",
+        );
+        let script = script.replace("{d}", &dir.path().display().to_string());
+        fs::write(&host.ip, script).expect("script");
+        let mut links = Links::new(host.clone());
+        links
+            .create_tap(&tap("vm-x", false, None), None)
+            .expect("tap");
+        assert_eq!(host.ifindex("vm-x").expect("index"), 8);
+        assert_eq!(
+            log(dir.path())[..3],
+            [
+                "tuntap add name vm-x mode tap vnet_hdr",
+                "link delete vm-x",
+                "tuntap add name vm-x mode tap vnet_hdr",
+            ]
+        );
     }
 
     #[test]

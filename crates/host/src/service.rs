@@ -9,6 +9,7 @@ pub mod logpipe;
 pub mod machined;
 pub mod managed;
 pub mod notify;
+pub mod outcome;
 pub mod pci;
 pub mod record;
 pub mod recover;

@@ -96,6 +96,9 @@ pub struct RunOptions {
     pub pass_fds: Vec<PassFd>,
     /// Restart a helper that exits while the hypervisor runs (see [`HelperRestarts`]).
     pub restart_helpers: Option<HelperRestarts>,
+    /// An incoming qemu's QMP socket: [`Progress::Resumed`] once it runs the guest it
+    /// received (a restored guest reported READY before it was saved).
+    pub resume_watch: Option<PathBuf>,
 }
 
 /// Restart policy for helpers (virtiofsd) that die while the VM runs: at most `burst`
@@ -132,6 +135,7 @@ impl RunOptions {
             umask: None,
             pass_fds: Vec::new(),
             restart_helpers: None,
+            resume_watch: None,
         }
     }
 }
@@ -167,6 +171,10 @@ pub enum Progress {
         after: Duration,
         init_start: f64,
         ready: f64,
+    },
+    /// An incoming hypervisor ([`RunOptions::resume_watch`]) runs the guest, `after` spawn.
+    Resumed {
+        after: Duration,
     },
     GuestExit(i32),
     GuestFailed(String),

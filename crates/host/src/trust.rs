@@ -253,6 +253,30 @@ pub fn console_group(state_root: &Path) -> Option<u32> {
     crate::privilege::lookup_group(name.trim())
 }
 
+/// Makes `dir` a directory only this user can enter (0700), or accepts one that already
+/// is (owned by this user, no group or other access, not a symlink): a name the group
+/// planted first in the VM directory is refused, so files root keeps inside (e.g.
+/// `microvm ssh`'s known_hosts) cannot be redirected or read by it.
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = fs::symlink_metadata(dir)?;
+    let why = if !meta.is_dir() {
+        "it is not a directory (a symlink or a file)".to_string()
+    } else if meta.uid() != euid() {
+        format!("it is owned by uid {}", meta.uid())
+    } else if meta.mode() & 0o077 != 0 {
+        format!("its mode is {:04o}, not 0700", meta.mode() & 0o7777)
+    } else {
+        return Ok(());
+    };
+    Err(untrusted(dir, &format!("{why}; remove it")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,5 +388,21 @@ mod tests {
                 .contains("is writable by others than root (mode 0775)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn private_dirs_are_made_or_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("ssh");
+        private_dir(&dir).expect("made");
+        assert_eq!(fs::metadata(&dir).expect("meta").mode() & 0o777, 0o700);
+        private_dir(&dir).expect("accepted again");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o770)).expect("chmod");
+        let e = private_dir(&dir).expect_err("group access");
+        assert!(e.to_string().contains("not 0700"), "{e}");
+        let link = tmp.path().join("planted");
+        symlink(tmp.path(), &link).expect("symlink");
+        let e = private_dir(&link).expect_err("symlink");
+        assert!(e.to_string().contains("not a directory"), "{e}");
     }
 }

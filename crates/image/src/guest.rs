@@ -123,6 +123,8 @@ pub fn plan(config: &Config) -> GuestPlan {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
+        // The files of `authorizedKeyFiles` are added when the initrd is built.
+        authorized_keys: config.guest.ssh.authorized_keys.clone(),
     }
 }
 

@@ -29,6 +29,8 @@ mod tests {
         assert_eq!(&elf[..4], b"\x7fELF", "not an ELF file");
         assert_eq!(elf[4], 2, "not 64-bit");
         assert_eq!(u16_at(elf, 18), 62, "not x86_64");
+        // ET_EXEC, not ET_DYN: a non-PIE static binary carries no relocations to apply.
+        assert_eq!(u16_at(elf, 16), 2, "not a non-PIE executable");
         let phoff = u64::from_le_bytes(elf[32..40].try_into().expect("8 bytes")) as usize;
         let (phentsize, phnum) = (u16_at(elf, 54), u16_at(elf, 56));
         for i in 0..phnum {

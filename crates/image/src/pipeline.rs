@@ -48,6 +48,8 @@ pub enum BuildError {
     Fetch(#[from] fetch::FetchError),
     #[error(transparent)]
     Debian(#[from] rootfs::debian::DebianError),
+    #[error("ssh.authorizedKeyFiles: {}: {reason}", path.display())]
+    KeyFile { path: PathBuf, reason: String },
 }
 
 /// What a build produced.
@@ -99,14 +101,64 @@ pub fn build(
     progress: &mut dyn FnMut(&str),
 ) -> Result<Built, BuildError> {
     let mut steps = Vec::new();
+    let kernel = kernel_step(config, store, progress, &mut steps)?;
+    let disk = disk_step(config, store, &kernel, progress, &mut steps)?;
+    let initrd = initrd_step(config, store, &kernel, &disk.defaults, progress, &mut steps)?;
+    let _ = store.save();
+    let hash = combine(&[
+        ("kernel", &kernel.hash),
+        ("initrd", &initrd.hash),
+        (
+            "disk",
+            &disk
+                .path
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        ),
+    ]);
+    Ok(Built {
+        kernel: kernel.info.image.clone(),
+        vmlinux: kernel.vmlinux,
+        kernel_version: kernel.info.version.clone(),
+        initrd: initrd.path,
+        store_disk: disk.path,
+        root_manifest: disk.manifest,
+        kernel_params: disk.defaults.kernel_params(),
+        plan: initrd.plan,
+        hash,
+        steps,
+    })
+}
 
-    // Kernel.
+/// The kernel as the build found it: its files, content hash and extraction cache.
+struct KernelStep {
+    info: KernelInfo,
+    hash: String,
+    cache: PathBuf,
+    vmlinux: Option<PathBuf>,
+}
+
+impl KernelStep {
+    fn version(&self) -> Option<Version> {
+        self.info.version.as_deref().and_then(|v| v.parse().ok())
+    }
+}
+
+/// Step 1: the kernel (fetched or built when the definition says so), extracted into the
+/// store's kernel cache, with its uncompressed vmlinux where one can be had.
+fn kernel_step(
+    config: &Config,
+    store: &Store,
+    progress: &mut dyn FnMut(&str),
+    steps: &mut Vec<Step>,
+) -> Result<KernelStep, BuildError> {
     let t = Instant::now();
     let source = kernel_source(config, store, progress)?;
-    let kernel_hash = store.hash_path(&source)?;
-    let kernel_cache = store.root().join(".cache/kernels").join(&kernel_hash[..32]);
-    let mut kernel = KernelInfo::from_path(&source, &kernel_cache)?;
-    let vmlinux = match kernel.ensure_vmlinux(&kernel_cache) {
+    let hash = store.hash_path(&source)?;
+    let cache = store.root().join(".cache/kernels").join(&hash[..32]);
+    let mut info = KernelInfo::from_path(&source, &cache)?;
+    let vmlinux = match info.ensure_vmlinux(&cache) {
         Ok(p) => Some(p.to_path_buf()),
         Err(e) => {
             tracing::warn!("no uncompressed kernel: {e}");
@@ -117,37 +169,76 @@ pub fn build(
         name: "kernel",
         duration: t.elapsed(),
         cached: false,
-        detail: kernel.version.clone().unwrap_or_default(),
+        detail: info.version.clone().unwrap_or_default(),
     });
-    let kernel_version = kernel
-        .version
-        .as_deref()
-        .and_then(|v| v.parse::<Version>().ok());
+    Ok(KernelStep {
+        info,
+        hash,
+        cache,
+        vmlinux,
+    })
+}
 
-    // Root/store disk.
+/// The root/store disk: prebuilt, none, or built from the root sources.
+struct DiskStep {
+    path: Option<PathBuf>,
+    manifest: Option<PathBuf>,
+    defaults: rootfs::defaults::RootDefaults,
+}
+
+/// Step 2: the root/store disk.
+fn disk_step(
+    config: &Config,
+    store: &Store,
+    kernel: &KernelStep,
+    progress: &mut dyn FnMut(&str),
+    steps: &mut Vec<Step>,
+) -> Result<DiskStep, BuildError> {
     let t = Instant::now();
-    let mut root_defaults = rootfs::defaults::RootDefaults::default();
-    let mut root_manifest = None;
-    let (store_disk, cached) = match (&config.store_disk, config.store_on_disk) {
-        (Some(prebuilt), _) => (Some(prebuilt.clone()), true),
-        (None, false) => (None, true),
-        (None, true) => {
-            let disk = root_disk(config, store, kernel_version, progress)?;
-            root_defaults = disk.defaults;
-            root_manifest = Some(disk.manifest);
-            (Some(disk.path), disk.cached)
-        }
+    let mut disk = DiskStep {
+        path: config.store_disk.clone(),
+        manifest: None,
+        defaults: rootfs::defaults::RootDefaults::default(),
     };
+    let mut cached = true;
+    if config.store_disk.is_none() && config.store_on_disk {
+        let built = root_disk(config, store, kernel.version(), progress)?;
+        cached = built.cached;
+        disk = DiskStep {
+            path: Some(built.path),
+            manifest: Some(built.manifest),
+            defaults: built.defaults,
+        };
+    }
     steps.push(Step {
         name: "root disk",
         duration: t.elapsed(),
         cached,
         detail: String::new(),
     });
+    Ok(disk)
+}
 
-    // Initrd.
+/// The initrd in the store and the guest plan inside it.
+struct InitrdStep {
+    path: PathBuf,
+    hash: String,
+    plan: GuestPlan,
+}
+
+/// Step 3: the initrd (guest init, plan, the modules the kernel lacks), in the store by
+/// the hash of everything it is made of; a cached one gives back the plan it holds.
+fn initrd_step(
+    config: &Config,
+    store: &Store,
+    kernel: &KernelStep,
+    root_defaults: &rootfs::defaults::RootDefaults,
+    progress: &mut dyn FnMut(&str),
+    steps: &mut Vec<Step>,
+) -> Result<InitrdStep, BuildError> {
     let t = Instant::now();
     let mut plan = guest::plan(config);
+    add_key_files(&config.guest.ssh, &mut plan.authorized_keys)?;
     root_defaults.apply(config, &mut plan);
     let compression = match config.store_disk_type {
         StoreDiskType::Erofs => Some(FsCompression::Lz4),
@@ -155,25 +246,25 @@ pub fn build(
     };
     let features = guest::kernel_features(config, compression);
     let init = guest_init::guest_init_binary();
-    let initrd_hash = combine(&[
+    let hash = combine(&[
         ("init", &blake3::hash(init).to_hex()),
-        ("kernel", &kernel_hash),
+        ("kernel", &kernel.hash),
         ("plan", &plan.to_json()),
         ("features", &format!("{features:?}")),
     ]);
-    let initrd_dir = store.path(&initrd_hash, "initrd");
-    let initrd_path = initrd_dir.join("initrd");
-    let cached = initrd_path.exists();
+    let dir = store.path(&hash, "initrd");
+    let path = dir.join("initrd");
+    let cached = path.exists();
     if !cached {
         progress("assembling initrd");
         let initrd = Initrd {
             init,
-            kernel: &kernel,
-            kernel_cache: &kernel_cache,
+            kernel: &kernel.info,
+            kernel_cache: &kernel.cache,
             features: &features,
         };
-        write_initrd(store, &initrd_dir, &initrd, &mut plan)?;
-    } else if let Ok(text) = std::fs::read_to_string(initrd_dir.join("plan.json")) {
+        write_initrd(store, &dir, &initrd, &mut plan)?;
+    } else if let Ok(text) = std::fs::read_to_string(dir.join("plan.json")) {
         if let Ok(stored) = GuestPlan::from_json(&text) {
             plan = stored;
         }
@@ -184,31 +275,38 @@ pub fn build(
         cached,
         detail: String::new(),
     });
+    Ok(InitrdStep { path, hash, plan })
+}
 
-    let _ = store.save();
-    let hash = combine(&[
-        ("kernel", &kernel_hash),
-        ("initrd", &initrd_hash),
-        (
-            "disk",
-            &store_disk
-                .as_ref()
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        ),
-    ]);
-    Ok(Built {
-        kernel: kernel.image.clone(),
-        vmlinux,
-        kernel_version: kernel.version.clone(),
-        initrd: initrd_path,
-        store_disk,
-        root_manifest,
-        kernel_params: root_defaults.kernel_params(),
-        plan,
-        hash,
-        steps,
-    })
+/// Adds the lines of each `ssh.authorizedKeyFiles` file to the guest root's authorized
+/// keys (checked, and bounded like the inline ones).
+fn add_key_files(
+    ssh: &microvm_spec::config::Ssh,
+    keys: &mut Vec<String>,
+) -> Result<(), BuildError> {
+    use microvm_spec::ssh_key::{check_line, file_lines, MAX_FILE, MAX_KEYS};
+    use std::io::Read as _;
+    for path in &ssh.authorized_key_files {
+        let bad = |reason: String| BuildError::KeyFile {
+            path: path.clone(),
+            reason,
+        };
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_FILE + 1).read_to_string(&mut text))
+            .map_err(|e| bad(e.to_string()))?;
+        if text.len() as u64 > MAX_FILE {
+            return Err(bad(format!("larger than {MAX_FILE} bytes")));
+        }
+        for line in file_lines(&text) {
+            check_line(line).map_err(bad)?;
+            keys.push(line.to_owned());
+        }
+        if keys.len() > MAX_KEYS {
+            return Err(bad(format!("more than {MAX_KEYS} authorized keys in all")));
+        }
+    }
+    Ok(())
 }
 
 /// Where the kernel comes from: a path, a fetched Debian package, or a build.
@@ -530,7 +628,10 @@ fn root_defaults(
     sources: &RootSources,
     staged: &rootfs::StagedRoot,
 ) -> Result<rootfs::defaults::RootDefaults, BuildError> {
-    let mut defaults = rootfs::defaults::RootDefaults::default();
+    let mut defaults = rootfs::defaults::RootDefaults {
+        ssh_host_keys: rootfs::defaults::ssh_host_keys(&staged.root),
+        ..Default::default()
+    };
     if let Some(closure) = &sources.nix {
         closure.write_info(staged)?;
         defaults.nix = Some(closure.boot());

@@ -22,7 +22,8 @@ pub struct GuestPlan {
     /// Hostname to set (`sethostname`) and write to `/etc/hostname` of the new root.
     pub hostname: Option<String>,
     /// Kernel modules to load, in order: absolute paths inside the initrd
-    /// (uncompressed `.ko`, or `.ko.xz`/`.ko.zst` which the init decompresses).
+    /// (plain `.ko`, as the host writes them, or `.ko.xz`/`.ko.zst`/`.ko.gz` which the
+    /// kernel decompresses where it has `CONFIG_MODULE_DECOMPRESS`).
     pub modules: Vec<String>,
     /// How the new root is built.
     pub root: RootPlan,
@@ -42,6 +43,10 @@ pub struct GuestPlan {
     /// Environment variables for the handed-over init or the command (besides PATH/HOME/TERM).
     #[serde(default)]
     pub env: Vec<(String, String)>,
+    /// Lines of the new root's `/root/.ssh/authorized_keys` (written before hand-over;
+    /// empty: the file is left as the root has it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorized_keys: Vec<String>,
 }
 
 /// How the guest's root filesystem is assembled.

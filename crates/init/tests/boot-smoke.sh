@@ -23,7 +23,7 @@ for m in drivers/virtio/virtio_mmio drivers/block/virtio_blk lib/libcrc32c fs/er
          fs/overlayfs/overlay drivers/acpi/button; do
   xz -dc "$KROOT/lib/modules/$KVER/kernel/$m.ko.xz" > mods/"${m##*/}".ko
 done
-cp "$KROOT/lib/modules/$KVER/kernel/drivers/input/evdev.ko.xz" mods/   # exercises in-init xz
+cp "$KROOT/lib/modules/$KVER/kernel/drivers/input/evdev.ko.xz" mods/   # exercises the kernel's own xz (finit_module MODULE_INIT_COMPRESSED_FILE)
 MODS='"/microvm/modules/virtio_mmio.ko","/microvm/modules/virtio_blk.ko","/microvm/modules/libcrc32c.ko","/microvm/modules/erofs.ko","/microvm/modules/overlay.ko","/microvm/modules/button.ko","/microvm/modules/evdev.ko.xz"'
 
 mkdir -p rootfs/{bin,sbin,etc,dev,proc,sys,run,tmp,out}

@@ -102,7 +102,7 @@ pub static TABLE: &[Row] = &[
     row(Feature::TapNet, "`tap` interfaces", [S, S, S, S, S, S, S]),
     row(Feature::MacvtapNet, "`macvtap` interfaces", [S, S, U("Network interface type macvtap not implemented for Firecracker"), S, S, S, P("one queue, as `tap=/dev/fd/N`")]),
     row(Feature::BridgeNet, "`bridge` interfaces", [S, U("Unsupported interface type bridge for Cloud-Hypervisor"), U("Network interface type bridge not implemented for Firecracker"), U("Unsupported interface type bridge for crosvm"), U("interface type bridge is not supported by kvmtool"), U("interface type bridge is not supported by stratovirt"), U("interface type bridge is not supported by alioth")]),
-    row(Feature::ForwardPorts, "`forwardPorts`", [S, I(FWD), I(FWD), I(FWD), I(FWD), I(FWD), I(FWD)]),
+    row(Feature::ForwardPorts, "`forwardPorts`", [P("`user`: hostfwd; `tap`: nftables DNAT"), P(FWD), P(FWD), P(FWD), P(FWD), P(FWD), P(FWD)]),
     row(Feature::Vsock, "vsock (`vsock.cid`)", [S, S, S, S, S, I("stratovirt ignores `vsock.cid`"), S]),
     row(Feature::Balloon, "balloon", [S, S, P("config file `balloon`, sized with `PATCH /balloon`"), S, S, P("`virtio-balloon-device`, sized with QMP `balloon`"), P("free page reporting only: alioth has no control socket to size it")]),
     row(Feature::InitialBalloonMem, "`initialBalloonMem`", [U("qemu does not support initialBalloonMem"), S, P("as the balloon's `amount_mib`"), U("crosvm does not support initialBalloonMem"), U("kvmtool does not support initialBalloonMem"), U("initialBalloonMem not implemented for stratovirt"), U("initialBalloonMem not implemented for alioth")]),
@@ -124,7 +124,7 @@ pub static TABLE: &[Row] = &[
     doc(Feature::Readiness, "readiness, exit status, systemd notify", [P("virtio-serial control channel"), P("vsock (with `vsock.cid`), else the serial console"), P("vsock (with `vsock.cid`), else the serial console"), P("serial console"), P("serial console"), P("serial console"), P("serial console")]),
 ];
 
-const FWD: &str = "`forwardPorts` works only with qemu and an interface of type \"user\"; ignored";
+const FWD: &str = "`tap`: nftables DNAT";
 const HUGE: &str = "`hugepageMem` is only implemented for cloud-hypervisor; ignored";
 const CPU: &str = "`cpu` (CPU model emulation) is only implemented for qemu; ignored";
 const KVM: &str = "this hypervisor needs KVM; only qemu runs without it (TCG)";

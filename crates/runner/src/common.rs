@@ -102,7 +102,7 @@ pub(crate) fn drive_letter(index: usize) -> String {
 pub(crate) const CONTROL_VSOCK_PORT: u32 = 8889;
 
 /// The hybrid-vsock socket of cloud-hypervisor and firecracker ([later] microvm.nix name).
-pub(crate) const NOTIFY_VSOCK: &str = "notify.vsock";
+pub const NOTIFY_VSOCK: &str = "notify.vsock";
 
 #[cfg(test)]
 mod tests {

@@ -39,6 +39,7 @@ mod tap_bridge_tests;
 mod testutil;
 mod virtiofsd;
 
+pub use common::NOTIFY_VSOCK;
 pub use invocation::*;
 
 use microvm_spec::config::Config;

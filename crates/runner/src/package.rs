@@ -13,6 +13,7 @@
 //!                        (registerWithMachined); see [`crate::host_scripts`]
 //! share/microvm/         metadata: hypervisor, tap-interfaces, tap-flags, macvtap-interfaces,
 //!                        virtiofs/<tag>/{socket,source}, pci-devices, usb-devices, vsock-cid,
+//!                        forward-ports.json (DNAT of a tap VM's forwardPorts),
 //!                        system (with `systemSymlink`), and microvm's invocation.json
 //!                        and config.json
 //! ```
@@ -159,6 +160,17 @@ pub fn files(config: &Config, inv: &Invocation) -> Vec<PackageFile> {
     if let Some(c) = crate::host_scripts::balloon_control(config, inv) {
         let json = serde_json::to_string(&c).unwrap_or_default();
         out.push(meta("balloon.json", json + "\n"));
+    }
+    let qemu = config.hypervisor == microvm_spec::types::Hypervisor::Qemu;
+    let fwd = microvm_spec::forward::tap_forwards(
+        qemu,
+        &config.interfaces,
+        &config.guest.network,
+        &config.forward_ports,
+    );
+    if let Ok(Some(f)) = fwd {
+        let json = serde_json::to_string_pretty(&f).unwrap_or_default();
+        out.push(meta("forward-ports.json", json + "\n"));
     }
     out.push(meta(
         "invocation.json",

@@ -311,17 +311,6 @@ fn warnings(config: &Config, tcg: bool) -> Vec<String> {
     if config.mem == 2048 {
         warnings.push("QEMU hangs if memory is exactly 2GB <https://github.com/microvm-nix/microvm.nix/issues/171>".to_owned());
     }
-    if !config.forward_ports.is_empty()
-        && !config
-            .interfaces
-            .iter()
-            .any(|i| i.kind == InterfaceType::User)
-    {
-        warnings.push(format!(
-            "{}: forwardPortsOptions only running with user network",
-            config.name
-        ));
-    }
     if tcg && config.kvm == KvmMode::Auto && config.cpu.is_none() {
         warnings.push("KVM is not usable on this host: qemu runs the guest under TCG (software emulation), which is much slower".to_owned());
     }

@@ -146,6 +146,7 @@ pub(crate) fn example() -> Config {
             working_directory: None,
             environment: BTreeMap::new(),
             network: vec![],
+            ssh: Default::default(),
         },
     }
 }

@@ -1,5 +1,5 @@
 //! The definition's own start options in the runner package and the invocation:
-//! `binScripts`, `preStart`, `extraArgsScript`.
+//! `binScripts`, `preStart`, `extraArgsScript`, and `forwardPorts` on taps.
 
 use std::path::Path;
 
@@ -101,4 +101,44 @@ fn pre_start_and_extra_args_script_are_steps_of_the_start() {
         "{shown}"
     );
     assert!(Path::new("/bin/sh").exists());
+}
+
+/// `forwardPorts` on a tap: every hypervisor's runner carries the DNAT forwards the
+/// supervisor installs (`share/microvm/forward-ports.json`); qemu's `user` networking
+/// carries none (qemu's `hostfwd` does it).
+#[test]
+fn forward_ports_on_a_tap_are_in_every_hypervisors_runner() {
+    let tap = "[[interfaces]]\ntype = \"tap\"\nid = \"vm-a\"\nmac = \"02:00:00:00:00:01\"\n\
+               bridge = \"microvm0\"\n[[network]]\ninterface = \"vm-a\"\ndhcp = true\n\
+               [[forwardPorts]]\nhost.port = 8080\nguest.port = 80\n";
+    for h in [
+        "qemu",
+        "cloud-hypervisor",
+        "firecracker",
+        "crosvm",
+        "kvmtool",
+        "stratovirt",
+        "alioth",
+    ] {
+        let (config, inv) = planned(&format!("hypervisor = \"{h}\"\n{tap}"));
+        let files = package::files(&config, &inv);
+        let json = &file(&files, "share/microvm/forward-ports.json").contents;
+        let f: microvm_spec::forward::TapForwards = serde_json::from_str(json).expect("json");
+        assert_eq!(
+            (f.interface.as_str(), f.dhcp, f.address),
+            ("vm-a", true, None),
+            "{h}"
+        );
+        assert_eq!(
+            (f.ports[0].host_port, f.ports[0].guest_port),
+            (8080, 80),
+            "{h}"
+        );
+    }
+    let (config, inv) = planned(
+        "[[interfaces]]\ntype = \"user\"\nid = \"qemu\"\nmac = \"02:00:00:00:00:05\"\n\
+         [[forwardPorts]]\nhost.port = 8081\nguest.port = 80\n",
+    );
+    let files = package::files(&config, &inv);
+    assert!(!paths(&files).contains(&"share/microvm/forward-ports.json"));
 }

@@ -322,6 +322,23 @@ pub struct Guest {
     pub working_directory: Option<String>,
     pub environment: BTreeMap<String, String>,
     pub network: Vec<StaticNetwork>,
+    pub ssh: Ssh,
+}
+
+/// The guest root's authorized keys (`ssh.*`), written by the guest init.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ssh {
+    /// authorized_keys lines, each checked by [`crate::ssh_key::check_line`].
+    pub authorized_keys: Vec<String>,
+    /// Absolute paths of files of such lines, read at build time.
+    pub authorized_key_files: Vec<PathBuf>,
+}
+
+impl Ssh {
+    pub fn is_empty(&self) -> bool {
+        self.authorized_keys.is_empty() && self.authorized_key_files.is_empty()
+    }
 }
 
 /// The init handed over to when neither the definition nor the root says otherwise.

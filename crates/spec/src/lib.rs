@@ -6,12 +6,14 @@
 pub mod config;
 pub mod de;
 pub mod diag;
+pub mod forward;
 pub mod load;
 pub mod node;
 pub mod ranges;
 pub mod resolve;
 pub mod schema;
 pub mod source;
+pub mod ssh_key;
 pub mod types;
 
 pub use load::{load_file, load_with, LoadFailure, LoadOptions, Loaded};

@@ -22,7 +22,10 @@ fn options_without_effect_warn() {
         ),
         ("guest.enable = false has no effect", 3),
         ("optimize.enable = false has no effect", 5),
-        ("vsock.ssh.enable is not implemented yet", 9),
+        (
+            "vsock.ssh.enable makes `microvm ssh` connect over vsock port 22",
+            9,
+        ),
     ] {
         let d = found
             .iter()

@@ -506,6 +506,7 @@ pub const TOP_KEYS: &[&str] = &[
     "workingDirectory",
     "environment",
     "network",
+    "ssh",
     "kvm",
     "controlChannel",
     "vcpu",

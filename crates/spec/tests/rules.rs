@@ -177,18 +177,21 @@ fn virtiofs_share_with_null_socket() {
 }
 
 #[test]
-fn forward_ports_need_qemu_and_a_user_interface() {
-    let text = format!("vcpu = 1\n[[forwardPorts]]\nhost.port = 2222\nguest.port = 22\n[[interfaces]]\n{TAP}id = \"vm-a\"\nmac = \"02:00:00:00:00:01\"\n");
+fn forward_ports_need_qemu_user_networking_or_a_tap() {
+    let fwd = "[[forwardPorts]]\nhost.port = 2222\nguest.port = 22\n";
+    let text = format!("vcpu = 1\n{fwd}[[interfaces]]\ntype = \"macvtap\"\nid = \"vm-a\"\nmac = \"02:00:00:00:00:01\"\nmacvtap.link = \"eth0\"\nmacvtap.mode = \"bridge\"\n");
     let e = one_error(
         &text,
-        "MicroVM vm1: `config.microvm.forwardPorts` works only with qemu and one network interface with `type = \"user\"`",
+        "MicroVM vm1: `config.microvm.forwardPorts` works only with qemu and a network interface with `type = \"user\"` (hostfwd), or with a `tap` interface (nftables DNAT on the host)",
         2,
     );
     assert_eq!(e.key.as_deref(), Some("forwardPorts"));
     // With a user interface on qemu it loads; on another hypervisor it does not.
-    let user = "[[forwardPorts]]\nhost.port = 2222\nguest.port = 22\n[[interfaces]]\ntype = \"user\"\nid = \"qemu\"\nmac = \"02:00:00:00:00:01\"\n";
+    let user = format!(
+        "{fwd}[[interfaces]]\ntype = \"user\"\nid = \"qemu\"\nmac = \"02:00:00:00:00:01\"\n"
+    );
     let dir = Dir::new();
-    let (loaded, _) = loads(&dir.write("vm1.toml", user));
+    let (loaded, _) = loads(&dir.write("vm1.toml", &user));
     assert_eq!(loaded.config.forward_ports[0].host_port, 2222);
     let dir = Dir::new();
     let path = dir.write("vm1.toml", &format!("hypervisor = \"crosvm\"\n{user}"));
@@ -196,6 +199,59 @@ fn forward_ports_need_qemu_and_a_user_interface() {
     assert!(found[0]
         .message
         .contains("forwardPorts` works only with qemu"));
+}
+
+/// On a tap (any hypervisor) the host forwards by DNAT: the guest's address must be
+/// known, the forward goes from the host, never from loopback, and no port twice.
+#[test]
+fn forward_ports_on_a_tap_need_a_known_address_and_distinct_ports() {
+    let tap = format!("[[interfaces]]\n{TAP}id = \"vm-a\"\nmac = \"02:00:00:00:00:01\"\n");
+    let fwd = "[[forwardPorts]]\nhost.port = 8080\nguest.port = 80\n";
+    one_error(
+        &format!("hypervisor = \"crosvm\"\n{fwd}{tap}"),
+        "MicroVM vm1: the guest's address of tap vm-a is unknown: set `guest.address`, give the tap a static IPv4 address in a `[[network]]` entry, or attach it to a microvm network (`bridge`) with `dhcp = true`",
+        2,
+    );
+    for extra in [
+        "[[network]]\ninterface = \"vm-a\"\naddresses = [\"10.0.0.5/24\"]\n",
+        "bridge = \"microvm0\"\n[[network]]\ninterface = \"vm-a\"\ndhcp = true\n",
+    ] {
+        let dir = Dir::new();
+        let text = format!("hypervisor = \"firecracker\"\n{fwd}{tap}{extra}");
+        let (loaded, _) = loads(&dir.write("vm1.toml", &text));
+        let c = &loaded.config;
+        let f = microvm_spec::forward::tap_forwards(
+            false,
+            &c.interfaces,
+            &c.guest.network,
+            &c.forward_ports,
+        )
+        .expect("known")
+        .expect("forwards");
+        assert_eq!(f.interface, "vm-a");
+        assert_eq!(f.ports[0].host_port, 8080);
+        assert_eq!(f.address.is_some(), !f.dhcp, "{f:?}");
+    }
+    let with_address = format!(
+        "[[forwardPorts]]\nhost.port = 8080\nguest.port = 80\nguest.address = \"10.0.0.9\"\n{tap}"
+    );
+    let dir = Dir::new();
+    loads(&dir.write("vm1.toml", &with_address));
+    one_error(
+        &format!("[[forwardPorts]]\nfrom = \"guest\"\nhost.port = 1\nguest.port = 2\nguest.address = \"10.0.0.9\"\n{tap}"),
+        "MicroVM vm1: `from = \"guest\"` (qemu's guestfwd) needs a `user` interface; a VM on a tap reaches the host directly",
+        2,
+    );
+    one_error(
+        &format!("[[forwardPorts]]\nhost.port = 1\nhost.address = \"127.0.0.1\"\nguest.port = 2\nguest.address = \"10.0.0.9\"\n{tap}"),
+        "MicroVM vm1: a tap VM's port cannot be forwarded from the loopback address 127.0.0.1 (DNAT does not apply to it); leave `host.address` empty to forward it on every other host address",
+        3,
+    );
+    one_error(
+        &format!("{with_address}[[forwardPorts]]\nhost.port = 8080\nhost.address = \"10.1.1.1\"\nguest.port = 81\nguest.address = \"10.0.0.9\"\n"),
+        "MicroVM vm1: tcp port 8080 is forwarded twice (forwardPorts[0] and forwardPorts[1])",
+        10,
+    );
 }
 
 #[test]

@@ -93,3 +93,31 @@ pub fn lookup(store_root: &Path, loaded: &Loaded) -> Option<(Artifacts, Vec<Stri
     };
     Some((artifacts, r.kernel_params))
 }
+
+/// Every record in `<store>/.built`, with the artifacts it names (`None`: unreadable or not
+/// a record), for `gc` to drop the ones whose artifacts are gone. Temporary files of a
+/// record being written are not listed.
+pub fn records(store_root: &Path) -> Vec<(PathBuf, Option<Vec<PathBuf>>)> {
+    let Ok(entries) = std::fs::read_dir(store_root.join(".built")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let record = std::fs::read(&path)
+            .ok()
+            .and_then(|t| serde_json::from_slice::<Record>(&t).ok());
+        let artifacts = record.map(|r| {
+            [Some(r.kernel), r.vmlinux, Some(r.initrd), r.store_disk]
+                .into_iter()
+                .flatten()
+                .collect()
+        });
+        out.push((path, artifacts));
+    }
+    out.sort();
+    out
+}

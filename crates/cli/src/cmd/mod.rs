@@ -13,12 +13,17 @@ mod network_dhcp;
 mod plan;
 mod run;
 mod service;
+pub mod ssh;
 
 pub use service::migrate::{MigrateArgs, SnapshotArgs};
 
 use crate::cli::{Cli, Command, HostCommand};
 
-pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+pub fn dispatch(mut cli: Cli) -> anyhow::Result<i32> {
+    // The detached supervisor runs in the VM's directory: a relative state directory must
+    // name the same directory there.
+    cli.state_dir = std::path::absolute(&cli.state_dir)
+        .map_err(|e| anyhow::anyhow!("resolving {}: {e}", cli.state_dir.display()))?;
     match cli.command {
         Command::Check(args) => check::run(&args),
         Command::Plan(args) => plan::run(&args, &cli.state_dir),
@@ -44,6 +49,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Console(args) => service::console(&cli.state_dir, &args),
         Command::Network(cmd) => network::run(&cli.state_dir, cmd),
         Command::Balloon(args) => balloon::run(&cli.state_dir, &args),
+        Command::Ssh(args) => ssh::ssh(&cli.state_dir, &args),
+        Command::VsockProxy(args) => ssh::vsock_proxy(&args),
         Command::Supervise(args) => service::supervise(&cli.state_dir, &args),
     }
 }

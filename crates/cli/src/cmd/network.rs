@@ -152,6 +152,29 @@ pub fn create_taps(vm: &str, taps: &[TapSetup]) -> anyhow::Result<Option<Links>>
     Ok(Some(links))
 }
 
+/// The forwarded ports of an unmanaged `microvm run FILE` as root (nftables DNAT, as a
+/// managed VM's supervisor installs them), removed when the returned value drops.
+pub fn forward_ports(
+    state: &Path,
+    vm: &str,
+    runner: &Path,
+) -> anyhow::Result<Option<microvm_host::network::forward::Forwarded>> {
+    if !rustix::process::geteuid().is_root() {
+        if runner
+            .join(microvm_host::network::forward::RUNNER_FILE)
+            .exists()
+        {
+            eprintln!("microvm: {vm}: warning: forwardPorts on a tap need root (nftables DNAT); not forwarded");
+        }
+        return Ok(None);
+    }
+    let fwd = microvm_host::network::forward::start(state, vm, runner)?;
+    for line in fwd.iter().flat_map(|f| f.log_lines()) {
+        eprintln!("microvm: {vm}: {line}");
+    }
+    Ok(fwd)
+}
+
 /// `networks` of a host file: `[networks.NAME]` with `subnet`, `bridge`, `uplink`, `nat`,
 /// `domain`, `ipv6` and `leaseTime` (the options of `network create`).
 pub fn parse_host_networks(

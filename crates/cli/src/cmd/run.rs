@@ -47,6 +47,7 @@ pub fn run(args: &RunArgs, state_dir: &Path) -> anyhow::Result<i32> {
     }
     let name = config.name.to_string();
     let _links = super::network::create_taps(&name, &runner.invocation.taps)?;
+    let _forwards = super::network::forward_ports(state_dir, &name, &runner.dir)?;
     let outcome = supervise::run_foreground_with(&runner.invocation, &opts, |p| report(&name, p))
         .with_context(|| format!("running {name}"))?;
     Ok(outcome.exit_code())
@@ -66,7 +67,7 @@ fn report(name: &str, p: &Progress) {
         Progress::HelperExited { name: helper, status } => eprintln!("microvm: {name}: {helper} exited ({status}); restarting it"),
         Progress::HelperRestarted { name: helper, pid } => eprintln!("microvm: {name}: {helper} restarted (pid {pid})"),
         Progress::HelperFailed { error, .. } => eprintln!("microvm: {name}: {error}; stopping the VM"),
-        Progress::HelperStarted { .. } | Progress::HypervisorStarted { .. } | Progress::ChannelNoise(_) => {}
+        Progress::HelperStarted { .. } | Progress::HypervisorStarted { .. } | Progress::ChannelNoise(_) | Progress::Resumed { .. } => {}
     }
 }
 

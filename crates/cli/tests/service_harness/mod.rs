@@ -33,13 +33,35 @@ pub fn work_dir() -> PathBuf {
     d
 }
 
-pub fn kernel() -> PathBuf {
-    let dir = match std::env::var_os("MICROVM_TEST_KERNELS") {
+fn kernels_dir() -> PathBuf {
+    match std::env::var_os("MICROVM_TEST_KERNELS") {
         Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
         Some(d) => workspace().join(d),
         None => workspace().join("target/test-kernels"),
-    };
-    dir.join("cloud.deb")
+    }
+}
+
+pub fn kernel() -> PathBuf {
+    kernels_dir().join("cloud.deb")
+}
+
+/// microvm's own kernel (everything built in: the fast boot), which
+/// scripts/build-test-kernel.sh links beside the test kernels; `None` (printed, or a
+/// panic under CI) when it is missing.
+pub fn microvm_kernel(test: &str) -> Option<PathBuf> {
+    let dir = kernels_dir().join("microvm");
+    if dir.join("vmlinux").is_file() {
+        return Some(dir);
+    }
+    let why = format!(
+        "the microvm kernel {} is missing (scripts/build-test-kernel.sh)",
+        dir.display()
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: {why}");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+    None
 }
 
 pub fn path_var() -> std::ffi::OsString {
@@ -272,6 +294,11 @@ impl Vm {
 
     /// [`Vm::new`] with `top` (top-level keys, e.g. `command`) in the definition.
     pub fn with_top(_test: &str, name: &str, top: &str, tables: &str) -> Vm {
+        Vm::with_guest(name, &kernel(), root(), top, tables)
+    }
+
+    /// [`Vm::with_top`] with another kernel and root directory.
+    pub fn with_guest(name: &str, kernel: &Path, root: &Path, top: &str, tables: &str) -> Vm {
         host_install();
         let slot = Slot::acquire();
         let dir = tempfile::Builder::new()
@@ -287,8 +314,8 @@ impl Vm {
             &def,
             format!(
                 "hostName = \"{name}\"\nvcpu = 1\nmem = 256\nkernel = {kernel:?}\n{top}\n[[root]]\ndirectory = {root:?}\n\n[[volumes]]\nimage = \"data.img\"\nmountPoint = \"/data\"\nlabel = \"data\"\nsize = 32\n{tables}\n",
-                kernel = kernel(),
-                root = root(),
+                kernel = kernel,
+                root = root,
             ),
         )
         .expect("vm.toml");

@@ -44,6 +44,11 @@ fn base_args(config: &NetworkConfig, dir: &Path) -> Vec<String> {
         format!("--local=/{d}/"),
         "--expand-hosts".into(),
         format!("--dhcp-leasefile={}", dir.join(LEASES).display()),
+        // Address reservations of VMs with forwarded ports (read when they appear).
+        format!(
+            "--dhcp-hostsdir={}",
+            dir.join(super::forward::HOSTS).display()
+        ),
         format!("--pid-file={}", dir.join(PID).display()),
     ]
 }

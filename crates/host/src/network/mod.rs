@@ -12,6 +12,7 @@
 mod bridge;
 mod config;
 mod dnsmasq;
+pub mod forward;
 mod leases;
 mod nat;
 mod supervise;
@@ -187,6 +188,8 @@ impl Networks {
         config.validate()?;
         let dir = self.dir(&config.name);
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let hosts = dir.join(forward::HOSTS);
+        fs::create_dir_all(&hosts).map_err(io_err("create", &hosts))?;
         let old = self.get(&config.name)?;
         if let Some(old) = old.as_ref().filter(|o| o.bridge != config.bridge) {
             self.teardown(old)?;
@@ -260,19 +263,6 @@ impl Networks {
         Some(PathBuf::from(String::from_utf8(bytes).ok()?))
     }
 
-    /// The leased addresses of a VM whose runner is `runner` (matched by the MAC addresses
-    /// of its interfaces in `share/microvm/config.json`), as `ADDRESS (NETWORK)`.
-    pub fn addresses_of(&self, runner: &Path) -> Vec<String> {
-        let Some(macs) = runner_macs(runner) else {
-            return Vec::new();
-        };
-        let all = self.all_leases().unwrap_or_default();
-        all.into_iter()
-            .filter(|(_, l)| macs.iter().any(|m| m.eq_ignore_ascii_case(&l.mac)))
-            .map(|(n, l)| format!("{} ({n})", l.ip))
-            .collect()
-    }
-
     /// The leases of every network (for `list`/`status` to find a VM's addresses).
     pub fn all_leases(&self) -> Result<Vec<(NetworkName, Lease)>, NetworkError> {
         let mut all = Vec::new();
@@ -283,18 +273,4 @@ impl Networks {
         }
         Ok(all)
     }
-}
-
-/// The MAC addresses of a runner's interfaces (its resolved configuration, at most 1 MiB).
-fn runner_macs(runner: &Path) -> Option<Vec<String>> {
-    use std::io::Read as _;
-    let file = fs::File::open(runner.join("share/microvm/config.json")).ok()?;
-    let mut text = String::new();
-    file.take(1 << 20).read_to_string(&mut text).ok()?;
-    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let macs = config.get("interfaces")?.as_array()?.iter();
-    Some(
-        macs.filter_map(|i| Some(i.get("mac")?.as_str()?.to_string()))
-            .collect(),
-    )
 }

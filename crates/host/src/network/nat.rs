@@ -50,6 +50,7 @@ fn family_table(config: &NetworkConfig, family: &str, net: &str) -> String {
          \x20 chain forward {{\n    type filter hook forward priority filter; policy accept;\n\
          \x20   iifname \"{br}\" accept\n\
          \x20   oifname \"{br}\" ct state established,related accept\n\
+         \x20   oifname \"{br}\" ct status dnat accept\n\
          \x20   oifname \"{br}\" drop\n  }}\n}}\n"
     )
 }

@@ -11,11 +11,11 @@
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use microvm_runner::Invocation;
 
+use super::outcome::{chain, describe, describe_status, status_code};
 use super::record::{ExitRecord, HelperRecord, RunRecord};
 use super::{adopted, machined, notify, pci, record};
 use crate::console::{self, ConsoleConfig, ConsoleServer};
@@ -258,7 +258,11 @@ pub fn supervise(
             at: now(),
         });
         let stopped = end.requested || opts.stop.count() > base;
+        // An incoming start that never ran its guest is not booted cold instead: the
+        // guest may still run where it came from.
+        let lost_incoming = opts.incoming.is_some() && rec.attempt == 1 && rec.ready.is_none();
         let again = !stopped
+            && !lost_incoming
             && match opts.restart.mode {
                 RestartMode::No => false,
                 RestartMode::OnFailure => end.code != 0,
@@ -372,6 +376,7 @@ fn attempt(
     rec.ready_after_ms = None;
     rec.helpers.clear();
     rec.interfaces.clear();
+    let _ = crate::migrate::take_handover(vm.path()); // a stale note of an earlier run
     let _ = record::write(vm, rec);
     let _ = vm.write_status(&Status {
         state: VmState::Starting {
@@ -408,7 +413,10 @@ fn attempt(
         },
         Ok(outcome) => End {
             code: outcome.exit_code(),
-            reason: describe(&outcome),
+            // A qemu that quit after a snapshot or a migration: not "the guest powered off".
+            reason: crate::migrate::take_handover(vm.path())
+                .filter(|_| outcome.hypervisor_status.success() && !outcome.shutdown_requested)
+                .map_or_else(|| describe(&outcome), |note| format!("the VM was {note}")),
             requested: outcome.shutdown_requested && outcome.helper_failure.is_none(),
         },
         Err(ServiceError::Run(RunError::HypervisorFailed { status, .. })) => End {
@@ -497,6 +505,12 @@ fn run(
     let inv = &runner.invocation;
     let creds = opts.run_user.as_ref();
     let mut pass = prepare_host(vm, runner, opts, prepare, links)?;
+    let state = vm.path().parent().unwrap_or(Path::new("/"));
+    let forwards = crate::network::forward::start(state, vm.name().as_str(), &runner.dir)
+        .map_err(|e| ServiceError::Prepare(chain(&e)))?;
+    for line in forwards.iter().flat_map(|f| f.log_lines()) {
+        report(&line);
+    }
     let restored;
     let (inv, incoming) = match (&opts.incoming, rec.attempt) {
         (Some(i), 1) => {
@@ -531,6 +545,11 @@ fn run(
     ro.umask = Some(0o077);
     ro.pass_fds = pass;
     ro.restart_helpers = Some(Default::default());
+    ro.resume_watch = inv
+        .control_socket
+        .as_ref()
+        .filter(|_| incoming)
+        .map(|s| vm.path().join(s));
     let server = start_console(vm, opts, &mut ro)?;
     let me = std::process::id();
     let runner_dir = runner.dir.clone();
@@ -547,6 +566,8 @@ fn run(
             runner: Some(runner_dir.clone()),
         };
         let mut ready = |rec: &RunRecord, notified: &mut bool, report: &mut dyn FnMut(&str)| {
+            // The record (its `ready` time) first: whoever sees `running` reads it next.
+            let _ = record::write(vm, rec);
             let _ = vm.write_status(&running(rec));
             machine.register(&runner_dir, rec.hypervisor_pid, report);
             if !*notified {
@@ -565,6 +586,9 @@ fn run(
             Progress::HypervisorStarted { pid } => {
                 rec.hypervisor_pid = Some(*pid as u32);
                 report(&format!("{} started (pid {pid})", inv.program));
+                if !has_channel && !incoming {
+                    rec.ready = Some(now()); // nothing to wait for: ready as it starts
+                }
                 if !has_channel {
                     ready(rec, notified, report);
                 }
@@ -574,6 +598,11 @@ fn run(
                 rec.ready_after_ms = Some(after.as_millis() as u64);
                 report(&format!("ready {:.2} s after start", after.as_secs_f64()));
                 ready(rec, notified, report);
+            }
+            Progress::Resumed { after } => {
+                rec.ready = Some(now());
+                rec.ready_after_ms = Some(after.as_millis() as u64);
+                report(&format!("resumed {:.2} s after start", after.as_secs_f64()));
             }
             Progress::ShutdownRequested { method } => {
                 report(&format!("shutting down ({method})"));
@@ -712,64 +741,6 @@ fn check_tun(tun: &Path, c: &Credentials) -> Result<(), ServiceError> {
             mode,
         })
     }
-}
-
-/// 128 + signal, or the exit code.
-pub fn status_code(status: ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(c), _) => c,
-        (None, Some(s)) => 128 + s,
-        _ => 1,
-    }
-}
-
-fn describe_status(status: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(c), _) => format!("exit status {c}"),
-        (None, Some(s)) => format!(
-            "signal {s} ({})",
-            signal_hook::low_level::signal_name(s).unwrap_or("?")
-        ),
-        _ => status.to_string(),
-    }
-}
-
-fn describe(o: &RunOutcome) -> String {
-    if let Some(h) = &o.helper_failure {
-        return h.clone();
-    }
-    if let Some(m) = &o.guest_failure {
-        return format!("the guest init failed: {m}");
-    }
-    if let Some(n) = o.guest_exit {
-        return format!("the guest command exited with {n}");
-    }
-    if o.forced {
-        return "the hypervisor did not stop in time and was killed".into();
-    }
-    if o.shutdown_requested {
-        return "stopped on request".into();
-    }
-    if o.hypervisor_status.success() {
-        return "the guest powered off".into();
-    }
-    format!(
-        "the hypervisor ended with {}",
-        describe_status(o.hypervisor_status)
-    )
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 /// Turns SIGINT and SIGTERM into stop requests on `stop` for the rest of the process's

@@ -6,7 +6,8 @@
 //! `supervisor.pid` exist) while no process is the supervisor of that VM. Recovery then
 //! kills what is left of its processes (the hypervisor and helpers recorded in `run.json`,
 //! only while they still run in the VM's directory, so a reused pid is never signalled),
-//! removes the recorded interfaces that carry the VM's alias, the sockets the runner's
+//! removes the recorded interfaces that carry the VM's alias, its forwarded ports' table
+//! (when no live process owns it) and reservations, the sockets the runner's
 //! processes create, `booted` and `supervisor.pid`, and writes `status.json` = `failed`.
 
 use std::path::Path;
@@ -25,6 +26,8 @@ pub struct Recovered {
     pub killed: Vec<u32>,
     /// Interfaces removed.
     pub interfaces: Vec<String>,
+    /// Whether its forwarded ports' nftables table was removed.
+    pub forwards: bool,
 }
 
 impl Recovered {
@@ -39,6 +42,9 @@ impl Recovered {
         }
         if !self.interfaces.is_empty() {
             what.push(format!("interfaces {}", self.interfaces.join(", ")));
+        }
+        if self.forwards {
+            what.push("forwarded ports".into());
         }
         format!(
             "{name}: its supervisor{pid} was gone without cleaning up; cleaned up {}",
@@ -102,6 +108,10 @@ pub fn recover(vm: &VmDir, net: &NetHost) -> Option<Recovered> {
                 out.interfaces.push(name.clone());
             }
         }
+    }
+    if let Some(state) = vm.path().parent() {
+        let nets = crate::network::Networks::new(state, crate::network::Tools::system());
+        out.forwards = crate::network::forward::recover(&nets, vm.name().as_str());
     }
     let runner = vm
         .booted()

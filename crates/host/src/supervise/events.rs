@@ -20,6 +20,8 @@ const TICK: Duration = Duration::from_millis(25);
 pub(super) enum Event {
     Channel(ChannelEvent),
     KvmFailure(String),
+    /// The incoming hypervisor runs the guest ([`super::RunOptions::resume_watch`]).
+    Resumed,
     ShutdownDone(Result<Action, String>),
 }
 
@@ -134,6 +136,11 @@ pub(super) fn event_loop(
         }
         match rx.recv_timeout(TICK) {
             Ok(Event::Channel(c)) => state.channel(c, spawned, on),
+            Ok(Event::Resumed) => {
+                let after = spawned.elapsed();
+                state.ready_after = Some(after);
+                on(&Progress::Resumed { after });
+            }
             Ok(Event::KvmFailure(line)) => {
                 hv.kill();
                 return Err(RunError::KvmFailed {

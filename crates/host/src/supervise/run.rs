@@ -3,7 +3,9 @@
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Sender};
+use std::sync::Arc;
 use std::time::Instant;
 
 use microvm_runner::{ControlChannel, Invocation};
@@ -127,6 +129,16 @@ pub fn run_foreground_with(
     };
     let spawned = Instant::now();
     on(&Progress::HypervisorStarted { pid: hv.pid });
+    let resume_watch = opts.resume_watch.as_ref().map(|qmp| {
+        let (qmp, tx, stop) = (qmp.clone(), tx.clone(), Arc::new(AtomicBool::new(false)));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            if crate::migrate::wait_resumed(&qmp, &flag) {
+                let _ = tx.send(Event::Resumed);
+            }
+        });
+        stop
+    });
 
     let mut state = State::default();
     let result = event_loop(
@@ -141,6 +153,9 @@ pub fn run_foreground_with(
         &mut state,
         &mut on,
     );
+    if let Some(stop) = resume_watch {
+        stop.store(true, Ordering::SeqCst);
+    }
     // Let the reader and the console flush what the guest wrote before poweroff.
     if let Some(mut r) = reader.take() {
         r.stop();

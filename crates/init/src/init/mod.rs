@@ -11,6 +11,7 @@ pub mod mounts;
 pub mod net;
 pub mod power;
 pub mod root;
+pub mod ssh;
 pub mod switch;
 pub mod system;
 pub mod systemd;
@@ -45,6 +46,7 @@ pub fn run(started: f64) -> Result<Infallible, Failure> {
     root::assemble(&plan)?;
     console::mark("root");
     system::configure(&plan)?;
+    ssh::install_keys(&plan)?;
     net::configure(&plan.network)?;
     console::mark("network");
     exec::start(&plan, started)

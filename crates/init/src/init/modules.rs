@@ -1,9 +1,8 @@
-//! Kernel modules, loaded in the plan's order. Plain `.ko` go through `finit_module`;
-//! `.ko.xz` and `.ko.zst` are first handed to the kernel to decompress
-//! (`MODULE_INIT_COMPRESSED_FILE`, Linux 6.2+ with `CONFIG_MODULE_DECOMPRESS`), and
-//! otherwise decompressed here and loaded with `init_module`.
-
-use std::io::Read;
+//! Kernel modules, loaded in the plan's order with `finit_module`. The host writes plain
+//! `.ko` files into the initrd (it decompresses them at build time, so the init carries no
+//! decompressor); a `.ko.xz`, `.ko.zst` or `.ko.gz` in a hand-written plan is handed to the
+//! kernel to decompress (`MODULE_INIT_COMPRESSED_FILE`, Linux 5.17+ with
+//! `CONFIG_MODULE_DECOMPRESS`, as Debian's kernels have).
 
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
@@ -21,7 +20,9 @@ pub fn load_all(paths: &[String]) -> Result<(), Failure> {
 const MODULE_INIT_COMPRESSED_FILE: i32 = 4;
 
 fn load(path: &str) -> Result<(), String> {
-    let compressed = path.ends_with(".ko.xz") || path.ends_with(".ko.zst");
+    let compressed = [".ko.xz", ".ko.zst", ".ko.gz"]
+        .iter()
+        .any(|ext| path.ends_with(ext));
     let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| e.to_string())?;
     let flags = if compressed {
@@ -29,31 +30,14 @@ fn load(path: &str) -> Result<(), String> {
     } else {
         0
     };
-    let mut result = rustix::system::finit_module(&fd, c"", flags);
-    if compressed && matches!(result, Err(Errno::INVAL | Errno::OPNOTSUPP | Errno::NOEXEC)) {
-        // An older kernel, or one built without in-kernel module decompression.
-        let image = decompress(path)?;
-        result = rustix::system::init_module(&image, c"");
-    }
-    match result {
+    match rustix::system::finit_module(&fd, c"", flags) {
         // Already loaded (or built in under another path): nothing to do.
         Ok(()) | Err(Errno::EXIST) => Ok(()),
+        Err(Errno::INVAL | Errno::OPNOTSUPP | Errno::NOEXEC) if compressed => Err(
+            "this kernel cannot decompress modules itself (it needs CONFIG_MODULE_DECOMPRESS): \
+             give the init a plain .ko"
+                .to_string(),
+        ),
         Err(e) => Err(e.to_string()),
     }
-}
-
-fn decompress(path: &str) -> Result<Vec<u8>, String> {
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let mut input = std::io::BufReader::new(file);
-    let mut image = Vec::new();
-    if path.ends_with(".xz") {
-        lzma_rs::xz_decompress(&mut input, &mut image).map_err(|e| format!("xz: {e}"))?;
-    } else {
-        let mut decoder = ruzstd::decoding::StreamingDecoder::new(&mut input)
-            .map_err(|e| format!("zstd: {e}"))?;
-        decoder
-            .read_to_end(&mut image)
-            .map_err(|e| format!("zstd: {e}"))?;
-    }
-    Ok(image)
 }

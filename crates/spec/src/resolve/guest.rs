@@ -154,6 +154,7 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec, interfaces: &[Interface
         working_directory: spec.working_directory.clone(),
         environment: spec.environment.clone(),
         network,
+        ssh: super::ssh::resolve(r, spec),
     }
 }
 

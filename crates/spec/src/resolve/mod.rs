@@ -4,6 +4,7 @@
 
 mod guest;
 mod net;
+mod ssh;
 mod storage;
 
 use std::path::{Path, PathBuf};
@@ -151,6 +152,15 @@ pub fn resolve(spec: &Spec, ctx: &Context<'_>) -> (Option<Config>, Vec<Diagnosti
     let storage = storage::resolve(&mut r, spec);
     let net = net::resolve(&mut r, spec, hypervisor);
     let guest = guest::resolve(&mut r, spec, &net.interfaces);
+    let qemu = hypervisor == Hypervisor::Qemu;
+    let fwd =
+        crate::forward::tap_forwards(qemu, &net.interfaces, &guest.network, &net.forward_ports);
+    if let Err(e) = fwd {
+        r.error(
+            KeyPath::root().key("forwardPorts"),
+            format!("MicroVM {}: {e}", r.vm),
+        );
+    }
     let kernel = resolve_kernel(&r, spec);
     let initrd_path = spec
         .initrd_path
@@ -602,7 +612,7 @@ fn warn_without_effect(r: &mut Resolver<'_>, spec: &Spec) {
     if spec.vsock.ssh.enable == Some(true) {
         r.warn(
             root.key("vsock").key("ssh").key("enable"),
-            "vsock.ssh.enable is not implemented yet: microvm's guest runs no sshd on vsock, and there is no `microvm ssh`",
+            "vsock.ssh.enable makes `microvm ssh` connect over vsock port 22; the guest must listen there itself (systemd 256's sshd-vsock generator, or socat from VSOCK-LISTEN:22 to sshd): microvm's init starts no such listener",
         );
     }
 }

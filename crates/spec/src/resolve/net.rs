@@ -109,11 +109,7 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec, hypervisor: Hypervisor)
             });
         }
     }
-    let user_net =
-        hypervisor == Hypervisor::Qemu && interfaces.iter().any(|i| i.kind == InterfaceType::User);
-    if !spec.forward_ports.is_empty() && !user_net {
-        r.error(root.key("forwardPorts"), format!("MicroVM {}: `config.microvm.forwardPorts` works only with qemu and one network interface with `type = \"user\"`", r.vm));
-    }
+    check_forwards(r, spec, &interfaces, &forward_ports, hypervisor);
 
     let mut devices = Vec::new();
     for (i, d) in spec.devices.iter().enumerate() {
@@ -157,6 +153,52 @@ pub(crate) fn resolve(r: &mut Resolver<'_>, spec: &Spec, hypervisor: Hypervisor)
         forward_ports,
         devices,
         pcie_root_ports,
+    }
+}
+
+/// Where forwarded ports can go: qemu's `user` networking (hostfwd), or a tap (the
+/// host's DNAT, [`crate::forward`]), which forwards from the host only, never from a
+/// loopback address; no two forwards of a VM listen on the same port.
+fn check_forwards(
+    r: &mut Resolver<'_>,
+    spec: &Spec,
+    interfaces: &[Interface],
+    ports: &[ForwardPort],
+    hypervisor: Hypervisor,
+) {
+    let root = KeyPath::root();
+    if spec.forward_ports.is_empty() {
+        return;
+    }
+    let hostfwd = crate::forward::uses_hostfwd(hypervisor == Hypervisor::Qemu, interfaces);
+    if !hostfwd && !interfaces.iter().any(|i| i.kind == InterfaceType::Tap) {
+        r.error(root.key("forwardPorts"), format!("MicroVM {}: `config.microvm.forwardPorts` works only with qemu and a network interface with `type = \"user\"` (hostfwd), or with a `tap` interface (nftables DNAT on the host)", r.vm));
+        return;
+    }
+    for (i, p) in ports.iter().enumerate() {
+        let at = root.key("forwardPorts").index(i);
+        if !hostfwd && p.from == ForwardFrom::Guest {
+            r.error(at.key("from"), format!("MicroVM {}: `from = \"guest\"` (qemu's guestfwd) needs a `user` interface; a VM on a tap reaches the host directly", r.vm));
+        }
+        if !hostfwd
+            && p.host_address
+                .parse::<Ipv4Addr>()
+                .is_ok_and(|a| a.is_loopback())
+        {
+            r.error(at.key("host").key("address"), format!("MicroVM {}: a tap VM's port cannot be forwarded from the loopback address {} (DNAT does not apply to it); leave `host.address` empty to forward it on every other host address", r.vm, p.host_address));
+        }
+        let key = |p: &ForwardPort| (p.from, p.proto, p.host_port);
+        let same_address = |a: &ForwardPort, b: &ForwardPort| {
+            a.host_address.is_empty()
+                || b.host_address.is_empty()
+                || a.host_address == b.host_address
+        };
+        if let Some(j) = ports[..i]
+            .iter()
+            .position(|q| key(q) == key(p) && same_address(q, p))
+        {
+            r.error(at.key("host").key("port"), format!("MicroVM {}: {} port {} is forwarded twice (forwardPorts[{j}] and forwardPorts[{i}])", r.vm, p.proto.name(), p.host_port));
+        }
     }
 }
 

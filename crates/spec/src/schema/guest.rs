@@ -141,3 +141,16 @@ pub struct StaticNetworkSpec {
     /// Ask a DHCP server for an address (after the static ones, if any).
     pub dhcp: Option<bool>,
 }
+
+/// `ssh`: what `microvm ssh` needs in the guest. The NixOS equivalent is
+/// `users.users.root.openssh.authorizedKeys.{keys,keyFiles}`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SshSpec {
+    /// Public keys (authorized_keys lines) allowed to log in as the guest's root.
+    #[serde(default)]
+    pub authorized_keys: Vec<String>,
+    /// Files of such lines (e.g. `~/.ssh/id_ed25519.pub`), relative to the definition.
+    #[serde(default)]
+    pub authorized_key_files: Vec<String>,
+}

@@ -56,6 +56,9 @@ pub struct Spec {
     /// Static network configuration of the guest's interfaces.
     #[serde(default)]
     pub network: Vec<StaticNetworkSpec>,
+    /// Keys for `microvm ssh` (the guest root's authorized keys).
+    #[serde(default)]
+    pub ssh: SshSpec,
     /// KVM use: `auto` (use it when it works, else fall back to TCG with a warning),
     /// `required` (fail when unusable), `disabled` (always TCG).
     pub kvm: Option<KvmMode>,

@@ -5,7 +5,9 @@
 //! host facts the plan depends on, the `microvm` binary itself (it embeds the guest init
 //! and decides every generated file), and the contents of every input file or directory
 //! the configuration names as build inputs: kernel, prebuilt initrd or store disk, root
-//! sources. Contents are hashed through the store's stat cache, so an unchanged input
+//! sources; and the hypervisor version the plan is for (configured, or detected from the
+//! binary, cached by its path, size and mtime), so an upgraded hypervisor makes the VM
+//! outdated. Contents are hashed through the store's stat cache, so an unchanged input
 //! costs one `stat`. Runtime paths (volumes, shares, sockets, devices, credential files)
 //! are not inputs of the runner: a volume written by the guest must not make a VM
 //! outdated.
@@ -43,6 +45,14 @@ fn input_paths(config: &Config) -> Vec<&Path> {
             _ => {}
         }
     }
+    out.extend(
+        config
+            .guest
+            .ssh
+            .authorized_key_files
+            .iter()
+            .map(std::path::PathBuf::as_path),
+    );
     out
 }
 
@@ -64,11 +74,15 @@ pub fn compute(loaded: &Loaded, host: &HostFacts, store: &Store) -> anyhow::Resu
     let exe_hash = store
         .hash_path(&exe)
         .with_context(|| format!("hashing {}", exe.display()))?;
+    // What the build plans with: the host facts with the detected version in them.
+    let mut host = host.clone();
+    let hypervisor = loaded.config.hypervisor;
+    crate::cmd::common::detect_version(hypervisor, &loaded.config, &mut host);
     Ok(combine(&[
         ("config", &config),
         (
             "host",
-            &serde_json::to_string(host).context("serialising host facts")?,
+            &serde_json::to_string(&host).context("serialising host facts")?,
         ),
         ("microvm", &exe_hash),
         ("inputs", &inputs),

@@ -7,7 +7,9 @@
 //! - top-level store entries (`<hash>-<name>`) and kernel caches (`.cache/kernels/<hash>`)
 //!   that nothing kept references;
 //! - scratch directories (`.store/.tmp/*`) and interrupted `create`/`remove` leftovers
-//!   (`<state>/.tmp-<name>-<pid>`, `.tmp-removing-*`) older than an hour.
+//!   (`<state>/.tmp-<name>-<pid>`, `.tmp-removing-*`) older than an hour;
+//! - records of past builds (`.store/.built/<key>.json`, what `plan` shows) that name an
+//!   artifact gc removes or that is gone already, and records that do not parse.
 //!
 //! Never collected: anything reachable, `.cache/debs` (downloaded kernel packages),
 //! `.stat-cache.json`, and `.tmp-volumes-*` (user data set aside by an interrupted
@@ -85,6 +87,13 @@ pub fn gc(state_root: &Path, args: &GcArgs) -> anyhow::Result<i32> {
         }
         freed += size;
         removed.push(c);
+    }
+    for record in stale_records(&store, &removed) {
+        freed += du(&record);
+        if !args.dry_run {
+            fs::remove_file(&record).with_context(|| format!("removing {}", record.display()))?;
+        }
+        removed.push(record);
     }
     let report = Report {
         dry_run: args.dry_run,
@@ -267,6 +276,36 @@ fn scan(path: &Path, needle: &str, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// The build records (`<store>/.built/*.json`) that name an artifact in `removed` or one
+/// that no longer exists, or that do not parse.
+fn stale_records(store: &Path, removed: &[PathBuf]) -> Vec<PathBuf> {
+    let gone = |artifact: &Path| {
+        !artifact.exists() || unit_of(store, artifact).is_some_and(|u| removed.contains(&u))
+    };
+    let mut out: Vec<PathBuf> = crate::cmd::built::records(store)
+        .into_iter()
+        .filter(|(_, artifacts)| match artifacts {
+            Some(a) => a.iter().any(|p| gone(p)),
+            None => true,
+        })
+        .map(|(path, _)| path)
+        .collect();
+    // A record being written (`.tmp-<pid>`) by a build that died.
+    if let Ok(entries) = fs::read_dir(store.join(".built")) {
+        out.extend(
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(".tmp-"))
+                })
+                .filter(|p| old(p)),
+        );
+    }
+    out
+}
+
 /// Units that may be collected, and `.tmp-volumes-*` directories (reported only).
 fn candidates(state: &Path, store: &Path) -> anyhow::Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     let mut out = Vec::new();
@@ -364,6 +403,50 @@ mod tests {
         );
         assert_eq!(unit_of(s, Path::new("/st/.cache/debs/x.deb")), None);
         assert_eq!(unit_of(s, Path::new("/elsewhere/x")), None);
+    }
+
+    #[test]
+    fn stale_build_records_are_the_ones_naming_removed_or_missing_artifacts() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = tmp.path();
+        let built = store.join(".built");
+        fs::create_dir_all(&built).expect("mkdir");
+        for entry in ["k1-kernel", "i1-initrd", "i2-initrd"] {
+            fs::create_dir_all(store.join(entry)).expect("mkdir");
+            fs::write(store.join(entry).join("f"), "x").expect("write");
+        }
+        let record = |name: &str, initrd: &str| {
+            let text = serde_json::json!({
+                "kernel": store.join("k1-kernel/f"),
+                "vmlinux": null,
+                "initrd": store.join(initrd),
+                "storeDisk": null,
+                "kernelParams": [],
+            });
+            fs::write(built.join(name), text.to_string()).expect("write record");
+        };
+        record("kept.json", "i1-initrd/f");
+        record("removed.json", "i2-initrd/f");
+        record("missing.json", "i3-initrd/f");
+        fs::write(built.join("garbage.json"), "{").expect("write");
+        fs::write(built.join(".tmp-1"), "{").expect("write");
+        fs::write(built.join(".tmp-2"), "{").expect("write");
+        let touched = std::process::Command::new("touch")
+            .args(["-d", "2 hours ago"])
+            .arg(built.join(".tmp-1"))
+            .status()
+            .expect("touch");
+        assert!(touched.success());
+        let mut stale = stale_records(store, &[store.join("i2-initrd")]);
+        stale.sort();
+        let names: Vec<_> = stale
+            .iter()
+            .map(|p| p.file_name().expect("name").to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [".tmp-1", "garbage.json", "missing.json", "removed.json"]
+        );
     }
 
     #[test]

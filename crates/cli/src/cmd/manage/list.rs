@@ -28,7 +28,8 @@ struct Entry {
     source: Option<PathBuf>,
     adopted: Option<PathBuf>,
     managed_by: Option<PathBuf>,
-    /// Leased addresses on microvm networks, `ADDRESS (NETWORK)` (docs/network.md).
+    /// Static addresses, `ADDRESS (static)`, and leases on microvm networks,
+    /// `ADDRESS (NETWORK)` (docs/network.md), as `status` shows them.
     addresses: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
@@ -43,7 +44,9 @@ pub fn list(state_root: &Path, args: &ListArgs) -> anyhow::Result<i32> {
         Some(ctx.open_store()?)
     };
     let host = super::host_facts()?;
-    let nets = Networks::new(state_root, Tools::system());
+    let leases = Networks::new(state_root, Tools::system())
+        .all_leases()
+        .unwrap_or_default();
     let mut entries = Vec::new();
     for name in &names {
         let vm = ctx.state.vm(name);
@@ -69,7 +72,7 @@ pub fn list(state_root: &Path, args: &ListArgs) -> anyhow::Result<i32> {
         };
         let addresses = current
             .as_deref()
-            .map(|r| nets.addresses_of(r))
+            .map(|r| crate::cmd::ssh::addresses(r, &leases))
             .unwrap_or_default();
         entries.push(Entry {
             name: name.to_string(),

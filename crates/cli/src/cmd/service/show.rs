@@ -22,9 +22,23 @@ struct Report<'a> {
     booted: Option<PathBuf>,
     current: Option<PathBuf>,
     run: Option<&'a RunRecord>,
+    /// Static addresses and leases on microvm networks, `ADDRESS (NETWORK)`, as in `list`.
+    addresses: Vec<String>,
 }
 
-pub fn status(vm: &VmDir, json: bool) -> anyhow::Result<i32> {
+/// The VM's addresses (its booted runner's, else its current one's).
+fn addresses(state_root: &Path, vm: &VmDir) -> Vec<String> {
+    use microvm_host::network::{Networks, Tools};
+    let Some(runner) = vm.booted().or_else(|| vm.current()) else {
+        return Vec::new();
+    };
+    let leases = Networks::new(state_root, Tools::system())
+        .all_leases()
+        .unwrap_or_default();
+    crate::cmd::ssh::addresses(&runner, &leases)
+}
+
+pub fn status(state_root: &Path, vm: &VmDir, json: bool) -> anyhow::Result<i32> {
     if microvm_host::privilege::is_root() {
         super::control::recover_dead(vm);
     }
@@ -35,6 +49,7 @@ pub fn status(vm: &VmDir, json: bool) -> anyhow::Result<i32> {
         .as_ref()
         .filter(|_| live)
         .map(|r| now().saturating_sub(r.started));
+    let addresses = addresses(state_root, vm);
     if json {
         let report = Report {
             name: vm.name().as_str(),
@@ -43,6 +58,7 @@ pub fn status(vm: &VmDir, json: bool) -> anyhow::Result<i32> {
             booted: vm.booted(),
             current: vm.current(),
             run: rec.as_ref(),
+            addresses,
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(OK);
@@ -71,6 +87,9 @@ pub fn status(vm: &VmDir, json: bool) -> anyhow::Result<i32> {
     }
     if let Some(r) = vm.booted().or(status.runner.clone()) {
         println!("  runner:     {}", r.display());
+    }
+    if !addresses.is_empty() {
+        println!("  addresses:  {}", addresses.join(", "));
     }
     if let Some(rec) = &rec {
         if let Some(pid) = status.state.supervisor_pid() {
