@@ -99,13 +99,26 @@ pub(super) fn running(tools: &Tools, dir: &Path) -> Option<u32> {
     })
 }
 
+/// The pid a pid file names. dnsmasq's belongs to the user it runs as, so at most 32
+/// bytes are read.
+pub(super) fn read_pid(pid_file: &Path) -> Option<u32> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    fs::File::open(pid_file)
+        .ok()?
+        .take(32)
+        .read_to_string(&mut text)
+        .ok()?;
+    text.trim().parse().ok()
+}
+
 /// The pid in `pid_file` when that process runs and its argv passes `check`.
 pub(super) fn pid_running(
     tools: &Tools,
     pid_file: &Path,
     check: impl Fn(&[&[u8]]) -> bool,
 ) -> Option<u32> {
-    let pid: u32 = fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    let pid = read_pid(pid_file)?;
     let cmdline = fs::read(tools.procfs.join(pid.to_string()).join("cmdline")).ok()?;
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
     check(&args).then_some(pid)
@@ -195,6 +208,20 @@ mod tests {
             assert!(a.iter().any(|x| x == want), "{want} in {a:?}");
         }
         assert!(!a.iter().any(|x| x == "--enable-ra"), "no IPv6: {a:?}");
+    }
+
+    #[test]
+    fn pid_files_are_read_within_bounds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("pid");
+        fs::write(&f, "4242\n").expect("write");
+        assert_eq!(read_pid(&f), Some(4242));
+        // What follows the first 32 bytes (1 MiB of garbage here) is never read.
+        fs::write(&f, format!("4242{}x", " ".repeat(1 << 20))).expect("write");
+        assert_eq!(read_pid(&f), Some(4242));
+        fs::write(&f, "9".repeat(1 << 20)).expect("write");
+        assert_eq!(read_pid(&f), None);
+        assert_eq!(read_pid(&dir.path().join("missing")), None);
     }
 
     #[test]

@@ -131,7 +131,7 @@ impl Networks {
         bridge::ensure(&self.tools, &config)?;
         nat::apply(&self.tools, &config)?;
         let result = self.run_dnsmasq(name, &dir, stop, log, ready);
-        if fs::read_to_string(&pid_file).is_ok_and(|p| p.trim() == std::process::id().to_string()) {
+        if dnsmasq::read_pid(&pid_file) == Some(std::process::id()) {
             let _ = fs::remove_file(&pid_file);
         }
         let _ = fs::remove_file(dir.join(dnsmasq::PID));
@@ -194,9 +194,8 @@ impl Networks {
         ready: &mut dyn FnMut(u32),
     ) -> (String, bool) {
         let mut announced = false;
-        let own_pid = child.id().to_string();
-        let wrote_pid =
-            || fs::read_to_string(dir.join(dnsmasq::PID)).is_ok_and(|p| p.trim() == own_pid);
+        let own_pid = child.id();
+        let wrote_pid = || dnsmasq::read_pid(&dir.join(dnsmasq::PID)) == Some(own_pid);
         loop {
             match child.try_wait() {
                 Ok(Some(status)) => return (format!("exited ({status})"), wrote_pid()),
