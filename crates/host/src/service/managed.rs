@@ -267,15 +267,8 @@ pub fn supervise(
             refused: end.refused,
         });
         if let Some(r) = end.refused {
-            let reason = format!(
-                "{}; refused: {}, not started again",
-                end.reason,
-                r.describe()
-            );
-            report(&format!(
-                "start refused ({}): waiting cannot change it, so the VM is not started again",
-                r.describe()
-            ));
+            report(&r.log_line());
+            let reason = r.status_reason(&end.reason);
             write_end(vm, &rec, &End { reason, ..end }, None);
             break refusal::REFUSED_EXIT;
         }

@@ -45,6 +45,19 @@ impl Refusal {
             Refusal::Kvm => "KVM cannot run the guest",
         }
     }
+
+    /// The supervisor's log line for a refused start.
+    pub fn log_line(self) -> String {
+        format!(
+            "start refused ({}): waiting cannot change it, so the VM is not started again",
+            self.describe()
+        )
+    }
+
+    /// The `failed` status's reason: the attempt's `reason`, and that it was refused.
+    pub fn status_reason(self, reason: &str) -> String {
+        format!("{reason}; refused: {}, not started again", self.describe())
+    }
 }
 
 /// The refusal `e` is, or `None` when a later start may pass (crashes, timeouts, helpers,
