@@ -104,3 +104,46 @@ fn service_image_locked_by_another_vm_is_refused_once() {
     assert!(alive(hv_a), "A's hypervisor runs on\n{}", a.logs());
     assert!(a.microvm(&["stop", "rf-a"]).status.success());
 }
+
+/// A tap name taken by a link microvm did not create (a bridge the test makes in the VM's
+/// namespace): the start is refused before the hypervisor runs, the link is left alone.
+#[test]
+fn service_tap_name_taken_is_refused_once() {
+    let test = "service_tap_name_taken_is_refused_once";
+    if require(test, false).is_none() {
+        return;
+    }
+    let Some(kernel) = microvm_kernel(test) else {
+        return;
+    };
+    let tables = tap_tables("rf-tap0", "02:00:00:00:5f:01", "10.77.9.2");
+    let vm = Vm::with_guest("rf-t", &kernel, root(), "", &tables);
+    assert!(
+        sh(&["ip", "-n", &vm.netns, "link", "add", "rf-tap0", "type", "bridge"])
+            .status
+            .success()
+    );
+    let out = vm.microvm(&["start", "rf-t"]);
+    assert!(
+        !out.status.success(),
+        "started over a foreign link\n{}",
+        vm.logs()
+    );
+    let st = vm.status_json();
+    assert_eq!(st["status"]["state"], "failed", "{st}");
+    assert_eq!(st["run"]["lastExit"]["refused"], "interface-taken", "{st}");
+    assert_eq!(st["run"]["attempt"], 1, "{st}");
+    let reason = st["status"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("microvm did not create it")
+            && reason.contains("refused: an interface is not the VM's"),
+        "{reason}"
+    );
+    let log = fs::read_to_string(vm.vmdir().join("supervisor.log")).unwrap_or_default();
+    assert!(!log.contains("restarting"), "{log}");
+    assert!(
+        vm.links().contains("rf-tap0"),
+        "the foreign link is kept: {}",
+        vm.links()
+    );
+}
