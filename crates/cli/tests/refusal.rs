@@ -147,3 +147,41 @@ fn service_tap_name_taken_is_refused_once() {
         vm.links()
     );
 }
+
+/// `current` names a directory that is no runner (its build was removed by hand): the
+/// supervisor refuses before it writes any state, and exits 78 even with `--restart always`.
+#[test]
+fn supervise_refuses_an_unusable_runner() {
+    let test = "supervise_refuses_an_unusable_runner";
+    if require(test, false).is_none() {
+        return;
+    }
+    let Some(kernel) = microvm_kernel(test) else {
+        return;
+    };
+    let vm = Vm::with_guest("rf-r", &kernel, root(), "", "");
+    let empty = vm.dir.path().join("not-a-runner");
+    fs::create_dir_all(empty.join("share/microvm")).expect("mkdir");
+    let current = vm.vmdir().join("current");
+    fs::remove_file(&current).expect("current");
+    std::os::unix::fs::symlink(&empty, &current).expect("current");
+    let out = Command::new("timeout")
+        .args(["120"])
+        .arg(bin())
+        .arg("--state-dir")
+        .arg(vm.state())
+        .args(["supervise", "rf-r", "--restart", "always"])
+        .env("PATH", path_var())
+        .stdin(Stdio::null())
+        .output()
+        .expect("supervise");
+    let text = String::from_utf8_lossy(&out.stderr);
+    eprintln!("supervise → {}\n{text}", out.status);
+    assert_eq!(out.status.code(), Some(78), "{text}");
+    assert!(
+        text.contains("invocation.json")
+            && text.contains("start refused (the runner is not usable)"),
+        "{text}"
+    );
+    assert!(!text.contains("restarting"), "{text}");
+}

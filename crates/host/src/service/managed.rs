@@ -132,6 +132,9 @@ pub enum ServiceError {
     Pci(#[from] pci::PciError),
     #[error(transparent)]
     Forward(#[from] crate::network::forward::ForwardError),
+    /// What [`load_runner`] said of the runner `current` names, before the first start.
+    #[error(transparent)]
+    UnusableRunner(Box<ServiceError>),
     #[error(transparent)]
     State(#[from] crate::state::StateError),
     #[error("VM {name} is already supervised by pid {pid}")]
@@ -226,7 +229,8 @@ pub fn supervise(
         name: name.clone(),
         dir: vm.path().to_path_buf(),
     })?;
-    load_runner(&current)?; // fail before writing any state when it is unusable
+    // Fail before writing any state when it is unusable.
+    load_runner(&current).map_err(|e| ServiceError::UnusableRunner(Box::new(e)))?;
     vm.write_supervisor_pid(me)?;
     let mut rec = RunRecord {
         supervisor_pid: me,

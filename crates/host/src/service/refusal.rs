@@ -64,7 +64,9 @@ impl Refusal {
 /// I/O, pre-start steps).
 pub fn classify(e: &ServiceError) -> Option<Refusal> {
     match e {
-        ServiceError::NoCurrent { .. } | ServiceError::Invocation { .. } => Some(Refusal::Runner),
+        ServiceError::NoCurrent { .. }
+        | ServiceError::Invocation { .. }
+        | ServiceError::UnusableRunner(_) => Some(Refusal::Runner),
         ServiceError::TunAccess { .. } => Some(Refusal::Access),
         ServiceError::Net(NetError::NotOurs { .. }) => Some(Refusal::InterfaceTaken),
         ServiceError::Forward(f) => forward(f),
@@ -186,6 +188,11 @@ mod tests {
             source: json,
         };
         assert_eq!(classify(&bad), Some(Refusal::Runner));
+        let gone = ServiceError::UnusableRunner(Box::new(ServiceError::Read {
+            path: PathBuf::from("/x/share/microvm/invocation.json"),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        }));
+        assert_eq!(classify(&gone), Some(Refusal::Runner));
         let tun = ServiceError::TunAccess {
             user: "microvm".into(),
             mode: 0o600,
