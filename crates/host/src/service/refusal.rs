@@ -29,8 +29,6 @@ pub enum Refusal {
     Runner,
     /// The host refuses the hypervisor's user something it needs (`/dev/net/tun`).
     Access,
-    /// KVM cannot run this guest on this host.
-    Kvm,
 }
 
 impl Refusal {
@@ -42,7 +40,6 @@ impl Refusal {
             Refusal::InterfaceTaken => "an interface is not the VM's",
             Refusal::Runner => "the runner is not usable",
             Refusal::Access => "the host denies the hypervisor's user",
-            Refusal::Kvm => "KVM cannot run the guest",
         }
     }
 
@@ -61,7 +58,8 @@ impl Refusal {
 }
 
 /// The refusal `e` is, or `None` when a later start may pass (crashes, timeouts, helpers,
-/// I/O, pre-start steps).
+/// I/O, pre-start steps, and KVM failures: one may come of the guest's own doing after it
+/// ran for a while).
 pub fn classify(e: &ServiceError) -> Option<Refusal> {
     match e {
         ServiceError::NoCurrent { .. }
@@ -70,7 +68,6 @@ pub fn classify(e: &ServiceError) -> Option<Refusal> {
         ServiceError::TunAccess { .. } => Some(Refusal::Access),
         ServiceError::Net(NetError::NotOurs { .. }) => Some(Refusal::InterfaceTaken),
         ServiceError::Forward(f) => forward(f),
-        ServiceError::Run(RunError::KvmFailed { .. }) => Some(Refusal::Kvm),
         ServiceError::Run(RunError::HypervisorFailed {
             program,
             stderr_tail,
@@ -198,11 +195,6 @@ mod tests {
             mode: 0o600,
         };
         assert_eq!(classify(&tun), Some(Refusal::Access));
-        let kvm = ServiceError::Run(RunError::KvmFailed {
-            program: "qemu-system-x86_64".into(),
-            line: "KVM internal error".into(),
-        });
-        assert_eq!(classify(&kvm), Some(Refusal::Kvm));
     }
 
     #[test]
@@ -225,6 +217,11 @@ mod tests {
             stderr_tail: LOCKED.into(),
         });
         assert_eq!(classify(&ready), None);
+        let kvm = ServiceError::Run(RunError::KvmFailed {
+            program: "qemu-system-x86_64".into(),
+            line: "KVM internal error. Suberror: 1".into(),
+        });
+        assert_eq!(classify(&kvm), None);
     }
 
     #[test]
