@@ -50,6 +50,11 @@ fn service_image_locked_by_another_vm_is_refused_once() {
         err.contains("Failed to get \"write\" lock"),
         "the refusal names qemu's lock: {err}"
     );
+    assert!(
+        err.contains("rf-b did not start: qemu-system-x86_64 ended with")
+            && err.contains("refused: a disk image is locked by another process"),
+        "`start` gives the supervisor's reason: {err}"
+    );
     let st = b.status_json();
     assert_eq!(st["status"]["state"], "failed", "{st}");
     let reason = st["status"]["reason"].as_str().unwrap_or_default();
@@ -128,6 +133,11 @@ fn service_tap_name_taken_is_refused_once() {
         !out.status.success(),
         "started over a foreign link\n{}",
         vm.logs()
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rf-t did not start: interface rf-tap0 already exists"),
+        "{err}"
     );
     let st = vm.status_json();
     assert_eq!(st["status"]["state"], "failed", "{st}");
