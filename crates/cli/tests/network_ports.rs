@@ -479,6 +479,13 @@ fn forwarded_ports_reach_a_guest_on_a_multi_queue_tap_and_leave_no_rule() {
         why.contains("cannot forward tcp *:8080 for VM n2-web2: VM n2-web forwards it already"),
         "{why}"
     );
+    // Refused (docs/host.md, "Refused starts"): no restart was scheduled.
+    let log =
+        fs::read_to_string(host.state().join(other).join("supervisor.log")).unwrap_or_default();
+    assert!(
+        log.contains("start refused (a forwarded port is taken)") && !log.contains("restarting"),
+        "{log}"
+    );
     let _ = host.microvm(&["stop", other]);
     assert!(!host.ruleset().contains("microvm-fwd-n2-web2"));
     assert!(!host.links().contains("n2tap1"));
