@@ -188,11 +188,14 @@ fn service_hypervisor_killed_is_cleaned_up_and_restarted() {
     );
     assert!(!vm.vmdir().join("booted").exists(), "booted cleared");
 
-    // The restart policy brings it back.
+    // The restart policy brings it back (run.json has its ready time a moment before
+    // status.json says running: wait for both).
     assert!(
         wait_for("the restart", Duration::from_secs(90), || {
             let r = vm.run_record();
-            r["attempt"] == 2 && r["ready"].is_u64()
+            r["attempt"] == 2
+                && r["ready"].is_u64()
+                && vm.status_json()["status"]["state"] == "running"
         }),
         "{}",
         vm.logs()
