@@ -185,6 +185,16 @@ impl Host {
         );
     }
 
+    /// `start NAME` fails, and says `why` (on stderr or in the supervisor's log); then
+    /// `stop NAME`.
+    fn start_refused(&self, name: &str, why: &str) {
+        let out = self.microvm(&["start", name]);
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stderr), self.log(name));
+        assert!(!out.status.success(), "{said}");
+        assert!(said.contains(why), "{said}");
+        let _ = self.microvm(&["stop", name]);
+    }
+
     fn stop(&self, name: &str) {
         let out = self.microvm(&["stop", name]);
         assert!(out.status.success(), "stop {name}\n{}", self.log(name));
@@ -371,18 +381,10 @@ fn forwarded_ports_reach_a_guest_on_a_multi_queue_tap_and_leave_no_rule() {
     // A second VM forwarding the same port is refused before it boots.
     let other = "n2-web2";
     host.install(other, 1, &tap("n2tap1", "02:00:00:22:00:02"));
-    let out = host.microvm(&["start", other]);
-    let why = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stderr),
-        host.log(other)
+    host.start_refused(
+        other,
+        "cannot forward tcp *:8080 for VM n2-web2: VM n2-web forwards it already",
     );
-    assert!(!out.status.success(), "{why}");
-    assert!(
-        why.contains("cannot forward tcp *:8080 for VM n2-web2: VM n2-web forwards it already"),
-        "{why}"
-    );
-    let _ = host.microvm(&["stop", other]);
     assert!(!host.ruleset().contains("microvm-fwd-n2-web2"));
     assert!(!host.links().contains("n2tap1"));
     assert!(!net_dir.join("hosts").join(other).exists());
@@ -427,18 +429,10 @@ fn forwarded_ports_reach_a_guest_on_a_multi_queue_tap_and_leave_no_rule() {
          [[network]]\ninterface = \"n2tap3\"\ndhcp = true\n\n\
          [[forwardPorts]]\nhost.port = 8083\nguest.port = 80\n",
     );
-    let out = host.microvm(&["start", plain]);
-    let why = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stderr),
-        host.log(plain)
+    host.start_refused(
+        plain,
+        "cannot forward the ports of VM n2-plain: tap n2tap3 takes its address by DHCP, but its bridge n2plain is not a microvm network",
     );
-    assert!(!out.status.success(), "{why}");
-    assert!(
-        why.contains("cannot forward the ports of VM n2-plain: tap n2tap3 takes its address by DHCP, but its bridge n2plain is not a microvm network"),
-        "{why}"
-    );
-    let _ = host.microvm(&["stop", plain]);
     assert!(!host.ruleset().contains("microvm-fwd-n2-plain"));
 
     host.stop(web);

@@ -83,13 +83,7 @@ impl Container {
             .stdin(Stdio::null())
             .output()
             .expect("nsenter");
-        eprintln!(
-            "[container] $ {} → {}\n{}{}",
-            argv.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        echo(&format!("[container] $ {}", argv.join(" ")), &out);
         out
     }
 
@@ -155,6 +149,17 @@ fn systemd_units_start_notify_stop_and_log() {
     let out = ct.exec(&[&microvm, "--state-dir", &state, "host", "install"]);
     assert!(out.status.success(), "host install in the container");
     let unit = "microvm@svc-sd.service";
+    let status = || -> serde_json::Value {
+        let st = ct.exec(&[
+            &microvm,
+            "--state-dir",
+            &state,
+            "status",
+            "svc-sd",
+            "--json",
+        ]);
+        serde_json::from_slice(&st.stdout).expect("status json")
+    };
     assert_eq!(ct.show(unit, "Type"), "notify");
 
     // `host apply` keeps microvms.target's wants in step (and reloads systemd).
@@ -174,15 +179,7 @@ fn systemd_units_start_notify_stop_and_log() {
     let out = ct.exec(&["systemctl", "start", unit]);
     assert!(out.status.success(), "systemctl start\n{}", vm.logs());
     assert_eq!(ct.show(unit, "ActiveState"), "active");
-    let st = ct.exec(&[
-        &microvm,
-        "--state-dir",
-        &state,
-        "status",
-        "svc-sd",
-        "--json",
-    ]);
-    let st: serde_json::Value = serde_json::from_slice(&st.stdout).expect("status json");
+    let st = status();
     assert_eq!(st["status"]["state"], "running", "{st}");
     assert_eq!(
         ct.show(unit, "MainPID"),
@@ -233,15 +230,7 @@ fn systemd_units_start_notify_stop_and_log() {
         "graceful stop\n{}",
         vm.logs()
     );
-    let st = ct.exec(&[
-        &microvm,
-        "--state-dir",
-        &state,
-        "status",
-        "svc-sd",
-        "--json",
-    ]);
-    let st: serde_json::Value = serde_json::from_slice(&st.stdout).expect("status json");
+    let st = status();
     assert_eq!(st["status"]["state"], "stopped", "{st}");
     assert!(
         machined_show(&ct, "svc-sd").is_none(),

@@ -318,14 +318,18 @@ pub fn microvm_in(label: &str, netns: &str, state: &Path, args: &[&str]) -> Outp
         .stdin(Stdio::null())
         .output()
         .expect("microvm");
+    echo(&format!("$ {label}microvm {}", args.join(" ")), &out);
+    out
+}
+
+/// Prints `command`, its exit status and its output.
+pub fn echo(command: &str, out: &Output) {
     eprintln!(
-        "$ {label}microvm {} → {}\n{}{}",
-        args.join(" "),
+        "{command} → {}\n{}{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    out
 }
 
 /// A managed VM in its own state directory and network namespace.
