@@ -5,25 +5,13 @@
 //! Needs root (mount) and the cloud test kernel; without them the test says why and
 //! passes (under `CI` it fails instead).
 
+mod service_harness;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("workspace root")
-}
-
-fn kernel() -> PathBuf {
-    let dir = match std::env::var_os("MICROVM_TEST_KERNELS") {
-        Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
-        Some(d) => workspace().join(d),
-        None => workspace().join("target/test-kernels"),
-    };
-    dir.join("cloud.deb")
-}
+use service_harness::kernel;
 
 fn skip(why: &str) {
     assert!(
@@ -57,6 +45,17 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.0).status();
     }
+}
+
+/// No scratch file or directory (a name with `tmp`) is left under `state`, but the
+/// store's own scratch directory.
+fn assert_no_scratch(state: &Path) {
+    let scratch: Vec<String> = tree(state)
+        .into_iter()
+        .filter(|p| p.rsplit('/').next().is_some_and(|n| n.contains("tmp")))
+        .filter(|p| p != ".store/.tmp")
+        .collect();
+    assert!(scratch.is_empty(), "scratch left: {scratch:?}");
 }
 
 #[test]
@@ -228,12 +227,7 @@ fn a_build_killed_at_any_point_leaves_no_orphan_and_no_scratch() {
         update().status().expect("update").success(),
         "the next update works"
     );
-    let scratch: Vec<String> = tree(&state)
-        .into_iter()
-        .filter(|p| p.rsplit('/').next().is_some_and(|n| n.contains("tmp")))
-        .filter(|p| p != ".store/.tmp")
-        .collect();
-    assert!(scratch.is_empty(), "scratch left: {scratch:?}");
+    assert_no_scratch(&state);
 }
 
 /// Two `create`s of different VMs and then two `update`s of one VM (after its definition
@@ -311,12 +305,7 @@ fn concurrent_creates_and_updates_are_consistent() {
             assert!(inv.contains("384"), "ca runs the updated definition");
         }
     }
-    let scratch: Vec<String> = tree(&state)
-        .into_iter()
-        .filter(|p| p.rsplit('/').next().is_some_and(|n| n.contains("tmp")))
-        .filter(|p| p != ".store/.tmp")
-        .collect();
-    assert!(scratch.is_empty(), "scratch left: {scratch:?}");
+    assert_no_scratch(&state);
 }
 
 /// Attack 1 of issue 10: with a state root the hypervisors' group could write, a member
