@@ -6,12 +6,14 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub mod netns;
 
-pub const MAX_VMS: usize = 2;
+#[path = "../common/slot.rs"]
+mod slot;
+pub use slot::Slot;
 
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -204,36 +206,6 @@ pub fn root() -> &'static PathBuf {
         }
         dest
     })
-}
-
-pub struct Slots {
-    used: Mutex<usize>,
-    freed: Condvar,
-}
-
-pub static SLOTS: Slots = Slots {
-    used: Mutex::new(0),
-    freed: Condvar::new(),
-};
-
-pub struct Slot;
-
-impl Slot {
-    pub fn acquire() -> Slot {
-        let mut used = SLOTS.used.lock().unwrap_or_else(|e| e.into_inner());
-        while *used >= MAX_VMS {
-            used = SLOTS.freed.wait(used).unwrap_or_else(|e| e.into_inner());
-        }
-        *used += 1;
-        Slot
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        *SLOTS.used.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
-        SLOTS.freed.notify_one();
-    }
 }
 
 /// Creates the `microvm` user and group (what `host install` does) once.
