@@ -7,6 +7,7 @@
 //! | 2 | bad command-line usage (from clap) |
 //! | 3 | the definition is invalid |
 //! | 4 | the definition is valid but the hypervisor cannot run it (unsupported feature, KVM required) |
+//! | 78 | `supervise`, `run NAME`: the start was refused for a reason waiting cannot change |
 //! | 121 | `run`: the guest init failed (it reported what failed and powered off) |
 //! | 122 | `run`: the hypervisor did not stop within the shutdown timeout and was killed |
 //!
@@ -20,6 +21,8 @@ pub const EXIT_CODES_HELP: &str = "Exit codes:
   3    the definition is invalid (every problem is printed), or an input it names is missing
   4    the definition is valid but the hypervisor cannot run it (an unsupported feature, or
        KVM required but unusable)
+  78   `supervise`, `run NAME`: the start was refused for a reason waiting cannot change
+       (an image locked by another VM, a port or interface taken); not started again
   121  `run`: the guest init failed (it printed what failed and powered off)
   122  `run`: the hypervisor did not stop within the shutdown timeout and was killed
 

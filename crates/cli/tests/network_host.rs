@@ -7,21 +7,35 @@
 //!   and through `host apply`; a killed supervisor is replaced by the next `create`;
 //!   removing leaves no link, nftables table, lease file or process;
 //! - a VM (the microvm kernel, qemu) gets a lease after dnsmasq was killed and came back,
-//!   gets an IPv6 address by SLAAC and pings the bridge over IPv6, and its init renews
-//!   the 2-minute lease at T1;
+//!   gets an IPv6 address by SLAAC, pings the bridge over IPv6 and an uplink through
+//!   NAT66, and its init renews the 2-minute lease at T1; so does the process the init
+//!   leaves behind for a second VM that runs its own init (busybox init);
+//! - a Debian systemd guest with systemd-networkd hands its lease over to networkd, which
+//!   keeps the address and renews it, and gets a SLAAC address (network_host/systemd_guest.rs);
 //! - under a real systemd (PID 1 of a `systemd-nspawn` container, as in tests/systemd.rs)
 //!   the network is `microvm-network@NAME.service`: dnsmasq and the supervisor both come
 //!   back after `kill -9`, a client gets a lease, and removal disables the unit.
 //!
 //! Prerequisites (root, iproute2 with netns, nft, dnsmasq, busybox-static; qemu and the
-//! microvm kernel for the VM; systemd-nspawn and nsenter for the unit): a missing one
+//! microvm kernel for the VMs; mmdebstrap, the network and the cloud kernel for the
+//! systemd guest; systemd-nspawn and nsenter for the unit): a missing one
 //! skips the test with a printed reason, or fails it when `CI` is set.
+
+#[path = "common/container.rs"]
+mod container;
+#[path = "network_host/guests.rs"]
+mod guests;
+#[path = "network_host/systemd_guest.rs"]
+mod systemd_guest;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use container::Container;
+use guests::{busybox_root, init_root, lease_of, microvm_kernel, work_dir, Guests, VmProcess};
 
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_microvm"))
@@ -430,6 +444,21 @@ fn host_apply_changes_ipv6_and_the_lease_time_and_removes_everything() {
     assert_gone(&h, &state, "n3h", "n3br3");
 }
 
+/// The "internet" for NAT66: fd90::2 in `up`, behind `up0` of `host` (the host's default
+/// route), with no route back to the VMs' prefix.
+fn ipv6_uplink(host: &str, up: &str) {
+    ok(&[
+        "ip", "-n", host, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", up,
+    ]);
+    for (n, dev, addr) in [(host, "up0", "fd90::1/64"), (up, "eth0", "fd90::2/64")] {
+        ok(&["ip", "-n", n, "addr", "add", addr, "dev", dev, "nodad"]);
+        ok(&["ip", "-n", n, "link", "set", dev, "up"]);
+    }
+    ok(&[
+        "ip", "-n", host, "-6", "route", "add", "default", "via", "fd90::2",
+    ]);
+}
+
 /// `host apply FILE` with `text`, which must fail; its stderr.
 fn apply_err(ns: &str, state: &Path, file: &Path, text: &str) -> String {
     fs::write(file, text).expect("host file");
@@ -450,74 +479,13 @@ fn apply_err(ns: &str, state: &Path, file: &Path, text: &str) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// The microvm kernel's directory (`microvm kernel build`; scripts/build-test-kernel.sh).
-fn microvm_kernel() -> PathBuf {
-    let rel = |d: std::ffi::OsString| {
-        let d = PathBuf::from(d);
-        if d.is_absolute() {
-            d
-        } else {
-            workspace().join(d)
-        }
-    };
-    match std::env::var_os("MICROVM_TEST_MICROVM_KERNEL") {
-        Some(d) => rel(d),
-        None => std::env::var_os("MICROVM_TEST_KERNELS")
-            .map(rel)
-            .unwrap_or_else(|| workspace().join("target/test-kernels"))
-            .join("microvm"),
-    }
-}
-
-/// `target/network-tests` (shared with tests/network.rs): the busybox root and the store.
-fn work_dir() -> PathBuf {
-    let d = bin()
-        .parent()
-        .and_then(Path::parent)
-        .map(|t| t.join("network-tests"))
-        .unwrap_or_else(|| workspace().join("target/network-tests"));
-    fs::create_dir_all(&d).expect("network-tests dir");
-    d
-}
-
-/// A busybox root (every applet linked) for single-command guests.
-fn busybox_root() -> PathBuf {
-    let dest = work_dir().join("root-v1");
-    if dest.join("bin/busybox").is_file() {
-        return dest;
-    }
-    let tmp = work_dir().join(format!("root.tmp-n3-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
-    for d in ["bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp"] {
-        fs::create_dir_all(tmp.join(d)).expect("mkdir");
-    }
-    fs::copy("/bin/busybox", tmp.join("bin/busybox")).expect("busybox");
-    let list = ok(&[tmp.join("bin/busybox").to_str().expect("utf-8"), "--list"]);
-    for applet in list.split_whitespace().filter(|a| *a != "busybox") {
-        let _ = std::os::unix::fs::symlink("busybox", tmp.join("bin").join(applet));
-    }
-    if fs::rename(&tmp, &dest).is_err() {
-        let _ = fs::remove_dir_all(&tmp);
-    }
-    dest
-}
-
-/// The lease file's `(expiry, ip)` for `mac`.
-fn lease_of(state: &Path, net: &str, mac: &str) -> Option<(u64, String)> {
-    let text = fs::read_to_string(state.join(".networks").join(net).join("leases")).ok()?;
-    text.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        if f.len() < 3 || !f[1].eq_ignore_ascii_case(mac) {
-            return None;
-        }
-        Some((f[0].parse().ok()?, f[2].to_string()))
-    })
-}
-
 /// A VM on a network whose dnsmasq was killed and came back: it gets a DHCP lease, an
 /// IPv6 address by SLAAC (the router advertisements of dnsmasq), pings the bridge over
-/// IPv6 and IPv4 and an uplink address through NAT66; its init renews the 2-minute lease at T1 (the console says so and
-/// the lease file's expiry moves on). Stopping the VM and removing the network leaves
+/// IPv6 and IPv4 and an uplink address through NAT66; its init renews the 2-minute lease
+/// at T1 (the console says so and the lease file's expiry moves on). A second VM with its
+/// own init (busybox init) has its lease renewed by the process the init left behind.
+/// When the network's subnet changes under them, both are refused at their next renewal
+/// and take a lease in the new subnet. Stopping the VMs and removing the network leaves
 /// nothing behind.
 #[test]
 fn a_vm_gets_a_lease_after_a_dnsmasq_restart_pings_over_ipv6_and_renews() {
@@ -543,17 +511,7 @@ fn a_vm_gets_a_lease_after_a_dnsmasq_restart_pings_over_ipv6_and_renews() {
     let mut ns = Namespaces(Vec::new());
     let h = ns.add(format!("{tag}-h"));
     let up = ns.add(format!("{tag}-u"));
-    // The "internet": fd90::2 behind up0, with no route back to the VMs' fd85::/64.
-    ok(&[
-        "ip", "-n", &h, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", &up,
-    ]);
-    for (n, dev, addr) in [(&h, "up0", "fd90::1/64"), (&up, "eth0", "fd90::2/64")] {
-        ok(&["ip", "-n", n, "addr", "add", addr, "dev", dev, "nodad"]);
-        ok(&["ip", "-n", n, "link", "set", dev, "up"]);
-    }
-    ok(&[
-        "ip", "-n", &h, "-6", "route", "add", "default", "via", "fd90::2",
-    ]);
+    ipv6_uplink(&h, &up);
     let (net, br, mac) = ("n3v", "n3br1", "02:00:00:33:00:01");
     microvm(
         &h,
@@ -587,62 +545,54 @@ fn a_vm_gets_a_lease_after_a_dnsmasq_restart_pings_over_ipv6_and_renews() {
                   ping6 -c 2 -W 10 fd85::1 && echo V6-OK; \
                   ping6 -c 2 -W 10 fd90::2 && echo NAT66-OK; \
                   ping -c 1 -W 10 10.185.0.1 && echo V4-OK; sleep 900";
-    let def = dir.path().join("vm.toml");
-    fs::write(
-        &def,
-        format!(
-            "hostName = \"n3-vm\"\nvcpu = 1\nmem = 256\nkernel = {kernel:?}\n\
-             command = ['/bin/sh', '-c', '{script}']\n\n[[root]]\ndirectory = {root:?}\n\n\
-             [[interfaces]]\ntype = \"tap\"\nid = \"{tag}\"\nmac = \"{mac}\"\nbridge = \"{br}\"\n\n\
-             [[network]]\ninterface = \"{tag}\"\ndhcp = true\n",
-            kernel = microvm_kernel(),
-            root = busybox_root(),
-        ),
-    )
-    .expect("definition");
-    let console = dir.path().join("vm.console");
-    let mut vm = VmProcess(
-        Command::new("ip")
-            .args(["netns", "exec", &h])
-            .arg(bin())
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("run")
-            .arg(&def)
-            .arg("--store")
-            .arg(work_dir().join("store"))
-            .arg("--workdir")
-            .arg(dir.path())
-            .arg("--console-log")
-            .arg(&console)
-            .env("PATH", path_var())
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("microvm run"),
-    );
-    let read_console = || fs::read_to_string(&console).unwrap_or_default();
-    let until = |what: &str, secs: u64, vm: &mut VmProcess, done: &dyn Fn() -> bool| {
+    let exec = format!("command = ['/bin/sh', '-c', '{script}']");
+    let guests = Guests {
+        ns: &h,
+        state: &state,
+        dir: dir.path(),
+        bridge: br,
+    };
+    let start = |name: &str, tap: &str, mac: &str, exec: &str, root: &Path| {
+        guests.start(name, tap, mac, exec, root)
+    };
+    // A command guest (the init stays PID 1) and a guest with its own init (busybox init:
+    // the init hands over and leaves a renewing process behind).
+    let tap2 = format!("{tag}b");
+    let mac2 = "02:00:00:33:00:02";
+    let mut vms = [
+        start("n3-vm", &tag, mac, &exec, &busybox_root()),
+        start("n3-vm2", &tap2, mac2, "init = \"/bin/init\"", &init_root()),
+    ];
+    let read_console = |name: &str| guests.console(name);
+    let until = |what: &str, secs: u64, vms: &mut [VmProcess], done: &dyn Fn() -> bool| {
         let end = Instant::now() + Duration::from_secs(secs);
         while !done() {
-            let exited = vm.0.try_wait().expect("wait").is_some();
+            let exited = vms
+                .iter_mut()
+                .any(|vm| vm.0.try_wait().expect("wait").is_some());
             assert!(
                 Instant::now() < end && !exited,
-                "{what}:\n{}\n--- dnsmasq.log\n{}",
-                read_console(),
+                "{what}:\n{}\n--- n3-vm2\n{}\n--- dnsmasq.log\n{}",
+                read_console("n3-vm"),
+                read_console("n3-vm2"),
                 fs::read_to_string(state.join(".networks/n3v/dnsmasq.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_secs(1));
         }
     };
-    until("a lease", 600, &mut vm, &|| {
-        lease_of(&state, net, mac).is_some()
+    until("the leases", 600, &mut vms, &|| {
+        lease_of(&state, net, mac).is_some() && lease_of(&state, net, mac2).is_some()
     });
     let (expiry, ip) = lease_of(&state, net, mac).expect("lease");
-    assert!(ip.starts_with("10.185.0."), "{ip}");
-    until("IPv6 and IPv4 pings", 240, &mut vm, &|| {
-        read_console().contains("V4-OK")
+    let (expiry2, ip2) = lease_of(&state, net, mac2).expect("lease");
+    assert!(
+        ip.starts_with("10.185.0.") && ip2.starts_with("10.185.0."),
+        "{ip} {ip2}"
+    );
+    until("IPv6 and IPv4 pings", 240, &mut vms, &|| {
+        read_console("n3-vm").contains("V4-OK")
     });
-    let text = read_console();
+    let text = read_console("n3-vm");
     assert!(text.contains("V6-OK"), "no IPv6 ping:\n{text}");
     assert!(
         text.contains("NAT66-OK"),
@@ -654,129 +604,67 @@ fn a_vm_gets_a_lease_after_a_dnsmasq_restart_pings_over_ipv6_and_renews() {
         "the uplink must not route the VMs' prefix"
     );
     // T1 of a 2-minute lease is 60 s after the ACK.
-    until("the lease's renewal", 240, &mut vm, &|| {
-        read_console().contains(&format!("DHCP lease {ip} renewed"))
+    until("the leases' renewal", 240, &mut vms, &|| {
+        read_console("n3-vm").contains(&format!("DHCP lease {ip} renewed"))
+            && read_console("n3-vm2").contains(&format!("DHCP lease {ip2} renewed"))
     });
-    until("the lease file's new expiry", 30, &mut vm, &|| {
+    assert!(
+        read_console("n3-vm2").contains("n3-init-up"),
+        "busybox init ran"
+    );
+    until("the lease file's new expiries", 30, &mut vms, &|| {
         lease_of(&state, net, mac).is_some_and(|(e, _)| e >= expiry + 30)
+            && lease_of(&state, net, mac2).is_some_and(|(e, _)| e >= expiry2 + 30)
     });
-    drop(vm);
+
+    // The subnet changes under the running VMs: at T1 the server's old address is gone,
+    // at T2 the broadcast REQUEST is refused (NAK), and both take a lease in the new
+    // subnet, which the host reaches.
+    microvm(
+        &h,
+        &state,
+        &[
+            "network",
+            "create",
+            net,
+            "--bridge",
+            br,
+            "--subnet",
+            "10.188.0.1/24",
+            "--ipv6",
+            "fd85::1/64",
+            "--lease-time",
+            "2m",
+            "--uplink",
+            "up0",
+        ],
+    );
+    let moved = |m: &str| lease_of(&state, net, m).is_some_and(|(_, a)| a.starts_with("10.188.0."));
+    until("new leases in the changed subnet", 240, &mut vms, &|| {
+        moved(mac) && moved(mac2)
+    });
+    for (name, m, old) in [("n3-vm", mac, &ip), ("n3-vm2", mac2, &ip2)] {
+        let (_, new) = lease_of(&state, net, m).expect("lease");
+        until("the new address in the guest", 30, &mut vms, &|| {
+            read_console(name).contains(&format!("DHCP lease {new}\n"))
+                || read_console(name).contains(&format!("DHCP lease {new}\r"))
+        });
+        assert!(
+            read_console(name).contains(&format!("DHCP lease {old} refused")),
+            "{}",
+            read_console(name)
+        );
+        ok(&[
+            "ip", "netns", "exec", &h, "ping", "-c", "2", "-W", "10", &new,
+        ]);
+    }
+    drop(vms);
     microvm(&h, &state, &["network", "remove", net]);
     let links = ok(&["ip", "-n", &h, "-o", "link"]);
-    assert!(!links.contains(&format!(" {tag}:")), "tap left: {links}");
+    for t in [&tag, &tap2] {
+        assert!(!links.contains(&format!(" {t}:")), "tap left: {links}");
+    }
     assert_gone(&h, &state, net, br);
-}
-
-/// `microvm run`, stopped (SIGTERM: the guest is shut down) and reaped on drop.
-struct VmProcess(Child);
-
-impl Drop for VmProcess {
-    fn drop(&mut self) {
-        if let Some(pid) = rustix::process::Pid::from_raw(self.0.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        let _ = self.0.wait();
-    }
-}
-
-/// A booted `systemd-nspawn -D / --volatile=yes -b` container (as in tests/systemd.rs:
-/// the host's /usr, an empty /etc and /var, the workspace bound, a private network);
-/// powered off and reaped on drop.
-struct Container {
-    nspawn: Child,
-    init: u32,
-}
-
-impl Container {
-    fn boot(name: &str) -> Option<Container> {
-        let mut bind = std::ffi::OsString::from("--bind=");
-        bind.push(workspace());
-        let nspawn = Command::new("systemd-nspawn")
-            .args([
-                "-q",
-                "-D",
-                "/",
-                "--volatile=yes",
-                "--register=no",
-                "--keep-unit",
-            ])
-            .args(["-M", name, "--private-network"])
-            .arg(bind)
-            .args(
-                Path::new("/usr/lib/ocf")
-                    .is_dir()
-                    .then_some("--tmpfs=/usr/lib/ocf"),
-            )
-            .args(["--console=read-only", "-b"])
-            .args(["systemd.unit=basic.target", "systemd.firstboot=off"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("systemd-nspawn");
-        let mut c = Container { nspawn, init: 0 };
-        let end = Instant::now() + Duration::from_secs(90);
-        while Instant::now() < end {
-            let children = format!("/proc/{0}/task/{0}/children", c.nspawn.id());
-            c.init = fs::read_to_string(children)
-                .ok()
-                .and_then(|t| t.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0);
-            if c.init != 0 {
-                let state = c.exec(&["systemctl", "is-system-running"]);
-                let state = String::from_utf8_lossy(&state.stdout).trim().to_string();
-                if matches!(state.as_str(), "running" | "degraded") {
-                    return Some(c);
-                }
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        None
-    }
-
-    fn prefix(&self) -> [String; 4] {
-        ["nsenter", "-t", &self.init.to_string(), "-a"].map(String::from)
-    }
-
-    fn exec(&self, argv: &[&str]) -> Output {
-        let out = Command::new("nsenter")
-            .args(["-t", &self.init.to_string(), "-a"])
-            .args(argv)
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env_remove("MICROVM_SERVICE_MANAGER")
-            .stdin(Stdio::null())
-            .output()
-            .expect("nsenter");
-        eprintln!(
-            "[container] $ {} → {}\n{}{}",
-            argv.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn ok(&self, argv: &[&str]) -> String {
-        let out = self.exec(argv);
-        assert!(out.status.success(), "{argv:?} in the container failed");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn show(&self, unit: &str, property: &str) -> String {
-        self.ok(&["systemctl", "show", "-P", property, unit])
-            .trim()
-            .to_string()
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        if let Some(pid) = rustix::process::Pid::from_raw(self.nspawn.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        let _ = self.nspawn.wait();
-    }
 }
 
 /// Under a real systemd the network is `microvm-network@NAME.service` (`host install`
@@ -794,7 +682,11 @@ fn under_systemd_the_network_is_a_unit_that_comes_back_after_kill_9() {
         eprintln!("SKIPPED {test}: /usr/lib/systemd/systemd is missing (systemd)");
         return;
     }
-    let Some(ct) = Container::boot(&format!("n3nw-{}", std::process::id())) else {
+    let Some(ct) = Container::boot(
+        &format!("n3nw-{}", std::process::id()),
+        &[&workspace()],
+        &[],
+    ) else {
         panic!("{test}: the container did not boot");
     };
     let b = bin();
@@ -850,10 +742,12 @@ fn under_systemd_the_network_is_a_unit_that_comes_back_after_kill_9() {
         Duration::from_secs(30),
         || {
             let s = list(&ct);
-            s["dhcp"] == "running" && s["supervisorPid"].as_u64().is_some_and(|p| p != main)
+            // Active once the new supervisor said READY=1 (after dnsmasq runs).
+            s["dhcp"] == "running"
+                && s["supervisorPid"].as_u64().is_some_and(|p| p != main)
+                && ct.show(unit, "ActiveState") == "active"
         },
     );
-    assert_eq!(ct.show(unit, "ActiveState"), "active");
     assert_eq!(ct.show(unit, "NRestarts"), "1");
 
     let p = ct.prefix();
@@ -876,4 +770,69 @@ fn under_systemd_the_network_is_a_unit_that_comes_back_after_kill_9() {
         !procs.lines().any(|l| l.trim() == "dnsmasq"),
         "dnsmasq left: {procs}"
     );
+}
+
+/// A dnsmasq that the host refuses (here: another program holds the DHCP port) fails
+/// `network create` at once with dnsmasq's reason, and leaves no supervisor behind.
+#[test]
+fn a_refused_dnsmasq_fails_create_with_its_reason_and_leaves_no_process() {
+    let test = "a_refused_dnsmasq_fails_create_with_its_reason_and_leaves_no_process";
+    if skip(test, &["socat"]) {
+        return;
+    }
+    let tag = format!("n3r{}", std::process::id() % 100000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let mut ns = Namespaces(Vec::new());
+    let h = ns.add(format!("{tag}-h"));
+    let mut squatter = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &h,
+            "socat",
+            "-u",
+            "UDP4-RECV:67",
+            "/dev/null",
+        ])
+        .env("PATH", path_var())
+        .spawn()
+        .expect("socat");
+    wait_for("socat to bind port 67", Duration::from_secs(10), || {
+        ok(&["ip", "netns", "exec", &h, "ss", "-uln"]).contains(":67 ")
+    });
+    let b = bin();
+    let out = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &h,
+        b.to_str().expect("utf-8"),
+        "--state-dir",
+        state.to_str().expect("utf-8"),
+        "network",
+        "create",
+        "n3r",
+        "--subnet",
+        "10.189.0.1/24",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "create succeeded");
+    assert!(
+        err.contains(
+            "dnsmasq of network n3r did not start: dnsmasq: failed to bind DHCP server socket"
+        ),
+        "{err}"
+    );
+    let s = status(&h, &state, "n3r");
+    assert_eq!(s["dhcp"], "stopped", "{s}");
+    assert_eq!(
+        ns_pids(&h),
+        vec![u64::from(squatter.id())],
+        "only socat runs"
+    );
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+    microvm(&h, &state, &["network", "remove", "n3r"]);
+    assert_gone(&h, &state, "n3r", "n3r");
 }

@@ -185,14 +185,12 @@ impl Host {
         );
     }
 
-    /// `start NAME` fails, and says `why` (on stderr or in the supervisor's log); then
-    /// `stop NAME`.
+    /// `start NAME` fails, and says `why` (on stderr or in the supervisor's log).
     fn start_refused(&self, name: &str, why: &str) {
         let out = self.microvm(&["start", name]);
         let said = format!("{}{}", String::from_utf8_lossy(&out.stderr), self.log(name));
         assert!(!out.status.success(), "{said}");
         assert!(said.contains(why), "{said}");
-        let _ = self.microvm(&["stop", name]);
     }
 
     fn stop(&self, name: &str) {
@@ -385,6 +383,14 @@ fn forwarded_ports_reach_a_guest_on_a_multi_queue_tap_and_leave_no_rule() {
         other,
         "cannot forward tcp *:8080 for VM n2-web2: VM n2-web forwards it already",
     );
+    // Refused (docs/host.md, "Refused starts"): no restart was scheduled.
+    let log =
+        fs::read_to_string(host.state().join(other).join("supervisor.log")).unwrap_or_default();
+    assert!(
+        log.contains("start refused (a forwarded port is taken)") && !log.contains("restarting"),
+        "{log}"
+    );
+    let _ = host.microvm(&["stop", other]);
     assert!(!host.ruleset().contains("microvm-fwd-n2-web2"));
     assert!(!host.links().contains("n2tap1"));
     assert!(!net_dir.join("hosts").join(other).exists());
@@ -433,6 +439,7 @@ fn forwarded_ports_reach_a_guest_on_a_multi_queue_tap_and_leave_no_rule() {
         plain,
         "cannot forward the ports of VM n2-plain: tap n2tap3 takes its address by DHCP, but its bridge n2plain is not a microvm network",
     );
+    let _ = host.microvm(&["stop", plain]);
     assert!(!host.ruleset().contains("microvm-fwd-n2-plain"));
 
     host.stop(web);

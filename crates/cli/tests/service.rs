@@ -315,7 +315,11 @@ fn host_install_writes_the_golden_units() {
     );
     let golden = workspace().join("crates/host/tests/golden/units");
     let exe = bin().canonicalize().expect("bin");
-    for name in ["microvm@.service", "microvms.target"] {
+    for name in [
+        "microvm@.service",
+        "microvms.target",
+        "microvm-network@.service",
+    ] {
         let got = fs::read_to_string(dir.path().join("units").join(name)).expect("unit");
         let got = got
             .replace(&exe.display().to_string(), "/usr/local/bin/microvm")

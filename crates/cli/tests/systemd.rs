@@ -10,6 +10,8 @@
 //! The VM has `registerWithMachined`: while it runs, the container's systemd-machined
 //! knows it (class `vm`, the hypervisor as leader, the unit), a stop unregisters it, and
 //! `machinectl terminate` stops the unit.
+//! A start refused for a reason waiting cannot change (a foreign link holds the tap's name)
+//! fails the unit once: `RestartPreventExitStatus=78` keeps `Restart=` from retrying it.
 //!
 //! Prerequisites: those of tests/service.rs plus systemd-nspawn (systemd-container) and
 //! nsenter (util-linux); a missing one skips the test with a printed reason.
@@ -192,6 +194,57 @@ fn systemd_units_start_notify_stop_and_log() {
             && journal.contains("ended: stopped on request")
             && journal.contains("registered with systemd-machined")
             && !journal.contains("warning"),
+        "journal: {journal}"
+    );
+}
+
+/// A refused start under systemd (docs/host.md, "Refused starts"): the tap name is taken
+/// by a link microvm did not create, so `supervise` exits 78 and the unit's
+/// `RestartPreventExitStatus=78` keeps `Restart=on-failure` from starting it again.
+#[test]
+fn systemd_refused_start_is_not_restarted() {
+    let test = "systemd_refused_start_is_not_restarted";
+    if require(test, false).is_none() {
+        return;
+    }
+    let absent: Vec<&str> = ["systemd-nspawn", "nsenter"]
+        .into_iter()
+        .filter(|p| find(p).is_none())
+        .collect();
+    if !absent.is_empty() || !Path::new("/usr/lib/systemd/systemd").is_file() {
+        eprintln!("SKIPPED {test}: missing {absent:?} or /usr/lib/systemd/systemd (systemd-container, util-linux)");
+        return;
+    }
+    let tables = tap_tables("rf-sd0", "02:00:00:00:5f:02", "10.77.8.2");
+    let vm = Vm::with_top(test, "rf-sd", "", &tables);
+    let state = vm.state();
+    let state = state.to_string_lossy();
+    let name = format!("mvt-rf-{}", std::process::id());
+    let Some(ct) = Container::boot(&name, &[&workspace()], &["--bind=/dev/net/tun"]) else {
+        panic!("{test}: the container did not boot");
+    };
+    let microvm = bin().to_string_lossy().into_owned();
+    let out = ct.exec(&[&microvm, "--state-dir", &state, "host", "install"]);
+    assert!(out.status.success(), "host install in the container");
+    let foreign = ct.exec(&["ip", "link", "add", "rf-sd0", "type", "bridge"]);
+    assert!(foreign.status.success(), "a foreign link in the container");
+    let unit = "microvm@rf-sd.service";
+    assert_eq!(ct.show(unit, "RestartPreventExitStatus"), "78");
+    let out = ct.exec(&["systemctl", "start", unit]);
+    assert!(
+        !out.status.success(),
+        "started over a foreign link\n{}",
+        vm.logs()
+    );
+    // Past RestartSec=5s: a restart would have happened by now.
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(ct.show(unit, "ActiveState"), "failed", "{}", vm.logs());
+    assert_eq!(ct.show(unit, "ExecMainStatus"), "78");
+    assert_eq!(ct.show(unit, "NRestarts"), "0", "not restarted");
+    let journal = ct.exec(&["journalctl", "-u", unit, "--no-pager", "-o", "cat"]);
+    let journal = String::from_utf8_lossy(&journal.stdout);
+    assert!(
+        journal.contains("start refused (an interface is not the VM's)"),
         "journal: {journal}"
     );
 }

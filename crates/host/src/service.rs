@@ -13,6 +13,7 @@ pub mod outcome;
 pub mod pci;
 pub mod record;
 pub mod recover;
+pub mod refusal;
 
 pub use managed::{
     forward_signals, load_runner, supervise, ConsoleMode, ManagedOptions, RestartMode,

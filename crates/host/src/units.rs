@@ -106,6 +106,7 @@ ExecStart={bin} --state-dir {state} supervise %i --user {user} --shutdown-timeou
 WorkingDirectory={state}/%i
 Restart={restart}
 RestartSec=5s
+RestartPreventExitStatus=78
 TimeoutStartSec={start}
 TimeoutStopSec={stop}
 KillMode=mixed

@@ -11,14 +11,17 @@ use microvm_host::network::{
 use microvm_host::net::{Links, NetHost};
 use microvm_runner::TapSetup;
 
-use super::network_dhcp::networks;
+use super::network_dhcp::{networks, networks_to_change};
 use crate::cli::{NetworkCommand, NetworkCreateArgs, NetworkListArgs, NetworkRemoveArgs};
 
 pub fn run(state: &Path, cmd: NetworkCommand) -> anyhow::Result<i32> {
     if let NetworkCommand::Supervise(args) = &cmd {
         return super::network_dhcp::supervise(state, args);
     }
-    let nets = networks(state)?;
+    let nets = match &cmd {
+        NetworkCommand::List(_) => networks(state)?,
+        _ => networks_to_change(state)?,
+    };
     match cmd {
         NetworkCommand::Create(args) => create(&nets, &args),
         NetworkCommand::List(args) => list(&nets, &args),
@@ -254,7 +257,11 @@ pub fn apply_host_networks(
     wanted: &[NetworkConfig],
     dry_run: bool,
 ) -> anyhow::Result<Vec<NetworkAction>> {
-    let nets = networks(state)?;
+    let nets = if dry_run {
+        networks(state)?
+    } else {
+        networks_to_change(state)?
+    };
     let mut actions = Vec::new();
     for c in wanted {
         let before = nets.get(&c.name)?;
@@ -310,7 +317,7 @@ pub fn host_file_networks(text: &str, file: &Path) -> anyhow::Result<Vec<Network
 
 /// `host install --network`: the default network, as `network create` makes it.
 pub fn create_default(state: &Path) -> anyhow::Result<()> {
-    let nets = networks(state)?;
+    let nets = networks_to_change(state)?;
     let c = NetworkConfig::new(DEFAULT_NETWORK.parse()?, DEFAULT_SUBNET.parse()?);
     nets.apply(&c)
         .with_context(|| format!("cannot create network {}", c.name))?;

@@ -2,7 +2,7 @@
 //! once `host install` wrote the units, a detached `microvm network supervise NAME`
 //! otherwise), and that supervisor itself.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use microvm_host::network::{NetworkName, Networks, Supervision, Tools, LOG_LIMIT};
@@ -11,46 +11,75 @@ use microvm_host::units;
 
 use crate::cli::NetworkSuperviseArgs;
 
-/// The networks of `state`, with the supervision this host uses.
+/// The directories systemd loads system units from (`systemd.unit(5)`).
+const SYSTEMD_UNIT_PATH: [&str; 5] = [
+    "/etc/systemd/system",
+    "/run/systemd/system",
+    "/usr/local/lib/systemd/system",
+    "/usr/lib/systemd/system",
+    "/lib/systemd/system",
+];
+
+/// The networks of `state` (to look at: nothing is written).
 pub fn networks(state: &Path) -> anyhow::Result<Networks> {
-    let nets = Networks::new(state, Tools::system());
-    Ok(match systemd_unit_dir(state)? {
-        Some(_) => nets.supervised_by(Supervision::Systemd {
-            systemctl: "systemctl".into(),
-        }),
-        None => nets,
-    })
+    supervised(state, false)
 }
 
-/// Under systemd with units installed for this state directory: the unit directory,
-/// with `microvm-network@.service` written there if it is missing or outdated (a host
-/// installed before networks were supervised) and systemd reloaded.
-fn systemd_unit_dir(state: &Path) -> anyhow::Result<Option<std::path::PathBuf>> {
-    if !detach::systemd_running(Path::new("/")) {
-        return Ok(None);
-    }
-    let Some(dir) = crate::cmd::service::installed_unit_dir(state) else {
-        return Ok(None);
+/// The networks of `state` with the supervision this host uses, to change them:
+/// systemd's units when systemd runs and `host install` wrote the units of this state
+/// directory where systemd loads them (`microvm-network@.service` is written there first
+/// if it is missing or outdated, and systemd reloaded), otherwise detached supervisors.
+pub fn networks_to_change(state: &Path) -> anyhow::Result<Networks> {
+    supervised(state, true)
+}
+
+fn supervised(state: &Path, write_unit: bool) -> anyhow::Result<Networks> {
+    let nets = Networks::new(state, Tools::system());
+    let Some(dir) = systemd_unit_dir(state) else {
+        return Ok(nets);
     };
+    if write_unit {
+        write_network_unit(state, &dir)?;
+    }
+    Ok(nets.supervised_by(Supervision::Systemd {
+        systemctl: "systemctl".into(),
+    }))
+}
+
+fn systemd_unit_dir(state: &Path) -> Option<PathBuf> {
+    if !detach::systemd_running(Path::new("/")) {
+        return None;
+    }
+    let dir = crate::cmd::service::installed_unit_dir(state)?;
+    SYSTEMD_UNIT_PATH
+        .iter()
+        .any(|d| Path::new(d) == dir)
+        .then_some(dir)
+}
+
+/// Writes `microvm-network@.service` into `dir` when it differs (a host installed before
+/// networks were supervised, a moved binary) and reloads systemd.
+fn write_network_unit(state: &Path, dir: &Path) -> anyhow::Result<()> {
     let microvm = std::env::current_exe()
         .and_then(|p| p.canonicalize())
         .context("locating the microvm binary")?;
     let state = microvm_host::state::absolute(state)?;
     let text = units::network_service(&microvm, &state);
     let path = dir.join(units::NETWORK_UNIT);
-    if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
-        units::write(&dir, &[(units::NETWORK_UNIT.into(), text)])
-            .with_context(|| format!("writing {}", path.display()))?;
-        let reload = std::process::Command::new("systemctl")
-            .arg("daemon-reload")
-            .status()
-            .context("running systemctl daemon-reload")?;
-        anyhow::ensure!(
-            reload.success(),
-            "`systemctl daemon-reload` failed ({reload})"
-        );
+    if std::fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {
+        return Ok(());
     }
-    Ok(Some(dir))
+    units::write(dir, &[(units::NETWORK_UNIT.into(), text)])
+        .with_context(|| format!("writing {}", path.display()))?;
+    let reload = std::process::Command::new("systemctl")
+        .arg("daemon-reload")
+        .status()
+        .context("running systemctl daemon-reload")?;
+    anyhow::ensure!(
+        reload.success(),
+        "`systemctl daemon-reload` failed ({reload})"
+    );
+    Ok(())
 }
 
 /// `microvm network supervise NAME`.

@@ -99,23 +99,43 @@ pub(super) fn running(tools: &Tools, dir: &Path) -> Option<u32> {
     })
 }
 
+/// The pid a pid file names. dnsmasq's belongs to the user it runs as, so at most 32
+/// bytes are read.
+pub(super) fn read_pid(pid_file: &Path) -> Option<u32> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    fs::File::open(pid_file)
+        .ok()?
+        .take(32)
+        .read_to_string(&mut text)
+        .ok()?;
+    text.trim().parse().ok()
+}
+
 /// The pid in `pid_file` when that process runs and its argv passes `check`.
 pub(super) fn pid_running(
     tools: &Tools,
     pid_file: &Path,
     check: impl Fn(&[&[u8]]) -> bool,
 ) -> Option<u32> {
-    let pid: u32 = fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    let pid = read_pid(pid_file)?;
     let cmdline = fs::read(tools.procfs.join(pid.to_string()).join("cmdline")).ok()?;
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
     check(&args).then_some(pid)
 }
 
-/// The last lines of the network's log, for error messages.
+/// The last lines of the network's log, for error messages: dnsmasq's own when it
+/// wrote any lately (its refusals), else the supervisor's too.
 pub(super) fn log_tail(dir: &Path) -> String {
     let text = fs::read(dir.join(LOG)).unwrap_or_default();
     let text = String::from_utf8_lossy(&text[text.len().saturating_sub(4096)..]).into_owned();
-    let lines: Vec<&str> = text.lines().collect();
+    let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let own: Vec<&str> = all
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("dnsmasq: "))
+        .collect();
+    let lines = if own.is_empty() { all } else { own };
     let tail = lines[lines.len().saturating_sub(5)..].join("; ");
     if tail.is_empty() {
         "no log".into()
@@ -188,6 +208,20 @@ mod tests {
             assert!(a.iter().any(|x| x == want), "{want} in {a:?}");
         }
         assert!(!a.iter().any(|x| x == "--enable-ra"), "no IPv6: {a:?}");
+    }
+
+    #[test]
+    fn pid_files_are_read_within_bounds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("pid");
+        fs::write(&f, "4242\n").expect("write");
+        assert_eq!(read_pid(&f), Some(4242));
+        // What follows the first 32 bytes (1 MiB of garbage here) is never read.
+        fs::write(&f, format!("4242{}x", " ".repeat(1 << 20))).expect("write");
+        assert_eq!(read_pid(&f), Some(4242));
+        fs::write(&f, "9".repeat(1 << 20)).expect("write");
+        assert_eq!(read_pid(&f), None);
+        assert_eq!(read_pid(&dir.path().join("missing")), None);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! A network's supervisor: `microvm network supervise NAME` keeps the network's bridge
 //! and NAT table in place and runs its dnsmasq in the foreground, restarting it with a
 //! backoff (1 s doubling to 30 s; a run of 30 s or more starts again at 1 s) whenever it
-//! exits, until SIGTERM. Without systemd `network create`/`host apply` start it detached
+//! exits, until SIGTERM. A dnsmasq that exits before it ever served (the host refuses
+//! its configuration) ends the supervisor with that error instead. Without systemd `network create`/`host apply` start it detached
 //! (its own session) with its output in `dnsmasq.log`, rotated at [`LOG_LIMIT`]; under
 //! systemd it is `microvm-network@NAME.service` (`Type=notify`), whose output is the
 //! journal, and which systemd starts again if the supervisor itself dies.
@@ -130,7 +131,7 @@ impl Networks {
         bridge::ensure(&self.tools, &config)?;
         nat::apply(&self.tools, &config)?;
         let result = self.run_dnsmasq(name, &dir, stop, log, ready);
-        if fs::read_to_string(&pid_file).is_ok_and(|p| p.trim() == std::process::id().to_string()) {
+        if dnsmasq::read_pid(&pid_file) == Some(std::process::id()) {
             let _ = fs::remove_file(&pid_file);
         }
         let _ = fs::remove_file(dir.join(dnsmasq::PID));
@@ -146,6 +147,7 @@ impl Networks {
         ready: &mut dyn FnMut(u32),
     ) -> Result<(), NetworkError> {
         let mut backoff = Backoff::new();
+        let mut served = false;
         while !stop.load(Ordering::Relaxed) {
             let Some(config) = self.get(name)? else {
                 log(&format!("network {name} was removed; stopping"));
@@ -153,12 +155,21 @@ impl Networks {
             };
             dnsmasq::stop(&self.tools, dir)?; // one a killed supervisor left behind
             let started = Instant::now();
-            let status = match dnsmasq::command(&self.tools, &config, dir).spawn() {
+            let (status, ran) = match dnsmasq::command(&self.tools, &config, dir).spawn() {
                 Ok(child) => self.watch(child, dir, stop, ready),
-                Err(e) => format!("could not be started: {e}"),
+                Err(e) => (format!("could not be started: {e}"), false),
             };
+            served |= ran;
             if stop.load(Ordering::Relaxed) {
                 break;
+            }
+            if !served {
+                // Never served: a configuration the host refuses (an address or port in
+                // use), reported to `network create` (or systemd) rather than retried.
+                return Err(NetworkError::DnsmasqStart {
+                    name: name.to_string(),
+                    log: format!("dnsmasq {status}"),
+                });
             }
             let wait = backoff.after(started.elapsed());
             log(&format!(
@@ -173,20 +184,23 @@ impl Networks {
         Ok(())
     }
 
-    /// Waits for dnsmasq to exit (or `stop`: then stops it); returns how it ended.
+    /// Waits for dnsmasq to exit (or `stop`: then stops it); returns how it ended and
+    /// whether it served (wrote its pid file, which it does once its sockets are bound).
     fn watch(
         &self,
         mut child: Child,
         dir: &Path,
         stop: &AtomicBool,
         ready: &mut dyn FnMut(u32),
-    ) -> String {
+    ) -> (String, bool) {
         let mut announced = false;
+        let own_pid = child.id();
+        let wrote_pid = || dnsmasq::read_pid(&dir.join(dnsmasq::PID)) == Some(own_pid);
         loop {
             match child.try_wait() {
-                Ok(Some(status)) => return format!("exited ({status})"),
+                Ok(Some(status)) => return (format!("exited ({status})"), wrote_pid()),
                 Ok(None) => {}
-                Err(e) => return format!("could not be waited for: {e}"),
+                Err(e) => return (format!("could not be waited for: {e}"), true),
             }
             if stop.load(Ordering::Relaxed) {
                 let pid = child.id();
@@ -201,7 +215,7 @@ impl Networks {
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                return format!("(pid {pid}) stopped");
+                return (format!("(pid {pid}) stopped"), true);
             }
             if !announced && dnsmasq::running(&self.tools, dir) == Some(child.id()) {
                 announced = true;

@@ -17,6 +17,7 @@ use microvm_runner::Invocation;
 
 use super::outcome::{chain, describe, describe_status, status_code};
 use super::record::{ExitRecord, HelperRecord, RunRecord};
+use super::refusal::{self, Refusal};
 use super::{adopted, machined, notify, pci, record};
 use crate::console::{self, ConsoleConfig, ConsoleServer};
 use crate::net::{self, Links, MacvtapSetup, NetHost};
@@ -130,6 +131,11 @@ pub enum ServiceError {
     #[error(transparent)]
     Pci(#[from] pci::PciError),
     #[error(transparent)]
+    Forward(#[from] crate::network::forward::ForwardError),
+    /// What [`load_runner`] said of the runner `current` names, before the first start.
+    #[error(transparent)]
+    UnusableRunner(Box<ServiceError>),
+    #[error(transparent)]
     State(#[from] crate::state::StateError),
     #[error("VM {name} is already supervised by pid {pid}")]
     AlreadySupervised { name: String, pid: u32 },
@@ -194,6 +200,8 @@ struct End {
     reason: String,
     /// The stop was asked for (signal, `microvm stop`): never restarted.
     requested: bool,
+    /// The start was refused for a reason waiting cannot change: never restarted.
+    refused: Option<Refusal>,
 }
 
 /// Supervises `vm` until it ends for good; returns the exit code (see docs/host.md,
@@ -221,7 +229,8 @@ pub fn supervise(
         name: name.clone(),
         dir: vm.path().to_path_buf(),
     })?;
-    load_runner(&current)?; // fail before writing any state when it is unusable
+    // Fail before writing any state when it is unusable.
+    load_runner(&current).map_err(|e| ServiceError::UnusableRunner(Box::new(e)))?;
     vm.write_supervisor_pid(me)?;
     let mut rec = RunRecord {
         supervisor_pid: me,
@@ -240,15 +249,18 @@ pub fn supervise(
             Some(Ok(runner)) => {
                 attempt(vm, &runner, opts, &mut rec, &mut notified, prepare, report)
             }
+            // The runner directory is immutable: what is wrong with it stays wrong.
             Some(Err(e)) => End {
                 code: 1,
                 reason: chain(&e),
                 requested: false,
+                refused: Some(Refusal::Runner),
             },
             None => End {
                 code: 1,
                 reason: format!("VM {name} has no `current` runner any more"),
                 requested: false,
+                refused: Some(Refusal::Runner),
             },
         };
         report(&format!("ended: {} (exit code {})", end.reason, end.code));
@@ -256,7 +268,14 @@ pub fn supervise(
             code: end.code,
             reason: end.reason.clone(),
             at: now(),
+            refused: end.refused,
         });
+        if let Some(r) = end.refused {
+            report(&r.log_line());
+            let reason = r.status_reason(&end.reason);
+            write_end(vm, &rec, &End { reason, ..end }, None);
+            break refusal::REFUSED_EXIT;
+        }
         let stopped = end.requested || opts.stop.count() > base;
         // An incoming start that never ran its guest is not booted cold instead: the
         // guest may still run where it came from.
@@ -312,6 +331,7 @@ pub fn supervise(
                 code: 0,
                 reason: "stopped on request".into(),
                 requested: true,
+                refused: None,
             };
             write_end(vm, &rec, &end, None);
             break 0;
@@ -410,6 +430,7 @@ fn attempt(
             code: 0,
             reason: "stopped on request".into(),
             requested: true,
+            refused: None,
         },
         Ok(outcome) => End {
             code: outcome.exit_code(),
@@ -418,20 +439,40 @@ fn attempt(
                 .filter(|_| outcome.hypervisor_status.success() && !outcome.shutdown_requested)
                 .map_or_else(|| describe(&outcome), |note| format!("the VM was {note}")),
             requested: outcome.shutdown_requested && outcome.helper_failure.is_none(),
+            refused: None,
         },
-        Err(ServiceError::Run(RunError::HypervisorFailed { status, .. })) => End {
-            code: status_code(status),
-            reason: format!(
-                "{} ended with {} before the guest started",
-                runner.invocation.program,
-                describe_status(status)
-            ),
-            requested: false,
-        },
-        Err(e) => End {
+        Err(e) => failed_start(&runner.invocation.program, e),
+    }
+}
+
+/// The end of an attempt whose start failed, classified ([`refusal::classify`]).
+fn failed_start(program: &str, e: ServiceError) -> End {
+    let refused = refusal::classify(&e);
+    match &e {
+        ServiceError::Run(RunError::HypervisorFailed {
+            status,
+            stderr_tail,
+            ..
+        }) => {
+            let mut reason = format!(
+                "{program} ended with {} before the guest started",
+                describe_status(*status)
+            );
+            if let Some(line) = refusal::lock_line(program, stderr_tail) {
+                reason.push_str(&format!(": {}", line.trim()));
+            }
+            End {
+                code: status_code(*status),
+                reason,
+                requested: false,
+                refused,
+            }
+        }
+        _ => End {
             code: 1,
             reason: chain(&e),
             requested: false,
+            refused,
         },
     }
 }
@@ -506,8 +547,7 @@ fn run(
     let creds = opts.run_user.as_ref();
     let mut pass = prepare_host(vm, runner, opts, prepare, links)?;
     let state = vm.path().parent().unwrap_or(Path::new("/"));
-    let forwards = crate::network::forward::start(state, vm.name().as_str(), &runner.dir)
-        .map_err(|e| ServiceError::Prepare(chain(&e)))?;
+    let forwards = crate::network::forward::start(state, vm.name().as_str(), &runner.dir)?;
     for line in forwards.iter().flat_map(|f| f.log_lines()) {
         report(&line);
     }

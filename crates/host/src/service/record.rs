@@ -45,6 +45,10 @@ pub struct ExitRecord {
     pub code: i32,
     pub reason: String,
     pub at: u64,
+    /// Set when the start was refused for a reason waiting cannot change: the supervisor
+    /// did not start the VM again ([`super::refusal`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<super::refusal::Refusal>,
 }
 
 pub fn path(vm: &VmDir) -> PathBuf {

@@ -4,9 +4,11 @@
 //! network's DNS answers for it.
 //!
 //! The leases are then kept for as long as the guest runs ([`keep_in_threads`] while PID 1
-//! runs a command, [`keep_in_children`] beside a guest init that is not systemd, whose
-//! networkd renews instead): RENEWING at T1 (unicast to the server), REBINDING at T2
-//! (broadcast), and a new DISCOVER when the lease is refused or ends.
+//! runs a command, [`keep_in_children`] beside the guest's own init): RENEWING at T1
+//! (unicast to the server), REBINDING at T2 (broadcast), and a new DISCOVER when the
+//! lease is refused or ends. Beside systemd a keeper steps back as soon as
+//! systemd-networkd manages the interface (its state file names a network file), since
+//! networkd then renews the same lease itself (`ClientIdentifier=mac`, as ours).
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -51,26 +53,34 @@ fn take_held() -> Vec<Held> {
 /// Command mode: one thread per lease, renewing it while PID 1 runs.
 pub fn keep_in_threads() {
     for held in take_held() {
-        std::thread::spawn(move || keep(held));
+        std::thread::spawn(move || keep(held, false));
     }
 }
 
-/// Hand-over to an init other than systemd: one process per lease, forked now, renewing
-/// it for as long as the guest lets it run.
-pub fn keep_in_children() {
+/// Hand-over: one process per lease, forked now, renewing it for as long as the guest
+/// lets it run (`systemd`: until systemd-networkd manages the interface).
+pub fn keep_in_children(systemd: bool) {
     for held in take_held() {
         // SAFETY: PID 1 is single-threaded in hand-over mode (no thread was spawned), so
         // the child may run ordinary Rust code after fork.
         if unsafe { libc::fork() } == 0 {
-            keep(held);
+            keep(held, systemd);
             // SAFETY: _exit() ends this forked child without running PID 1's atexit state.
             unsafe { libc::_exit(0) };
         }
     }
 }
 
-/// Renews `held` until its lease is infinite (or a new one cannot be had).
-fn keep(mut held: Held) {
+/// Whether systemd-networkd manages the link `index`: its state file
+/// (`/run/systemd/netif/links/INDEX`) names the network file it applied.
+fn networkd_manages(index: u32) -> bool {
+    std::fs::read_to_string(format!("/run/systemd/netif/links/{index}"))
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("NETWORK_FILE=")))
+}
+
+/// Renews `held` until its lease is infinite (or a new one cannot be had); beside
+/// `systemd`, until networkd manages the interface.
+fn keep(mut held: Held, systemd: bool) {
     let Some(mac) = dhcp::parse_mac(&held.mac) else {
         return;
     };
@@ -83,7 +93,19 @@ fn keep(mut held: Held) {
     };
     let mut attempt: u32 = 1 << 12;
     while let Some(times) = LeaseTimes::of(&held.lease) {
+        if systemd && networkd_manages(held.index) {
+            say(&format!(
+                "microvm-init: {}: systemd-networkd manages the DHCP lease from now on",
+                held.ifname
+            ));
+            return;
+        }
         let (to, wait) = match times.step(held.acked.elapsed()) {
+            // Beside systemd, look for networkd now and then while waiting.
+            Step::Wait(d) if systemd => {
+                std::thread::sleep(d.min(Duration::from_secs(60)));
+                continue;
+            }
             Step::Wait(d) => {
                 std::thread::sleep(d);
                 continue;

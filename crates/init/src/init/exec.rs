@@ -129,10 +129,8 @@ fn hand_over(
         }
         drop(buttons);
     }
-    if !is_systemd {
-        // systemd's networkd renews (`DHCP=ipv4` in the file written above).
-        super::dhcp::keep_in_children();
-    }
+    // Beside systemd only until its networkd (if the guest runs it) takes the lease over.
+    super::dhcp::keep_in_children(is_systemd);
     let error = Command::new(path)
         .arg0(path)
         .args(args)

@@ -8,7 +8,9 @@
 //!   `READY <init-start> <uptime>` to it.
 //! - `/run/systemd/network/10-microvm-<n>.network`: one per planned interface, matched
 //!   by MAC, with the same static addresses, gateways, DNS and MTU (used only when the
-//!   guest runs systemd-networkd; harmless otherwise).
+//!   guest runs systemd-networkd; harmless otherwise). With `dhcp`: `DHCP=ipv4` under
+//!   the init's client id (`ClientIdentifier=mac`: networkd renews the same lease) and
+//!   router advertisements accepted (SLAAC on an IPv6 network).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -104,9 +106,15 @@ pub fn network_file(net: &NetPlan) -> String {
     if let Some(mtu) = net.mtu {
         let _ = write!(s, "[Link]\nMTUBytes={mtu}\n\n");
     }
-    s.push_str("[Network]\nLinkLocalAddressing=no\nIPv6AcceptRA=no\nKeepConfiguration=static\n");
     if net.dhcp {
-        s.push_str("DHCP=ipv4\n");
+        // The network's router advertisements (SLAAC, when it has an IPv6 subnet) and the
+        // DHCP lease the init took, renewed by networkd under the init's client id.
+        s.push_str("[Network]\nLinkLocalAddressing=ipv6\nIPv6AcceptRA=yes\n");
+        s.push_str("KeepConfiguration=static\nDHCP=ipv4\n");
+    } else {
+        s.push_str(
+            "[Network]\nLinkLocalAddressing=no\nIPv6AcceptRA=no\nKeepConfiguration=static\n",
+        );
     }
     for a in &net.addresses {
         let _ = writeln!(s, "Address={a}");
@@ -116,6 +124,9 @@ pub fn network_file(net: &NetPlan) -> String {
     }
     for d in &net.dns {
         let _ = writeln!(s, "DNS={d}");
+    }
+    if net.dhcp {
+        s.push_str("\n[DHCPv4]\nClientIdentifier=mac\n");
     }
     s
 }
@@ -150,7 +161,18 @@ mod tests {
         assert!(text.contains("[Match]\nMACAddress=02:00:00:00:00:01\n"));
         assert!(text.contains("MTUBytes=1400"));
         assert!(text.contains("DHCP=ipv4\n"));
+        assert!(
+            text.contains("IPv6AcceptRA=yes\n"),
+            "SLAAC on a DHCP interface"
+        );
+        assert!(
+            text.ends_with("\n[DHCPv4]\nClientIdentifier=mac\n"),
+            "{text}"
+        );
         assert!(text.contains("Address=10.0.0.2/24\nGateway=10.0.0.1\nDNS=1.1.1.1\n"));
+        let fixed = network_file(&NetPlan { dhcp: false, ..net });
+        assert!(fixed.contains("LinkLocalAddressing=no\nIPv6AcceptRA=no\n"));
+        assert!(!fixed.contains("DHCP") && !fixed.contains("ClientIdentifier"));
     }
 
     #[test]

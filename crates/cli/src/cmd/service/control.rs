@@ -102,13 +102,14 @@ pub(super) fn start_with(
     let end = begun + START_TIMEOUT;
     let mut ours = false; // seen a state written by this supervisor
     let failure = loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            break format!("its supervisor exited with {status}");
-        }
+        // Before the status: a supervisor that ended (a refused start, exit 78) wrote why.
+        let exited = child.try_wait().ok().flatten();
         let now = vm.status().ok().flatten();
         let fresh = now != previous;
         match now.map(|s| s.state) {
-            Some(VmState::Running { supervisor_pid, .. }) if supervisor_pid == pid => {
+            Some(VmState::Running { supervisor_pid, .. })
+                if supervisor_pid == pid && exited.is_none() =>
+            {
                 eprintln!(
                     "microvm: {name} is running, ready {:.1} s after its start (supervisor pid {pid})",
                     begun.elapsed().as_secs_f64()
@@ -120,6 +121,9 @@ pub(super) fn start_with(
             }
             Some(s) => ours |= s.supervisor_pid() == Some(pid),
             None => {}
+        }
+        if let Some(status) = exited {
+            break format!("its supervisor exited with {status}");
         }
         if Instant::now() >= end {
             break format!(

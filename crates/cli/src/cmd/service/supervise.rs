@@ -104,8 +104,19 @@ fn run(
         ensure_volumes(&r.dir, &dir, c).map_err(|e| format!("{e:#}"))
     };
     let mut report = |line: &str| eprintln!("{} microvm: {name}: {line}", clock());
-    let code = service::supervise(vm, &opts, &mut prepare, &mut report)?;
-    Ok(code)
+    match service::supervise(vm, &opts, &mut prepare, &mut report) {
+        Ok(code) => Ok(code),
+        // Refused before its first start (no `current`, an unusable runner): the exit
+        // status that keeps systemd from restarting it, as for a refused start later.
+        Err(e) => match service::refusal::classify(&e) {
+            Some(r) => {
+                crate::exit::report(&anyhow::Error::new(e));
+                report(&r.log_line());
+                Err(crate::exit::Reported(service::refusal::REFUSED_EXIT).into())
+            }
+            None => Err(e.into()),
+        },
+    }
 }
 
 /// The user the hypervisor runs as: `--user`/`$MICROVM_USER` when it names someone other
