@@ -40,11 +40,11 @@ fn machined_show(ct: &Container, name: &str) -> Option<std::collections::BTreeMa
     })
 }
 
-#[test]
-fn systemd_units_start_notify_stop_and_log() {
-    let test = "systemd_units_start_notify_stop_and_log";
+/// Whether the prerequisites of tests/service.rs and a container are here; else the
+/// skip is printed.
+fn ready(test: &str) -> bool {
     if require(test, false).is_none() {
-        return;
+        return false;
     }
     let absent: Vec<&str> = ["systemd-nspawn", "nsenter"]
         .into_iter()
@@ -52,6 +52,15 @@ fn systemd_units_start_notify_stop_and_log() {
         .collect();
     if !absent.is_empty() || !Path::new("/usr/lib/systemd/systemd").is_file() {
         eprintln!("SKIPPED {test}: missing {absent:?} or /usr/lib/systemd/systemd (systemd-container, util-linux)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn systemd_units_start_notify_stop_and_log() {
+    let test = "systemd_units_start_notify_stop_and_log";
+    if !ready(test) {
         return;
     }
     let vm = Vm::with_top(test, "svc-sd", "registerWithMachined = true", "");
@@ -204,15 +213,7 @@ fn systemd_units_start_notify_stop_and_log() {
 #[test]
 fn systemd_refused_start_is_not_restarted() {
     let test = "systemd_refused_start_is_not_restarted";
-    if require(test, false).is_none() {
-        return;
-    }
-    let absent: Vec<&str> = ["systemd-nspawn", "nsenter"]
-        .into_iter()
-        .filter(|p| find(p).is_none())
-        .collect();
-    if !absent.is_empty() || !Path::new("/usr/lib/systemd/systemd").is_file() {
-        eprintln!("SKIPPED {test}: missing {absent:?} or /usr/lib/systemd/systemd (systemd-container, util-linux)");
+    if !ready(test) {
         return;
     }
     let tables = tap_tables("rf-sd0", "02:00:00:00:5f:02", "10.77.8.2");
