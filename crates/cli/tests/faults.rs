@@ -58,6 +58,27 @@ fn assert_no_scratch(state: &Path) {
     assert!(scratch.is_empty(), "scratch left: {scratch:?}");
 }
 
+/// `DIR/root`, a root directory with an `/sbin/init`.
+fn init_root(dir: &Path) -> PathBuf {
+    let root = dir.join("root");
+    fs::create_dir_all(root.join("sbin")).expect("mkdir");
+    fs::write(root.join("sbin/init"), "#!/bin/sh\n").expect("init");
+    root
+}
+
+/// Writes the definition `path`: VM `name` (with the top-level keys `top`) on the cloud
+/// test kernel and the root directory `root`.
+fn write_definition(path: &Path, name: &str, top: &str, root: &Path) {
+    fs::write(
+        path,
+        format!(
+            "hostName = \"{name}\"\n{top}kernel = {:?}\n[[root]]\ndirectory = {root:?}\n",
+            kernel()
+        ),
+    )
+    .expect("definition");
+}
+
 #[test]
 fn create_on_a_full_disk_says_so_once_and_leaves_nothing() {
     if !microvm_host::privilege::is_root() {
@@ -67,19 +88,9 @@ fn create_on_a_full_disk_says_so_once_and_leaves_nothing() {
         return skip(&format!("{} is missing", kernel().display()));
     }
     let work = tempfile::tempdir().expect("tempdir");
-    let root = work.path().join("root");
-    fs::create_dir_all(root.join("sbin")).expect("mkdir");
-    fs::write(root.join("sbin/init"), "#!/bin/sh\n").expect("init");
+    let root = init_root(work.path());
     let def = work.path().join("full.toml");
-    fs::write(
-        &def,
-        format!(
-            "hostName = \"full\"\nkernel = {:?}\n[[root]]\ndirectory = {:?}\n",
-            kernel(),
-            root
-        ),
-    )
-    .expect("definition");
+    write_definition(&def, "full", "", &root);
     let mnt = work.path().join("mnt");
     fs::create_dir_all(&mnt).expect("mkdir");
     let mounted = Command::new("mount")
@@ -148,20 +159,10 @@ fn a_build_killed_at_any_point_leaves_no_orphan_and_no_scratch() {
         return skip(&format!("{} is missing", kernel().display()));
     }
     let work = tempfile::tempdir().expect("tempdir");
-    let root = work.path().join("root");
-    fs::create_dir_all(root.join("sbin")).expect("mkdir");
-    fs::write(root.join("sbin/init"), "#!/bin/sh\n").expect("init");
+    let root = init_root(work.path());
     fs::write(root.join("blob"), vec![7u8; 8 << 20]).expect("blob");
     let def = work.path().join("k.toml");
-    fs::write(
-        &def,
-        format!(
-            "hostName = \"k\"\nkernel = {:?}\n[[root]]\ndirectory = {:?}\n",
-            kernel(),
-            root
-        ),
-    )
-    .expect("definition");
+    write_definition(&def, "k", "", &root);
     let state = work.path().join("state");
     let create = || {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_microvm"));
@@ -239,21 +240,11 @@ fn concurrent_creates_and_updates_are_consistent() {
         return skip(&format!("{} is missing", kernel().display()));
     }
     let work = tempfile::tempdir().expect("tempdir");
-    let root = work.path().join("root");
-    fs::create_dir_all(root.join("sbin")).expect("mkdir");
-    fs::write(root.join("sbin/init"), "#!/bin/sh\n").expect("init");
+    let root = init_root(work.path());
     let state = work.path().join("state");
     let def = |name: &str, mem: u32| {
         let p = work.path().join(format!("{name}.toml"));
-        fs::write(
-            &p,
-            format!(
-                "hostName = \"{name}\"\nmem = {mem}\nkernel = {:?}\n[[root]]\ndirectory = {:?}\n",
-                kernel(),
-                root
-            ),
-        )
-        .expect("definition");
+        write_definition(&p, name, &format!("mem = {mem}\n"), &root);
         p
     };
     let microvm = |args: &[&std::ffi::OsStr]| {
