@@ -11,11 +11,13 @@
 mod harness;
 
 use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use harness::{require, Kernel, Need, Vm};
+use harness::{require, Env, Kernel, Need, Vm};
 use microvm_host::supervise::{self, Console, RunError, RunOptions};
-use microvm_runner::{Artifacts, ControlChannel, HostFacts};
+use microvm_runner::{Artifacts, ControlChannel, HostFacts, Invocation};
+use microvm_spec::config::Config;
 use microvm_spec::types::Hypervisor;
 
 /// The value after `flag` in qemu's argv, and `file=` of the store drive.
@@ -24,14 +26,14 @@ fn qemu_artifacts(args: &[String]) -> Artifacts {
         args.iter()
             .position(|a| a == flag)
             .and_then(|i| args.get(i + 1))
-            .map(std::path::PathBuf::from)
+            .map(PathBuf::from)
             .unwrap_or_else(|| panic!("no {flag} in {args:?}"))
     };
     let store = args
         .iter()
         .find(|a| a.starts_with("id=store,"))
         .and_then(|d| d.split(',').find_map(|kv| kv.strip_prefix("file=")))
-        .map(std::path::PathBuf::from);
+        .map(PathBuf::from);
     let kernel = after("-kernel");
     Artifacts {
         kernel: kernel.clone(),
@@ -41,17 +43,49 @@ fn qemu_artifacts(args: &[String]) -> Artifacts {
     }
 }
 
+/// The alioth binary on the test's PATH; `None` (the skip printed) when there is none.
+fn alioth_on_path(test: &str, env: &Env) -> Option<PathBuf> {
+    let found = std::env::split_paths(&env.path)
+        .map(|d| d.join("alioth"))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        eprintln!("skipped: {test}: alioth is not on PATH (cargo install alioth-cli)");
+    }
+    found
+}
+
+/// Builds `vm` (for qemu, its definition's hypervisor) and plans the same guest, with the
+/// kernel, initrd and store disk qemu was given, for alioth: its config and the plan.
+fn alioth_plan(vm: &Vm) -> (Config, Invocation) {
+    let (status, stdout, stderr, _) = vm.cli(&["build"]);
+    assert!(status.success(), "{stderr}");
+    let runner = PathBuf::from(stdout.lines().last().expect("runner").trim());
+    let qemu: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(runner.join("share/microvm/invocation.json")).expect("json"),
+    )
+    .expect("invocation");
+    let args: Vec<String> = serde_json::from_value(qemu["args"].clone()).expect("args");
+    let mut config = microvm_spec::load::load_file(&vm.path("vm.toml"))
+        .unwrap_or_else(|e| panic!("{}", e.render()))
+        .config;
+    config.hypervisor = Hypervisor::Alioth;
+    let inv = microvm_runner::plan_for(
+        Hypervisor::Alioth,
+        &config,
+        &qemu_artifacts(&args),
+        &HostFacts::reference(),
+    )
+    .expect("alioth plan");
+    (config, inv)
+}
+
 #[test]
 fn alioth_runs_the_console_channel_plan_as_far_as_the_host_allows() {
     let test = "alioth_runs_the_console_channel_plan_as_far_as_the_host_allows";
     let Some(env) = require(test, &[Need::CloudKernel]) else {
         return;
     };
-    let Some(alioth) = std::env::split_paths(&env.path)
-        .map(|d| d.join("alioth"))
-        .find(|p| p.is_file())
-    else {
-        eprintln!("skipped: {test}: alioth is not on PATH (cargo install alioth-cli)");
+    let Some(alioth) = alioth_on_path(test, &env) else {
         return;
     };
     eprintln!("{test}: using {}", alioth.display());
@@ -62,27 +96,7 @@ fn alioth_runs_the_console_channel_plan_as_far_as_the_host_allows() {
         "command = ['/bin/sh', '-c', 'exit 5']",
         "",
     );
-    let (status, stdout, stderr, _) = vm.cli(&["build"]);
-    assert!(status.success(), "{stderr}");
-    let runner = std::path::PathBuf::from(stdout.lines().last().expect("runner").trim());
-    let qemu: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(runner.join("share/microvm/invocation.json")).expect("json"),
-    )
-    .expect("invocation");
-    let args: Vec<String> = serde_json::from_value(qemu["args"].clone()).expect("args");
-    let artifacts = qemu_artifacts(&args);
-
-    let mut config = microvm_spec::load::load_file(&vm.path("vm.toml"))
-        .unwrap_or_else(|e| panic!("{}", e.render()))
-        .config;
-    config.hypervisor = Hypervisor::Alioth;
-    let mut inv = microvm_runner::plan_for(
-        Hypervisor::Alioth,
-        &config,
-        &artifacts,
-        &HostFacts::reference(),
-    )
-    .expect("alioth plan");
+    let (_, mut inv) = alioth_plan(&vm);
     assert!(matches!(
         inv.control_channel,
         Some(ControlChannel::Console { .. })
@@ -132,33 +146,11 @@ fn alioth_stops_on_request() {
     let Some(env) = require(test, &[Need::CloudKernel]) else {
         return;
     };
-    let Some(alioth) = std::env::split_paths(&env.path)
-        .map(|d| d.join("alioth"))
-        .find(|p| p.is_file())
-    else {
-        eprintln!("skipped: {test}: alioth is not on PATH (cargo install alioth-cli)");
+    let Some(alioth) = alioth_on_path(test, &env) else {
         return;
     };
     let vm = Vm::new(&env, test, Kernel::Cloud, "init = \"/sbin/init\"", "");
-    let (status, stdout, stderr, _) = vm.cli(&["build"]);
-    assert!(status.success(), "{stderr}");
-    let runner = std::path::PathBuf::from(stdout.lines().last().expect("runner").trim());
-    let qemu: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(runner.join("share/microvm/invocation.json")).expect("json"),
-    )
-    .expect("invocation");
-    let args: Vec<String> = serde_json::from_value(qemu["args"].clone()).expect("args");
-    let mut config = microvm_spec::load::load_file(&vm.path("vm.toml"))
-        .unwrap_or_else(|e| panic!("{}", e.render()))
-        .config;
-    config.hypervisor = Hypervisor::Alioth;
-    let mut inv = microvm_runner::plan_for(
-        Hypervisor::Alioth,
-        &config,
-        &qemu_artifacts(&args),
-        &HostFacts::reference(),
-    )
-    .expect("alioth plan");
+    let (_, mut inv) = alioth_plan(&vm);
     inv.program = alioth.display().to_string();
     inv.env.push(("RUST_LOG".into(), "info".into()));
     let mut opts = RunOptions::new(vm.path(""));
@@ -208,30 +200,11 @@ fn alioth_microvm_run_script_starts_alioth() {
     let Some(env) = require(test, &[Need::CloudKernel]) else {
         return;
     };
-    if !std::env::split_paths(&env.path).any(|d| d.join("alioth").is_file()) {
-        eprintln!("skipped: {test}: alioth is not on PATH (cargo install alioth-cli)");
+    if alioth_on_path(test, &env).is_none() {
         return;
     }
     let vm = Vm::new(&env, test, Kernel::Cloud, "command = ['/bin/true']", "");
-    let (status, stdout, stderr, _) = vm.cli(&["build"]);
-    assert!(status.success(), "{stderr}");
-    let runner = std::path::PathBuf::from(stdout.lines().last().expect("runner").trim());
-    let qemu: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(runner.join("share/microvm/invocation.json")).expect("json"),
-    )
-    .expect("invocation");
-    let args: Vec<String> = serde_json::from_value(qemu["args"].clone()).expect("args");
-    let mut config = microvm_spec::load::load_file(&vm.path("vm.toml"))
-        .unwrap_or_else(|e| panic!("{}", e.render()))
-        .config;
-    config.hypervisor = Hypervisor::Alioth;
-    let inv = microvm_runner::plan_for(
-        Hypervisor::Alioth,
-        &config,
-        &qemu_artifacts(&args),
-        &HostFacts::reference(),
-    )
-    .expect("alioth plan");
+    let (config, inv) = alioth_plan(&vm);
     let pkg = vm.path("alioth-runner");
     microvm_runner::package::write(&pkg, &microvm_runner::package::files(&config, &inv))
         .expect("write the runner");

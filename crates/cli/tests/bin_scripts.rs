@@ -146,23 +146,23 @@ fn sh(
 }
 
 /// A network namespace for this test, removed when dropped.
-struct Netns(&'static str);
+struct Netns(String);
 
 impl Netns {
-    fn new(name: &'static str) -> Option<Netns> {
+    fn new(name: String) -> Option<Netns> {
         let _ = Command::new("ip")
-            .args(["netns", "delete", name])
+            .args(["netns", "delete", &name])
             .stderr(Stdio::null())
             .status();
         let ok = Command::new("ip")
-            .args(["netns", "add", name])
+            .args(["netns", "add", &name])
             .status()
             .is_ok_and(|s| s.success());
         ok.then_some(Netns(name))
     }
     fn ip(&self, args: &[&str]) -> bool {
         Command::new("ip")
-            .args(["netns", "exec", self.0, "ip"])
+            .args(["netns", "exec", &self.0, "ip"])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -174,7 +174,7 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip")
-            .args(["netns", "delete", self.0])
+            .args(["netns", "delete", &self.0])
             .status();
     }
 }
@@ -188,7 +188,8 @@ fn interface_share_and_pci_scripts_run() {
     let Some(env) = require(test, &[Need::CloudKernel, Need::Virtiofsd]) else {
         return;
     };
-    let Some(ns) = Netns::new("i9b-scripts") else {
+    // Its own name: another checkout's run of this test may be at the same place.
+    let Some(ns) = Netns::new(format!("i9b-scripts-{}", std::process::id())) else {
         eprintln!("skipped: {test}: cannot create a network namespace here");
         return;
     };
@@ -208,23 +209,23 @@ fn interface_share_and_pci_scripts_run() {
     let bin = |n: &str| runner.join("bin").join(n);
     let dir = vm.path("");
 
-    let (ok, out) = sh(&bin("tap-up"), &[], &dir, Some(ns.0));
+    let (ok, out) = sh(&bin("tap-up"), &[], &dir, Some(&ns.0));
     assert!(ok && ns.ip(&["link", "show", "i9b-tap0"]), "tap-up: {out}");
-    let (ok, out) = sh(&bin("tap-down"), &[], &dir, Some(ns.0));
+    let (ok, out) = sh(&bin("tap-down"), &[], &dir, Some(&ns.0));
     assert!(
         ok && !ns.ip(&["link", "show", "i9b-tap0"]),
         "tap-down: {out}"
     );
 
-    let (ok, out) = sh(&bin("macvtap-up"), &[], &dir, Some(ns.0));
+    let (ok, out) = sh(&bin("macvtap-up"), &[], &dir, Some(&ns.0));
     assert!(ok, "macvtap-up: {out}");
     assert!(
         ns.ip(&["link", "show", "i9b-mvt0"]),
         "no macvtap after macvtap-up"
     );
-    let (ok, out) = sh(&bin("macvtap-up"), &[], &dir, Some(ns.0));
+    let (ok, out) = sh(&bin("macvtap-up"), &[], &dir, Some(&ns.0));
     assert!(ok, "macvtap-up again (replaces the link): {out}");
-    let (ok, out) = sh(&bin("macvtap-down"), &[], &dir, Some(ns.0));
+    let (ok, out) = sh(&bin("macvtap-down"), &[], &dir, Some(&ns.0));
     assert!(
         ok && !ns.ip(&["link", "show", "i9b-mvt0"]),
         "macvtap-down: {out}"

@@ -20,6 +20,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use service_harness::netns::{veth, Netns};
 use service_harness::*;
 
 /// The guest's counter (`/bin/counter`, started by rcS): every 100 ms the next number and
@@ -213,8 +214,8 @@ fn require_ssh(test: &str) -> Option<()> {
 /// A second "host": its own state directory (the VM's `current` points at the same
 /// store path, its `data.img` at the first host's image: shared storage) and netns.
 struct Peer {
+    netns: Netns,
     state: tempfile::TempDir,
-    netns: String,
     name: String,
 }
 
@@ -230,9 +231,7 @@ impl Peer {
         std::os::unix::fs::symlink(runner, dir.join("current")).expect("current");
         std::os::unix::fs::symlink(vm.vmdir().join("data.img"), dir.join("data.img"))
             .expect("shared volume");
-        let netns = format!("mvt-{}-{tag}", std::process::id());
-        assert!(sh(&["ip", "netns", "add", &netns]).status.success());
-        let _ = sh(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
+        let netns = Netns::new(format!("mvt-{}-{tag}", std::process::id()));
         Peer {
             state,
             netns,
@@ -241,25 +240,7 @@ impl Peer {
     }
 
     fn microvm(&self, args: &[&str]) -> Output {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.netns])
-            .arg(bin())
-            .arg("--state-dir")
-            .arg(self.state.path())
-            .args(args)
-            .env("PATH", path_var())
-            .env("MICROVM_SERVICE_MANAGER", "own")
-            .stdin(Stdio::null())
-            .output()
-            .expect("microvm");
-        eprintln!(
-            "$ [peer] microvm {} → {}\n{}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        microvm_in("[peer] ", &self.netns, self.state.path(), args)
     }
 
     fn log(&self) -> String {
@@ -271,7 +252,7 @@ impl Peer {
 impl Drop for Peer {
     fn drop(&mut self) {
         let _ = self.microvm(&["stop", &self.name, "--timeout", "5"]);
-        let _ = sh(&["ip", "netns", "del", &self.netns]);
+        // Then the namespace goes (`Netns`), with what is left in it.
     }
 }
 
@@ -466,34 +447,14 @@ fn migrate_between_two_hosts_and_refuse_a_second_writer() {
     let peer = Peer::new(&vm, "i13b");
     // veth between the two hosts' namespaces.
     let (a, b) = ("i13va", "i13vb");
-    assert!(sh(&[
-        "ip",
-        "-n",
+    veth(
         &vm.netns,
-        "link",
-        "add",
         a,
-        "type",
-        "veth",
-        "peer",
-        "name",
+        "10.213.0.1/24",
+        &peer.netns,
         b,
-        "netns",
-        &peer.netns
-    ])
-    .status
-    .success());
-    for (ns, dev, addr) in [
-        (&vm.netns, a, "10.213.0.1/24"),
-        (&peer.netns, b, "10.213.0.2/24"),
-    ] {
-        assert!(sh(&["ip", "-n", ns, "addr", "add", addr, "dev", dev])
-            .status
-            .success());
-        assert!(sh(&["ip", "-n", ns, "link", "set", dev, "up"])
-            .status
-            .success());
-    }
+        "10.213.0.2/24",
+    );
     let sshd = Sshd::start(
         &vm.dir.path().join("ssh"),
         &["hosta=10.213.0.1"],

@@ -228,13 +228,21 @@ fn library_warnings_and_skipped_root_entries_reach_stderr() {
     let _ = std::fs::remove_dir_all(&store);
 }
 
-#[test]
-fn system_symlink_points_at_the_guest_root() {
+/// A temporary directory with a kernel the build cannot decompress (`bzImage`) and a
+/// root directory (`root`, holding `/etc/hello`).
+fn kernel_and_root() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     std::fs::write(d.join("bzImage"), undecompressable_bzimage()).expect("write");
     std::fs::create_dir_all(d.join("root/etc")).expect("mkdir");
     std::fs::write(d.join("root/etc/hello"), "hi\n").expect("write");
+    dir
+}
+
+#[test]
+fn system_symlink_points_at_the_guest_root() {
+    let dir = kernel_and_root();
+    let d = dir.path();
     let def = "kernel = \"bzImage\"\n[[root]]\ndirectory = \"root\"\n";
     std::fs::write(d.join("with.toml"), format!("systemSymlink = true\n{def}")).expect("write");
     std::fs::write(d.join("without.toml"), def).expect("write");
@@ -271,11 +279,8 @@ fn keys(v: &serde_json::Value, out: &mut Vec<String>) {
 
 #[test]
 fn every_json_output_is_camel_case() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = kernel_and_root();
     let d = dir.path();
-    std::fs::write(d.join("bzImage"), undecompressable_bzimage()).expect("write");
-    std::fs::create_dir_all(d.join("root/etc")).expect("mkdir");
-    std::fs::write(d.join("root/etc/hello"), "hi\n").expect("write");
     std::fs::write(
         d.join("vm1.toml"),
         "kernel = \"bzImage\"\n[[root]]\ndirectory = \"root\"\n[[volumes]]\nimage = \"v.img\"\n\
@@ -332,11 +337,8 @@ fn man_pages_and_help_carry_the_exit_codes_and_the_run_name_form() {
 
 #[test]
 fn plan_names_the_built_artifacts_or_says_what_the_placeholders_are() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = kernel_and_root();
     let d = dir.path();
-    std::fs::write(d.join("bzImage"), undecompressable_bzimage()).expect("write");
-    std::fs::create_dir_all(d.join("root/etc")).expect("mkdir");
-    std::fs::write(d.join("root/etc/hello"), "hi\n").expect("write");
     std::fs::write(
         d.join("vm1.toml"),
         "kernel = \"bzImage\"\n[[root]]\ndirectory = \"root\"\n",

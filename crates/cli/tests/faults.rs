@@ -5,25 +5,13 @@
 //! Needs root (mount) and the cloud test kernel; without them the test says why and
 //! passes (under `CI` it fails instead).
 
+mod service_harness;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("workspace root")
-}
-
-fn kernel() -> PathBuf {
-    let dir = match std::env::var_os("MICROVM_TEST_KERNELS") {
-        Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
-        Some(d) => workspace().join(d),
-        None => workspace().join("target/test-kernels"),
-    };
-    dir.join("cloud.deb")
-}
+use service_harness::kernel;
 
 fn skip(why: &str) {
     assert!(
@@ -59,6 +47,38 @@ impl Drop for Tmpfs {
     }
 }
 
+/// No scratch file or directory (a name with `tmp`) is left under `state`, but the
+/// store's own scratch directory.
+fn assert_no_scratch(state: &Path) {
+    let scratch: Vec<String> = tree(state)
+        .into_iter()
+        .filter(|p| p.rsplit('/').next().is_some_and(|n| n.contains("tmp")))
+        .filter(|p| p != ".store/.tmp")
+        .collect();
+    assert!(scratch.is_empty(), "scratch left: {scratch:?}");
+}
+
+/// `DIR/root`, a root directory with an `/sbin/init`.
+fn init_root(dir: &Path) -> PathBuf {
+    let root = dir.join("root");
+    fs::create_dir_all(root.join("sbin")).expect("mkdir");
+    fs::write(root.join("sbin/init"), "#!/bin/sh\n").expect("init");
+    root
+}
+
+/// Writes the definition `path`: VM `name` (with the top-level keys `top`) on the cloud
+/// test kernel and the root directory `root`.
+fn write_definition(path: &Path, name: &str, top: &str, root: &Path) {
+    fs::write(
+        path,
+        format!(
+            "hostName = \"{name}\"\n{top}kernel = {:?}\n[[root]]\ndirectory = {root:?}\n",
+            kernel()
+        ),
+    )
+    .expect("definition");
+}
+
 #[test]
 fn create_on_a_full_disk_says_so_once_and_leaves_nothing() {
     if !microvm_host::privilege::is_root() {
@@ -68,19 +88,9 @@ fn create_on_a_full_disk_says_so_once_and_leaves_nothing() {
         return skip(&format!("{} is missing", kernel().display()));
     }
     let work = tempfile::tempdir().expect("tempdir");
-    let root = work.path().join("root");
-    fs::create_dir_all(root.join("sbin")).expect("mkdir");
-    fs::write(root.join("sbin/init"), "#!/bin/sh\n").expect("init");
+    let root = init_root(work.path());
     let def = work.path().join("full.toml");
-    fs::write(
-        &def,
-        format!(
-            "hostName = \"full\"\nkernel = {:?}\n[[root]]\ndirectory = {:?}\n",
-            kernel(),
-            root
-        ),
-    )
-    .expect("definition");
+    write_definition(&def, "full", "", &root);
     let mnt = work.path().join("mnt");
     fs::create_dir_all(&mnt).expect("mkdir");
     let mounted = Command::new("mount")
@@ -149,20 +159,10 @@ fn a_build_killed_at_any_point_leaves_no_orphan_and_no_scratch() {
         return skip(&format!("{} is missing", kernel().display()));
     }
     let work = tempfile::tempdir().expect("tempdir");
-    let root = work.path().join("root");
-    fs::create_dir_all(root.join("sbin")).expect("mkdir");
-    fs::write(root.join("sbin/init"), "#!/bin/sh\n").expect("init");
+    let root = init_root(work.path());
     fs::write(root.join("blob"), vec![7u8; 8 << 20]).expect("blob");
     let def = work.path().join("k.toml");
-    fs::write(
-        &def,
-        format!(
-            "hostName = \"k\"\nkernel = {:?}\n[[root]]\ndirectory = {:?}\n",
-            kernel(),
-            root
-        ),
-    )
-    .expect("definition");
+    write_definition(&def, "k", "", &root);
     let state = work.path().join("state");
     let create = || {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_microvm"));
@@ -228,12 +228,7 @@ fn a_build_killed_at_any_point_leaves_no_orphan_and_no_scratch() {
         update().status().expect("update").success(),
         "the next update works"
     );
-    let scratch: Vec<String> = tree(&state)
-        .into_iter()
-        .filter(|p| p.rsplit('/').next().is_some_and(|n| n.contains("tmp")))
-        .filter(|p| p != ".store/.tmp")
-        .collect();
-    assert!(scratch.is_empty(), "scratch left: {scratch:?}");
+    assert_no_scratch(&state);
 }
 
 /// Two `create`s of different VMs and then two `update`s of one VM (after its definition
@@ -245,21 +240,11 @@ fn concurrent_creates_and_updates_are_consistent() {
         return skip(&format!("{} is missing", kernel().display()));
     }
     let work = tempfile::tempdir().expect("tempdir");
-    let root = work.path().join("root");
-    fs::create_dir_all(root.join("sbin")).expect("mkdir");
-    fs::write(root.join("sbin/init"), "#!/bin/sh\n").expect("init");
+    let root = init_root(work.path());
     let state = work.path().join("state");
     let def = |name: &str, mem: u32| {
         let p = work.path().join(format!("{name}.toml"));
-        fs::write(
-            &p,
-            format!(
-                "hostName = \"{name}\"\nmem = {mem}\nkernel = {:?}\n[[root]]\ndirectory = {:?}\n",
-                kernel(),
-                root
-            ),
-        )
-        .expect("definition");
+        write_definition(&p, name, &format!("mem = {mem}\n"), &root);
         p
     };
     let microvm = |args: &[&std::ffi::OsStr]| {
@@ -311,12 +296,7 @@ fn concurrent_creates_and_updates_are_consistent() {
             assert!(inv.contains("384"), "ca runs the updated definition");
         }
     }
-    let scratch: Vec<String> = tree(&state)
-        .into_iter()
-        .filter(|p| p.rsplit('/').next().is_some_and(|n| n.contains("tmp")))
-        .filter(|p| p != ".store/.tmp")
-        .collect();
-    assert!(scratch.is_empty(), "scratch left: {scratch:?}");
+    assert_no_scratch(&state);
 }
 
 /// Attack 1 of issue 10: with a state root the hypervisors' group could write, a member

@@ -9,25 +9,15 @@
 //! Prerequisites (root, iproute2 with netns, nft, dnsmasq, busybox-static): a missing one
 //! skips the test with a printed reason, or fails it when `CI` is set.
 
+mod service_harness;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_microvm"))
-}
-
-fn path_var() -> std::ffi::OsString {
-    let mut dirs: Vec<PathBuf> =
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
-    dirs.extend(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from));
-    std::env::join_paths(dirs).expect("PATH")
-}
-
-fn which(tool: &str) -> bool {
-    std::env::split_paths(&path_var()).any(|d| d.join(tool).is_file())
-}
+use service_harness::netns::{command_definition, ok, run_in, skip, terminate, veth, Netns};
+use service_harness::{bin, find, kernel, path_var, sh as run, work_dir};
 
 /// Why the test cannot run here, if it cannot.
 fn missing() -> Option<String> {
@@ -36,59 +26,8 @@ fn missing() -> Option<String> {
     }
     ["ip", "nft", "dnsmasq", "busybox"]
         .into_iter()
-        .find(|t| !which(t))
+        .find(|t| find(t).is_none())
         .map(|t| format!("{t} is not installed (scripts/setup-host.sh installs it)"))
-}
-
-fn run(argv: &[&str]) -> Output {
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .env("PATH", path_var())
-        .output()
-        .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
-    out
-}
-
-fn ok(argv: &[&str]) -> String {
-    let out = run(argv);
-    assert!(
-        out.status.success(),
-        "{argv:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The namespaces of one test; deleted (with their links and processes' sockets) on drop.
-struct Namespaces {
-    names: Vec<String>,
-}
-
-impl Namespaces {
-    fn add(&mut self, name: String) -> String {
-        ok(&["ip", "netns", "add", &name]);
-        self.names.push(name.clone());
-        ok(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        name
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for n in self.names.iter().rev() {
-            run(&["ip", "netns", "pids", n])
-                .stdout
-                .split(|b| *b == b'\n')
-                .filter_map(|p| std::str::from_utf8(p).ok()?.trim().parse::<i32>().ok())
-                .for_each(|pid| {
-                    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                    }
-                });
-            let _ = run(&["ip", "netns", "delete", n]);
-        }
-    }
 }
 
 /// The udhcpc script: configure the lease on the interface.
@@ -151,49 +90,25 @@ fn dhcp_client(
 
 #[test]
 fn dhcp_dns_and_nat_between_namespaces_and_nothing_left_after_removal() {
-    if let Some(why) = missing() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "network test cannot run in CI: {why}"
-        );
-        eprintln!("skipped: {why}");
+    if skip("network test", missing()) {
         return;
     }
     let tag = format!("i11n{}", std::process::id() % 100000);
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
-    let mut ns = Namespaces { names: Vec::new() };
-    let host = ns.add(format!("{tag}-h"));
-    let up = ns.add(format!("{tag}-u"));
-    let c1 = ns.add(format!("{tag}-c1"));
-    let c2 = ns.add(format!("{tag}-c2"));
+    let host = Netns::new(format!("{tag}-h"));
+    let up = Netns::new(format!("{tag}-u"));
+    let c1 = Netns::new(format!("{tag}-c1"));
+    let c2 = Netns::new(format!("{tag}-c2"));
     // The uplink: 172.31.250.2 in its own namespace, with no route back to the VMs' subnet.
-    ok(&[
-        "ip", "-n", &host, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns",
-        &up,
-    ]);
-    ok(&[
-        "ip",
-        "-n",
+    veth(
         &host,
-        "addr",
-        "add",
-        "172.31.250.1/30",
-        "dev",
         "up0",
-    ]);
-    ok(&["ip", "-n", &host, "link", "set", "up0", "up"]);
-    ok(&[
-        "ip",
-        "-n",
+        "172.31.250.1/30",
         &up,
-        "addr",
-        "add",
-        "172.31.250.2/30",
-        "dev",
         "eth0",
-    ]);
-    ok(&["ip", "-n", &up, "link", "set", "eth0", "up"]);
+        "172.31.250.2/30",
+    );
 
     let bridge = "mvbr0";
     let create = [
@@ -305,55 +220,6 @@ fn dhcp_dns_and_nat_between_namespaces_and_nothing_left_after_removal() {
     assert!(!out.status.success(), "removing a missing network fails");
 }
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("workspace root")
-}
-
-fn kernel() -> PathBuf {
-    let dir = match std::env::var_os("MICROVM_TEST_KERNELS") {
-        Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
-        Some(d) => workspace().join(d),
-        None => workspace().join("target/test-kernels"),
-    };
-    dir.join("cloud.deb")
-}
-
-/// `target/network-tests`: the busybox root and the store, kept between runs.
-fn work_dir() -> PathBuf {
-    let d = bin()
-        .parent()
-        .and_then(Path::parent)
-        .map(|t| t.join("network-tests"))
-        .unwrap_or_else(|| workspace().join("target/network-tests"));
-    fs::create_dir_all(&d).expect("network-tests dir");
-    d
-}
-
-/// A busybox root (every applet linked) for single-command guests.
-fn busybox_root() -> PathBuf {
-    let dest = work_dir().join("root-v1");
-    if dest.join("bin/busybox").is_file() {
-        return dest;
-    }
-    let tmp = work_dir().join(format!("root.tmp-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
-    for d in ["bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp"] {
-        fs::create_dir_all(tmp.join(d)).expect("mkdir");
-    }
-    fs::copy("/bin/busybox", tmp.join("bin/busybox")).expect("busybox");
-    let list = ok(&[tmp.join("bin/busybox").to_str().expect("utf-8"), "--list"]);
-    for applet in list.split_whitespace().filter(|a| *a != "busybox") {
-        let _ = std::os::unix::fs::symlink("busybox", tmp.join("bin").join(applet));
-    }
-    if fs::rename(&tmp, &dest).is_err() {
-        let _ = fs::remove_dir_all(&tmp);
-    }
-    dest
-}
-
 /// A single-command VM with one tap on `bridge`, configured by DHCP.
 fn vm_definition(
     dir: &Path,
@@ -363,47 +229,24 @@ fn vm_definition(
     bridge: &str,
     script: &str,
 ) -> PathBuf {
-    let def = dir.join(format!("{name}.toml"));
-    fs::write(
-        &def,
-        format!(
-            "hostName = \"{name}\"\nvcpu = 1\nmem = 256\nkernel = {kernel:?}\n\
-             command = ['/bin/sh', '-c', '{script}']\n\n[[root]]\ndirectory = {root:?}\n\n\
-             [[interfaces]]\ntype = \"tap\"\nid = \"{tap}\"\nmac = \"{mac}\"\nbridge = \"{bridge}\"\n\n\
-             [[network]]\ninterface = \"{tap}\"\ndhcp = true\n",
-            kernel = kernel(),
-            root = busybox_root(),
-        ),
-    )
-    .expect("definition");
-    def
+    let tables = format!(
+        "[[interfaces]]\ntype = \"tap\"\nid = \"{tap}\"\nmac = \"{mac}\"\nbridge = \"{bridge}\"\n\n\
+         [[network]]\ninterface = \"{tap}\"\ndhcp = true\n"
+    );
+    command_definition(dir, (name, 1), &kernel(), script, &tables)
 }
 
 /// `ip netns exec NS microvm run DEF` with the console in `DIR/NAME.console`.
 fn run_vm(host_ns: &str, dir: &Path, def: &Path, name: &str) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", host_ns])
-        .arg(bin())
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("run")
-        .arg(def)
-        .arg("--store")
-        .arg(work_dir().join("store"))
-        .arg("--workdir")
-        .arg(dir)
-        .arg("--console-log")
-        .arg(dir.join(format!("{name}.console")))
-        .env("PATH", path_var())
-        .stdin(std::process::Stdio::null());
-    c
+    let console = dir.join(format!("{name}.console"));
+    run_in(host_ns, &dir.join("state"), def, dir, &console)
 }
 
 fn vm_missing() -> Option<String> {
     if let Some(why) = missing() {
         return Some(why);
     }
-    if !which("qemu-system-x86_64") {
+    if find("qemu-system-x86_64").is_none() {
         return Some("qemu-system-x86_64 is not installed".into());
     }
     if !kernel().is_file() {
@@ -421,47 +264,23 @@ fn vm_missing() -> Option<String> {
 /// the uplink's address through NAT; afterwards no tap, bridge, table, lease or process is left.
 #[test]
 fn three_vms_get_leases_resolve_each_other_and_reach_the_uplink() {
-    if let Some(why) = vm_missing() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "network VM test cannot run in CI: {why}"
-        );
-        eprintln!("skipped: {why}");
+    if skip("network VM test", vm_missing()) {
         return;
     }
     let tag = format!("i11v{}", std::process::id() % 100000);
     let dir = tempfile::tempdir_in(work_dir()).expect("tempdir");
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
     let state = dir.path().join("state");
-    let mut ns = Namespaces { names: Vec::new() };
-    let host = ns.add(format!("{tag}-h"));
-    let up = ns.add(format!("{tag}-u"));
-    ok(&[
-        "ip", "-n", &host, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns",
-        &up,
-    ]);
-    ok(&[
-        "ip",
-        "-n",
+    let host = Netns::new(format!("{tag}-h"));
+    let up = Netns::new(format!("{tag}-u"));
+    veth(
         &host,
-        "addr",
-        "add",
-        "172.31.251.1/30",
-        "dev",
         "up0",
-    ]);
-    ok(&["ip", "-n", &host, "link", "set", "up0", "up"]);
-    ok(&[
-        "ip",
-        "-n",
+        "172.31.251.1/30",
         &up,
-        "addr",
-        "add",
-        "172.31.251.2/30",
-        "dev",
         "eth0",
-    ]);
-    ok(&["ip", "-n", &up, "link", "set", "eth0", "up"]);
+        "172.31.251.2/30",
+    );
     let bridge = "mvbr1";
     let out = microvm(
         &host,
@@ -509,10 +328,7 @@ fn three_vms_get_leases_resolve_each_other_and_reach_the_uplink() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
     let stop_all = |waiting: &mut Vec<(&str, std::process::Child)>| {
         for (_, c) in waiting.iter_mut() {
-            if let Some(pid) = rustix::process::Pid::from_raw(c.id() as i32) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            }
-            let _ = c.wait();
+            terminate(c);
         }
     };
     for i in 0..waiting.len() {
@@ -625,19 +441,13 @@ fn three_vms_get_leases_resolve_each_other_and_reach_the_uplink() {
 /// updates a changed one and removes the ones it created that the file no longer lists.
 #[test]
 fn host_apply_creates_updates_and_removes_its_networks() {
-    if let Some(why) = missing() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "network test cannot run in CI: {why}"
-        );
-        eprintln!("skipped: {why}");
+    if skip("network test", missing()) {
         return;
     }
     let tag = format!("i11a{}", std::process::id() % 100000);
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
-    let mut ns = Namespaces { names: Vec::new() };
-    let host = ns.add(format!("{tag}-h"));
+    let host = Netns::new(format!("{tag}-h"));
     let file = dir.path().join("host.toml");
     let apply = |text: &str| -> serde_json::Value {
         fs::write(&file, text).expect("host file");
@@ -699,20 +509,14 @@ fn host_apply_creates_updates_and_removes_its_networks() {
 /// second run changes nothing.
 #[test]
 fn host_install_creates_the_default_network() {
-    if let Some(why) = missing() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "network test cannot run in CI: {why}"
-        );
-        eprintln!("skipped: {why}");
+    if skip("network test", missing()) {
         return;
     }
     let tag = format!("i11i{}", std::process::id() % 100000);
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
     let units = dir.path().join("units");
-    let mut ns = Namespaces { names: Vec::new() };
-    let host = ns.add(format!("{tag}-h"));
+    let host = Netns::new(format!("{tag}-h"));
     let install = [
         "host",
         "install",

@@ -21,7 +21,7 @@
 //! systemd guest; systemd-nspawn and nsenter for the unit): a missing one
 //! skips the test with a printed reason, or fails it when `CI` is set.
 
-#[path = "network_host/container.rs"]
+#[path = "common/container.rs"]
 mod container;
 #[path = "network_host/guests.rs"]
 mod guests;
@@ -682,7 +682,11 @@ fn under_systemd_the_network_is_a_unit_that_comes_back_after_kill_9() {
         eprintln!("SKIPPED {test}: /usr/lib/systemd/systemd is missing (systemd)");
         return;
     }
-    let Some(ct) = Container::boot(&format!("n3nw-{}", std::process::id())) else {
+    let Some(ct) = Container::boot(
+        &format!("n3nw-{}", std::process::id()),
+        &[&workspace()],
+        &[],
+    ) else {
         panic!("{test}: the container did not boot");
     };
     let b = bin();

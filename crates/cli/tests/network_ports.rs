@@ -20,7 +20,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use service_harness::{bin, find, host_install, path_var, root, sh, tail, wait_for, work_dir};
+use service_harness::netns::{command_definition, ok, run_in, skip, terminate, veth, Netns};
+use service_harness::{
+    find, host_install, install_built, microvm_in, path_var, sh, tail, wait_for, work_dir,
+};
 
 /// The guest's service: a banner line and 1 MiB of zeros to every connection on port 80.
 const SERVICE: &str =
@@ -28,12 +31,7 @@ const SERVICE: &str =
 const REPLY_LEN: usize = 9 + 1048576;
 
 fn microvm_kernel() -> PathBuf {
-    let dir = match std::env::var_os("MICROVM_TEST_KERNELS") {
-        Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
-        Some(d) => service_harness::workspace().join(d),
-        None => service_harness::workspace().join("target/test-kernels"),
-    };
-    dir.join("microvm")
+    service_harness::kernels_dir().join("microvm")
 }
 
 /// Why the tests cannot run here, if they cannot.
@@ -64,33 +62,14 @@ fn missing() -> Option<String> {
 }
 
 fn skip_unless_ready(test: &str) -> bool {
-    let Some(why) = missing() else {
-        return false;
-    };
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test} cannot run in CI: {why}"
-    );
-    eprintln!("skipped {test}: {why}");
-    true
-}
-
-fn ok(argv: &[&str]) -> String {
-    let out = sh(argv);
-    assert!(
-        out.status.success(),
-        "{argv:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    skip(test, missing())
 }
 
 /// A "host" namespace with a state directory, and the other namespaces of the test;
 /// stops the VMs and deletes the namespaces (with their links and processes) on drop.
 struct Host {
     ns: String,
-    others: Vec<String>,
+    namespaces: Vec<Netns>,
     dir: tempfile::TempDir,
     vms: Vec<String>,
 }
@@ -103,12 +82,10 @@ impl Host {
             .tempdir_in(work_dir())
             .expect("tempdir");
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
-        let ns = format!("{tag}-h");
-        ok(&["ip", "netns", "add", &ns]);
-        ok(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        let ns = Netns::new(format!("{tag}-h"));
         Host {
-            ns,
-            others: Vec::new(),
+            ns: ns.0.clone(),
+            namespaces: vec![ns],
             dir,
             vms: Vec::new(),
         }
@@ -121,62 +98,28 @@ impl Host {
     /// A client namespace behind a veth pair: `host_if` (`HOST_ADDR/30`) in the host
     /// namespace, `eth0` (`CLIENT_ADDR/30`) in the client.
     fn client(&mut self, name: &str, host_if: &str, host_addr: &str, client_addr: &str) -> String {
-        let ns = format!("{}-{name}", self.ns.trim_end_matches("-h"));
-        ok(&["ip", "netns", "add", &ns]);
-        self.others.push(ns.clone());
-        ok(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-        ok(&[
-            "ip", "-n", &self.ns, "link", "add", host_if, "type", "veth", "peer", "name", "eth0",
-            "netns", &ns,
-        ]);
-        ok(&[
-            "ip", "-n", &self.ns, "addr", "add", host_addr, "dev", host_if,
-        ]);
-        ok(&["ip", "-n", &self.ns, "link", "set", host_if, "up"]);
-        ok(&["ip", "-n", &ns, "addr", "add", client_addr, "dev", "eth0"]);
-        ok(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
-        ns
+        let ns = Netns::new(format!("{}-{name}", self.ns.trim_end_matches("-h")));
+        veth(&self.ns, host_if, host_addr, &ns, "eth0", client_addr);
+        let name = ns.0.clone();
+        self.namespaces.push(ns);
+        name
     }
 
     /// `ip netns exec HOST microvm --state-dir S ARGS…` with microvm's own service manager.
     fn microvm(&self, args: &[&str]) -> Output {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns])
-            .arg(bin())
-            .arg("--state-dir")
-            .arg(self.state())
-            .args(args)
-            .env("PATH", path_var())
-            .env("MICROVM_SERVICE_MANAGER", "own")
-            .stdin(Stdio::null())
-            .output()
-            .expect("microvm");
-        eprintln!(
-            "$ microvm {} → {}\n{}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        microvm_in("", &self.ns, &self.state(), args)
     }
 
     /// Writes the definition of a single-command VM running [`SERVICE`] with the microvm
     /// kernel.
     fn definition(&self, name: &str, vcpu: u32, tables: &str) -> PathBuf {
-        let def = self.dir.path().join(format!("{name}.toml"));
-        fs::write(
-            &def,
-            format!(
-                "hostName = \"{name}\"\nvcpu = {vcpu}\nmem = 256\nkernel = {kernel:?}\n\
-                 command = {command:?}\n\n[[root]]\ndirectory = {root:?}\n\n{tables}",
-                kernel = microvm_kernel(),
-                command = ["/bin/sh", "-c", SERVICE],
-                root = root(),
-            ),
+        command_definition(
+            self.dir.path(),
+            (name, vcpu),
+            &microvm_kernel(),
+            SERVICE,
+            tables,
         )
-        .expect("definition");
-        def
     }
 
     /// `microvm run DEF` in the host namespace, in the background (console and stderr in
@@ -184,21 +127,7 @@ impl Host {
     fn run_file(&self, def: &Path) -> Running {
         let stderr = def.with_extension("stderr");
         let console = def.with_extension("console");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns])
-            .arg(bin())
-            .arg("--state-dir")
-            .arg(self.state())
-            .arg("run")
-            .arg(def)
-            .arg("--store")
-            .arg(work_dir().join("store"))
-            .arg("--workdir")
-            .arg(self.dir.path())
-            .arg("--console-log")
-            .arg(&console)
-            .env("PATH", path_var())
-            .stdin(Stdio::null())
+        let child = run_in(&self.ns, &self.state(), def, self.dir.path(), &console)
             .stdout(Stdio::null())
             .stderr(fs::File::create(&stderr).expect("stderr file"))
             .spawn()
@@ -223,23 +152,7 @@ impl Host {
     /// (the layout `microvm create` makes).
     fn install(&mut self, name: &str, vcpu: u32, tables: &str) {
         let def = self.definition(name, vcpu, tables);
-        let out = Command::new(bin())
-            .arg("build")
-            .arg(&def)
-            .arg("--store")
-            .arg(work_dir().join("store"))
-            .env("PATH", path_var())
-            .output()
-            .expect("build");
-        assert!(
-            out.status.success(),
-            "build {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let runner = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let vmdir = self.state().join(name);
-        fs::create_dir_all(&vmdir).expect("vm dir");
-        std::os::unix::fs::symlink(runner, vmdir.join("current")).expect("current");
+        install_built(&def, &self.state(), name);
         self.vms.push(name.into());
     }
 
@@ -272,6 +185,14 @@ impl Host {
         );
     }
 
+    /// `start NAME` fails, and says `why` (on stderr or in the supervisor's log).
+    fn start_refused(&self, name: &str, why: &str) {
+        let out = self.microvm(&["start", name]);
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stderr), self.log(name));
+        assert!(!out.status.success(), "{said}");
+        assert!(said.contains(why), "{said}");
+    }
+
     fn stop(&self, name: &str) {
         let out = self.microvm(&["stop", name]);
         assert!(out.status.success(), "stop {name}\n{}", self.log(name));
@@ -291,16 +212,9 @@ impl Drop for Host {
         for vm in &self.vms {
             let _ = self.microvm(&["stop", vm, "--timeout", "5"]);
         }
-        for ns in self.others.iter().chain([&self.ns]) {
-            for pid in String::from_utf8_lossy(&sh(&["ip", "netns", "pids", ns]).stdout)
-                .split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-            {
-                if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                }
-            }
-            let _ = sh(&["ip", "netns", "delete", ns]);
+        // The clients, then the host namespace.
+        while let Some(ns) = self.namespaces.pop() {
+            drop(ns);
         }
     }
 }
@@ -314,10 +228,7 @@ struct Running {
 impl Running {
     /// SIGTERM (a graceful stop) and wait.
     fn stop(&mut self) {
-        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        let _ = self.child.wait();
+        terminate(&mut self.child);
     }
 
     fn stderr(&self) -> String {
@@ -468,16 +379,9 @@ fn forwarded_ports_reach_a_guest_on_a_multi_queue_tap_and_leave_no_rule() {
     // A second VM forwarding the same port is refused before it boots.
     let other = "n2-web2";
     host.install(other, 1, &tap("n2tap1", "02:00:00:22:00:02"));
-    let out = host.microvm(&["start", other]);
-    let why = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stderr),
-        host.log(other)
-    );
-    assert!(!out.status.success(), "{why}");
-    assert!(
-        why.contains("cannot forward tcp *:8080 for VM n2-web2: VM n2-web forwards it already"),
-        "{why}"
+    host.start_refused(
+        other,
+        "cannot forward tcp *:8080 for VM n2-web2: VM n2-web forwards it already",
     );
     // Refused (docs/host.md, "Refused starts"): no restart was scheduled.
     let log =
@@ -531,16 +435,9 @@ fn forwarded_ports_reach_a_guest_on_a_multi_queue_tap_and_leave_no_rule() {
          [[network]]\ninterface = \"n2tap3\"\ndhcp = true\n\n\
          [[forwardPorts]]\nhost.port = 8083\nguest.port = 80\n",
     );
-    let out = host.microvm(&["start", plain]);
-    let why = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stderr),
-        host.log(plain)
-    );
-    assert!(!out.status.success(), "{why}");
-    assert!(
-        why.contains("cannot forward the ports of VM n2-plain: tap n2tap3 takes its address by DHCP, but its bridge n2plain is not a microvm network"),
-        "{why}"
+    host.start_refused(
+        plain,
+        "cannot forward the ports of VM n2-plain: tap n2tap3 takes its address by DHCP, but its bridge n2plain is not a microvm network",
     );
     let _ = host.microvm(&["stop", plain]);
     assert!(!host.ruleset().contains("microvm-fwd-n2-plain"));

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use service_harness::netns::Netns;
 use service_harness::{bin, find, host_install, path_var, sh, wait_for, work_dir, Slot};
 
 const NAME: &str = "deb-ssh";
@@ -77,21 +78,9 @@ fn missing() -> Option<String> {
     })
 }
 
-/// The test's namespace: every process in it is killed and it is deleted on drop (the
-/// supervisor, qemu and dnsmasq live in it; the tap and bridge go with it).
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let pids = sh(&["ip", "netns", "pids", &self.0]);
-        for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
-            let _ = sh(&["kill", "-9", pid]);
-        }
-        let _ = sh(&["ip", "netns", "delete", &self.0]);
-    }
-}
-
 struct Host {
+    /// The test's namespace: the supervisor, qemu and dnsmasq live in it, the tap and
+    /// bridge go with it.
     ns: Netns,
     state: PathBuf,
 }
@@ -234,16 +223,10 @@ fn ssh_runs_commands_in_a_debian_guest_and_checks_its_host_key() {
         .tempdir_in(work_dir())
         .expect("tempdir");
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
-    let ns = format!("n1ssh-{tag}");
-    assert!(
-        sh(&["ip", "netns", "add", &ns]).status.success(),
-        "netns add"
-    );
     let host = Host {
-        ns: Netns(ns),
+        ns: Netns::new(format!("n1ssh-{tag}")),
         state: dir.path().join("state"),
     };
-    let _ = sh(&["ip", "-n", &host.ns.0, "link", "set", "lo", "up"]);
     let (bridge, tap) = (format!("n1br{tag}"), format!("n1t{tag}"));
     host.ok(&[
         "network",

@@ -16,99 +16,16 @@
 //! Prerequisites: those of tests/service.rs plus systemd-nspawn (systemd-container) and
 //! nsenter (util-linux); a missing one skips the test with a printed reason.
 
+#[allow(dead_code)] // each test binary uses a part
+#[path = "common/container.rs"]
+mod container;
 mod service_harness;
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use container::Container;
 use service_harness::*;
-
-/// A booted container; powered off and reaped on drop.
-struct Container {
-    nspawn: Child,
-    init: u32,
-}
-
-impl Container {
-    fn boot(name: &str, binds: &[&Path]) -> Option<Container> {
-        let binds = binds.iter().map(|b| {
-            let mut arg = std::ffi::OsString::from("--bind=");
-            arg.push(b);
-            arg
-        });
-        let nspawn = Command::new("systemd-nspawn")
-            .args([
-                "-q",
-                "-D",
-                "/",
-                "--volatile=yes",
-                "--register=no",
-                "--keep-unit",
-            ])
-            .args(["-M", name, "--private-network", "--bind=/dev/net/tun"])
-            .args(binds)
-            // The container's /usr is the host's, read-only: where Pacemaker is installed
-            // `host install` would write its OCF agent there.
-            .args(
-                Path::new("/usr/lib/ocf")
-                    .is_dir()
-                    .then_some("--tmpfs=/usr/lib/ocf"),
-            )
-            .args(["--console=read-only", "-b"])
-            .args(["systemd.unit=basic.target", "systemd.firstboot=off"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("systemd-nspawn");
-        let mut c = Container { nspawn, init: 0 };
-        let found = wait_for("the container's init", Duration::from_secs(30), || {
-            c.init = child_of(c.nspawn.id()).unwrap_or(0);
-            c.init != 0
-        });
-        let running = found
-            && wait_for("systemd to be running", Duration::from_secs(60), || {
-                let out = c.exec(&["systemctl", "is-system-running"]);
-                let state = String::from_utf8_lossy(&out.stdout);
-                matches!(state.trim(), "running" | "degraded")
-            });
-        running.then_some(c)
-    }
-
-    /// `nsenter -t INIT -a ARGV…` (machinectl needs a host systemd).
-    fn exec(&self, argv: &[&str]) -> Output {
-        let out = Command::new("nsenter")
-            .args(["-t", &self.init.to_string(), "-a"])
-            .args(argv)
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .stdin(Stdio::null())
-            .output()
-            .expect("nsenter");
-        eprintln!(
-            "[container] $ {} → {}\n{}{}",
-            argv.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn show(&self, unit: &str, property: &str) -> String {
-        let out = self.exec(&["systemctl", "show", "-P", property, unit]);
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg(self.nspawn.id().to_string())
-            .status();
-        let _ = self.nspawn.wait();
-    }
-}
 
 /// `machinectl show NAME` (the container's systemd-machined) as a map; `None` when
 /// machined knows no such machine.
@@ -123,17 +40,11 @@ fn machined_show(ct: &Container, name: &str) -> Option<std::collections::BTreeMa
     })
 }
 
-/// The first child of `pid` (the container's PID 1 under nspawn).
-fn child_of(pid: u32) -> Option<u32> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
-    text.split_whitespace().next()?.parse().ok()
-}
-
-#[test]
-fn systemd_units_start_notify_stop_and_log() {
-    let test = "systemd_units_start_notify_stop_and_log";
+/// Whether the prerequisites of tests/service.rs and a container are here; else the
+/// skip is printed.
+fn ready(test: &str) -> bool {
     if require(test, false).is_none() {
-        return;
+        return false;
     }
     let absent: Vec<&str> = ["systemd-nspawn", "nsenter"]
         .into_iter()
@@ -141,6 +52,15 @@ fn systemd_units_start_notify_stop_and_log() {
         .collect();
     if !absent.is_empty() || !Path::new("/usr/lib/systemd/systemd").is_file() {
         eprintln!("SKIPPED {test}: missing {absent:?} or /usr/lib/systemd/systemd (systemd-container, util-linux)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn systemd_units_start_notify_stop_and_log() {
+    let test = "systemd_units_start_notify_stop_and_log";
+    if !ready(test) {
         return;
     }
     let vm = Vm::with_top(test, "svc-sd", "registerWithMachined = true", "");
@@ -150,13 +70,25 @@ fn systemd_units_start_notify_stop_and_log() {
     let kernels = kernel().canonicalize().expect("kernel");
     let kernels = kernels.parent().expect("kernel dir");
     let name = format!("mvt-{}", std::process::id());
-    let Some(ct) = Container::boot(&name, &[&workspace(), kernels]) else {
+    let Some(ct) = Container::boot(&name, &[&workspace(), kernels], &["--bind=/dev/net/tun"])
+    else {
         panic!("{test}: the container did not boot");
     };
     let microvm = bin().to_string_lossy().into_owned();
     let out = ct.exec(&[&microvm, "--state-dir", &state, "host", "install"]);
     assert!(out.status.success(), "host install in the container");
     let unit = "microvm@svc-sd.service";
+    let status = || -> serde_json::Value {
+        let st = ct.exec(&[
+            &microvm,
+            "--state-dir",
+            &state,
+            "status",
+            "svc-sd",
+            "--json",
+        ]);
+        serde_json::from_slice(&st.stdout).expect("status json")
+    };
     assert_eq!(ct.show(unit, "Type"), "notify");
 
     // `host apply` keeps microvms.target's wants in step (and reloads systemd).
@@ -176,15 +108,7 @@ fn systemd_units_start_notify_stop_and_log() {
     let out = ct.exec(&["systemctl", "start", unit]);
     assert!(out.status.success(), "systemctl start\n{}", vm.logs());
     assert_eq!(ct.show(unit, "ActiveState"), "active");
-    let st = ct.exec(&[
-        &microvm,
-        "--state-dir",
-        &state,
-        "status",
-        "svc-sd",
-        "--json",
-    ]);
-    let st: serde_json::Value = serde_json::from_slice(&st.stdout).expect("status json");
+    let st = status();
     assert_eq!(st["status"]["state"], "running", "{st}");
     assert_eq!(
         ct.show(unit, "MainPID"),
@@ -235,15 +159,7 @@ fn systemd_units_start_notify_stop_and_log() {
         "graceful stop\n{}",
         vm.logs()
     );
-    let st = ct.exec(&[
-        &microvm,
-        "--state-dir",
-        &state,
-        "status",
-        "svc-sd",
-        "--json",
-    ]);
-    let st: serde_json::Value = serde_json::from_slice(&st.stdout).expect("status json");
+    let st = status();
     assert_eq!(st["status"]["state"], "stopped", "{st}");
     assert!(
         machined_show(&ct, "svc-sd").is_none(),
@@ -297,15 +213,7 @@ fn systemd_units_start_notify_stop_and_log() {
 #[test]
 fn systemd_refused_start_is_not_restarted() {
     let test = "systemd_refused_start_is_not_restarted";
-    if require(test, false).is_none() {
-        return;
-    }
-    let absent: Vec<&str> = ["systemd-nspawn", "nsenter"]
-        .into_iter()
-        .filter(|p| find(p).is_none())
-        .collect();
-    if !absent.is_empty() || !Path::new("/usr/lib/systemd/systemd").is_file() {
-        eprintln!("SKIPPED {test}: missing {absent:?} or /usr/lib/systemd/systemd (systemd-container, util-linux)");
+    if !ready(test) {
         return;
     }
     let tables = tap_tables("rf-sd0", "02:00:00:00:5f:02", "10.77.8.2");
@@ -313,7 +221,7 @@ fn systemd_refused_start_is_not_restarted() {
     let state = vm.state();
     let state = state.to_string_lossy();
     let name = format!("mvt-rf-{}", std::process::id());
-    let Some(ct) = Container::boot(&name, &[&workspace()]) else {
+    let Some(ct) = Container::boot(&name, &[&workspace()], &["--bind=/dev/net/tun"]) else {
         panic!("{test}: the container did not boot");
     };
     let microvm = bin().to_string_lossy().into_owned();

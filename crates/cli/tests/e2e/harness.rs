@@ -8,14 +8,16 @@ use std::io::Read as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+#[path = "../common/slot.rs"]
+mod slot;
+pub use slot::Slot;
 
 /// How long one `microvm run` (build included) may take before it is killed and the
 /// test fails. TCG boots take ~5–15 s here; this is for a wedged boot.
 pub const RUN_DEADLINE: Duration = Duration::from_secs(90);
-/// How many VMs may boot at once (the CI machine has 2 cores).
-const MAX_VMS: usize = 2;
 
 /// The ext4 volume every test VM writes its results to, mounted at `/output`.
 pub const OUTPUT_VOLUME: &str = r#"
@@ -311,38 +313,6 @@ fn build_root(root: &Path, busybox: &[u8]) -> std::io::Result<()> {
         fs::set_permissions(&p, exe.clone())?;
     }
     Ok(())
-}
-
-/// A counting semaphore: at most [`MAX_VMS`] VMs (or builds) at once.
-struct Slots {
-    used: Mutex<usize>,
-    freed: Condvar,
-}
-
-static SLOTS: Slots = Slots {
-    used: Mutex::new(0),
-    freed: Condvar::new(),
-};
-
-pub struct Slot;
-
-impl Slot {
-    pub fn acquire() -> Slot {
-        let mut used = SLOTS.used.lock().unwrap_or_else(|e| e.into_inner());
-        while *used >= MAX_VMS {
-            used = SLOTS.freed.wait(used).unwrap_or_else(|e| e.into_inner());
-        }
-        *used += 1;
-        Slot
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut used = SLOTS.used.lock().unwrap_or_else(|e| e.into_inner());
-        *used -= 1;
-        SLOTS.freed.notify_one();
-    }
 }
 
 /// One test VM: a temporary working directory holding `vm.toml` and the volumes.

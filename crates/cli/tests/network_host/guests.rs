@@ -27,7 +27,7 @@ pub fn microvm_kernel() -> PathBuf {
     }
 }
 
-/// `target/network-tests` (shared with tests/network.rs): the busybox root and the store.
+/// `target/network-tests`: the busybox root and the store.
 pub fn work_dir() -> PathBuf {
     let d = bin()
         .parent()

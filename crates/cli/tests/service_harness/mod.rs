@@ -6,10 +6,14 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub const MAX_VMS: usize = 2;
+pub mod netns;
+
+#[path = "../common/slot.rs"]
+mod slot;
+pub use slot::Slot;
 
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -33,7 +37,7 @@ pub fn work_dir() -> PathBuf {
     d
 }
 
-fn kernels_dir() -> PathBuf {
+pub fn kernels_dir() -> PathBuf {
     match std::env::var_os("MICROVM_TEST_KERNELS") {
         Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
         Some(d) => workspace().join(d),
@@ -204,36 +208,6 @@ pub fn root() -> &'static PathBuf {
     })
 }
 
-pub struct Slots {
-    used: Mutex<usize>,
-    freed: Condvar,
-}
-
-pub static SLOTS: Slots = Slots {
-    used: Mutex::new(0),
-    freed: Condvar::new(),
-};
-
-pub struct Slot;
-
-impl Slot {
-    pub fn acquire() -> Slot {
-        let mut used = SLOTS.used.lock().unwrap_or_else(|e| e.into_inner());
-        while *used >= MAX_VMS {
-            used = SLOTS.freed.wait(used).unwrap_or_else(|e| e.into_inner());
-        }
-        *used += 1;
-        Slot
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        *SLOTS.used.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
-        SLOTS.freed.notify_one();
-    }
-}
-
 /// Creates the `microvm` user and group (what `host install` does) once.
 pub fn host_install() {
     static DONE: OnceLock<()> = OnceLock::new();
@@ -275,6 +249,59 @@ pub fn host_install() {
             fs::set_permissions(tun, fs::Permissions::from_mode(0o666)).expect("chmod tun");
         }
     });
+}
+
+/// Builds the definition `def` (in the shared store) and installs it as
+/// `STATE/NAME/current` (by hand: the state layout of `microvm create`).
+pub fn install_built(def: &Path, state: &Path, name: &str) {
+    let out = Command::new(bin())
+        .arg("build")
+        .arg(def)
+        .arg("--store")
+        .arg(work_dir().join("store"))
+        .env("PATH", path_var())
+        .output()
+        .expect("build");
+    assert!(
+        out.status.success(),
+        "build {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runner = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let vmdir = state.join(name);
+    fs::create_dir_all(&vmdir).expect("vm dir");
+    std::os::unix::fs::symlink(runner, vmdir.join("current")).expect("current");
+}
+
+/// `ip netns exec NS microvm --state-dir STATE ARGS…`, with microvm's own service
+/// manager; the command and its output are printed (after `label`).
+pub fn microvm_in(label: &str, netns: &str, state: &Path, args: &[&str]) -> Output {
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .arg(bin())
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .env("PATH", path_var())
+        // These tests are about microvm's own service manager; on a host where systemd
+        // is PID 1 `start` would go to systemctl (tests/systemd.rs covers that path, in
+        // a container).
+        .env("MICROVM_SERVICE_MANAGER", "own")
+        .stdin(Stdio::null())
+        .output()
+        .expect("microvm");
+    echo(&format!("$ {label}microvm {}", args.join(" ")), &out);
+    out
+}
+
+/// Prints `command`, its exit status and its output.
+pub fn echo(command: &str, out: &Output) {
+    eprintln!(
+        "{command} → {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A managed VM in its own state directory and network namespace.
@@ -319,24 +346,7 @@ impl Vm {
             ),
         )
         .expect("vm.toml");
-        let store = work_dir().join("store");
-        let out = Command::new(bin())
-            .arg("build")
-            .arg(&def)
-            .arg("--store")
-            .arg(&store)
-            .env("PATH", path_var())
-            .output()
-            .expect("build");
-        assert!(
-            out.status.success(),
-            "build: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let runner = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let vmdir = dir.path().join("state").join(name);
-        fs::create_dir_all(&vmdir).expect("vm dir");
-        std::os::unix::fs::symlink(&runner, vmdir.join("current")).expect("current");
+        install_built(&def, &dir.path().join("state"), name);
         Vm {
             name: name.into(),
             netns,
@@ -355,28 +365,7 @@ impl Vm {
 
     /// `ip netns exec NS microvm --state-dir S ARGS…`, with microvm's own service manager.
     pub fn microvm(&self, args: &[&str]) -> Output {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.netns])
-            .arg(bin())
-            .arg("--state-dir")
-            .arg(self.state())
-            .args(args)
-            .env("PATH", path_var())
-            // These tests are about microvm's own service manager; on a host where
-            // systemd is PID 1 `start` would go to systemctl (tests/systemd.rs covers
-            // that path, in a container).
-            .env("MICROVM_SERVICE_MANAGER", "own")
-            .stdin(Stdio::null())
-            .output()
-            .expect("microvm");
-        eprintln!(
-            "$ microvm {} → {}\n{}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        microvm_in("", &self.netns, &self.state(), args)
     }
 
     pub fn status_json(&self) -> serde_json::Value {

@@ -1,24 +1,27 @@
-//! A systemd container for tests/network_host.rs.
+//! A real systemd for the tests that need one: PID 1 of a `systemd-nspawn -D /
+//! --volatile=yes -b` container (the host's /usr, an empty /etc and /var, a private
+//! network), reached with `nsenter` (machinectl needs a host systemd).
 
-use std::fs;
+use std::ffi::OsString;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::workspace;
-
-/// A booted `systemd-nspawn -D / --volatile=yes -b` container (as in tests/systemd.rs:
-/// the host's /usr, an empty /etc and /var, the workspace bound, a private network);
-/// powered off and reaped on drop.
+/// A booted container; powered off and reaped on drop.
 pub struct Container {
     nspawn: Child,
     init: u32,
 }
 
 impl Container {
-    pub fn boot(name: &str) -> Option<Container> {
-        let mut bind = std::ffi::OsString::from("--bind=");
-        bind.push(workspace());
+    /// Boots the container `name` with `binds` bound into it (and the `extra` arguments
+    /// of systemd-nspawn); `None` when its systemd is not running within 90 s.
+    pub fn boot(name: &str, binds: &[&Path], extra: &[&str]) -> Option<Container> {
+        let binds = binds.iter().map(|b| {
+            let mut arg = OsString::from("--bind=");
+            arg.push(b);
+            arg
+        });
         let nspawn = Command::new("systemd-nspawn")
             .args([
                 "-q",
@@ -29,7 +32,10 @@ impl Container {
                 "--keep-unit",
             ])
             .args(["-M", name, "--private-network"])
-            .arg(bind)
+            .args(extra)
+            .args(binds)
+            // The container's /usr is the host's, read-only: where Pacemaker is installed
+            // `host install` would write its OCF agent there.
             .args(
                 Path::new("/usr/lib/ocf")
                     .is_dir()
@@ -45,27 +51,26 @@ impl Container {
         let mut c = Container { nspawn, init: 0 };
         let end = Instant::now() + Duration::from_secs(90);
         while Instant::now() < end {
-            let children = format!("/proc/{0}/task/{0}/children", c.nspawn.id());
-            c.init = fs::read_to_string(children)
-                .ok()
-                .and_then(|t| t.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0);
+            c.init = child_of(c.nspawn.id()).unwrap_or(0);
             if c.init != 0 {
-                let state = c.exec(&["systemctl", "is-system-running"]);
-                let state = String::from_utf8_lossy(&state.stdout).trim().to_string();
-                if matches!(state.as_str(), "running" | "degraded") {
+                let out = c.exec(&["systemctl", "is-system-running"]);
+                let state = String::from_utf8_lossy(&out.stdout);
+                if matches!(state.trim(), "running" | "degraded") {
                     return Some(c);
                 }
             }
-            std::thread::sleep(Duration::from_millis(500));
+            std::thread::sleep(Duration::from_millis(200));
         }
+        eprintln!("timed out waiting for the container's systemd");
         None
     }
 
+    /// The command prefix that runs a command in the container.
     pub fn prefix(&self) -> [String; 4] {
         ["nsenter", "-t", &self.init.to_string(), "-a"].map(String::from)
     }
 
+    /// `nsenter -t INIT -a ARGV…`, printed with its output.
     pub fn exec(&self, argv: &[&str]) -> Output {
         let out = Command::new("nsenter")
             .args(["-t", &self.init.to_string(), "-a"])
@@ -85,12 +90,14 @@ impl Container {
         out
     }
 
+    /// [`Container::exec`], which must succeed; its stdout.
     pub fn ok(&self, argv: &[&str]) -> String {
         let out = self.exec(argv);
         assert!(out.status.success(), "{argv:?} in the container failed");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `systemctl show -P PROPERTY UNIT`.
     pub fn show(&self, unit: &str, property: &str) -> String {
         self.ok(&["systemctl", "show", "-P", property, unit])
             .trim()
@@ -105,4 +112,10 @@ impl Drop for Container {
         }
         let _ = self.nspawn.wait();
     }
+}
+
+/// The first child of `pid` (the container's PID 1 under nspawn).
+fn child_of(pid: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
 }
