@@ -14,6 +14,7 @@ pub mod pci;
 pub mod record;
 pub mod recover;
 pub mod refusal;
+mod run_options;
 
 pub use managed::{
     forward_signals, load_runner, supervise, ConsoleMode, ManagedOptions, RestartMode,

@@ -18,6 +18,7 @@ use microvm_runner::Invocation;
 use super::outcome::{chain, describe, describe_status, status_code};
 use super::record::{ExitRecord, HelperRecord, RunRecord};
 use super::refusal::{self, Refusal};
+use super::run_options::run_options;
 use super::{adopted, machined, notify, pci, record};
 use crate::console::{self, ConsoleConfig, ConsoleServer};
 use crate::net::{self, Links, MacvtapSetup, NetHost};
@@ -573,23 +574,8 @@ fn run(
     )?;
     let _ = record::write(vm, rec);
 
-    let mut ro = RunOptions::new(vm.path());
-    ro.handle_signals = false;
-    let (stop, _graceful) = stop_handle(vm, runner, opts, creds);
-    ro.stop = stop;
-    ro.shutdown_timeout = opts.shutdown_timeout;
-    ro.ready_timeout = if incoming { None } else { opts.ready_timeout };
-    ro.path_var = opts.path_var.clone();
-    ro.credentials = opts.run_user.clone();
-    // Its sockets (QMP, API) for root only: the group gets nothing of the VM's.
-    ro.umask = Some(0o077);
-    ro.pass_fds = pass;
-    ro.restart_helpers = Some(Default::default());
-    ro.resume_watch = inv
-        .control_socket
-        .as_ref()
-        .filter(|_| incoming)
-        .map(|s| vm.path().join(s));
+    // `_graceful` (an adopted runner's microvm-shutdown watcher) lives for the run.
+    let (mut ro, _graceful) = run_options(vm, runner, opts, inv, incoming, pass);
     let server = start_console(vm, opts, &mut ro)?;
     let me = std::process::id();
     let runner_dir = runner.dir.clone();
@@ -712,33 +698,6 @@ fn open_macvtaps(
         }
     }
     Ok(pass)
-}
-
-/// The stop handle the run obeys: `opts.stop`, or for an adopted runner with
-/// `bin/microvm-shutdown` a handle of its own that the [`adopted::GracefulStop`] watcher
-/// feeds only when the script did not end the VM in time.
-fn stop_handle(
-    vm: &VmDir,
-    runner: &Runner,
-    opts: &ManagedOptions,
-    creds: Option<&Credentials>,
-) -> (StopHandle, Option<adopted::GracefulStop>) {
-    let script = runner.dir.join("bin/microvm-shutdown");
-    if !(runner.adopted && script.is_file()) {
-        return (opts.stop.clone(), None);
-    }
-    let inner = StopHandle::default();
-    let name = vm.name().to_string();
-    let watcher = adopted::GracefulStop::start(
-        script,
-        vm.path().to_path_buf(),
-        creds.map(|c| (c.uid, c.gid)),
-        opts.stop.clone(),
-        inner.clone(),
-        opts.shutdown_timeout,
-        move |line| eprintln!("microvm: {name}: {line}"),
-    );
-    (inner, Some(watcher))
 }
 
 /// A stop the host asked for that ended the VM in time is a clean stop, whatever the

@@ -49,27 +49,7 @@ pub fn run_foreground_with(
     let with_nonce = nonce.as_deref().map(|n| inv.with_nonce(n));
     let inv = with_nonce.as_ref().unwrap_or(inv);
     let workdir = opts.workdir.as_path();
-    if !workdir.is_dir() {
-        let source = std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory");
-        return Err(RunError::Workdir {
-            path: workdir.to_owned(),
-            source,
-        });
-    }
-    let missing: Vec<String> = inv
-        .macvtap_fds
-        .iter()
-        .filter(|m| !opts.pass_fds.iter().any(|p| p.target == m.fd as i32))
-        .map(|m| format!("{} queue {} (fd {})", m.interface, m.queue, m.fd))
-        .collect();
-    if !missing.is_empty() {
-        return Err(RunError::Unsupported {
-            what: format!(
-                "macvtap interfaces without their opened queues ({}); managed VMs get them from `microvm start`",
-                missing.join(", ")
-            ),
-        });
-    }
+    check_inputs(inv, opts)?;
     let find = |program: &str| {
         locate(program, opts.path_var.as_deref()).ok_or_else(|| RunError::NotFound {
             program: program.to_string(),
@@ -129,16 +109,7 @@ pub fn run_foreground_with(
     };
     let spawned = Instant::now();
     on(&Progress::HypervisorStarted { pid: hv.pid });
-    let resume_watch = opts.resume_watch.as_ref().map(|qmp| {
-        let (qmp, tx, stop) = (qmp.clone(), tx.clone(), Arc::new(AtomicBool::new(false)));
-        let flag = stop.clone();
-        std::thread::spawn(move || {
-            if crate::migrate::wait_resumed(&qmp, &flag) {
-                let _ = tx.send(Event::Resumed);
-            }
-        });
-        stop
-    });
+    let resume_watch = watch_resumed(opts, &tx);
 
     let mut state = State::default();
     let result = event_loop(
@@ -192,6 +163,49 @@ pub fn run_foreground_with(
         });
     }
     Ok(outcome)
+}
+
+/// What must hold before anything starts: the work directory exists, and every macvtap
+/// queue the plan names has its opened descriptor to pass.
+fn check_inputs(inv: &Invocation, opts: &RunOptions) -> Result<(), RunError> {
+    let workdir = opts.workdir.as_path();
+    if !workdir.is_dir() {
+        let source = std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory");
+        return Err(RunError::Workdir {
+            path: workdir.to_owned(),
+            source,
+        });
+    }
+    let missing: Vec<String> = inv
+        .macvtap_fds
+        .iter()
+        .filter(|m| !opts.pass_fds.iter().any(|p| p.target == m.fd as i32))
+        .map(|m| format!("{} queue {} (fd {})", m.interface, m.queue, m.fd))
+        .collect();
+    if !missing.is_empty() {
+        return Err(RunError::Unsupported {
+            what: format!(
+                "macvtap interfaces without their opened queues ({}); managed VMs get them from `microvm start`",
+                missing.join(", ")
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// For a restored or received guest: a thread that reports [`Event::Resumed`] once qemu
+/// runs it; the flag returned stops the thread.
+fn watch_resumed(opts: &RunOptions, tx: &Sender<Event>) -> Option<Arc<AtomicBool>> {
+    opts.resume_watch.as_ref().map(|qmp| {
+        let (qmp, tx, stop) = (qmp.clone(), tx.clone(), Arc::new(AtomicBool::new(false)));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            if crate::migrate::wait_resumed(&qmp, &flag) {
+                let _ = tx.send(Event::Resumed);
+            }
+        });
+        stop
+    })
 }
 
 fn spawn_hypervisor(
