@@ -411,17 +411,22 @@ mod tests {
         assert_eq!(fs::read_to_string(&target).expect("r"), "keep");
     }
 
+    /// A console logging to and listening in `dir`, the default log limit, no owner.
+    fn config(dir: &Path) -> ConsoleConfig {
+        ConsoleConfig {
+            log: dir.join("console.log"),
+            log_limit: DEFAULT_LOG_LIMIT,
+            socket: dir.join("console.sock"),
+            socket_owner: None,
+        }
+    }
+
     /// At most 8 clients attach at once; the ninth is told so and closed.
     #[test]
     fn console_clients_are_bounded() {
         let dir = tempfile::tempdir().expect("tempdir");
         let pty = open_pty().expect("pty");
-        let cfg = ConsoleConfig {
-            log: dir.path().join("console.log"),
-            log_limit: DEFAULT_LOG_LIMIT,
-            socket: dir.path().join("console.sock"),
-            socket_owner: None,
-        };
+        let cfg = config(dir.path());
         let server = ConsoleServer::start(pty.master, &cfg).expect("server");
         let mut attached = Vec::new();
         for _ in 0..MAX_CLIENTS {
@@ -445,12 +450,7 @@ mod tests {
     fn pty_output_reaches_log_and_clients_and_input_reaches_the_guest() {
         let dir = tempfile::tempdir().expect("tempdir");
         let pty = open_pty().expect("pty");
-        let cfg = ConsoleConfig {
-            log: dir.path().join("console.log"),
-            log_limit: DEFAULT_LOG_LIMIT,
-            socket: dir.path().join("console.sock"),
-            socket_owner: None,
-        };
+        let cfg = config(dir.path());
         let server = ConsoleServer::start(pty.master, &cfg).expect("server");
         let mut guest = File::from(pty.slave);
         let mut client = UnixStream::connect(&cfg.socket).expect("connect");

@@ -25,3 +25,16 @@ pub use supervise::{
     run_foreground, run_foreground_with, Console, Progress, RunError, RunOptions, RunOutcome,
     StopHandle,
 };
+
+/// An error and its sources on one line, `outer: inner: …` (the supervisor's log lines
+/// and the reasons it records).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}

@@ -15,12 +15,13 @@ use std::time::{Duration, Instant};
 
 use microvm_runner::Invocation;
 
-use super::outcome::{chain, describe, describe_status, status_code};
+use super::outcome::{describe, describe_status, status_code};
 use super::record::{ExitRecord, HelperRecord, RunRecord};
 use super::refusal::{self, Refusal};
 use super::run_options::run_options;
 use super::{adopted, machined, notify, pci, record};
 use crate::console::{self, ConsoleConfig, ConsoleServer};
+use crate::error_chain;
 use crate::net::{self, Links, MacvtapSetup, NetHost};
 use crate::privilege::Credentials;
 use crate::state::{now, Status, VmDir, VmState};
@@ -253,7 +254,7 @@ pub fn supervise(
             // The runner directory is immutable: what is wrong with it stays wrong.
             Some(Err(e)) => End {
                 code: 1,
-                reason: chain(&e),
+                reason: error_chain(&e),
                 requested: false,
                 refused: Some(Refusal::Runner),
             },
@@ -413,7 +414,7 @@ fn attempt(
     };
     // Teardown, on every path: interfaces from the in-memory list first, then `booted`.
     for e in links.remove_all() {
-        report(&format!("warning: {}", chain(&e)));
+        report(&format!("warning: {}", error_chain(&e)));
     }
     if runner.adopted {
         for script in ["tap-down", "macvtap-down"] {
@@ -424,7 +425,7 @@ fn attempt(
     }
     rec.interfaces.clear();
     if let Err(e) = vm.clear_booted() {
-        report(&format!("warning: {}", chain(&e)));
+        report(&format!("warning: {}", error_chain(&e)));
     }
     match result {
         Ok(outcome) if clean_stop(&outcome) => End {
@@ -471,7 +472,7 @@ fn failed_start(program: &str, e: ServiceError) -> End {
         }
         _ => End {
             code: 1,
-            reason: chain(&e),
+            reason: error_chain(&e),
             requested: false,
             refused,
         },
@@ -556,7 +557,7 @@ fn run(
     let (inv, incoming) = match (&opts.incoming, rec.attempt) {
         (Some(i), 1) => {
             let (with, fd) = crate::migrate::incoming_invocation(inv, &runner.pci_devices, i)
-                .map_err(|e| ServiceError::Prepare(chain(&e)))?;
+                .map_err(|e| ServiceError::Prepare(error_chain(&e)))?;
             pass.extend(fd);
             restored = with;
             report(&format!("restoring from {}", i.qemu_uri()));

@@ -51,14 +51,3 @@ pub(super) fn describe(o: &RunOutcome) -> String {
         describe_status(o.hypervisor_status)
     )
 }
-
-pub(super) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}

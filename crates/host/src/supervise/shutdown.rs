@@ -37,11 +37,13 @@ pub fn request(method: &Shutdown, workdir: &Path, program: &str) -> Result<Actio
     match method {
         Shutdown::Qmp { socket, command } => {
             let path = workdir.join(socket);
-            let mut c = qmp::QmpClient::connect(&path, REQUEST_TIMEOUT).map_err(chain)?;
+            let mut c = qmp::QmpClient::connect(&path, REQUEST_TIMEOUT)
+                .map_err(|e| crate::error_chain(&e))?;
             if command == "quit" {
-                c.quit().map_err(chain)?;
+                c.quit().map_err(|e| crate::error_chain(&e))?;
             } else {
-                c.execute(command, None).map_err(chain)?;
+                c.execute(command, None)
+                    .map_err(|e| crate::error_chain(&e))?;
             }
             Ok(Action::Requested)
         }
@@ -52,7 +54,8 @@ pub fn request(method: &Shutdown, workdir: &Path, program: &str) -> Result<Actio
             body,
         } => {
             let sock = workdir.join(socket);
-            api::request(&sock, method, path, body.as_deref(), REQUEST_TIMEOUT).map_err(chain)?;
+            api::request(&sock, method, path, body.as_deref(), REQUEST_TIMEOUT)
+                .map_err(|e| crate::error_chain(&e))?;
             Ok(Action::Requested)
         }
         Shutdown::CrosvmPowerButton { socket } => {
@@ -100,16 +103,4 @@ fn crosvm_powerbtn(program: &str, socket: &PathBuf) -> Result<(), String> {
             }
         }
     }
-}
-
-/// The error and its sources on one line.
-fn chain(e: impl std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
