@@ -12,7 +12,8 @@
 //! - Without KVM (probed at run time, `kvm = "disabled"`, or `cpu` set) the machine uses
 //!   `accel=tcg`, `-cpu max` (or `cpu`), the uncompressed vmlinux when one was built
 //!   (about 1.6 s faster to boot under TCG) and `tsc_early_khz=` on x86_64 (the microvm
-//!   machine has no HPET/PM timer to calibrate the TSC against).
+//!   machine has no HPET/PM timer to calibrate the TSC against), plus `noreplace-smp` for
+//!   one vCPU (the kernel's switch to uniprocessor code costs ~0.1 s of CPU under TCG).
 //! - Bridge interfaces leave `helper=` to qemu's built-in default path; the original's
 //!   `/run/wrappers/bin/qemu-bridge-helper` exists on NixOS only.
 //! - A volume's `imageType` sets the drive `format=` (`vhd` is qemu's `vpc`).
@@ -121,7 +122,8 @@ fn extra_args_need_pci(extra: &[String]) -> bool {
     })
 }
 
-/// The console, reboot and panic settings, `kernelParams`, and the TSC frequency under TCG.
+/// The console, reboot and panic settings, `kernelParams`, and under TCG the TSC frequency
+/// and, for one vCPU, `noreplace-smp`.
 fn kernel_cmdline(config: &Config, host: &HostFacts, tcg: bool) -> String {
     let console: &[&str] = match (config.qemu.serial_console, config.arch) {
         (false, _) => &[],
@@ -133,6 +135,13 @@ fn kernel_cmdline(config: &Config, host: &HostFacts, tcg: bool) -> String {
     let mut kernel_cmdline = cmdline(prefix, config);
     if let (true, Arch::X86_64, Some(khz)) = (tcg, config.arch, host.tsc_khz) {
         kernel_cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+    }
+    // A kernel on one CPU rewrites every `lock` prefix of its text at boot, one text_poke
+    // each, and each poke switches page tables: under TCG every switch flushes qemu's
+    // software TLB, about 0.1 s of CPU per boot (docs/benchmarks.md). The locked forms
+    // cost nothing there.
+    if tcg && config.arch == Arch::X86_64 && config.vcpu == 1 {
+        kernel_cmdline.push_str(" noreplace-smp");
     }
     kernel_cmdline
 }

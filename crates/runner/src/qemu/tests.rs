@@ -105,7 +105,7 @@ fn tcg_fallback() {
     assert!(!line.contains("-enable-kvm"));
     assert!(line.contains("-cpu max"));
     assert!(line.contains("-kernel $KERNEL/vmlinux"));
-    assert!(inv.kernel_cmdline.ends_with(" tsc_early_khz=2596000"));
+    assert!(inv.kernel_cmdline.contains(" tsc_early_khz=2596000"));
     assert_eq!(inv.warnings.len(), 1);
 
     let mut c = example();
@@ -167,4 +167,26 @@ fn commas_in_paths_are_doubled() {
     assert!(args(&c, &HostFacts::reference())
         .iter()
         .any(|a| a.contains("file=a,,b.img,")));
+}
+
+/// One vCPU under TCG keeps the kernel's SMP code (`noreplace-smp`): the switch to
+/// uniprocessor code costs a page-table switch per patched instruction there. With more
+/// vCPUs there is no switch, and under KVM it is cheap.
+#[test]
+fn tcg_one_vcpu_keeps_smp_code() {
+    let tcg = HostFacts {
+        kvm: false,
+        tsc_khz: Some(2_596_000),
+        ..HostFacts::reference()
+    };
+    let cmdline = |vcpu: u32, host: &HostFacts| {
+        let mut c = example();
+        c.vcpu = vcpu;
+        plan(&c, &Artifacts::placeholders(), host)
+            .expect("plan")
+            .kernel_cmdline
+    };
+    assert!(cmdline(1, &tcg).ends_with(" tsc_early_khz=2596000 noreplace-smp"));
+    assert!(!cmdline(2, &tcg).contains("noreplace-smp"));
+    assert!(!cmdline(1, &HostFacts::reference()).contains("noreplace-smp"));
 }
