@@ -113,6 +113,66 @@ fn microvm_run_and_microvm_shutdown_drive_qemu() {
     assert_eq!(text.trim(), "clean shutdown", "{outcome_logs}");
 }
 
+/// `bin/microvm-run` by hand, with nobody on the host end of the control channel: the
+/// guest's init says so and goes on (it used to wait 5 s for each of READY and EXIT), the
+/// command runs and the VM powers off with its status.
+#[test]
+fn microvm_run_by_hand_does_not_wait_for_a_supervisor() {
+    let test = "microvm_run_by_hand_does_not_wait_for_a_supervisor";
+    let Some(env) = require(test, &[Need::MicrovmKernel]) else {
+        return;
+    };
+    let vm = Vm::new(
+        &env,
+        test,
+        Kernel::Microvm,
+        "command = [\"/bin/sh\", \"-c\", \"echo by-hand: $((6 * 7))\"]",
+        "",
+    );
+    let runner = build(&vm);
+    let _slot = Slot::acquire();
+    let console = vm.path("console.log");
+    let start = Instant::now();
+    let mut child = Command::new(runner.join("bin/microvm-run"))
+        .current_dir(vm.path(""))
+        .env("PATH", &env.path)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&console).expect("console"))
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("bin/microvm-run");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if start.elapsed() > harness::RUN_DEADLINE {
+            let _ = child.kill();
+            panic!(
+                "bin/microvm-run did not end:\n{}",
+                fs::read_to_string(&console).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = fs::read_to_string(&console).unwrap_or_default();
+    eprintln!(
+        "{test}: bin/microvm-run ended ({status}) {:.2} s after spawn",
+        start.elapsed().as_secs_f64()
+    );
+    assert!(status.success(), "{status}\n{text}");
+    assert!(text.contains("by-hand: 42"), "{text}");
+    assert!(text.contains("microvm-init: ready at"), "{text}");
+    assert!(
+        text.contains("nobody is on the host end of the control channel"),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("nobody is on the host end").count(),
+        1,
+        "{text}"
+    );
+}
+
 /// Runs `script` (a runner's bin/ script) with `args`, in `dir`, inside network namespace
 /// `ns` when given; returns (success, stdout + stderr).
 fn sh(

@@ -1,13 +1,16 @@
 //! The control channel to the host: one ASCII line per message (`READY`, `EXIT`, `FAIL`).
-//! Writes never block for long: a host that is not listening loses the message after a
-//! few seconds rather than hanging the guest. On the console, each line is framed by the
+//! Writes never block for long: a host that is not reading loses the message after a few
+//! seconds, and with nobody on the host end (a virtio port run by hand, without a
+//! supervisor) after one second, once, rather than hanging the guest. On the console, each line is framed by the
 //! boot's nonce (see [`ControlChannel::Console`]).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use microvm_init::plan::ControlChannel;
+use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fd::{AsFd, FromRawFd, OwnedFd};
 use rustix::fs::{FileType, Mode, OFlags};
 use rustix::io::Errno;
@@ -26,8 +29,17 @@ static CHANNEL: Mutex<Option<Open>> = Mutex::new(None);
 /// The copy of the kernel command line, without the nonce, shown to the guest.
 const SCRUBBED_CMDLINE: &str = "/run/microvm/cmdline";
 
-/// How long one message may wait for the host to read it.
+/// How long one message may wait for a connected host to read it.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one message may wait while nobody is on the host end of a virtio port (the
+/// port hangs up): `bin/microvm-run` started by hand, without a supervisor. A supervisor
+/// connects before qemu starts the guest, so this only covers one stalled on a loaded
+/// host; once a message was dropped for want of a host, later ones are not waited for.
+const ABSENT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Set once a message was dropped because no host was connected.
+static HOST_ABSENT: AtomicBool = AtomicBool::new(false);
 
 /// Opens the channel, waiting up to `timeout` for its device to appear.
 pub fn open(spec: &ControlChannel, timeout: Duration) -> Result<(), String> {
@@ -139,17 +151,44 @@ pub fn send(line: &str) {
     };
     let message = format!("{prefix}{line}\n");
     let mut rest = message.as_bytes();
-    let deadline = Instant::now() + SEND_TIMEOUT;
+    let start = Instant::now();
     while !rest.is_empty() {
         match rustix::io::write(fd.as_fd(), rest) {
             Ok(n) => rest = &rest[n..],
             Err(Errno::INTR) => {}
-            Err(Errno::AGAIN) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
+            Err(Errno::AGAIN) if may_wait(fd, start) => {}
             Err(_) => return,
         }
     }
+}
+
+/// Waits about 10 ms for `fd` to take more, and says whether the message may still wait:
+/// [`SEND_TIMEOUT`] for a host that is connected, [`ABSENT_TIMEOUT`] (once) for none.
+fn may_wait(fd: &OwnedFd, start: Instant) -> bool {
+    let mut fds = [PollFd::new(fd, PollFlags::OUT)];
+    let _ = rustix::event::poll(
+        &mut fds,
+        Some(&Timespec {
+            tv_sec: 0,
+            tv_nsec: 10_000_000,
+        }),
+    );
+    if !fds[0].revents().contains(PollFlags::HUP) {
+        return start.elapsed() < SEND_TIMEOUT;
+    }
+    if !HOST_ABSENT.load(Ordering::Relaxed) {
+        // A hung-up port polls ready at once: wait for a host to connect.
+        std::thread::sleep(Duration::from_millis(10));
+        if start.elapsed() < ABSENT_TIMEOUT {
+            return true;
+        }
+        HOST_ABSENT.store(true, Ordering::Relaxed);
+        super::console::say(
+            "microvm-init: nobody is on the host end of the control channel \
+             (run without microvm's supervisor?): not reporting to the host",
+        );
+    }
+    false
 }
 
 /// `/dev/vportNpM` of the port called `name`, created from its sysfs `dev` when
