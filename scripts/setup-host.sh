@@ -15,7 +15,7 @@ need=()
 for pkg in qemu-system-x86 qemu-system-arm qemu-utils erofs-utils squashfs-tools busybox-static kmod e2fsprogs dosfstools \
            iproute2 cpio xz-utils zstd lz4 libseccomp-dev libcap-ng-dev pkg-config socat \
            mmdebstrap nix-bin systemd-container jq curl bsdutils dnsmasq-base nftables \
-           linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev \
+           linux-source-6.1 build-essential patch bc bison flex libelf-dev libssl-dev \
            openssh-client openssh-server \
            pacemaker corosync crmsh resource-agents; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")

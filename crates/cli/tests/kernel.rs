@@ -58,6 +58,17 @@ fn a_built_kernel_is_found_in_the_store() {
         assert!(config.lines().any(|l| l == option), "{option} missing");
     }
     assert!(config.contains("# CONFIG_MODULES is not set"));
+    assert!(config.contains("CONFIG_CC_OPTIMIZE_FOR_PERFORMANCE=y"));
+    // microvm's own patches were applied to the package's tarball, and are recorded.
+    let info: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("build-info.json")).expect("build-info.json"),
+    )
+    .expect("build-info json");
+    assert_eq!(
+        info["patches"],
+        serde_json::json!(["qemu-tcg-lapic-timer.patch"]),
+        "{info}"
+    );
     // The plain form prints the same directory.
     let out = microvm(&["kernel", "build", "--store", store]);
     assert_eq!(

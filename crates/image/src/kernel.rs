@@ -20,6 +20,7 @@ pub mod config;
 mod deb;
 pub mod elf;
 mod layout;
+pub mod patches;
 
 pub use bzimage::{extract_vmlinux, ImageFormat, PayloadCompression, Vmlinux};
 pub use config::{Availability, FsCompression, KernelConfig, KernelFeature};

@@ -4,7 +4,8 @@
 //!
 //! The configuration is the project's own ([`MICROVM_CONFIG`], merged over `make
 //! tinyconfig`: every driver and filesystem microvm's guests use, built in, no modules)
-//! plus the user's fragments. The result is a store entry `<hash>-kernel` with `bzImage`,
+//! plus the user's fragments; a tarball's tree also gets microvm's patches
+//! ([`super::patches`]). The result is a store entry `<hash>-kernel` with `bzImage`,
 //! `vmlinux` and `.config`, keyed by the source's identity, the configuration and the
 //! compiler, so a host builds each combination once. The object tree is kept under
 //! `<store>/.cache/kernel-build/` (or `$MICROVM_KERNEL_BUILD_DIR`), so a changed option
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use super::patches;
 use crate::store::{combine, Store, StoreError};
 use crate::tools::{self, ToolError};
 
@@ -61,7 +63,7 @@ pub enum KernelBuildError {
     },
 }
 
-fn io<'a>(
+pub(super) fn io<'a>(
     op: &'static str,
     path: &'a Path,
 ) -> impl FnOnce(std::io::Error) -> KernelBuildError + 'a {
@@ -119,13 +121,18 @@ impl Source {
 }
 
 /// The store key of a request, without building: the source's identity, the configuration
-/// (the project's and the fragments' text) and the compiler.
+/// (the project's and the fragments' text), the compiler and, for a tarball, microvm's
+/// patches.
 fn key(source: &Source, fragments: &[String], compiler: &str) -> String {
+    let patches = patches::identity(patches::PATCHES);
     let mut parts: Vec<(&str, &str)> = vec![
         ("source", source.identity()),
         ("config", MICROVM_CONFIG),
         ("compiler", compiler),
     ];
+    if matches!(source, Source::Tarball { .. }) {
+        parts.push(("patches", &patches));
+    }
     parts.extend(fragments.iter().map(|f| ("fragment", f.as_str())));
     combine(&parts)
 }
@@ -169,7 +176,7 @@ pub fn build(
     if entry.join("vmlinux").is_file() {
         return Ok(done(true));
     }
-    let src = prepare_tree(&source, &work, progress)?;
+    let src = prepare_tree(&source, &work, patches::PATCHES, progress)?;
     let obj = work.join("obj");
     fs::create_dir_all(&obj).map_err(io("creating", &obj))?;
     configure(&src, &obj, &request.fragments, &fragments, progress)?;
@@ -338,19 +345,25 @@ fn work_dir(store: &Store, source: &Source) -> PathBuf {
 }
 
 /// The source tree to build in: a tree as given, or a tarball unpacked once into
-/// `<work>/src` (again when the tarball changed: its identity is stamped there).
+/// `<work>/src` with `patch_set` applied (again when the tarball or the patches changed:
+/// both are stamped there).
 fn prepare_tree(
     source: &Source,
     work: &Path,
+    patch_set: &[patches::Patch],
     progress: &mut dyn FnMut(&str),
 ) -> Result<PathBuf, KernelBuildError> {
     let (tarball, identity) = match source {
-        Source::Tree { path, .. } => return Ok(path.clone()),
+        Source::Tree { path, .. } => {
+            progress("building the source tree as it is (microvm's patches are for tarballs)");
+            return Ok(path.clone());
+        }
         Source::Tarball { path, identity } => (path, identity),
     };
     let src = work.join("src");
     let stamp = work.join("source");
-    if src.is_dir() && fs::read_to_string(&stamp).is_ok_and(|s| s == *identity) {
+    let stamped = format!("{identity} patches {}", patches::identity(patch_set));
+    if src.is_dir() && fs::read_to_string(&stamp).is_ok_and(|s| s == stamped) {
         return Ok(src);
     }
     progress(&format!("unpacking {}", tarball.display()));
@@ -384,7 +397,8 @@ fn prepare_tree(
         }
     }
     let _ = fs::remove_dir(&unpack);
-    fs::write(&stamp, identity).map_err(io("writing", &stamp))?;
+    patches::apply(&src, patch_set, &work.join("patches"), progress)?;
+    fs::write(&stamp, stamped).map_err(io("writing", &stamp))?;
     Ok(src)
 }
 
@@ -540,6 +554,10 @@ fn publish(
         "compiler": compiler,
         "compiler_version": compiler_version(),
         "config": "microvm.config",
+        "patches": match source {
+            Source::Tarball { .. } => patches::names(patches::PATCHES),
+            Source::Tree { .. } => Vec::new(),
+        },
     });
     let info_path = scratch.join("build-info.json");
     fs::write(&info_path, info.to_string()).map_err(io("writing", &info_path))?;

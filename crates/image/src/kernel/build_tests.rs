@@ -126,17 +126,39 @@ fn a_tarball_is_unpacked_once_and_again_when_it_changes() {
     let source = resolve_source(&SourceRef::Path(tarball.clone()), &mut quiet).expect("tarball");
     let work = tmp.path().join("work");
     fs::create_dir_all(&work).expect("mkdir");
-    let src = prepare_tree(&source, &work, &mut quiet).expect("unpack");
+    const PATCH: patches::Patch = (
+        "note.patch",
+        "--- a/Makefile\n+++ b/Makefile\n@@ -1 +1,2 @@\n # one\n+# patched\n",
+    );
+    let src = prepare_tree(&source, &work, &[PATCH], &mut quiet).expect("unpack");
     assert_eq!(src, work.join("src"));
+    assert_eq!(
+        fs::read_to_string(src.join("Makefile")).expect("read"),
+        "# one\n# patched\n"
+    );
+    // Unchanged: the tree is reused as it is (an object tree next to it stays), not
+    // patched twice.
+    fs::create_dir_all(work.join("obj")).expect("obj");
+    fs::write(src.join("local"), "kept").expect("write");
+    prepare_tree(&source, &work, &[PATCH], &mut quiet).expect("again");
+    assert!(src.join("local").is_file() && work.join("obj").is_dir());
+    assert_eq!(
+        fs::read_to_string(src.join("Makefile")).expect("read"),
+        "# one\n# patched\n"
+    );
+    // A changed patch set is unpacked afresh; a patch that does not apply fails with
+    // patch's words.
+    let bad: patches::Patch = (
+        "bad.patch",
+        "--- a/Makefile\n+++ b/Makefile\n@@ -1 +1 @@\n-# nine\n+# ten\n",
+    );
+    let err = prepare_tree(&source, &work, &[bad], &mut quiet).expect_err("bad patch");
+    assert!(err.to_string().contains("patch"), "{err}");
+    prepare_tree(&source, &work, &[], &mut quiet).expect("no patches");
     assert_eq!(
         fs::read_to_string(src.join("Makefile")).expect("read"),
         "# one\n"
     );
-    // Unchanged: the tree is reused as it is (an object tree next to it stays).
-    fs::create_dir_all(work.join("obj")).expect("obj");
-    fs::write(src.join("local"), "kept").expect("write");
-    prepare_tree(&source, &work, &mut quiet).expect("again");
-    assert!(src.join("local").is_file() && work.join("obj").is_dir());
     // A new tarball is a new identity: unpacked afresh, the old object tree dropped.
     std::thread::sleep(Duration::from_millis(20));
     fs::write(tree.join("Makefile"), "# two\n").expect("write");
@@ -150,7 +172,7 @@ fn a_tarball_is_unpacked_once_and_again_when_it_changes() {
         .expect("tar");
     assert!(status.success());
     let source = resolve_source(&SourceRef::Path(tarball), &mut quiet).expect("tarball");
-    let src = prepare_tree(&source, &work, &mut quiet).expect("unpack again");
+    let src = prepare_tree(&source, &work, &[], &mut quiet).expect("unpack again");
     assert_eq!(
         fs::read_to_string(src.join("Makefile")).expect("read"),
         "# two\n"
