@@ -117,7 +117,9 @@ fn main() {
 
 /// The nested build's flags, 0x1f-separated as `CARGO_ENCODED_RUSTFLAGS` wants them.
 fn init_rustflags(link_script: &Path) -> std::ffi::OsString {
-    let mut script = std::ffi::OsString::from("link-arg=-Wl,-T,");
+    // The C compiler driver passes `-T FILE` on to the linker as it is (`-Wl,` would split
+    // a path at its commas).
+    let mut script = std::ffi::OsString::from("link-arg=");
     script.push(link_script);
     let mut flags = std::ffi::OsString::new();
     for (i, flag) in [
@@ -125,6 +127,8 @@ fn init_rustflags(link_script: &Path) -> std::ffi::OsString {
         "target-feature=+crt-static".into(),
         "-C".into(),
         "relocation-model=static".into(),
+        "-C".into(),
+        "link-arg=-T".into(),
         "-C".into(),
         script,
         // The script leaves .eh_frame out; its index would be an empty header.
