@@ -17,9 +17,19 @@ mod tests {
     use super::*;
 
     const PT_INTERP: u32 = 3;
+    const PT_GNU_EH_FRAME: u32 = 0x6474_e550;
 
     fn u16_at(b: &[u8], at: usize) -> usize {
         u16::from_le_bytes([b[at], b[at + 1]]) as usize
+    }
+
+    fn program_header_kinds(elf: &[u8]) -> Vec<u32> {
+        let phoff = u64::from_le_bytes(elf[32..40].try_into().expect("8 bytes")) as usize;
+        let (phentsize, phnum) = (u16_at(elf, 54), u16_at(elf, 56));
+        (0..phnum)
+            .map(|i| phoff + i * phentsize)
+            .map(|at| u32::from_le_bytes(elf[at..at + 4].try_into().expect("4 bytes")))
+            .collect()
     }
 
     #[test]
@@ -31,12 +41,25 @@ mod tests {
         assert_eq!(u16_at(elf, 18), 62, "not x86_64");
         // ET_EXEC, not ET_DYN: a non-PIE static binary carries no relocations to apply.
         assert_eq!(u16_at(elf, 16), 2, "not a non-PIE executable");
-        let phoff = u64::from_le_bytes(elf[32..40].try_into().expect("8 bytes")) as usize;
-        let (phentsize, phnum) = (u16_at(elf, 54), u16_at(elf, 56));
-        for i in 0..phnum {
-            let at = phoff + i * phentsize;
-            let kind = u32::from_le_bytes(elf[at..at + 4].try_into().expect("4 bytes"));
-            assert_ne!(kind, PT_INTERP, "the guest init needs a dynamic loader");
-        }
+        assert!(
+            !program_header_kinds(elf).contains(&PT_INTERP),
+            "the guest init needs a dynamic loader"
+        );
+    }
+
+    #[test]
+    fn embedded_init_leaves_out_what_it_never_uses() {
+        // build.rs links it with init-link.ld: no unwind tables, so no index of them.
+        let elf = guest_init_binary();
+        assert!(
+            !program_header_kinds(elf).contains(&PT_GNU_EH_FRAME),
+            "the guest init carries unwind tables (init-link.ld not applied)"
+        );
+        // crates/init/src/libc_min.rs keeps glibc's gettext runtime out; its catalog
+        // loader is the only part that parses a catalog's "nplurals=" header.
+        assert!(
+            !elf.windows(8).any(|w| w == b"nplurals"),
+            "the guest init carries glibc's gettext runtime (libc_min.rs not linked)"
+        );
     }
 }

@@ -4,6 +4,8 @@
 //! printed, reported on the control channel, and ends in a poweroff.
 
 mod init;
+#[cfg(any(test, target_feature = "crt-static"))]
+mod libc_min;
 
 fn main() {
     let started = init::console::uptime();

@@ -75,6 +75,7 @@ fn report(message: &str) {
 }
 
 /// A panic in PID 1 would panic the kernel: print it, report it, power off instead.
+/// No backtrace: the init is linked without unwind tables (crates/image/init-link.ld).
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         report(&format!("panic: {info}"));
