@@ -6,7 +6,8 @@
 #   MICROVM=/path/to/microvm scripts/bench.sh
 #
 # Needs: the hello example's inputs ($MICROVM_TEST_KERNELS or target/test-kernels: cloud.deb, busybox-static),
-# qemu-system-x86_64, mkfs.erofs, mksquashfs, socat, cpio, gzip, zstd. Prints a Markdown table.
+# qemu-system-x86_64, mkfs.erofs, mksquashfs, socat, cpio, gzip, zstd, /usr/bin/time (time). Prints
+# a Markdown table.
 # The microvm-kernel rows need that kernel: $MICROVM_KERNEL (a `microvm kernel build`
 # directory), else microvm beside cloud.deb (scripts/build-test-kernel.sh makes it);
 # the managed-VM rows (4 VMs by one `start`, supervisor RSS) need root.
@@ -22,7 +23,7 @@ mkernel=${MICROVM_KERNEL:-$kernels/microvm}
 [ -f "$mkernel/vmlinux" ] || { echo "bench: the microvm kernel $mkernel is missing (scripts/build-test-kernel.sh)" >&2; exit 1; }
 mkernel=$(readlink -f "$mkernel")
 
-for tool in qemu-system-x86_64 mkfs.erofs mksquashfs socat cpio gzip zstd; do
+for tool in qemu-system-x86_64 mkfs.erofs mksquashfs socat cpio gzip zstd /usr/bin/time; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is not installed" >&2; exit 1; }
 done
 [ -f "$kernel_deb" ] || { echo "bench: $kernel_deb missing (scripts/fetch-test-kernels.sh)" >&2; exit 1; }
@@ -108,7 +109,7 @@ bare() { # [RUNNER] the exact argv of its bin/microvm-run, with a control-socket
   rm -f hello-ctl.sock
   socat -u UNIX-CONNECT:hello-ctl.sock,retry=1000,interval=0.01 OPEN:/dev/null &
   local reader=$!
-  "${argv[@]}"
+  /usr/bin/time -f "%U %S" -o "$T/cpu.last" "${argv[@]}"
   local rc=$?
   wait "$reader" 2>/dev/null || true
   return $rc
@@ -142,7 +143,7 @@ for i in $(seq "$RUNS"); do
   boot bare bare
   boot tiny tiny
   boot mk "$bin" run "$T/vm/mk.toml" --store "$T/store" --workdir "$T/work"
-  boot mkbare bare "$mkrunner"
+  boot mkbare bare "$mkrunner" && add mkbare.cpu "$(awk '{ print $1 + $2 }' "$T/cpu.last")"
 done
 
 # --- 2. no-op rebuild ---------------------------------------------------------------------
@@ -272,6 +273,8 @@ else
   row "KVM, microvm kernel: spawn → \`ready\`" "skipped" "KVM cannot run guests here: $kvm_reason" "–"
   row "TCG, microvm kernel: spawn → \`ready\` (s)" "$(med mk.ready)" "$(med mkbare.ready) (bare qemu, same argv)" "$(ratio "$(med mk.ready)" "$(med mkbare.ready)")"
 fi
+# What bounds starting many at once: CPU seconds per boot against the boot's own wall time.
+row "microvm kernel: qemu CPU per whole run, user + sys (s)" "$(med mkbare.cpu)" "$(med mkbare.wall) (its wall time, bare qemu)" "$(ratio "$(med mkbare.cpu)" "$(med mkbare.wall)")"
 if [ -n "$managed" ]; then
   row "4 managed VMs by one \`start\`, all READY (s)" "$(med start4)" "$(med start1) (\`start\` of one)" "$(ratio "$(med start4)" "$(med start1)")"
   row "4 managed VMs by \`start --jobs $(nproc)\` (one per core at a time), all READY (s)" "$(med start4c)" "$(med start1) (\`start\` of one)" "$(ratio "$(med start4c)" "$(med start1)")"

@@ -13,7 +13,7 @@ fi
 
 need=()
 for pkg in qemu-system-x86 qemu-system-arm qemu-utils erofs-utils squashfs-tools busybox-static kmod e2fsprogs dosfstools \
-           iproute2 cpio xz-utils zstd lz4 libseccomp-dev libcap-ng-dev pkg-config socat \
+           iproute2 cpio xz-utils zstd lz4 libseccomp-dev libcap-ng-dev pkg-config socat time \
            mmdebstrap nix-bin systemd-container jq curl bsdutils dnsmasq-base nftables \
            linux-source-6.1 build-essential patch bc bison flex libelf-dev libssl-dev \
            openssh-client openssh-server \
