@@ -185,7 +185,14 @@ pub fn build(
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
         .unwrap_or(1);
     compile(&src, &obj, &work.join("build.log"), jobs, progress)?;
-    publish(store, &obj, &entry, &source, &compiler)?;
+    publish(
+        store,
+        &obj,
+        &work.join("patches"),
+        &entry,
+        &source,
+        &compiler,
+    )?;
     Ok(done(false))
 }
 
@@ -363,7 +370,9 @@ fn prepare_tree(
     let src = work.join("src");
     let stamp = work.join("source");
     let stamped = format!("{identity} patches {}", patches::identity(patch_set));
-    if src.is_dir() && fs::read_to_string(&stamp).is_ok_and(|s| s == stamped) {
+    let prepared = fs::read_to_string(&stamp).is_ok_and(|s| s == stamped)
+        && patches::recorded(&work.join("patches"));
+    if src.is_dir() && prepared {
         return Ok(src);
     }
     progress(&format!("unpacking {}", tarball.display()));
@@ -527,6 +536,7 @@ fn compile(
 fn publish(
     store: &Store,
     obj: &Path,
+    patch_dir: &Path,
     entry: &Path,
     source: &Source,
     compiler: &str,
@@ -555,7 +565,7 @@ fn publish(
         "compiler_version": compiler_version(),
         "config": "microvm.config",
         "patches": match source {
-            Source::Tarball { .. } => patches::names(patches::PATCHES),
+            Source::Tarball { .. } => patches::applied(patch_dir),
             Source::Tree { .. } => Vec::new(),
         },
     });

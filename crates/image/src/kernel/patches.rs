@@ -1,7 +1,8 @@
 //! microvm's own patches to the guest kernel's source, applied to a tarball's tree when it
 //! is unpacked (a source tree the user points at is built as it is: microvm does not
 //! write into it). Each patch says in its header what it changes and why; the store key
-//! and `build-info.json` name them, so a changed patch builds a new kernel.
+//! covers them, so a changed patch builds a new kernel, and `build-info.json` names the
+//! ones that applied (one written for another kernel version is skipped with a warning).
 
 use std::fs;
 use std::path::Path;
@@ -19,11 +20,6 @@ pub const PATCHES: &[Patch] = &[(
     include_str!("patches/qemu-tcg-lapic-timer.patch"),
 )];
 
-/// The patches' names, in order.
-pub fn names(patches: &[Patch]) -> Vec<&'static str> {
-    patches.iter().map(|(name, _)| *name).collect()
-}
-
 /// What identifies the patch set (names and texts): part of the tree's stamp and the key.
 pub fn identity(patches: &[Patch]) -> String {
     let mut hasher = blake3::Hasher::new();
@@ -36,9 +32,13 @@ pub fn identity(patches: &[Patch]) -> String {
     hasher.finalize().to_hex()[..16].to_owned()
 }
 
-/// Applies `patches` to the freshly unpacked tree `src`, writing each one to `dir`
-/// first; a patch that does not apply (another kernel version) fails the build with
-/// patch's own words.
+/// The file in a patch directory that lists the patches applied to its tree.
+const APPLIED: &str = "applied";
+
+/// Applies `patches` to the freshly unpacked tree `src`, writing each one to `dir` first,
+/// and records there which applied. A patch that does not apply to this source (written
+/// for another kernel version) is skipped with a warning and patch's own words: the
+/// kernel builds as before, without what that patch saves.
 pub fn apply(
     src: &Path,
     patches: &[Patch],
@@ -46,16 +46,45 @@ pub fn apply(
     progress: &mut dyn FnMut(&str),
 ) -> Result<(), KernelBuildError> {
     fs::create_dir_all(dir).map_err(io("creating", dir))?;
+    let mut applied = String::new();
     for (name, text) in patches {
-        progress(&format!("applying the patch {name}"));
         let file = dir.join(name);
         fs::write(&file, text).map_err(io("writing", &file))?;
-        tools::run(
-            Command::new("patch")
-                .current_dir(src)
-                .args(["-p1", "--forward", "--batch", "--reject-file=-", "-i"])
-                .arg(&file),
-        )?;
+        let patch = |dry_run: bool| {
+            let mut cmd = Command::new("patch");
+            cmd.current_dir(src)
+                .args(["-p1", "--forward", "--batch", "--reject-file=-"]);
+            if dry_run {
+                cmd.arg("--dry-run");
+            }
+            tools::run(cmd.arg("-i").arg(&file))
+        };
+        if let Err(e) = patch(true) {
+            progress(&format!(
+                "warning: microvm's patch {name} does not apply to this source, building without it: {e}"
+            ));
+            continue;
+        }
+        progress(&format!("applying the patch {name}"));
+        patch(false)?;
+        applied.push_str(name);
+        applied.push('\n');
     }
-    Ok(())
+    let list = dir.join(APPLIED);
+    fs::write(&list, applied).map_err(io("writing", &list))
+}
+
+/// The names of the patches [`apply`] applied to the tree of patch directory `dir`.
+pub fn applied(dir: &Path) -> Vec<String> {
+    fs::read_to_string(dir.join(APPLIED))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether [`apply`] recorded its work in `dir` (a tree prepared before it did is
+/// prepared again).
+pub fn recorded(dir: &Path) -> bool {
+    dir.join(APPLIED).is_file()
 }
