@@ -34,8 +34,9 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long one message may wait while nobody is on the host end of a virtio port (the
 /// port hangs up): `bin/microvm-run` started by hand, without a supervisor. A supervisor
-/// connects before qemu starts the guest, so this only covers one stalled on a loaded
-/// host; once a message was dropped for want of a host, later ones are not waited for.
+/// connects as soon as qemu has made the socket, long before this init runs, so this only
+/// covers one stalled on a loaded host; once a message was dropped for want of a host,
+/// later ones are not waited for.
 const ABSENT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Set once a message was dropped because no host was connected.
