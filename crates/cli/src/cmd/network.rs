@@ -262,6 +262,9 @@ pub fn apply_host_networks(
     } else {
         networks_to_change(state)?
     };
+    // One change of the networks from the first read to the last removal: another
+    // `host apply` or `network create|remove` waits (VMs start after it is released).
+    let lock = if dry_run { None } else { Some(nets.lock()?) };
     let mut actions = Vec::new();
     for c in wanted {
         let before = nets.get(&c.name)?;
@@ -272,10 +275,10 @@ pub fn apply_host_networks(
             (Some(_), false) => "updated",
             (None, false) => "created",
         };
-        if !dry_run {
-            if let Err(e) = nets
+        if let Some(lock) = &lock {
+            if let Err(e) = lock
                 .apply(c)
-                .and_then(|()| nets.set_managed_by(&c.name, file))
+                .and_then(|()| lock.set_managed_by(&c.name, file))
             {
                 actions.push((c.name.to_string(), "failed", Some(e.to_string())));
                 continue;
@@ -292,11 +295,11 @@ pub fn apply_host_networks(
         {
             continue;
         }
-        if dry_run {
+        let Some(lock) = &lock else {
             actions.push((name.to_string(), "remove", Some("network".into())));
             continue;
-        }
-        match nets.remove(&name) {
+        };
+        match lock.remove(&name) {
             Ok(()) => actions.push((name.to_string(), "removed", Some("network".into()))),
             Err(e) => actions.push((name.to_string(), "failed", Some(e.to_string()))),
         }

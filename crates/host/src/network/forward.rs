@@ -16,7 +16,8 @@
 //! Every DNAT rule carries the comment `microvm-fwd pid=PID PROTO ADDR:PORT` (ADDR `*`
 //! for every address): the port clash check reads it from the other VMs' tables, and
 //! recovery after a killed supervisor removes the table only when its pid is gone. All
-//! of this runs under one host-wide lock (`/run/microvm-forward.lock`).
+//! of this runs under one host-wide lock (`/run/microvm-forward.lock`), and what touches a
+//! network's reservations also under the networks' lock (`lock.rs`), taken second.
 //!
 //! The guest's address is the definition's (`guest.address`, a static address) or, for a
 //! DHCP guest on a microvm network, a reservation made before the boot: the address the
@@ -152,6 +153,7 @@ impl Forwarded {
     pub fn remove(mut self) -> Result<(), ForwardError> {
         self.removed = true;
         let _lock = lock()?;
+        let _nets = self.nets.lock()?;
         remove_table(&self.nets, &self.vm)?;
         if let Some(c) = &self.reservation {
             unreserve(&self.nets, c, &self.vm)?;
@@ -164,6 +166,7 @@ impl Drop for Forwarded {
     fn drop(&mut self) {
         if !self.removed {
             let _lock = lock();
+            let _nets = self.nets.lock();
             let _ = remove_table(&self.nets, &self.vm);
             if let Some(c) = &self.reservation {
                 let _ = unreserve(&self.nets, c, &self.vm);
@@ -176,6 +179,8 @@ impl Drop for Forwarded {
 /// is a DHCP guest), refuses ports another VM forwards, and replaces the VM's table.
 pub fn install(nets: &Networks, vm: &str, f: &TapForwards) -> Result<Forwarded, ForwardError> {
     let _lock = lock()?;
+    // The network is read and its reservation written while no change of it runs.
+    let _nets = nets.lock()?;
     let network = match &f.bridge {
         Some(b) => network_of_bridge(nets, b)?,
         None => None,
@@ -261,6 +266,7 @@ pub fn start(state: &Path, vm: &str, runner: &Path) -> Result<Option<Forwarded>,
 /// its reservations. Returns whether a table was removed.
 pub fn recover(nets: &Networks, vm: &str) -> bool {
     let Ok(_lock) = lock() else { return false };
+    let Ok(_nets) = nets.lock() else { return false };
     let owner = table_ports(nets, &table(vm))
         .ok()
         .and_then(|p| p.first().map(|x| x.0));

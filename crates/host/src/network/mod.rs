@@ -7,13 +7,16 @@
 //! argv. A network's record, the pid files, the log and the lease file live in
 //! `<state>/.networks/NAME/`. [`Networks::apply`] is idempotent: it makes the host match
 //! the configuration, replacing what an earlier configuration of the same network left;
-//! [`Networks::remove`] leaves no link, rule, lease file or process behind.
+//! [`Networks::remove`] leaves no link, rule, lease file or process behind. Every change
+//! runs under one lock per state directory (`lock.rs`), so concurrent ones wait for each
+//! other.
 
 mod bridge;
 mod config;
 mod dnsmasq;
 pub mod forward;
 mod leases;
+mod lock;
 mod nat;
 mod supervise;
 
@@ -25,6 +28,7 @@ pub use config::{
     DEFAULT_NETWORK, DEFAULT_SUBNET,
 };
 pub use leases::Lease;
+pub use lock::NetworksLock;
 pub use supervise::{stop_on_signals, unit_name, Backoff, Supervision, LOG_LIMIT};
 
 /// Where a host's network tools are (names looked up on PATH, or paths).
@@ -184,7 +188,13 @@ impl Networks {
     /// Makes the host match `config`: bridge and addresses, NAT tables, the supervised
     /// dnsmasq. Applying the same configuration again changes nothing (a dnsmasq that is
     /// not running is started); a changed one replaces the old parts and restarts it.
+    /// Waits for another change of these networks to end first.
     pub fn apply(&self, config: &NetworkConfig) -> Result<(), NetworkError> {
+        config.validate()?;
+        self.lock()?.apply(config)
+    }
+
+    fn apply_locked(&self, config: &NetworkConfig) -> Result<(), NetworkError> {
         config.validate()?;
         let dir = self.dir(&config.name);
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
@@ -204,8 +214,13 @@ impl Networks {
     }
 
     /// Removes a network: dnsmasq, the NAT table, the bridge, the lease file and record.
-    /// Removing a network that does not exist is an error; nothing else is.
+    /// Removing a network that does not exist is an error; nothing else is. Waits for
+    /// another change of these networks to end first.
     pub fn remove(&self, name: &NetworkName) -> Result<(), NetworkError> {
+        self.lock()?.remove(name)
+    }
+
+    fn remove_locked(&self, name: &NetworkName) -> Result<(), NetworkError> {
         let config = self
             .get(name)?
             .ok_or_else(|| NetworkError::NotFound(name.to_string()))?;
@@ -253,6 +268,13 @@ impl Networks {
     /// Records that a host file manages this network (`host apply` removes it when the
     /// file no longer lists it).
     pub fn set_managed_by(&self, name: &NetworkName, file: &Path) -> Result<(), NetworkError> {
+        self.lock()?.set_managed_by(name, file)
+    }
+
+    fn set_managed_by_locked(&self, name: &NetworkName, file: &Path) -> Result<(), NetworkError> {
+        if self.get(name)?.is_none() {
+            return Err(NetworkError::NotFound(name.to_string()));
+        }
         let path = self.dir(name).join("managed-by");
         fs::write(&path, file.as_os_str().as_encoded_bytes()).map_err(io_err("write", &path))
     }
