@@ -8,6 +8,8 @@
 //!   returned, and the next `create` does not wait;
 //! - a `create` that finds the lock held waits, says so once on stderr, and goes on when
 //!   it is free;
+//! - two `host apply` of files defining the network differently leave the network as one
+//!   of them, managed by that one;
 //! - `network remove` racing a `create` leaves the network complete or gone, never half.
 //!
 //! Prerequisites as tests/network_host.rs (root, iproute2 with netns, nft, dnsmasq): a
@@ -80,6 +82,17 @@ fn create_args(def: usize) -> Vec<&'static str> {
     ];
     a.extend(extra);
     a
+}
+
+/// A host file with the network as definition `def`.
+fn host_file(def: usize) -> String {
+    let (bridge, subnet, extra) = DEFS[def];
+    let nat = if extra.is_empty() {
+        ""
+    } else {
+        "nat = false\n"
+    };
+    format!("[networks.{NET}]\nsubnet = \"{subnet}\"\nbridge = \"{bridge}\"\n{nat}")
 }
 
 /// Waits for every process; one still running after [`HANG`] fails the test.
@@ -307,6 +320,41 @@ fn concurrent_creates_and_removes_of_one_network_wait_for_each_other() {
         ended[0].stderr
     );
     assert_eq!(assert_complete(&ns, &state), def);
+
+    // Two `host apply` of files that define the network differently, at once: the record
+    // and `managed-by` come from the same file (the lock spans the whole network phase).
+    let files: Vec<PathBuf> = (0..2)
+        .map(|i| {
+            let f = dir.path().join(format!("host{i}.toml"));
+            fs::write(&f, host_file(i)).expect("host file");
+            f
+        })
+        .collect();
+    for round in 0..3 {
+        let racers = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let f = f.to_str().expect("utf-8");
+                start(
+                    &ns,
+                    &state,
+                    &logs,
+                    &format!("host apply #{i}"),
+                    &["host", "apply", f],
+                )
+            })
+            .collect();
+        finish(racers).iter().for_each(assert_ok);
+        let def = assert_complete(&ns, &state);
+        let managed =
+            fs::read(state.join(".networks").join(NET).join("managed-by")).expect("managed-by");
+        assert_eq!(
+            Path::new(std::str::from_utf8(&managed).expect("utf-8")),
+            files[def],
+            "round {round}: the record is not of the host file that manages it"
+        );
+    }
 
     // remove racing create: complete or gone, whichever ran last.
     // The remove starts up to 0.3 s after the create, to land inside it too.
