@@ -33,6 +33,8 @@ const DEFS: [(&str, &str, &[&str]); 2] = [
     ("nlkbr0", "10.191.0.1/24", &[]),
     ("nlkbr1", "10.192.0.1/24", &["--no-nat"]),
 ];
+/// What a waiter says on stderr.
+const WAITING: &str = "waiting for another change of the networks";
 /// A failure guard for a change that should take seconds (not an assertion on time).
 const HANG: Duration = Duration::from_secs(120);
 
@@ -40,7 +42,6 @@ const HANG: Duration = Duration::from_secs(120);
 struct Started {
     what: String,
     child: Child,
-    out: PathBuf,
     err: PathBuf,
 }
 
@@ -51,27 +52,47 @@ struct Ended {
     stderr: String,
 }
 
-fn start(ns: &str, state: &Path, logs: &Path, what: &str, args: &[&str]) -> Started {
-    let n = fs::read_dir(logs).map(|d| d.count()).unwrap_or(0);
-    let (out, err) = (logs.join(format!("{n}.out")), logs.join(format!("{n}.err")));
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .arg(bin())
-        .arg("--state-dir")
-        .arg(state)
-        .args(args)
-        .env("PATH", path_var())
-        .env_remove("MICROVM_SERVICE_MANAGER")
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(&out).expect("stdout file"))
-        .stderr(fs::File::create(&err).expect("stderr file"))
-        .spawn()
-        .expect("spawn microvm");
-    Started {
-        what: what.to_string(),
-        child,
-        out,
-        err,
+/// The test's namespace and directories; `ip netns exec NS microvm --state-dir STATE …`.
+struct Host {
+    ns: String,
+    state: PathBuf,
+    /// Where the host files and the processes' output go.
+    work: PathBuf,
+}
+
+impl Host {
+    fn start(&self, what: &str, args: &[&str]) -> Started {
+        let n = fs::read_dir(&self.work).map(|d| d.count()).unwrap_or(0);
+        let (out, err) = (
+            self.work.join(format!("{n}.out")),
+            self.work.join(format!("{n}.err")),
+        );
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(bin())
+            .arg("--state-dir")
+            .arg(&self.state)
+            .args(args)
+            .env("PATH", path_var())
+            .env_remove("MICROVM_SERVICE_MANAGER")
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&out).expect("stdout file"))
+            .stderr(fs::File::create(&err).expect("stderr file"))
+            .spawn()
+            .expect("spawn microvm");
+        Started {
+            what: what.to_string(),
+            child,
+            err,
+        }
+    }
+
+    fn create(&self, what: &str, def: usize) -> Started {
+        self.start(what, &create_args(def))
+    }
+
+    fn exists(&self) -> bool {
+        self.state.join(".networks").join(NET).exists()
     }
 }
 
@@ -102,7 +123,6 @@ fn finish(started: Vec<Started>) -> Vec<Ended> {
         .into_iter()
         .map(|mut s| loop {
             if let Some(status) = s.child.try_wait().expect("wait") {
-                let _ = fs::read_to_string(&s.out);
                 return Ended {
                     what: s.what,
                     status,
@@ -242,66 +262,57 @@ fn concurrent_creates_and_removes_of_one_network_wait_for_each_other() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let state = dir.path().join("state");
-    let logs = dir.path().join("logs");
-    fs::create_dir_all(&logs).expect("logs");
     let mut nss = Namespaces(Vec::new());
-    let ns = nss.add(format!("nlk{}-h", std::process::id() % 100000));
+    let h = Host {
+        ns: nss.add(format!("nlk{}-h", std::process::id() % 100000)),
+        state: dir.path().join("state"),
+        work: dir.path().join("work"),
+    };
+    fs::create_dir_all(&h.work).expect("work");
+    let def = creates_at_once(&h);
+    a_held_lock_makes_create_wait(&h, def);
+    host_applies_at_once(&h);
+    remove_races_create(&h);
+    if h.exists() {
+        microvm(&h.ns, &h.state, &["network", "remove", NET]);
+    }
+    assert_none(&h.ns, &h.state);
+}
 
-    // Four creates at once, two of each definition.
-    let racers: Vec<Started> = (0..4)
-        .map(|i| {
-            start(
-                &ns,
-                &state,
-                &logs,
-                &format!("create #{i}"),
-                &create_args(i % 2),
-            )
-        })
+/// Four creates at once, two of each definition; then one more, which does not wait on
+/// the supervisor. Returns the definition the network has.
+fn creates_at_once(h: &Host) -> usize {
+    let racers = (0..4)
+        .map(|i| h.create(&format!("create #{i}"), i % 2))
         .collect();
     let ended = finish(racers);
     ended.iter().for_each(assert_ok);
-    let waited = ended
-        .iter()
-        .filter(|e| {
-            e.stderr
-                .contains("waiting for another change of the networks")
-        })
-        .count();
+    let waited = ended.iter().filter(|e| e.stderr.contains(WAITING)).count();
     eprintln!("{waited} of 4 concurrent creates said that they waited");
-    let def = assert_complete(&ns, &state);
-    let (d, s) = census(&state);
-    assert_lock_free(&state, &[d, s].concat());
+    let def = assert_complete(&h.ns, &h.state);
+    let (d, s) = census(&h.state);
+    assert_lock_free(&h.state, &[d, s].concat());
 
-    // The next create, after the others returned, does not wait on the supervisor.
-    let again = finish(vec![start(
-        &ns,
-        &state,
-        &logs,
-        "create again",
-        &create_args(1 - def),
-    )]);
+    let again = finish(vec![h.create("create again", 1 - def)]);
     assert_ok(&again[0]);
-    assert!(
-        !again[0].stderr.contains("waiting for another"),
-        "{}",
-        again[0].stderr
-    );
-    assert_eq!(assert_complete(&ns, &state), 1 - def);
+    assert!(!again[0].stderr.contains(WAITING), "{}", again[0].stderr);
+    assert_eq!(assert_complete(&h.ns, &h.state), 1 - def);
+    1 - def
+}
 
-    // A held lock: the create waits, says so once, and goes on when it is free.
+/// A held lock: the create waits, says so once, and goes on when it is free.
+fn a_held_lock_makes_create_wait(h: &Host, def: usize) {
     let held = fs::OpenOptions::new()
         .write(true)
-        .open(state.join(".networks/.lock"))
+        .open(h.state.join(".networks/.lock"))
         .expect("open the lock");
     rustix::fs::flock(&held, rustix::fs::FlockOperation::LockExclusive).expect("flock");
-    let mut waiter = start(&ns, &state, &logs, "create waiting", &create_args(def));
+    let mut waiter = h.create("create waiting", 1 - def);
     let err = waiter.err.clone();
     wait_for(
         "the create to say it waits",
         Duration::from_secs(30),
-        || fs::read_to_string(&err).is_ok_and(|t| t.contains("waiting for another change")),
+        || fs::read_to_string(&err).is_ok_and(|t| t.contains(WAITING)),
     );
     assert!(
         waiter.child.try_wait().expect("wait").is_none(),
@@ -310,22 +321,17 @@ fn concurrent_creates_and_removes_of_one_network_wait_for_each_other() {
     drop(held);
     let ended = finish(vec![waiter]);
     assert_ok(&ended[0]);
-    assert_eq!(
-        ended[0]
-            .stderr
-            .matches("waiting for another change")
-            .count(),
-        1,
-        "{}",
-        ended[0].stderr
-    );
-    assert_eq!(assert_complete(&ns, &state), def);
+    let said = ended[0].stderr.matches(WAITING).count();
+    assert_eq!(said, 1, "{}", ended[0].stderr);
+    assert_eq!(assert_complete(&h.ns, &h.state), 1 - def);
+}
 
-    // Two `host apply` of files that define the network differently, at once: the record
-    // and `managed-by` come from the same file (the lock spans the whole network phase).
+/// Two `host apply` of files that define the network differently, at once: the record
+/// and `managed-by` come from the same file (the lock spans the whole network phase).
+fn host_applies_at_once(h: &Host) {
     let files: Vec<PathBuf> = (0..2)
         .map(|i| {
-            let f = dir.path().join(format!("host{i}.toml"));
+            let f = h.work.join(format!("host{i}.toml"));
             fs::write(&f, host_file(i)).expect("host file");
             f
         })
@@ -336,66 +342,49 @@ fn concurrent_creates_and_removes_of_one_network_wait_for_each_other() {
             .enumerate()
             .map(|(i, f)| {
                 let f = f.to_str().expect("utf-8");
-                start(
-                    &ns,
-                    &state,
-                    &logs,
-                    &format!("host apply #{i}"),
-                    &["host", "apply", f],
-                )
+                h.start(&format!("host apply #{i}"), &["host", "apply", f])
             })
             .collect();
         finish(racers).iter().for_each(assert_ok);
-        let def = assert_complete(&ns, &state);
+        let def = assert_complete(&h.ns, &h.state);
         let managed =
-            fs::read(state.join(".networks").join(NET).join("managed-by")).expect("managed-by");
+            fs::read(h.state.join(".networks").join(NET).join("managed-by")).expect("managed-by");
         assert_eq!(
             Path::new(std::str::from_utf8(&managed).expect("utf-8")),
             files[def],
             "round {round}: the record is not of the host file that manages it"
         );
     }
+}
 
-    // remove racing create: complete or gone, whichever ran last.
-    // The remove starts up to 0.3 s after the create, to land inside it too.
+/// `remove` racing `create`: complete or gone, whichever ran last. The remove starts up
+/// to 0.3 s after the create, to land inside it too.
+fn remove_races_create(h: &Host) {
     for round in 0..8 {
-        let exists = state
-            .join(".networks")
-            .join(NET)
-            .join("network.json")
-            .exists();
-        let create = start(&ns, &state, &logs, "create", &create_args(round % 2));
+        let existed = h.exists();
+        let create = h.create("create", round % 2);
         std::thread::sleep(Duration::from_millis(100) * (round as u32 % 4));
-        let remove = start(&ns, &state, &logs, "remove", &["network", "remove", NET]);
-        let racers = vec![create, remove];
-        let ended = finish(racers);
+        let remove = h.start("remove", &["network", "remove", NET]);
+        let ended = finish(vec![create, remove]);
         assert_ok(&ended[0]);
         let removed = ended[1].status.success();
         if !removed {
-            assert!(
-                ended[1].stderr.contains("does not exist"),
-                "{}",
-                ended[1].stderr
-            );
+            let err = &ended[1].stderr;
+            assert!(err.contains("does not exist"), "{err}");
         }
-        let complete = state.join(".networks").join(NET).exists();
+        let complete = h.exists();
         eprintln!(
-            "round {round}: existed {exists}, remove succeeded {removed}, left complete {complete}"
+            "round {round}: existed {existed}, remove succeeded {removed}, left complete {complete}"
         );
         if complete {
-            assert_complete(&ns, &state);
+            assert_complete(&h.ns, &h.state);
         } else {
             assert!(removed, "the network is gone though remove failed");
-            assert_none(&ns, &state);
+            assert_none(&h.ns, &h.state);
         }
-        if !exists {
+        if !existed {
             // From none: the create made it, so a remove that succeeded ran after it.
             assert_eq!(complete, !removed, "round {round}");
         }
     }
-
-    if state.join(".networks").join(NET).exists() {
-        microvm(&ns, &state, &["network", "remove", NET]);
-    }
-    assert_none(&ns, &state);
 }
