@@ -209,6 +209,13 @@ if [ "$(id -u)" = 0 ]; then
       rss=$((rss + kb)); nsup=$((nsup + 1))
     done
     [ "$nsup" -gt 0 ] && add rss "$(awk -v r="$rss" -v n="$nsup" 'BEGIN { printf "%.2f", r / n / 1024 }')"
+    # The four idle (their command sleeps): the CPU their qemus use over 3 s, per VM.
+    qemus=$(pgrep -f -- '^microvm@bench[a-d] ' || true)
+    ticks() { for pid in $qemus; do awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null; done | awk '{ s += $1 } END { print s + 0 }'; }
+    if [ -n "$qemus" ]; then
+      t0=$(ticks); sleep 3; t1=$(ticks)
+      add idle "$(awk -v a="$t0" -v b="$t1" -v n="$(echo "$qemus" | wc -w)" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", (b - a) / hz / 3 / n * 100 }')"
+    fi
     "$bin" --state-dir "$st" stop bencha benchb benchc benchd --timeout 30 >/dev/null 2>&1
     sleep 1
     # The same four at most one per core at a time (`start`'s bound before), in waves.
@@ -279,6 +286,7 @@ if [ -n "$managed" ]; then
   row "4 managed VMs by one \`start\`, all READY (s)" "$(med start4)" "$(med start1) (\`start\` of one)" "$(ratio "$(med start4)" "$(med start1)")"
   row "4 managed VMs by \`start --jobs $(nproc)\` (one per core at a time), all READY (s)" "$(med start4c)" "$(med start1) (\`start\` of one)" "$(ratio "$(med start4c)" "$(med start1)")"
   row "supervisor RSS per VM (MiB)" "$(med rss)" "–" "–"
+  row "idle VM after READY: its qemu's CPU (% of a core)" "$(med idle)" "–" "–"
 else
   row "4 managed VMs by one \`start\` / supervisor RSS" "skipped" "needs root (managed VMs run as the microvm user)" "–"
 fi
