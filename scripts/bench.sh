@@ -209,11 +209,12 @@ if [ "$(id -u)" = 0 ]; then
       rss=$((rss + kb)); nsup=$((nsup + 1))
     done
     [ "$nsup" -gt 0 ] && add rss "$(awk -v r="$rss" -v n="$nsup" 'BEGIN { printf "%.2f", r / n / 1024 }')"
-    # The four idle (their command sleeps): the CPU their qemus use over 3 s, per VM.
+    # The four idle (their command sleeps): the CPU their qemus use over 3 s, per VM,
+    # once the boots' late work (the guest's clocksource switch at ~1.3 s) is over.
     qemus=$(pgrep -f -- '^microvm@bench[a-d] ' || true)
     ticks() { for pid in $qemus; do awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null; done | awk '{ s += $1 } END { print s + 0 }'; }
     if [ -n "$qemus" ]; then
-      t0=$(ticks); sleep 3; t1=$(ticks)
+      sleep 2; t0=$(ticks); sleep 3; t1=$(ticks)
       add idle "$(awk -v a="$t0" -v b="$t1" -v n="$(echo "$qemus" | wc -w)" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", (b - a) / hz / 3 / n * 100 }')"
     fi
     "$bin" --state-dir "$st" stop bencha benchb benchc benchd --timeout 30 >/dev/null 2>&1
