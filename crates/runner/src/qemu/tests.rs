@@ -186,7 +186,11 @@ fn tcg_one_vcpu_keeps_smp_code() {
             .expect("plan")
             .kernel_cmdline
     };
-    assert!(cmdline(1, &tcg).ends_with(" tsc_early_khz=2596000 noreplace-smp"));
+    assert!(cmdline(1, &tcg).ends_with(" tsc_early_khz=2596000 tsc=reliable noreplace-smp"));
     assert!(!cmdline(2, &tcg).contains("noreplace-smp"));
-    assert!(!cmdline(1, &HostFacts::reference()).contains("noreplace-smp"));
+    let kvm = cmdline(1, &HostFacts::reference());
+    assert!(
+        !kvm.contains("noreplace-smp") && !kvm.contains("tsc="),
+        "{kvm}"
+    );
 }
