@@ -134,24 +134,32 @@ fn kernel_cmdline(config: &Config, host: &HostFacts, tcg: bool) -> String {
     let mut prefix: Vec<&str> = console.to_vec();
     prefix.extend(["reboot=t", "panic=-1"]);
     let mut kernel_cmdline = cmdline(prefix, config);
-    if let (true, Arch::X86_64, Some(khz)) = (tcg, config.arch, host.tsc_khz) {
-        kernel_cmdline.push_str(&format!(" tsc_early_khz={khz}"));
-    }
-    // Under TCG the guest's TSC is qemu's clock, steady whatever the host's load; the
-    // kernel's watchdog compares it with jiffies, which lag while the vCPU thread waits
-    // for a core, calls it unstable and falls back to jiffies, and then an idle guest is
-    // no longer tickless (four idle VMs on 2 cores: 2 % of a core each instead of 0.4 %).
     if tcg && config.arch == Arch::X86_64 {
-        kernel_cmdline.push_str(" tsc=reliable");
+        kernel_cmdline.push_str(&tcg_x86_params(host, config.vcpu));
     }
+    kernel_cmdline
+}
+
+/// What an x86 guest under TCG is told about the emulated machine, each word with a
+/// leading space.
+fn tcg_x86_params(host: &HostFacts, vcpu: u32) -> String {
+    let mut params = String::new();
+    if let Some(khz) = host.tsc_khz {
+        params.push_str(&format!(" tsc_early_khz={khz}"));
+    }
+    // The guest's TSC is qemu's clock, steady whatever the host's load; the kernel's
+    // watchdog compares it with jiffies, which lag while the vCPU thread waits for a core,
+    // calls it unstable and falls back to jiffies, and then an idle guest is no longer
+    // tickless (four idle VMs on 2 cores: 2 % of a core each instead of 0.4 %).
+    params.push_str(" tsc=reliable");
     // A kernel on one CPU rewrites every `lock` prefix of its text at boot, one text_poke
     // each, and each poke switches page tables: under TCG every switch flushes qemu's
     // software TLB, about 0.1 s of CPU per boot (docs/benchmarks.md). The locked forms
     // cost nothing there.
-    if tcg && config.arch == Arch::X86_64 && config.vcpu == 1 {
-        kernel_cmdline.push_str(" noreplace-smp");
+    if vcpu == 1 {
+        params.push_str(" noreplace-smp");
     }
-    kernel_cmdline
+    params
 }
 
 /// Whether the VM boots qemu's qboot instead of SeaBIOS: on the x86 microvm machine, unless

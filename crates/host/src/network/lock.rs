@@ -90,6 +90,7 @@ fn wait_for(file: &fs::File, path: &Path, say: &mut dyn FnMut(&str)) -> Result<(
 impl NetworksLock<'_> {
     /// [`Networks::apply`] under this lock.
     pub fn apply(&self, config: &NetworkConfig) -> Result<(), NetworkError> {
+        config.validate()?;
         self.nets.apply_locked(config)
     }
 

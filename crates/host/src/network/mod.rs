@@ -191,11 +191,12 @@ impl Networks {
     /// Waits for another change of these networks to end first.
     pub fn apply(&self, config: &NetworkConfig) -> Result<(), NetworkError> {
         config.validate()?;
-        self.lock()?.apply(config)
+        let _lock = self.lock()?;
+        self.apply_locked(config)
     }
 
+    /// [`Networks::apply`] of a validated `config`, under the lock.
     fn apply_locked(&self, config: &NetworkConfig) -> Result<(), NetworkError> {
-        config.validate()?;
         let dir = self.dir(&config.name);
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         let hosts = dir.join(forward::HOSTS);

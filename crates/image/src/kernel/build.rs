@@ -185,14 +185,7 @@ pub fn build(
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
         .unwrap_or(1);
     compile(&src, &obj, &work.join("build.log"), jobs, progress)?;
-    publish(
-        store,
-        &obj,
-        &work.join("patches"),
-        &entry,
-        &source,
-        &compiler,
-    )?;
+    publish(store, &obj, &work, &entry, &source, &compiler)?;
     Ok(done(false))
 }
 
@@ -351,6 +344,20 @@ fn work_dir(store: &Store, source: &Source) -> PathBuf {
     base.join(name)
 }
 
+/// The stamp of an unpacked tree in the work directory: the tarball's identity and the
+/// patch set's on the first line, then the name of each patch that applied.
+const STAMP: &str = "source";
+
+/// The names of the patches applied to the unpacked tree of `work` (from its stamp).
+fn applied_patches(work: &Path) -> Vec<String> {
+    fs::read_to_string(work.join(STAMP))
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The source tree to build in: a tree as given, or a tarball unpacked once into
 /// `<work>/src` with `patch_set` applied (again when the tarball or the patches changed:
 /// both are stamped there).
@@ -368,10 +375,10 @@ fn prepare_tree(
         Source::Tarball { path, identity } => (path, identity),
     };
     let src = work.join("src");
-    let stamp = work.join("source");
+    let stamp = work.join(STAMP);
     let stamped = format!("{identity} patches {}", patches::identity(patch_set));
-    let prepared = fs::read_to_string(&stamp).is_ok_and(|s| s == stamped)
-        && patches::recorded(&work.join("patches"));
+    let prepared =
+        fs::read_to_string(&stamp).is_ok_and(|s| s.lines().next() == Some(stamped.as_str()));
     if src.is_dir() && prepared {
         return Ok(src);
     }
@@ -406,8 +413,12 @@ fn prepare_tree(
         }
     }
     let _ = fs::remove_dir(&unpack);
-    patches::apply(&src, patch_set, &work.join("patches"), progress)?;
-    fs::write(&stamp, stamped).map_err(io("writing", &stamp))?;
+    let applied = patches::apply(&src, patch_set, &work.join("patches"), progress)?;
+    let record: String = std::iter::once(stamped.as_str())
+        .chain(applied)
+        .map(|line| format!("{line}\n"))
+        .collect();
+    fs::write(&stamp, record).map_err(io("writing", &stamp))?;
     Ok(src)
 }
 
@@ -536,7 +547,7 @@ fn compile(
 fn publish(
     store: &Store,
     obj: &Path,
-    patch_dir: &Path,
+    work: &Path,
     entry: &Path,
     source: &Source,
     compiler: &str,
@@ -565,7 +576,7 @@ fn publish(
         "compiler_version": compiler_version(),
         "config": "microvm.config",
         "patches": match source {
-            Source::Tarball { .. } => patches::applied(patch_dir),
+            Source::Tarball { .. } => applied_patches(work),
             Source::Tree { .. } => Vec::new(),
         },
     });

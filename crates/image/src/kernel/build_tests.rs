@@ -146,7 +146,7 @@ fn a_tarball_is_unpacked_once_and_again_when_it_changes() {
         fs::read_to_string(src.join("Makefile")).expect("read"),
         "# one\n# patched\n"
     );
-    assert_eq!(patches::applied(&work.join("patches")), ["note.patch"]);
+    assert_eq!(applied_patches(&work), ["note.patch"]);
     // A changed patch set is unpacked afresh; a patch that does not apply (written for
     // another kernel) is skipped with a warning that has patch's words, and not listed.
     let bad: patches::Patch = (
@@ -163,9 +163,9 @@ fn a_tarball_is_unpacked_once_and_again_when_it_changes() {
             .any(|l| l.starts_with("warning: microvm's patch bad.patch does not apply")),
         "{said:?}"
     );
-    assert_eq!(patches::applied(&work.join("patches")), ["note.patch"]);
+    assert_eq!(applied_patches(&work), ["note.patch"]);
     prepare_tree(&source, &work, &[], &mut quiet).expect("no patches");
-    assert!(patches::applied(&work.join("patches")).is_empty());
+    assert!(applied_patches(&work).is_empty());
     assert_eq!(
         fs::read_to_string(src.join("Makefile")).expect("read"),
         "# one\n"

@@ -32,11 +32,8 @@ pub fn identity(patches: &[Patch]) -> String {
     hasher.finalize().to_hex()[..16].to_owned()
 }
 
-/// The file in a patch directory that lists the patches applied to its tree.
-const APPLIED: &str = "applied";
-
-/// Applies `patches` to the freshly unpacked tree `src`, writing each one to `dir` first,
-/// and records there which applied. A patch that does not apply to this source (written
+/// Applies `patches` to the freshly unpacked tree `src`, writing each one to `dir` first;
+/// the names of those that applied. A patch that does not apply to this source (written
 /// for another kernel version) is skipped with a warning and patch's own words: the
 /// kernel builds as before, without what that patch saves.
 pub fn apply(
@@ -44,9 +41,9 @@ pub fn apply(
     patches: &[Patch],
     dir: &Path,
     progress: &mut dyn FnMut(&str),
-) -> Result<(), KernelBuildError> {
+) -> Result<Vec<&'static str>, KernelBuildError> {
     fs::create_dir_all(dir).map_err(io("creating", dir))?;
-    let mut applied = String::new();
+    let mut applied = Vec::new();
     for (name, text) in patches {
         let file = dir.join(name);
         fs::write(&file, text).map_err(io("writing", &file))?;
@@ -67,24 +64,7 @@ pub fn apply(
         }
         progress(&format!("applying the patch {name}"));
         patch(false)?;
-        applied.push_str(name);
-        applied.push('\n');
+        applied.push(*name);
     }
-    let list = dir.join(APPLIED);
-    fs::write(&list, applied).map_err(io("writing", &list))
-}
-
-/// The names of the patches [`apply`] applied to the tree of patch directory `dir`.
-pub fn applied(dir: &Path) -> Vec<String> {
-    fs::read_to_string(dir.join(APPLIED))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Whether [`apply`] recorded its work in `dir` (a tree prepared before it did is
-/// prepared again).
-pub fn recorded(dir: &Path) -> bool {
-    dir.join(APPLIED).is_file()
+    Ok(applied)
 }
